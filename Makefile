@@ -1,0 +1,51 @@
+# llmcanary — run `make help` for the targets. Plain `go test` underneath.
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.tools/venv/bin:$(CURDIR)/bin:$(PATH)
+export LLMCANARY_WASM ?= $(CURDIR)/bin/llmcanary-filter.wasm
+
+GO      ?= go
+PKGS    := ./...
+E2E     := ./test/e2e/...
+
+.PHONY: help deps build wasm test test-unit test-e2e bench demo fmt vet clean
+
+help: ## list the targets
+	@awk 'BEGIN{FS=":.*## "} /^[a-z0-9-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+deps: ## install what is missing: Envoy (PyPI), ClickHouse (Debian), Go modules
+	@./deploy/deps.sh
+
+build: ## build bin/llmcanary and the wasm filter
+	$(GO) build -o bin/llmcanary ./cmd/llmcanary
+	@$(MAKE) --no-print-directory wasm
+
+wasm: ## build the proxy-wasm filter (upstream Go, wasip1 reactor)
+	@if [ -d wasm/cmd/filter ]; then \
+	  GOOS=wasip1 GOARCH=wasm $(GO) build -buildmode=c-shared -o bin/llmcanary-filter.wasm ./wasm/cmd/filter; \
+	fi
+
+test: deps build ## install, build, then run every test tier (unit, integration, end to end)
+	$(GO) vet $(PKGS)
+	$(GO) test -count=1 $$($(GO) list $(PKGS) | grep -v /test/e2e)
+	$(GO) test -count=1 -p 1 -v -timeout 25m $(E2E) 2>&1 | tee /tmp/llmcanary-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}
+
+test-unit: ## unit and integration tests only (no Envoy or ClickHouse)
+	$(GO) test -count=1 $$($(GO) list $(PKGS) | grep -v /test/e2e)
+
+test-e2e: deps build ## end-to-end tests against real Envoy and ClickHouse
+	$(GO) test -count=1 -p 1 -v -timeout 25m $(E2E)
+
+bench: deps build ## measure gateway overhead, xDS propagation, filter and ext_proc cost
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench/...
+
+demo: deps build ## run a real local rollout with Envoy, ClickHouse and the simulated pool
+	./bin/llmcanary demo
+
+fmt: ## format the Go code
+	gofmt -w $$(git ls-files '*.go')
+
+vet: ## go vet
+	$(GO) vet $(PKGS)
+
+clean: ## remove build outputs (keeps .tools)
+	rm -rf bin

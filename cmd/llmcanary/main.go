@@ -1,0 +1,83 @@
+// Command llmcanary is the single binary of the project. Each part of the
+// system is a subcommand registered from its own file in this folder.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"syscall"
+)
+
+// command is one subcommand. Run parses its own flags from args.
+type command struct {
+	Name    string
+	Summary string
+	Run     func(ctx context.Context, args []string) error
+}
+
+var commands = map[string]command{}
+
+// register adds a subcommand; files in this folder call it from init.
+func register(c command) {
+	if _, dup := commands[c.Name]; dup {
+		panic("llmcanary: duplicate subcommand " + c.Name)
+	}
+	commands[c.Name] = c
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "llmcanary: safe rollouts of LLM versions behind Envoy\n\nUsage:\n  llmcanary <command> [flags]\n\nCommands:\n")
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].Summary)
+	}
+	fmt.Fprintf(w, "\nRun 'llmcanary <command> --help' for a command's flags.\n")
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage(os.Stderr)
+		os.Exit(2)
+	}
+	name := os.Args[1]
+	if name == "help" || name == "-h" || name == "--help" || name == "-help" {
+		usage(os.Stdout)
+		return
+	}
+	c, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "llmcanary: unknown command %q\n\n", name)
+		usage(os.Stderr)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := c.Run(ctx, os.Args[2:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		fmt.Fprintf(os.Stderr, "llmcanary %s: %v\n", name, err)
+		os.Exit(1)
+	}
+}
+
+// newFlagSet returns a FlagSet whose --help prints the command's summary and
+// every flag with its default.
+func newFlagSet(name, summary string) *flag.FlagSet {
+	fs := flag.NewFlagSet("llmcanary "+name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: llmcanary %s [flags]\n\n%s\n\nFlags:\n", name, summary)
+		fs.PrintDefaults()
+	}
+	return fs
+}

@@ -1,0 +1,55 @@
+// Package wire names the HTTP headers, Envoy metadata keys and ClickHouse
+// objects that llmcanary's parts agree on. It is the external contract of
+// DESIGN.md in code: the wasm filter, the control plane, the ext_proc service
+// and the analyzer all import these names instead of spelling them.
+package wire
+
+// Request headers.
+const (
+	// HeaderUserID is the default identity source.
+	HeaderUserID = "x-user-id"
+	// HeaderBucket carries the sticky uint64 bucket. The wasm filter always
+	// overwrites it; routes use it as WeightedCluster.header_name.
+	HeaderBucket = "x-llmcanary-bucket"
+	// HeaderModel carries the model a request is for. The wasm filter sets it
+	// from the body's "model" field; routes match on it.
+	HeaderModel = "x-llmcanary-model"
+	// HeaderForce pins a version. It reaches the router only when the wasm
+	// filter has checked HeaderKey; otherwise both are stripped.
+	HeaderForce = "x-llmcanary-force"
+	// HeaderKey is the operator's credential for HeaderForce. Never forwarded.
+	HeaderKey = "x-llmcanary-key"
+	// HeaderCategory routes a request category to a version chosen by the
+	// operator (category overrides in the desired state).
+	HeaderCategory = "x-llmcanary-category"
+	// HeaderRequestID is Envoy's request id.
+	HeaderRequestID = "x-request-id"
+)
+
+// Response headers.
+const (
+	// HeaderVersion names the version that served a response. Envoy adds it
+	// per weighted cluster.
+	HeaderVersion = "x-llmcanary-version"
+	// HeaderServedBy is set by the simulated pool itself, so tests can check
+	// that the upstream that answered is the one Envoy announced.
+	HeaderServedBy = "x-sim-served-by"
+)
+
+// MetadataNamespace is the filter_metadata key under which each version's
+// cluster carries its model, version and prices.
+const MetadataNamespace = "llmcanary"
+
+// Cluster metadata fields under MetadataNamespace.
+const (
+	MetaModel            = "model"
+	MetaVersion          = "version"
+	MetaPriceInputPer1K  = "price_input_per_1k"
+	MetaPriceOutputPer1K = "price_output_per_1k"
+)
+
+// ClickHouse objects.
+const (
+	Database      = "llmcanary"
+	TableRequests = "requests"
+)
