@@ -1,0 +1,62 @@
+package extproc
+
+import "time"
+
+// Failure kinds. A Record's Failure is empty for a response that completed
+// normally (whatever its finish reason).
+const (
+	FailureHTTP5xx       = "http_5xx"       // upstream answered 5xx
+	FailureHTTP429       = "http_429"       // rate limited
+	FailureHTTP4xx       = "http_4xx"       // other client errors (bad request, unknown model)
+	FailureUpstreamReset = "upstream_reset" // the upstream cut the stream
+	FailureClientCancel  = "client_cancel"  // the client went away first
+	FailureTruncated     = "truncated"      // a stream that ended without [DONE] or a finish reason
+	FailureEmpty         = "empty"          // a successful response with no completion tokens
+)
+
+// Record is what llmcanary measures for one request through Envoy: one row
+// of the ClickHouse table wire.TableRequests. The ext_proc handler builds it
+// while the response streams and hands it to a Sink once the stream ends.
+type Record struct {
+	Time      time.Time // when Envoy received the request
+	RequestID string
+	Model     string
+	Version   string // served version (x-llmcanary-version, else cluster metadata)
+	Cluster   string
+	Path      string
+	Bucket    uint64
+	Forced    bool   // pinned with x-llmcanary-force: excluded from statistics
+	Category  string // x-llmcanary-category, if any
+	Streamed  bool
+
+	Status  int
+	Failure string // one of the Failure* kinds, or ""
+
+	TTFTMs    float64 // request start → first content token
+	TotalMs   float64 // request start → end of response
+	ITLMeanMs float64 // inter-token latency between content chunks
+	ITLP50Ms  float64
+	ITLP95Ms  float64
+	ITLMaxMs  float64
+
+	PromptTokens     uint32
+	CompletionTokens uint32
+	TokensFromUsage  bool // false: completion tokens were counted from chunks
+	FinishReason     string
+	Refusal          bool
+	CostUSD          float64
+	ResponseBytes    uint32
+	Chunks           uint32
+
+	// Captured text, only for sampled requests (capture is off by default).
+	Captured   bool
+	Prompt     string
+	Completion string
+}
+
+// Sink receives finished records. Write must never block the caller: an
+// implementation buffers, spools or drops (and counts what it drops). Safe
+// for concurrent use.
+type Sink interface {
+	Write(r Record)
+}
