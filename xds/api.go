@@ -1,0 +1,332 @@
+package xds
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// API is the management API: HTTP/JSON, every /v1 call authorised by a
+// bearer token. It is documented in xds/openapi.yaml. Every change goes
+// through Store.Update, so it is validated, versioned, durable and
+// published, or rejected with nothing changed.
+type API struct {
+	store   *Store
+	pub     *Publisher
+	token   []byte
+	log     *slog.Logger
+	maxBody int64
+}
+
+// NewAPI returns the management API. token must not be empty.
+func NewAPI(store *Store, pub *Publisher, token string, log *slog.Logger) *API {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &API{store: store, pub: pub, token: []byte(token), log: log, maxBody: 1 << 20}
+}
+
+// WeightsRequest sets a model's weights atomically, and optionally which
+// version is stable.
+type WeightsRequest struct {
+	Weights map[string]float64 `json:"weights"`
+	Stable  string             `json:"stable,omitempty"`
+}
+
+// ErrorBody is every error response's body.
+type ErrorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// Handler returns the API's HTTP handler.
+func (a *API) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "revision": a.store.State().Revision, "published": a.pub.Published()})
+	})
+	mux.HandleFunc("GET /v1/state", a.auth(a.getState))
+	mux.HandleFunc("GET /v1/changes", a.auth(a.getChanges))
+	mux.HandleFunc("GET /v1/models", a.auth(a.listModels))
+	mux.HandleFunc("GET /v1/models/{model}", a.auth(a.getModel))
+	mux.HandleFunc("PUT /v1/models/{model}", a.auth(a.putModel))
+	mux.HandleFunc("DELETE /v1/models/{model}", a.auth(a.deleteModel))
+	mux.HandleFunc("PUT /v1/models/{model}/versions/{version}", a.auth(a.putVersion))
+	mux.HandleFunc("DELETE /v1/models/{model}/versions/{version}", a.auth(a.deleteVersion))
+	mux.HandleFunc("PUT /v1/models/{model}/weights", a.auth(a.putWeights))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func (a *API) auth(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), a.token) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="llmcanary"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized", "a valid bearer token is required")
+			return
+		}
+		h(w, r)
+	}
+}
+
+func (a *API) getState(w http.ResponseWriter, r *http.Request) {
+	st := a.store.State()
+	w.Header().Set("ETag", etag(st.Revision))
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (a *API) getChanges(w http.ResponseWriter, r *http.Request) {
+	cs, err := a.store.Changes()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "internal", err.Error())
+		return
+	}
+	if cs == nil {
+		cs = []Change{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"changes": cs})
+}
+
+func (a *API) listModels(w http.ResponseWriter, r *http.Request) {
+	st := a.store.State()
+	out := make([]*Model, 0, len(st.Models))
+	for _, n := range st.ModelNames() {
+		out = append(out, st.Models[n])
+	}
+	w.Header().Set("ETag", etag(st.Revision))
+	writeJSON(w, http.StatusOK, map[string]any{"revision": st.Revision, "models": out})
+}
+
+func (a *API) getModel(w http.ResponseWriter, r *http.Request) {
+	st := a.store.State()
+	m, ok := st.Models[r.PathValue("model")]
+	if !ok {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("model %q does not exist", r.PathValue("model")))
+		return
+	}
+	w.Header().Set("ETag", etag(st.Revision))
+	writeJSON(w, http.StatusOK, m)
+}
+
+func (a *API) putModel(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("model")
+	var m Model
+	if !a.decode(w, r, &m) {
+		return
+	}
+	if m.Name == "" {
+		m.Name = name
+	}
+	a.update(w, r, fmt.Sprintf("put model %s", name), func(s *State) error {
+		if m.Name != name {
+			return fmt.Errorf("%w: body names model %q but the path names %q", ErrInvalid, m.Name, name)
+		}
+		s.Models[name] = &m
+		return nil
+	}, name)
+}
+
+func (a *API) deleteModel(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("model")
+	a.update(w, r, fmt.Sprintf("delete model %s", name), func(s *State) error {
+		if _, ok := s.Models[name]; !ok {
+			return fmt.Errorf("%w: model %q does not exist", ErrNotFound, name)
+		}
+		delete(s.Models, name)
+		return nil
+	}, "")
+}
+
+func (a *API) putVersion(w http.ResponseWriter, r *http.Request) {
+	model, version := r.PathValue("model"), r.PathValue("version")
+	var v Version
+	if !a.decode(w, r, &v) {
+		return
+	}
+	if v.Name == "" {
+		v.Name = version
+	}
+	a.update(w, r, fmt.Sprintf("put version %s/%s", model, version), func(s *State) error {
+		if v.Name != version {
+			return fmt.Errorf("%w: body names version %q but the path names %q", ErrInvalid, v.Name, version)
+		}
+		m, ok := s.Models[model]
+		if !ok {
+			return fmt.Errorf("%w: model %q does not exist; create it with PUT /v1/models/%s", ErrNotFound, model, model)
+		}
+		for i := range m.Versions {
+			if m.Versions[i].Name == version {
+				m.Versions[i] = v
+				return nil
+			}
+		}
+		// A new version joins with no traffic; weights move it in.
+		m.Versions = append(m.Versions, v)
+		return nil
+	}, model)
+}
+
+func (a *API) deleteVersion(w http.ResponseWriter, r *http.Request) {
+	model, version := r.PathValue("model"), r.PathValue("version")
+	a.update(w, r, fmt.Sprintf("delete version %s/%s", model, version), func(s *State) error {
+		m, ok := s.Models[model]
+		if !ok {
+			return fmt.Errorf("%w: model %q does not exist", ErrNotFound, model)
+		}
+		if _, ok := m.Version(version); !ok {
+			return fmt.Errorf("%w: model %q has no version %q", ErrNotFound, model, version)
+		}
+		if m.Stable == version {
+			return fmt.Errorf("%w: version %q is the stable version of %q; make another stable first", ErrConflict, version, model)
+		}
+		if m.Weights[version] > 0 {
+			return fmt.Errorf("%w: version %q still has %v%% of the traffic; set its weight to 0 first", ErrConflict, version, m.Weights[version])
+		}
+		kept := m.Versions[:0]
+		for _, v := range m.Versions {
+			if v.Name != version {
+				kept = append(kept, v)
+			}
+		}
+		m.Versions = kept
+		delete(m.Weights, version)
+		for cat, v := range m.CategoryOverrides {
+			if v == version {
+				delete(m.CategoryOverrides, cat)
+			}
+		}
+		return nil
+	}, model)
+}
+
+func (a *API) putWeights(w http.ResponseWriter, r *http.Request) {
+	model := r.PathValue("model")
+	var req WeightsRequest
+	if !a.decode(w, r, &req) {
+		return
+	}
+	a.update(w, r, fmt.Sprintf("set weights of %s to %s", model, formatWeights(req.Weights)), func(s *State) error {
+		m, ok := s.Models[model]
+		if !ok {
+			return fmt.Errorf("%w: model %q does not exist", ErrNotFound, model)
+		}
+		for v := range req.Weights {
+			if _, ok := m.Version(v); !ok {
+				return fmt.Errorf("%w: weight for unknown version %q of model %q", ErrInvalid, v, model)
+			}
+		}
+		m.Weights = req.Weights
+		if req.Stable != "" {
+			m.Stable = req.Stable
+		}
+		return nil
+	}, model)
+}
+
+// update runs a change through the store and answers with the changed model
+// (or the whole state when model is ""). The revision the client read can be
+// given in If-Match; a concurrent change then fails with 412.
+func (a *API) update(w http.ResponseWriter, r *http.Request, summary string, change func(*State) error, model string) {
+	var expect uint64
+	if im := strings.Trim(r.Header.Get("If-Match"), `" `); im != "" {
+		n, err := strconv.ParseUint(im, 10, 64)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "invalid", fmt.Sprintf("If-Match %q is not a revision number", im))
+			return
+		}
+		expect = n
+	}
+	actor := r.Header.Get("X-Llmcanary-Actor")
+	if actor == "" {
+		actor = "api"
+	}
+	st, err := a.store.Update(expect, actor, summary, change, a.pub.Prepare)
+	if err != nil {
+		code, status := "internal", http.StatusInternalServerError
+		switch {
+		case errors.Is(err, ErrNotFound):
+			code, status = "not_found", http.StatusNotFound
+		case errors.Is(err, ErrConflict):
+			code, status = "conflict", http.StatusConflict
+		case errors.Is(err, ErrRevisionChanged):
+			code, status = "revision_changed", http.StatusPreconditionFailed
+		case errors.Is(err, ErrInvalid):
+			code, status = "invalid", http.StatusBadRequest
+		}
+		if st == nil {
+			a.log.Warn("change rejected", "change", summary, "actor", actor, "error", err)
+			writeError(w, status, code, err.Error())
+			return
+		}
+		a.log.Error("change saved but not published", "change", summary, "error", err)
+	}
+	a.log.Info("change accepted", "change", summary, "actor", actor, "revision", st.Revision)
+	w.Header().Set("ETag", etag(st.Revision))
+	if m, ok := st.Models[model]; ok {
+		writeJSON(w, http.StatusOK, m)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// decode reads a JSON body strictly: unknown fields and trailing data are
+// errors, so a typo never passes as an empty change.
+func (a *API) decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	body := http.MaxBytesReader(w, r.Body, a.maxBody)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil && dec.Decode(&struct{}{}) != io.EOF {
+		err = errors.New("unexpected data after the JSON value")
+	}
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body is larger than %d bytes", a.maxBody))
+			return false
+		}
+		writeError(w, http.StatusBadRequest, "malformed", "malformed JSON body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func etag(rev uint64) string { return `"` + strconv.FormatUint(rev, 10) + `"` }
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	var b ErrorBody
+	b.Error.Code, b.Error.Message = code, msg
+	writeJSON(w, status, b)
+}
+
+func formatWeights(ws map[string]float64) string {
+	keys := make([]string, 0, len(ws))
+	for k := range ws {
+		keys = append(keys, k)
+	}
+	sortStrings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%v%%", k, ws[k])
+	}
+	return strings.Join(parts, " ")
+}

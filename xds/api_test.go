@@ -1,0 +1,180 @@
+package xds
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+const testToken = "test-token"
+
+var quiet = slog.New(slog.DiscardHandler)
+
+func newTestAPI(t *testing.T, dir string) (*httptest.Server, *Store, *Publisher) {
+	t.Helper()
+	st, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := NewPublisher(DefaultGateway(), quiet)
+	if err := pub.Publish(st.State()); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(NewAPI(st, pub, testToken, quiet).Handler())
+	t.Cleanup(srv.Close)
+	return srv, st, pub
+}
+
+func call(t *testing.T, srv *httptest.Server, method, path, token, body string, hdr ...string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+const llamaModel = `{
+  "stable": "v1",
+  "versions": [
+    {"name": "v1", "endpoints": ["127.0.0.1:8001"], "metadata": {"base_model": "llama-3-8b", "price_input_per_1k": 0.5}},
+    {"name": "v2", "endpoints": ["127.0.0.1:8002"], "metadata": {"base_model": "llama-3-8b"}}
+  ],
+  "weights": {"v1": 100}
+}`
+
+func TestAPIRejectsBadChangesAndKeepsState(t *testing.T) {
+	srv, st, pub := newTestAPI(t, t.TempDir())
+	if code, body := call(t, srv, "PUT", "/v1/models/llama", testToken, llamaModel); code != 200 {
+		t.Fatalf("create model: %d %s", code, body)
+	}
+	before := st.State()
+
+	cases := []struct {
+		name       string
+		method     string
+		path       string
+		token      string
+		body       string
+		wantStatus int
+		wantInBody string
+	}{
+		{"missing credential", "PUT", "/v1/models/llama/weights", "", `{"weights":{"v1":50,"v2":50}}`, 401, "bearer token"},
+		{"wrong credential", "PUT", "/v1/models/llama/weights", "nope", `{"weights":{"v1":50,"v2":50}}`, 401, "bearer token"},
+		{"reading needs a credential too", "GET", "/v1/state", "", ``, 401, "bearer token"},
+		{"malformed JSON", "PUT", "/v1/models/llama/weights", testToken, `{"weights":{"v1":`, 400, "malformed JSON"},
+		{"unknown field is a typo, not an empty change", "PUT", "/v1/models/llama/weights", testToken, `{"wieghts":{"v1":100}}`, 400, "unknown field"},
+		{"unknown version", "PUT", "/v1/models/llama/weights", testToken, `{"weights":{"v1":90,"v9":10}}`, 400, `unknown version "v9"`},
+		{"negative weight", "PUT", "/v1/models/llama/weights", testToken, `{"weights":{"v1":110,"v2":-10}}`, 400, "percentages from 0 to 100"},
+		{"all zero", "PUT", "/v1/models/llama/weights", testToken, `{"weights":{"v1":0,"v2":0}}`, 400, "add up to 0, not 100"},
+		{"weights that do not add up", "PUT", "/v1/models/llama/weights", testToken, `{"weights":{"v1":90,"v2":5}}`, 400, "add up to 95, not 100"},
+		{"finer than a basis point", "PUT", "/v1/models/llama/weights", testToken, `{"weights":{"v1":99.995,"v2":0.005}}`, 400, "at most two decimals"},
+		{"unknown model", "PUT", "/v1/models/gpt-9/weights", testToken, `{"weights":{"v1":100}}`, 404, `model "gpt-9" does not exist`},
+		{"stable must exist", "PUT", "/v1/models/llama/weights", testToken, `{"weights":{"v1":100},"stable":"v7"}`, 400, `stable version "v7"`},
+		{"version for an unknown model", "PUT", "/v1/models/gpt-9/versions/v1", testToken, `{"endpoints":["127.0.0.1:1"]}`, 404, "does not exist"},
+		{"endpoint without port", "PUT", "/v1/models/llama/versions/v3", testToken, `{"endpoints":["127.0.0.1"]}`, 400, "not host:port"},
+		{"deleting the stable version", "DELETE", "/v1/models/llama/versions/v1", testToken, ``, 409, "stable version"},
+		{"stale revision", "PUT", "/v1/models/llama/weights", testToken, `{"weights":{"v1":100}}`, 412, "expected revision 999"},
+		{"body names another model", "PUT", "/v1/models/llama", testToken, `{"name":"other","stable":"v1","versions":[{"name":"v1","endpoints":["127.0.0.1:1"]}],"weights":{"v1":100}}`, 400, "path names"},
+		{"unknown endpoint", "POST", "/v1/rollouts", testToken, `{}`, 404, "no such endpoint"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var hdr []string
+			if c.wantStatus == 412 {
+				hdr = []string{"If-Match", `"999"`}
+			}
+			code, body := call(t, srv, c.method, c.path, c.token, c.body, hdr...)
+			var eb ErrorBody
+			if err := json.Unmarshal([]byte(body), &eb); err != nil || eb.Error.Message == "" {
+				t.Fatalf("error body is not {error:{code,message}}: %s", body)
+			}
+			if code != c.wantStatus || !strings.Contains(eb.Error.Message, c.wantInBody) {
+				t.Fatalf("got %d %q; want %d containing %q", code, eb.Error.Message, c.wantStatus, c.wantInBody)
+			}
+			after := st.State()
+			if after.Revision != before.Revision {
+				t.Fatalf("rejected change moved the revision from %d to %d", before.Revision, after.Revision)
+			}
+			if pub.Published() != before.Revision {
+				t.Fatalf("rejected change was published: %d", pub.Published())
+			}
+		})
+	}
+}
+
+func TestAPIWeightChangeIsVersionedAndPublished(t *testing.T) {
+	srv, st, pub := newTestAPI(t, t.TempDir())
+	call(t, srv, "PUT", "/v1/models/llama", testToken, llamaModel)
+	rev := st.State().Revision
+	code, body := call(t, srv, "PUT", "/v1/models/llama/weights", testToken, `{"weights":{"v1":95,"v2":5}}`, "If-Match", `"`+itoa(rev)+`"`)
+	if code != 200 {
+		t.Fatalf("set weights: %d %s", code, body)
+	}
+	s := st.State()
+	if s.Revision != rev+1 || s.Models["llama"].Weights["v2"] != 5 {
+		t.Fatalf("state after change: rev %d weights %v", s.Revision, s.Models["llama"].Weights)
+	}
+	if pub.Published() != s.Revision {
+		t.Fatalf("published %d, want %d", pub.Published(), s.Revision)
+	}
+	changes, _ := st.Changes()
+	last := changes[len(changes)-1]
+	if last.Revision != s.Revision || !strings.Contains(last.Summary, "v2=5%") {
+		t.Fatalf("audit trail does not record the change: %+v", last)
+	}
+}
+
+func TestAPIModelNamesWithSlashes(t *testing.T) {
+	srv, st, _ := newTestAPI(t, t.TempDir())
+	code, body := call(t, srv, "PUT", "/v1/models/meta-llama%2FLlama-3-8B", testToken, llamaModel)
+	if code != 200 {
+		t.Fatalf("create: %d %s", code, body)
+	}
+	if _, ok := st.State().Models["meta-llama/Llama-3-8B"]; !ok {
+		t.Fatalf("model with a slash not stored under its name: %v", st.State().ModelNames())
+	}
+	if code, body := call(t, srv, "GET", "/v1/models/meta-llama%2FLlama-3-8B", testToken, ""); code != 200 {
+		t.Fatalf("get: %d %s", code, body)
+	}
+}
+
+func TestAPINewVersionJoinsWithoutTrafficAndLeavesOnlyWhenDrained(t *testing.T) {
+	srv, st, _ := newTestAPI(t, t.TempDir())
+	call(t, srv, "PUT", "/v1/models/llama", testToken, llamaModel)
+	if code, body := call(t, srv, "PUT", "/v1/models/llama/versions/v3", testToken, `{"endpoints":["127.0.0.1:8003"]}`); code != 200 {
+		t.Fatalf("add version: %d %s", code, body)
+	}
+	if w := st.State().Models["llama"].Weights["v3"]; w != 0 {
+		t.Fatalf("new version got weight %v, want 0", w)
+	}
+	call(t, srv, "PUT", "/v1/models/llama/weights", testToken, `{"weights":{"v1":90,"v3":10}}`)
+	if code, _ := call(t, srv, "DELETE", "/v1/models/llama/versions/v3", testToken, ""); code != 409 {
+		t.Fatalf("deleting a version with traffic: %d, want 409", code)
+	}
+	call(t, srv, "PUT", "/v1/models/llama/weights", testToken, `{"weights":{"v1":100}}`)
+	if code, body := call(t, srv, "DELETE", "/v1/models/llama/versions/v3", testToken, ""); code != 200 {
+		t.Fatalf("delete drained version: %d %s", code, body)
+	}
+	if _, ok := st.State().Models["llama"].Version("v3"); ok {
+		t.Fatal("version still present after delete")
+	}
+}
+
+func itoa(n uint64) string { b, _ := json.Marshal(n); return string(b) }

@@ -1,0 +1,431 @@
+package xds
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/llmcanary/llmcanary/internal/wire"
+)
+
+// Gateway holds the static shape of the Envoy listener: what does not change
+// with a rollout. The control plane's options fill it.
+type Gateway struct {
+	ListenerName    string
+	ListenerAddress string
+	ListenerPort    uint32
+	// StreamIdleTimeout ends a stream that has been silent this long. There
+	// is no overall request timeout: a long generation must not be cut.
+	StreamIdleTimeout time.Duration
+	ConnectTimeout    time.Duration
+	// UpstreamIdleTimeout closes pooled upstream connections unused this long.
+	UpstreamIdleTimeout time.Duration
+	HealthCheckInterval time.Duration
+	// Extensions add HTTP filters before the router, in order (the wasm
+	// filter must come before ext_proc so telemetry sees the bucket and the
+	// model it set).
+	Extensions []Extension
+}
+
+// Extension is an optional HTTP filter of the gateway together with the
+// clusters it needs (ext_proc's gRPC service, for example).
+type Extension interface {
+	// Name identifies the extension in errors and golden files.
+	Name() string
+	// HTTPFilter returns the filter for the current state.
+	HTTPFilter(s *State) (*hcmv3.HttpFilter, error)
+	// Clusters returns clusters the filter needs, or none.
+	Clusters() []*clusterv3.Cluster
+	// VerifiesForce reports whether the filter strips x-llmcanary-force
+	// unless an operator key came with it. Only then does the route table
+	// honour the header; without such a filter it would let any client pick
+	// its version.
+	VerifiesForce() bool
+}
+
+// DefaultGateway returns the gateway settings used when none are given.
+func DefaultGateway() Gateway {
+	return Gateway{
+		ListenerName:        "llmcanary",
+		ListenerAddress:     "0.0.0.0",
+		ListenerPort:        10000,
+		StreamIdleTimeout:   5 * time.Minute,
+		ConnectTimeout:      5 * time.Second,
+		UpstreamIdleTimeout: 5 * time.Minute,
+		HealthCheckInterval: 5 * time.Second,
+	}
+}
+
+// RouteConfigName is the name of the single route configuration, fetched by
+// the listener over RDS.
+const RouteConfigName = "llmcanary"
+
+// Resources are the Envoy resources of one snapshot.
+type Resources struct {
+	Listeners []*listenerv3.Listener
+	Routes    []*routev3.RouteConfiguration
+	Clusters  []*clusterv3.Cluster
+	Endpoints []*endpointv3.ClusterLoadAssignment
+}
+
+// ClusterName names the Envoy cluster of one model version.
+func ClusterName(model, version string) string {
+	return "llm|" + model + "|" + version
+}
+
+// Translate turns the desired state into Envoy resources. It is pure: the
+// same state and gateway always give the same resources, in the same order.
+func Translate(s *State, g Gateway) (*Resources, error) {
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("translate: %w", err)
+	}
+	r := &Resources{}
+	l, err := listener(s, g)
+	if err != nil {
+		return nil, err
+	}
+	r.Listeners = append(r.Listeners, l)
+	rc, err := routes(s, g)
+	if err != nil {
+		return nil, err
+	}
+	r.Routes = append(r.Routes, rc)
+	for _, name := range s.ModelNames() {
+		m := s.Models[name]
+		for _, v := range m.Ordered() {
+			c, eds := cluster(m, v, g)
+			r.Clusters = append(r.Clusters, c)
+			if eds != nil {
+				r.Endpoints = append(r.Endpoints, eds)
+			}
+		}
+	}
+	for _, ext := range g.Extensions {
+		r.Clusters = append(r.Clusters, ext.Clusters()...)
+	}
+	return r, nil
+}
+
+func listener(s *State, g Gateway) (*listenerv3.Listener, error) {
+	var filters []*hcmv3.HttpFilter
+	for _, ext := range g.Extensions {
+		f, err := ext.HTTPFilter(s)
+		if err != nil {
+			return nil, fmt.Errorf("extension %s: %w", ext.Name(), err)
+		}
+		filters = append(filters, f)
+	}
+	filters = append(filters, &hcmv3.HttpFilter{
+		Name:       "envoy.filters.http.router",
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})},
+	})
+	manager := &hcmv3.HttpConnectionManager{
+		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		StatPrefix: "llmcanary",
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			RouteConfigName: RouteConfigName,
+			ConfigSource:    adsSource(),
+		}},
+		HttpFilters:       filters,
+		StreamIdleTimeout: durationpb.New(g.StreamIdleTimeout),
+		// No overall limit on a request: generations stream for minutes.
+		RequestTimeout: durationpb.New(0),
+		// Envoy owns x-request-id: the telemetry keys rows by it, so a
+		// client must not be able to reuse one.
+		GenerateRequestId:            wrapperspb.Bool(true),
+		PreserveExternalRequestId:    false,
+		UseRemoteAddress:             wrapperspb.Bool(true),
+		NormalizePath:                wrapperspb.Bool(true),
+		MergeSlashes:                 true,
+		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_UNESCAPE_AND_REDIRECT,
+	}
+	return &listenerv3.Listener{
+		Name: g.ListenerName,
+		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address:       g.ListenerAddress,
+			PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: g.ListenerPort},
+		}}},
+		FilterChains: []*listenerv3.FilterChain{{
+			Filters: []*listenerv3.Filter{{
+				Name:       "envoy.filters.network.http_connection_manager",
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(manager)},
+			}},
+		}},
+	}, nil
+}
+
+func routes(s *State, g Gateway) (*routev3.RouteConfiguration, error) {
+	trustForce := false
+	for _, ext := range g.Extensions {
+		trustForce = trustForce || ext.VerifiesForce()
+	}
+	var rs []*routev3.Route
+	rs = append(rs, modelsRoute(s))
+	for _, name := range s.ModelNames() {
+		m := s.Models[name]
+		modelHdr := exactHeader(wire.HeaderModel, m.Name)
+		if trustForce {
+			for _, v := range m.Ordered() {
+				rs = append(rs, versionRoute(m, v.Name, "force",
+					modelHdr, exactHeader(wire.HeaderForce, v.Name)))
+			}
+		}
+		for _, cat := range sortedKeys(m.CategoryOverrides) {
+			rs = append(rs, versionRoute(m, m.CategoryOverrides[cat], "category:"+cat,
+				modelHdr, exactHeader(wire.HeaderCategory, cat)))
+		}
+		rs = append(rs, weightedRoute(m, modelHdr))
+	}
+	rs = append(rs, &routev3.Route{
+		Name:  "unknown-model",
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+		Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
+			Status: 404,
+			Body: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: openAIError(
+				"The model does not exist or was not given.", "invalid_request_error", "model_not_found")}},
+		}},
+		ResponseHeadersToAdd: []*corev3.HeaderValueOption{contentTypeJSON()},
+	})
+	return &routev3.RouteConfiguration{
+		Name: RouteConfigName,
+		VirtualHosts: []*routev3.VirtualHost{{
+			Name:    "llmcanary",
+			Domains: []string{"*"},
+			Routes:  rs,
+			// Defence in depth: the operator key never reaches a pool, even
+			// when no filter that checks it is configured.
+			RequestHeadersToRemove: []string{wire.HeaderKey},
+		}},
+	}, nil
+}
+
+// modelsRoute answers GET /v1/models at the gateway from the desired state,
+// as an OpenAI-compatible list.
+func modelsRoute(s *State) *routev3.Route {
+	type entry struct {
+		ID      string `json:"id"`
+		Object  string `json:"object"`
+		OwnedBy string `json:"owned_by"`
+	}
+	list := struct {
+		Object string  `json:"object"`
+		Data   []entry `json:"data"`
+	}{Object: "list", Data: []entry{}}
+	for _, n := range s.ModelNames() {
+		list.Data = append(list.Data, entry{ID: n, Object: "model", OwnedBy: "llmcanary"})
+	}
+	body, _ := json.Marshal(list)
+	return &routev3.Route{
+		Name: "models",
+		Match: &routev3.RouteMatch{
+			PathSpecifier: &routev3.RouteMatch_Path{Path: "/v1/models"},
+			Headers:       []*routev3.HeaderMatcher{exactHeader(":method", "GET")},
+		},
+		Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
+			Status: 200,
+			Body:   &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: string(body)}},
+		}},
+		ResponseHeadersToAdd: []*corev3.HeaderValueOption{contentTypeJSON()},
+	}
+}
+
+func versionRoute(m *Model, version, why string, headers ...*routev3.HeaderMatcher) *routev3.Route {
+	return &routev3.Route{
+		Name:  m.Name + "/" + why,
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: headers},
+		Action: &routev3.Route_Route{Route: routeAction(&routev3.RouteAction{
+			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: ClusterName(m.Name, version)},
+		})},
+		ResponseHeadersToAdd: []*corev3.HeaderValueOption{versionHeader(version)},
+	}
+}
+
+func weightedRoute(m *Model, modelHdr *routev3.HeaderMatcher) *routev3.Route {
+	vs := m.Ordered()
+	bps := m.BasisPoints()
+	wc := &routev3.WeightedCluster{RandomValueSpecifier: &routev3.WeightedCluster_HeaderName{HeaderName: wire.HeaderBucket}}
+	for i, v := range vs {
+		wc.Clusters = append(wc.Clusters, &routev3.WeightedCluster_ClusterWeight{
+			Name:                 ClusterName(m.Name, v.Name),
+			Weight:               wrapperspb.UInt32(bps[i]),
+			ResponseHeadersToAdd: []*corev3.HeaderValueOption{versionHeader(v.Name)},
+		})
+	}
+	return &routev3.Route{
+		Name:  m.Name + "/weighted",
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: []*routev3.HeaderMatcher{modelHdr}},
+		Action: &routev3.Route_Route{Route: routeAction(&routev3.RouteAction{
+			ClusterSpecifier: &routev3.RouteAction_WeightedClusters{WeightedClusters: wc},
+		})},
+	}
+}
+
+// routeAction sets what every route to a pool shares: no overall timeout (a
+// long answer must finish) and one retry only when no connection could be
+// made, which never repeats a generation that started.
+func routeAction(a *routev3.RouteAction) *routev3.RouteAction {
+	a.Timeout = durationpb.New(0)
+	a.RetryPolicy = &routev3.RetryPolicy{
+		RetryOn:    "connect-failure,refused-stream,reset-before-request",
+		NumRetries: wrapperspb.UInt32(1),
+	}
+	return a
+}
+
+func cluster(m *Model, v Version, g Gateway) (*clusterv3.Cluster, *endpointv3.ClusterLoadAssignment) {
+	name := ClusterName(m.Name, v.Name)
+	md, _ := structpb.NewStruct(map[string]any{
+		wire.MetaModel:            m.Name,
+		wire.MetaVersion:          v.Name,
+		wire.MetaPriceInputPer1K:  v.Metadata.PriceInputPer1K,
+		wire.MetaPriceOutputPer1K: v.Metadata.PriceOutputPer1K,
+	})
+	http1 := &upstreamhttpv3.HttpProtocolOptions{
+		CommonHttpProtocolOptions: &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(g.UpstreamIdleTimeout)},
+		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+			ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
+				ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{
+					HttpProtocolOptions: &corev3.Http1ProtocolOptions{},
+				},
+			},
+		},
+	}
+	c := &clusterv3.Cluster{
+		Name:           name,
+		ConnectTimeout: durationpb.New(g.ConnectTimeout),
+		LbPolicy:       clusterv3.Cluster_LEAST_REQUEST,
+		Metadata:       &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{wire.MetadataNamespace: md}},
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{
+			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(http1),
+		},
+		// Inference servers queue internally; Envoy's default limit of 1024
+		// concurrent requests per cluster would fail requests a pool can
+		// still take.
+		CircuitBreakers: &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+			MaxConnections:     wrapperspb.UInt32(100000),
+			MaxPendingRequests: wrapperspb.UInt32(100000),
+			MaxRequests:        wrapperspb.UInt32(100000),
+			MaxRetries:         wrapperspb.UInt32(1000),
+		}}},
+		// Eject a host that cannot be reached, but not one that answers 5xx:
+		// model errors are what the analyzer must see, not hide.
+		OutlierDetection: &clusterv3.OutlierDetection{
+			ConsecutiveGatewayFailure:          wrapperspb.UInt32(5),
+			EnforcingConsecutiveGatewayFailure: wrapperspb.UInt32(100),
+			EnforcingConsecutive_5Xx:           wrapperspb.UInt32(0),
+			EnforcingSuccessRate:               wrapperspb.UInt32(0),
+			Interval:                           durationpb.New(5 * time.Second),
+			BaseEjectionTime:                   durationpb.New(10 * time.Second),
+			MaxEjectionPercent:                 wrapperspb.UInt32(50),
+		},
+	}
+	if p := v.HealthPathOrDefault(); p != "" {
+		c.HealthChecks = []*corev3.HealthCheck{{
+			Timeout:            durationpb.New(2 * time.Second),
+			Interval:           durationpb.New(g.HealthCheckInterval),
+			UnhealthyThreshold: wrapperspb.UInt32(3),
+			HealthyThreshold:   wrapperspb.UInt32(1),
+			HealthChecker: &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{
+				Path: p,
+			}},
+		}}
+	}
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
+	var lbs []*endpointv3.LbEndpoint
+	allIPs := true
+	for _, ep := range v.Endpoints {
+		host, port, _ := net.SplitHostPort(ep)
+		if _, err := netip.ParseAddr(host); err != nil {
+			allIPs = false
+		}
+		p, _ := strconv.Atoi(port)
+		lbs = append(lbs, &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+			Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+				Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(p)},
+			}}},
+		}}})
+	}
+	cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs}}
+	if allIPs {
+		// Addresses change without touching the cluster, so a pool can
+		// scale without draining connections.
+		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}
+		c.EdsClusterConfig = &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource()}
+		return c, cla
+	}
+	c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}
+	c.DnsLookupFamily = clusterv3.Cluster_V4_PREFERRED
+	c.LoadAssignment = cla
+	return c, nil
+}
+
+func adsSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+	}
+}
+
+func exactHeader(name, value string) *routev3.HeaderMatcher {
+	return &routev3.HeaderMatcher{
+		Name: name,
+		HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+			MatchPattern: &matcherv3.StringMatcher_Exact{Exact: value},
+		}},
+	}
+}
+
+func versionHeader(version string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: wire.HeaderVersion, Value: version},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
+}
+
+func contentTypeJSON() *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: "content-type", Value: "application/json"},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
+}
+
+func openAIError(msg, typ, code string) string {
+	b, _ := json.Marshal(map[string]any{"error": map[string]any{"message": msg, "type": typ, "code": code}})
+	return string(b)
+}
+
+func sortedKeys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sortStrings(out)
+	return out
+}
+
+// mustAny packs a message the translator built itself; failure is a bug.
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(fmt.Sprintf("xds: pack %T: %v", m, err))
+	}
+	return a
+}
