@@ -1,0 +1,167 @@
+package extproc
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/llmcanary/llmcanary/internal/wire"
+)
+
+// Envoy attribute names the service asks for (see HTTPFilter).
+const (
+	AttrRequestTime     = "request.time"
+	AttrClusterName     = "xds.cluster_name"
+	AttrClusterMetadata = "xds.cluster_metadata"
+	AttrResponseCode    = "response.code"
+)
+
+// RequestAttributes are sent by Envoy with the request headers.
+var RequestAttributes = []string{AttrRequestTime, AttrClusterName, AttrClusterMetadata}
+
+// ResponseAttributes are sent by Envoy with the response headers, when the
+// served cluster is final.
+var ResponseAttributes = []string{AttrClusterName, AttrClusterMetadata, AttrResponseCode}
+
+// maxClockSkew bounds how far Envoy's request.time may lie before the
+// service's own arrival time and still be trusted as the request's start.
+const maxClockSkew = 10 * time.Minute
+
+// applyAttributes reads the attributes Envoy attached to a message. They are
+// keyed by the filter's name; the service does not care which ext_proc
+// filter sent them, so every entry is read.
+func (st *stream) applyAttributes(attrs map[string]*structpb.Struct, now time.Time) {
+	for _, s := range attrs {
+		for k, v := range s.GetFields() {
+			switch k {
+			case AttrRequestTime:
+				if t, ok := timeValue(v); ok && !st.startSet && !t.After(now) && now.Sub(t) < maxClockSkew {
+					st.start, st.startSet = t, true
+				}
+			case AttrClusterName:
+				if c := v.GetStringValue(); c != "" {
+					st.rec.Cluster = c
+				}
+			case AttrClusterMetadata:
+				st.applyClusterMetadata(v)
+			case AttrResponseCode:
+				if st.rec.Status == 0 {
+					if c, ok := numberValue(v); ok {
+						st.rec.Status = int(c)
+					}
+				}
+			}
+		}
+	}
+}
+
+// applyClusterMetadata reads model, version and prices under
+// wire.MetadataNamespace from an envoy.config.core.v3.Metadata value.
+func (st *stream) applyClusterMetadata(v *structpb.Value) {
+	md := v.GetStructValue()
+	fm := md.GetFields()["filter_metadata"]
+	if fm == nil {
+		fm = md.GetFields()["filterMetadata"]
+	}
+	ns := fm.GetStructValue().GetFields()[wire.MetadataNamespace].GetStructValue()
+	if ns == nil {
+		return
+	}
+	f := ns.GetFields()
+	if s := f[wire.MetaModel].GetStringValue(); s != "" {
+		st.metaModel = s
+	}
+	if s := f[wire.MetaVersion].GetStringValue(); s != "" {
+		st.metaVer = s
+	}
+	if p, ok := numberValue(f[wire.MetaPriceInputPer1K]); ok {
+		st.prices.InputPer1K = p
+	}
+	if p, ok := numberValue(f[wire.MetaPriceOutputPer1K]); ok {
+		st.prices.OutputPer1K = p
+	}
+}
+
+// numberValue accepts a number or a numeric string (metadata written by
+// hand often quotes prices).
+func numberValue(v *structpb.Value) (float64, bool) {
+	switch k := v.GetKind().(type) {
+	case *structpb.Value_NumberValue:
+		return k.NumberValue, true
+	case *structpb.Value_StringValue:
+		f, err := strconv.ParseFloat(strings.TrimSpace(k.StringValue), 64)
+		return f, err == nil
+	}
+	return 0, false
+}
+
+// timeValue accepts an RFC 3339 timestamp string, as Envoy exports CEL
+// timestamps, or seconds since the epoch.
+func timeValue(v *structpb.Value) (time.Time, bool) {
+	switch k := v.GetKind().(type) {
+	case *structpb.Value_StringValue:
+		t, err := time.Parse(time.RFC3339Nano, k.StringValue)
+		return t, err == nil
+	case *structpb.Value_NumberValue:
+		sec := k.NumberValue
+		return time.Unix(0, int64(sec*1e9)), sec > 0
+	}
+	return time.Time{}, false
+}
+
+// streamFlag reads the "stream" field of an OpenAI request body.
+func streamFlag(body []byte) (bool, bool) {
+	var b struct {
+		Stream *bool `json:"stream"`
+	}
+	if err := json.Unmarshal(body, &b); err != nil {
+		return false, false
+	}
+	if b.Stream == nil {
+		return false, true
+	}
+	return *b.Stream, true
+}
+
+// promptText extracts the prompt from an OpenAI request body: the chat
+// messages as "role: content" lines, or the completion prompt. A body that
+// is not such JSON is kept as it is.
+func promptText(body []byte) string {
+	var b struct {
+		Messages []struct {
+			Role    string          `json:"role"`
+			Content json.RawMessage `json:"content"`
+		} `json:"messages"`
+		Prompt json.RawMessage `json:"prompt"`
+	}
+	if err := json.Unmarshal(body, &b); err != nil {
+		return string(body)
+	}
+	var sb strings.Builder
+	for _, m := range b.Messages {
+		sb.WriteString(m.Role)
+		sb.WriteString(": ")
+		sb.WriteString(rawText(m.Content))
+		sb.WriteByte('\n')
+	}
+	if len(b.Prompt) > 0 {
+		sb.WriteString(rawText(b.Prompt))
+	}
+	if sb.Len() == 0 {
+		return string(body)
+	}
+	return sb.String()
+}
+
+// rawText renders a JSON string as its text and anything else (content
+// parts, token arrays) as compact JSON.
+func rawText(raw json.RawMessage) string {
+	var s string
+	if err := json.Unmarshal(raw, &s); err == nil {
+		return s
+	}
+	return string(raw)
+}

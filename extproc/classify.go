@@ -1,0 +1,133 @@
+package extproc
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// End says how the ext_proc stream of one request ended.
+type End int
+
+const (
+	// EndComplete: Envoy delivered the response's end of stream.
+	EndComplete End = iota
+	// EndUpstreamReset: the response had started (headers seen) and the
+	// stream went away before its end. Seen from ext_proc an upstream reset
+	// and a client hanging up mid-response look alike; the service counts
+	// them as upstream_reset so harm done by a version is never hidden
+	// under client behaviour.
+	EndUpstreamReset
+	// EndClientCancel: the stream went away before any response headers.
+	// An upstream failure before headers reaches ext_proc as Envoy's local
+	// 5xx reply, so a missing response means the client left first.
+	EndClientCancel
+)
+
+// Outcome is what the finaliser knows when a request's stream ends.
+type Outcome struct {
+	Status           int // HTTP status; 0 when no response headers came
+	End              End
+	Streamed         bool   // text/event-stream response
+	SawDone          bool   // "data: [DONE]" arrived
+	FinishReason     string // from the last choice that carried one
+	CompletionTokens uint32
+}
+
+// Classify returns the failure kind of a finished request, "" when it
+// completed normally. Status classes come first: a 5xx is a 5xx whether or
+// not the client stayed.
+func Classify(o Outcome) string {
+	switch {
+	case o.Status >= 500:
+		return FailureHTTP5xx
+	case o.Status == 429:
+		return FailureHTTP429
+	case o.Status >= 400:
+		return FailureHTTP4xx
+	}
+	switch o.End {
+	case EndClientCancel:
+		return FailureClientCancel
+	case EndUpstreamReset:
+		return FailureUpstreamReset
+	}
+	if o.Status == 0 {
+		// A stream that "completed" without response headers: Envoy gave
+		// up on the upstream without a reply.
+		return FailureUpstreamReset
+	}
+	if !o.SawDone && o.FinishReason == "" {
+		return FailureTruncated
+	}
+	if o.CompletionTokens == 0 {
+		return FailureEmpty
+	}
+	return ""
+}
+
+// DefaultRefusalPatterns are the case-insensitive regular expressions that
+// mark a completion as a refusal unless configured otherwise. They match
+// the stock phrasings of instruction-tuned models; "['’]" accepts both
+// straight and typographic apostrophes.
+var DefaultRefusalPatterns = []string{
+	`\bI['’]m sorry,? but I (can['’]t|cannot|won['’]t|am unable to)\b`,
+	`\bI (cannot|can['’]t) (help|assist) with\b`,
+	`\bI['’]m (not able|unable) to (help|assist|provide|comply)\b`,
+	`\bAs an AI\b`,
+	`\bI must (decline|refuse)\b`,
+}
+
+// RefusalWindow is how much of a completion's beginning is searched for a
+// refusal: models refuse up front, and a bounded window keeps the cost per
+// request fixed.
+const RefusalWindow = 2048
+
+// RefusalDetector tells refusals by regular expressions on the completion
+// text. Safe for concurrent use.
+type RefusalDetector struct {
+	re *regexp.Regexp
+}
+
+// NewRefusalDetector compiles patterns (case-insensitive, any one matches).
+// No patterns means no refusal is ever reported.
+func NewRefusalDetector(patterns []string) (*RefusalDetector, error) {
+	if len(patterns) == 0 {
+		return &RefusalDetector{}, nil
+	}
+	parts := make([]string, len(patterns))
+	for i, p := range patterns {
+		if _, err := regexp.Compile(p); err != nil {
+			return nil, fmt.Errorf("refusal pattern %q: %w", p, err)
+		}
+		parts[i] = "(?:" + p + ")"
+	}
+	re, err := regexp.Compile("(?i)" + strings.Join(parts, "|"))
+	if err != nil {
+		return nil, fmt.Errorf("refusal patterns: %w", err)
+	}
+	return &RefusalDetector{re: re}, nil
+}
+
+// Refusal reports whether text (its first RefusalWindow bytes) is a refusal.
+func (d *RefusalDetector) Refusal(text string) bool {
+	if d == nil || d.re == nil {
+		return false
+	}
+	if len(text) > RefusalWindow {
+		text = text[:RefusalWindow]
+	}
+	return d.re.MatchString(text)
+}
+
+// Prices are a version's list prices in USD per 1000 tokens, from its
+// cluster metadata.
+type Prices struct {
+	InputPer1K  float64
+	OutputPer1K float64
+}
+
+// Cost is the price of one request: prompt/1000 × input + completion/1000 × output.
+func Cost(promptTokens, completionTokens uint32, p Prices) float64 {
+	return float64(promptTokens)/1000*p.InputPer1K + float64(completionTokens)/1000*p.OutputPer1K
+}

@@ -1,0 +1,160 @@
+package extproc
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// FilterName is the Envoy HTTP filter the service is reached through.
+const FilterName = "envoy.filters.http.ext_proc"
+
+// Defaults of FilterOptions.
+const (
+	DefaultMessageTimeout       = 200 * time.Millisecond
+	DefaultDeferredCloseTimeout = 2 * time.Second
+)
+
+// FilterOptions shape the ext_proc HTTP filter.
+type FilterOptions struct {
+	// ClusterName is the Envoy cluster of the service (see Cluster). Required.
+	ClusterName string
+	// CaptureRequestBody streams the request body to the service, which it
+	// needs only for prompt capture. Off: the request body is not sent.
+	CaptureRequestBody bool
+	// MessageTimeout applies only if observability mode were off; kept so
+	// the filter never waits long on the service. Zero means the default.
+	MessageTimeout time.Duration
+	// DeferredCloseTimeout is how long Envoy keeps a stream to the service
+	// open after the HTTP request ended, so messages in flight still
+	// arrive; it is also how late the record of an abandoned request comes.
+	// Zero means the default.
+	DeferredCloseTimeout time.Duration
+	// StatPrefix distinguishes this filter's Envoy stats.
+	StatPrefix string
+}
+
+// HTTPFilter returns the envoy.filters.http.ext_proc filter in
+// observability mode: Envoy sends each part of the request and response
+// and never waits for the service; failure_mode_allow keeps a missing
+// service from ever failing a request. Response trailers are sent so that
+// responses ending in trailers also reach their end.
+func HTTPFilter(o FilterOptions) (*hcmv3.HttpFilter, error) {
+	if o.ClusterName == "" {
+		return nil, errors.New("ext_proc filter: cluster name is required")
+	}
+	if o.MessageTimeout < 0 || o.DeferredCloseTimeout < 0 {
+		return nil, errors.New("ext_proc filter: timeouts must not be negative")
+	}
+	if o.MessageTimeout == 0 {
+		o.MessageTimeout = DefaultMessageTimeout
+	}
+	if o.DeferredCloseTimeout == 0 {
+		o.DeferredCloseTimeout = DefaultDeferredCloseTimeout
+	}
+	reqBody := extprocfilterv3.ProcessingMode_NONE
+	if o.CaptureRequestBody {
+		reqBody = extprocfilterv3.ProcessingMode_STREAMED
+	}
+	cfg := &extprocfilterv3.ExternalProcessor{
+		GrpcService: &corev3.GrpcService{
+			TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+				EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: o.ClusterName},
+			},
+		},
+		ObservabilityMode: true,
+		FailureModeAllow:  true,
+		ProcessingMode: &extprocfilterv3.ProcessingMode{
+			RequestHeaderMode:   extprocfilterv3.ProcessingMode_SEND,
+			RequestBodyMode:     reqBody,
+			RequestTrailerMode:  extprocfilterv3.ProcessingMode_SKIP,
+			ResponseHeaderMode:  extprocfilterv3.ProcessingMode_SEND,
+			ResponseBodyMode:    extprocfilterv3.ProcessingMode_STREAMED,
+			ResponseTrailerMode: extprocfilterv3.ProcessingMode_SEND,
+		},
+		RequestAttributes:    RequestAttributes,
+		ResponseAttributes:   ResponseAttributes,
+		MessageTimeout:       durationpb.New(o.MessageTimeout),
+		DeferredCloseTimeout: durationpb.New(o.DeferredCloseTimeout),
+		StatPrefix:           o.StatPrefix,
+	}
+	if err := cfg.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("ext_proc filter: %w", err)
+	}
+	a, err := anypb.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("ext_proc filter: %w", err)
+	}
+	return &hcmv3.HttpFilter{
+		Name:       FilterName,
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: a},
+	}, nil
+}
+
+// Cluster returns the STATIC HTTP/2 cluster through which Envoy reaches the
+// service at addr ("host:port", a literal IP). Circuit-breaker limits are
+// raised because every in-flight HTTP request holds one gRPC stream, and
+// holds it for DeferredCloseTimeout more after it ends.
+func Cluster(name, addr string) *clusterv3.Cluster {
+	host, portStr, err := net.SplitHostPort(addr)
+	port, perr := strconv.ParseUint(portStr, 10, 32)
+	if err != nil || perr != nil {
+		// An invalid address yields a cluster that fails validation where it
+		// is published, rather than a panic here.
+		host, port = addr, 0
+	}
+	h2, _ := anypb.New(&upstreamhttpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+			ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
+				ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+					Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+				},
+			},
+		},
+	})
+	const many = 1 << 20
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(time.Second),
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{
+			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2,
+		},
+		CircuitBreakers: &clusterv3.CircuitBreakers{
+			Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+				MaxConnections:     wrapperspb.UInt32(many),
+				MaxPendingRequests: wrapperspb.UInt32(many),
+				MaxRequests:        wrapperspb.UInt32(many),
+			}},
+		},
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: name,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{
+				LbEndpoints: []*endpointv3.LbEndpoint{{
+					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{
+						Endpoint: &endpointv3.Endpoint{
+							Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
+								SocketAddress: &corev3.SocketAddress{
+									Address:       host,
+									PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+								},
+							}},
+						},
+					},
+				}},
+			}},
+		},
+	}
+}

@@ -1,0 +1,349 @@
+// Package extproc is llmcanary's telemetry service: an Envoy
+// ExternalProcessor that Envoy calls in observability mode. For every
+// request it times the streamed response token by token, classifies how it
+// ended, prices it from the serving cluster's metadata, and hands one Record
+// to a Sink. Envoy never waits for it; its failure never touches a request.
+package extproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/llmcanary/llmcanary/internal/wire"
+)
+
+// Options configure a Server. The zero value, plus a Sink, is valid.
+type Options struct {
+	// Sink receives one Record per request. Required.
+	Sink Sink
+	// Registerer receives the service's metrics; nil means none.
+	Registerer prometheus.Registerer
+	// RefusalPatterns replace DefaultRefusalPatterns when non-nil; an empty
+	// non-nil slice turns refusal detection off.
+	RefusalPatterns []string
+	// Capture configures sampled capture of prompt and completion text.
+	Capture CaptureOptions
+	// Logger reports unexpected stream errors; nil means slog.Default.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now. Arrivals are timed with it.
+	Now func() time.Time
+}
+
+// Server implements extprocv3.ExternalProcessorServer. Safe for concurrent
+// streams: each stream has its own state and one reader.
+type Server struct {
+	extprocv3.UnimplementedExternalProcessorServer
+
+	sink    Sink
+	refusal *RefusalDetector
+	capture CaptureOptions
+	log     *slog.Logger
+	now     func() time.Time
+	metrics *metrics
+}
+
+var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
+
+// NewServer checks o and returns a Server.
+func NewServer(o Options) (*Server, error) {
+	var errs []error
+	if o.Sink == nil {
+		errs = append(errs, errors.New("extproc: a sink is required"))
+	}
+	if err := o.Capture.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	patterns := o.RefusalPatterns
+	if patterns == nil {
+		patterns = DefaultRefusalPatterns
+	}
+	refusal, err := NewRefusalDetector(patterns)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	m, err := newMetrics(o.Registerer)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		sink:    o.Sink,
+		refusal: refusal,
+		capture: o.Capture.withDefaults(),
+		log:     o.Logger,
+		now:     o.Now,
+		metrics: m,
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	return s, nil
+}
+
+// Register adds the service to a gRPC server.
+func (s *Server) Register(g *grpc.Server) { extprocv3.RegisterExternalProcessorServer(g, s) }
+
+// Process reads one HTTP request's messages from Envoy. It records the
+// request once the response ends, or, deferred, with whatever was seen when
+// the stream goes away first. In observability mode it sends nothing back;
+// if Envoy waits for answers (a filter configured without observability
+// mode) it answers every message with "continue unchanged", so the request
+// is never held up by this service.
+func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
+	s.metrics.streams.Inc()
+	defer s.metrics.streams.Dec()
+
+	st := s.newStream(s.now())
+	defer func() {
+		if !st.finished {
+			s.finish(st, st.abandonedEnd(), s.now())
+		}
+	}()
+	for {
+		req, err := srv.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled ||
+				errors.Is(err, context.Canceled) {
+				return nil
+			}
+			s.log.Debug("ext_proc stream ended", "err", err, "request_id", st.rec.RequestID)
+			return nil
+		}
+		complete := st.handle(req, s.now())
+		if !req.GetObservabilityMode() {
+			if err := srv.Send(continueResponse(req)); err != nil {
+				return nil
+			}
+		}
+		if complete {
+			s.finish(st, EndComplete, s.now())
+			// Closing from our side tells Envoy no more messages are needed.
+			return nil
+		}
+	}
+}
+
+// stream is the explicit state of one ext_proc stream.
+type stream struct {
+	rec        Record
+	first      time.Time // arrival of the first message
+	start      time.Time // request start: Envoy's request.time, else first
+	startSet   bool
+	meter      *responseMeter
+	sawRespHdr bool
+	reqStream  *bool // the request body's "stream" flag, when seen
+	capture    bool
+	captureMax int
+	reqBody    []byte
+	prices     Prices
+	metaModel  string
+	metaVer    string
+	finished   bool
+}
+
+func (s *Server) newStream(now time.Time) *stream {
+	st := &stream{first: now, start: now}
+	textCap := RefusalWindow
+	if s.capture.sample() {
+		st.capture = true
+		st.captureMax = s.capture.MaxBytes
+		if st.captureMax > textCap {
+			textCap = st.captureMax
+		}
+	}
+	st.meter = newResponseMeter(textCap)
+	return st
+}
+
+// abandonedEnd says how a stream that closed before the response's end ended.
+func (st *stream) abandonedEnd() End {
+	if st.sawRespHdr {
+		return EndUpstreamReset
+	}
+	return EndClientCancel
+}
+
+// handle applies one message and reports whether the response is complete.
+func (st *stream) handle(req *extprocv3.ProcessingRequest, now time.Time) bool {
+	st.applyAttributes(req.GetAttributes(), now)
+	switch r := req.Request.(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		st.requestHeaders(r.RequestHeaders.GetHeaders())
+	case *extprocv3.ProcessingRequest_RequestBody:
+		if st.capture || st.reqStream == nil {
+			st.requestBody(r.RequestBody.GetBody(), r.RequestBody.GetEndOfStream())
+		}
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		st.responseHeaders(r.ResponseHeaders.GetHeaders())
+		return r.ResponseHeaders.GetEndOfStream()
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		st.rec.Chunks++
+		st.meter.feed(r.ResponseBody.GetBody(), now.Sub(st.start))
+		return r.ResponseBody.GetEndOfStream()
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		return true
+	}
+	return false
+}
+
+func headerValue(h *corev3.HeaderValue) string {
+	if v := h.GetRawValue(); len(v) > 0 {
+		return string(v)
+	}
+	return h.GetValue()
+}
+
+func (st *stream) requestHeaders(hm *corev3.HeaderMap) {
+	for _, h := range hm.GetHeaders() {
+		v := headerValue(h)
+		switch strings.ToLower(h.GetKey()) {
+		case wire.HeaderRequestID:
+			st.rec.RequestID = v
+		case wire.HeaderModel:
+			st.rec.Model = v
+		case wire.HeaderBucket:
+			if b, err := strconv.ParseUint(v, 10, 64); err == nil {
+				st.rec.Bucket = b
+			}
+		case wire.HeaderForce:
+			st.rec.Forced = v != ""
+		case wire.HeaderCategory:
+			st.rec.Category = v
+		case ":path":
+			if i := strings.IndexByte(v, '?'); i >= 0 {
+				v = v[:i]
+			}
+			st.rec.Path = v
+		}
+	}
+}
+
+// maxRequestBody bounds the request body kept for the stream flag and capture.
+const maxRequestBody = 1 << 20
+
+func (st *stream) requestBody(b []byte, end bool) {
+	if len(st.reqBody)+len(b) <= maxRequestBody {
+		st.reqBody = append(st.reqBody, b...)
+	}
+	if end {
+		if f, ok := streamFlag(st.reqBody); ok {
+			st.reqStream = &f
+		}
+		if !st.capture {
+			st.reqBody = nil
+		}
+	}
+}
+
+func (st *stream) responseHeaders(hm *corev3.HeaderMap) {
+	st.sawRespHdr = true
+	for _, h := range hm.GetHeaders() {
+		v := headerValue(h)
+		switch strings.ToLower(h.GetKey()) {
+		case ":status":
+			if c, err := strconv.Atoi(v); err == nil {
+				st.rec.Status = c
+			}
+		case wire.HeaderVersion:
+			st.rec.Version = v
+		case "content-type":
+			st.meter.setContentType(v)
+		}
+	}
+}
+
+// finish completes the record and hands it to the sink. It runs once per
+// stream, either when the response ends or when the stream goes away.
+func (s *Server) finish(st *stream, end End, at time.Time) {
+	st.finished = true
+	st.meter.end(at.Sub(st.start))
+	r := &st.rec
+	r.Time = st.start
+	if r.Model == "" {
+		r.Model = st.metaModel
+	}
+	if r.Version == "" {
+		r.Version = st.metaVer
+	}
+	r.Streamed = st.meter.streamed()
+	if st.meter.kind == bodyUnknown && st.reqStream != nil {
+		r.Streamed = *st.reqStream
+	}
+	r.TotalMs = ms(at.Sub(st.start))
+	r.ResponseBytes = uint32(min(st.meter.bytes, uint64(^uint32(0))))
+	if t, err := MeasureTokens(st.meter.arrivals); err == nil {
+		r.TTFTMs = ms(t.TTFT)
+		r.ITLMeanMs, r.ITLP50Ms, r.ITLP95Ms, r.ITLMaxMs = ms(t.ITLMean), ms(t.ITLP50), ms(t.ITLP95), ms(t.ITLMax)
+	}
+	r.PromptTokens, r.CompletionTokens, r.TokensFromUsage = st.meter.tokens()
+	r.FinishReason = st.meter.finishReason
+	r.Failure = Classify(Outcome{
+		Status:           r.Status,
+		End:              end,
+		Streamed:         r.Streamed,
+		SawDone:          st.meter.sawDone,
+		FinishReason:     r.FinishReason,
+		CompletionTokens: r.CompletionTokens,
+	})
+	completion := st.meter.text.String()
+	r.Refusal = r.Status < 400 && s.refusal.Refusal(completion)
+	r.CostUSD = Cost(r.PromptTokens, r.CompletionTokens, st.prices)
+	if st.capture {
+		r.Captured = true
+		r.Prompt = s.capture.prepare(promptText(st.reqBody))
+		r.Completion = s.capture.prepare(completion)
+	}
+	s.metrics.observe(r)
+	s.sink.Write(*r)
+}
+
+// continueResponse is the "no change" answer to a message, for a filter
+// that is not in observability mode and therefore waits for one.
+func continueResponse(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+	switch req.Request.(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
+	case *extprocv3.ProcessingRequest_RequestBody:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}}
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}
+	}
+	return &extprocv3.ProcessingResponse{}
+}
+
+// String names an End for logs and test failures.
+func (e End) String() string {
+	switch e {
+	case EndComplete:
+		return "complete"
+	case EndUpstreamReset:
+		return "upstream_reset"
+	case EndClientCancel:
+		return "client_cancel"
+	}
+	return fmt.Sprintf("End(%d)", int(e))
+}

@@ -1,0 +1,438 @@
+package extproc
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/llmcanary/llmcanary/internal/wire"
+)
+
+// memSink collects records for tests.
+type memSink struct{ ch chan Record }
+
+func (m *memSink) Write(r Record) {
+	select {
+	case m.ch <- r:
+	default:
+	}
+}
+
+var _ Sink = (*memSink)(nil)
+
+// tickClock advances by step on every reading, so arrivals are exact.
+type tickClock struct {
+	mu   sync.Mutex
+	base time.Time
+	step time.Duration
+	n    int
+}
+
+func (c *tickClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n++
+	return c.base.Add(time.Duration(c.n) * c.step)
+}
+
+type harness struct {
+	client extprocv3.ExternalProcessorClient
+	sink   *memSink
+	clock  *tickClock
+	reg    *prometheus.Registry
+}
+
+func startHarness(t *testing.T, capture CaptureOptions) *harness {
+	t.Helper()
+	h := &harness{
+		sink:  &memSink{ch: make(chan Record, 16)},
+		clock: &tickClock{base: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), step: 10 * time.Millisecond},
+		reg:   prometheus.NewRegistry(),
+	}
+	srv, err := NewServer(Options{Sink: h.sink, Registerer: h.reg, Capture: capture, Now: h.clock.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	srv.Register(g)
+	go g.Serve(lis)
+	t.Cleanup(g.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	h.client = extprocv3.NewExternalProcessorClient(conn)
+	return h
+}
+
+// How the simulated Envoy ends a stream after its messages.
+type ending int
+
+const (
+	endNormally ending = iota // last message carries end_of_stream; the service closes
+	endHalfClose              // Envoy's deferred close before the response ended
+	endCancel                 // Envoy resets the stream
+)
+
+// play sends msgs as Envoy would and returns the one record produced.
+func (h *harness) play(t *testing.T, msgs []*extprocv3.ProcessingRequest, how ending) Record {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	sctx, scancel := context.WithCancel(ctx)
+	defer scancel()
+	stream, err := h.client.Process(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		if err := stream.Send(m); err != nil {
+			t.Fatalf("send: %v", err)
+		}
+	}
+	switch how {
+	case endNormally:
+		if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
+			t.Fatalf("service must close the stream after the response ends, got %v", err)
+		}
+	case endHalfClose:
+		if err := stream.CloseSend(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
+			t.Fatalf("recv after half-close: %v", err)
+		}
+	case endCancel:
+		// Let the messages reach the service before the reset, as they do
+		// from Envoy (they were sent long before the client left).
+		time.Sleep(50 * time.Millisecond)
+		scancel()
+	}
+	select {
+	case r := <-h.sink.ch:
+		return r
+	case <-ctx.Done():
+		t.Fatal("no record reached the sink")
+	}
+	return Record{}
+}
+
+func hdrs(kv ...string) *corev3.HeaderMap {
+	m := &corev3.HeaderMap{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m.Headers = append(m.Headers, &corev3.HeaderValue{Key: kv[i], RawValue: []byte(kv[i+1])})
+	}
+	return m
+}
+
+func attrs(t *testing.T, fields map[string]any) map[string]*structpb.Struct {
+	t.Helper()
+	s, err := structpb.NewStruct(fields)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return map[string]*structpb.Struct{FilterName: s}
+}
+
+func reqHeaders(t *testing.T, start time.Time, extra ...string) *extprocv3.ProcessingRequest {
+	kv := append([]string{
+		":method", "POST", ":path", "/v1/chat/completions?trace=1",
+		wire.HeaderRequestID, "req-1", wire.HeaderModel, "llama", wire.HeaderBucket, "12345",
+	}, extra...)
+	return &extprocv3.ProcessingRequest{
+		ObservabilityMode: true,
+		Attributes: attrs(t, map[string]any{
+			AttrRequestTime: start.Format(time.RFC3339Nano),
+			AttrClusterName: "llama-v2",
+			AttrClusterMetadata: map[string]any{"filter_metadata": map[string]any{wire.MetadataNamespace: map[string]any{
+				wire.MetaModel: "llama", wire.MetaVersion: "v2-meta",
+				wire.MetaPriceInputPer1K: 0.5, wire.MetaPriceOutputPer1K: "2",
+			}}},
+		}),
+		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: hdrs(kv...), EndOfStream: false}},
+	}
+}
+
+func reqBody(body string) *extprocv3.ProcessingRequest {
+	return &extprocv3.ProcessingRequest{ObservabilityMode: true, Request: &extprocv3.ProcessingRequest_RequestBody{
+		RequestBody: &extprocv3.HttpBody{Body: []byte(body), EndOfStream: true}}}
+}
+
+func respHeaders(status, contentType string, end bool) *extprocv3.ProcessingRequest {
+	return &extprocv3.ProcessingRequest{ObservabilityMode: true, Request: &extprocv3.ProcessingRequest_ResponseHeaders{
+		ResponseHeaders: &extprocv3.HttpHeaders{Headers: hdrs(":status", status, "content-type", contentType, wire.HeaderVersion, "v2"), EndOfStream: end}}}
+}
+
+func respBody(body string, end bool) *extprocv3.ProcessingRequest {
+	return &extprocv3.ProcessingRequest{ObservabilityMode: true, Request: &extprocv3.ProcessingRequest_ResponseBody{
+		ResponseBody: &extprocv3.HttpBody{Body: []byte(body), EndOfStream: end}}}
+}
+
+func delta(s string) string {
+	return `data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"` + s + `"}}]}` + "\n\n"
+}
+
+const finishStop = `data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}` + "\n\n"
+
+func TestServerRecordsStreamedRequests(t *testing.T) {
+	const step = 10 * time.Millisecond
+	split := delta("b")
+	tests := []struct {
+		name  string
+		msgs  func(start time.Time) []*extprocv3.ProcessingRequest
+		how   ending
+		check func(t *testing.T, r Record)
+	}{
+		{
+			name: "streamed ok counts one token per content event",
+			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
+				return []*extprocv3.ProcessingRequest{
+					reqHeaders(t, start),
+					respHeaders("200", "text/event-stream; charset=utf-8", false),
+					respBody(`data: {"choices":[{"delta":{"role":"assistant","content":""}}]}`+"\n\n"+delta("a"), false), // msg 3
+					respBody(split[:20], false), // msg 4: half an event
+					respBody(split[20:], false), // msg 5: completes "b"
+					respBody(delta("c"), false),
+					respBody(finishStop+"data: [DONE]\n\n", true),
+				}
+			},
+			check: func(t *testing.T, r Record) {
+				// Clock reading n is base + n×step; request.time is base.
+				// Readings: 1 stream start, 2..8 messages, 9 finish. Tokens
+				// arrive with messages 3, 5 and 6: gaps of 2 and 1 steps.
+				want := Record{
+					RequestID: "req-1", Model: "llama", Version: "v2", Cluster: "llama-v2",
+					Path: "/v1/chat/completions", Bucket: 12345, Streamed: true, Status: 200,
+					TTFTMs: ms(4 * step), TotalMs: ms(9 * step),
+					ITLMeanMs: ms(3 * step / 2), ITLP50Ms: ms(step), ITLP95Ms: ms(2 * step), ITLMaxMs: ms(2 * step),
+					CompletionTokens: 3, FinishReason: "stop", CostUSD: 3.0 / 1000 * 2, Chunks: 5,
+					ResponseBytes: r.ResponseBytes,
+				}
+				if r.ResponseBytes < 300 {
+					t.Errorf("response bytes = %d, want the whole body", r.ResponseBytes)
+				}
+				compare(t, r, want)
+			},
+		},
+		{
+			name: "usage chunk supplies the token counts and the price",
+			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
+				return []*extprocv3.ProcessingRequest{
+					reqHeaders(t, start),
+					respHeaders("200", "text/event-stream", false),
+					respBody(delta("a")+delta("b")+finishStop, false),
+					respBody(`data: {"choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":7}}`+"\n\ndata: [DONE]\n\n", true),
+				}
+			},
+			check: func(t *testing.T, r Record) {
+				if r.PromptTokens != 1000 || r.CompletionTokens != 7 || !r.TokensFromUsage {
+					t.Fatalf("tokens = %d/%d fromUsage=%v, want 1000/7 from usage", r.PromptTokens, r.CompletionTokens, r.TokensFromUsage)
+				}
+				if want := 1.0*0.5 + 7.0/1000*2; math.Abs(r.CostUSD-want) > 1e-12 {
+					t.Fatalf("cost = %v, want %v", r.CostUSD, want)
+				}
+				if r.Failure != "" || r.ITLMaxMs != 0 {
+					t.Fatalf("failure %q, ITL max %v: two tokens in one chunk have a zero gap", r.Failure, r.ITLMaxMs)
+				}
+			},
+		},
+		{
+			name: "stream cut after some tokens is upstream_reset with the tokens seen",
+			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
+				return []*extprocv3.ProcessingRequest{
+					reqHeaders(t, start),
+					respHeaders("200", "text/event-stream", false),
+					respBody(delta("a")+delta("b"), false),
+				}
+			},
+			how: endHalfClose,
+			check: func(t *testing.T, r Record) {
+				if r.Failure != FailureUpstreamReset || r.CompletionTokens != 2 || r.TTFTMs == 0 {
+					t.Fatalf("got failure %q tokens %d ttft %v, want upstream_reset, 2 tokens, a TTFT", r.Failure, r.CompletionTokens, r.TTFTMs)
+				}
+			},
+		},
+		{
+			name: "500 with an error body is http_5xx",
+			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
+				return []*extprocv3.ProcessingRequest{
+					reqHeaders(t, start),
+					respHeaders("500", "application/json", false),
+					respBody(`{"error":{"message":"boom"}}`, true),
+				}
+			},
+			check: func(t *testing.T, r Record) {
+				if r.Status != 500 || r.Failure != FailureHTTP5xx || r.CompletionTokens != 0 || r.Streamed {
+					t.Fatalf("got status %d failure %q tokens %d streamed %v", r.Status, r.Failure, r.CompletionTokens, r.Streamed)
+				}
+			},
+		},
+		{
+			name: "local reply without body ends at the response headers",
+			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
+				return []*extprocv3.ProcessingRequest{reqHeaders(t, start), respHeaders("429", "text/plain", true)}
+			},
+			check: func(t *testing.T, r Record) {
+				if r.Failure != FailureHTTP429 {
+					t.Fatalf("failure = %q, want http_429", r.Failure)
+				}
+			},
+		},
+		{
+			name: "client gone before the response is client_cancel",
+			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
+				return []*extprocv3.ProcessingRequest{reqHeaders(t, start)}
+			},
+			how: endCancel,
+			check: func(t *testing.T, r Record) {
+				if r.Failure != FailureClientCancel || r.Status != 0 || r.RequestID != "req-1" || r.Version != "v2-meta" {
+					t.Fatalf("got failure %q status %d id %q version %q, want client_cancel, no status, the request's id, the metadata version",
+						r.Failure, r.Status, r.RequestID, r.Version)
+				}
+			},
+		},
+		{
+			name: "stream that ends without DONE or finish reason is truncated",
+			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
+				return []*extprocv3.ProcessingRequest{
+					reqHeaders(t, start),
+					respHeaders("200", "text/event-stream", false),
+					respBody(delta("a"), true),
+				}
+			},
+			check: func(t *testing.T, r Record) {
+				if r.Failure != FailureTruncated {
+					t.Fatalf("failure = %q, want truncated", r.Failure)
+				}
+			},
+		},
+		{
+			name: "non-streamed JSON with an empty answer is empty",
+			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
+				return []*extprocv3.ProcessingRequest{
+					reqHeaders(t, start),
+					respHeaders("200", "application/json", false),
+					respBody(`{"object":"chat.completion","choices":[{"message":{"role":"assistant","content":""},"finish_reason":"stop"}],`, false),
+					respBody(`"usage":{"prompt_tokens":9,"completion_tokens":0}}`, true),
+				}
+			},
+			check: func(t *testing.T, r Record) {
+				if r.Failure != FailureEmpty || r.Streamed || r.PromptTokens != 9 {
+					t.Fatalf("got failure %q streamed %v prompt %d, want empty, not streamed, 9", r.Failure, r.Streamed, r.PromptTokens)
+				}
+			},
+		},
+		{
+			name: "forced and categorised requests are labelled and refusals detected",
+			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
+				return []*extprocv3.ProcessingRequest{
+					reqHeaders(t, start, wire.HeaderForce, "v2", wire.HeaderCategory, "code"),
+					respHeaders("200", "text/event-stream", false),
+					respBody(delta("I'm sorry, but I can't")+delta(" help with that.")+finishStop+"data: [DONE]\n\n", true),
+				}
+			},
+			check: func(t *testing.T, r Record) {
+				if !r.Forced || r.Category != "code" || !r.Refusal || r.Captured {
+					t.Fatalf("forced %v category %q refusal %v captured %v", r.Forced, r.Category, r.Refusal, r.Captured)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := startHarness(t, CaptureOptions{})
+			r := h.play(t, tt.msgs(h.clock.base), tt.how)
+			tt.check(t, r)
+		})
+	}
+}
+
+// compare checks the fields a test states; Time must be the request.time.
+func compare(t *testing.T, got, want Record) {
+	t.Helper()
+	got.Time = time.Time{}
+	if got != want {
+		t.Fatalf("record\n got %+v\nwant %+v", got, want)
+	}
+}
+
+func TestServerCapturesSampledTextRedacted(t *testing.T) {
+	h := startHarness(t, CaptureOptions{Rate: 1, MaxBytes: 64})
+	start := h.clock.base
+	r := h.play(t, []*extprocv3.ProcessingRequest{
+		reqHeaders(t, start),
+		reqBody(`{"model":"llama","stream":true,"messages":[{"role":"user","content":"mail bob@example.com"}]}`),
+		respHeaders("200", "text/event-stream", false),
+		respBody(delta("call 555 123 4567")+finishStop+"data: [DONE]\n\n", true),
+	}, endNormally)
+	if !r.Captured || r.Prompt != "user: mail [email]\n" || r.Completion != "call [number]" {
+		t.Fatalf("captured %v prompt %q completion %q", r.Captured, r.Prompt, r.Completion)
+	}
+}
+
+func TestServerAnswersWhenEnvoyWaits(t *testing.T) {
+	h := startHarness(t, CaptureOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	stream, err := h.client.Process(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := reqHeaders(t, h.clock.base)
+	m.ObservabilityMode = false
+	if err := stream.Send(m); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil || resp.GetRequestHeaders() == nil {
+		t.Fatalf("a filter outside observability mode must get a headers answer, got %v, %v", resp, err)
+	}
+}
+
+func TestServerExportsMetrics(t *testing.T) {
+	h := startHarness(t, CaptureOptions{})
+	h.play(t, []*extprocv3.ProcessingRequest{
+		reqHeaders(t, h.clock.base),
+		respHeaders("503", "text/plain", true),
+	}, endNormally)
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			found[mf.GetName()+"{"+strings.Join(labels, ",")+"}"] = m.GetCounter().GetValue()
+		}
+	}
+	for _, k := range []string{
+		"llmcanary_extproc_requests_total{model=llama,version=v2}",
+		"llmcanary_extproc_failures_total{kind=http_5xx,model=llama,version=v2}",
+	} {
+		if found[k] != 1 {
+			t.Errorf("%s = %v, want 1 (have %v)", k, found[k], found)
+		}
+	}
+}
