@@ -87,9 +87,9 @@ func startHarness(t *testing.T, capture CaptureOptions) *harness {
 type ending int
 
 const (
-	endNormally ending = iota // last message carries end_of_stream; the service closes
-	endHalfClose              // Envoy's deferred close before the response ended
-	endCancel                 // Envoy resets the stream
+	endNormally  ending = iota // last message carries end_of_stream; the service closes
+	endHalfClose               // Envoy's deferred close before the response ended
+	endCancel                  // Envoy resets the stream
 )
 
 // play sends msgs as Envoy would and returns the one record produced.
