@@ -2,6 +2,7 @@ package stats
 
 import (
 	"math"
+	"math/rand/v2"
 	"testing"
 )
 
@@ -102,7 +103,7 @@ func TestSimulateDetectsRealShifts(t *testing.T) {
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			res, err := Simulate(SimConfig{
-				Rollouts: 200, Looks: 20, PerLook: 500, CanaryShare: 0.1,
+				Rollouts: 200, Looks: 20, PerLook: 200, CanaryShare: 0.1,
 				Alpha: alpha, Seed: uint64(200 + i), Stable: tc.stable, Canary: tc.canary, NewMonitor: tc.monitor,
 			})
 			if err != nil {
@@ -115,4 +116,50 @@ func TestSimulateDetectsRealShifts(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestQuantileRatioCoverageAndTailShift(t *testing.T) {
+	const conf = 0.95
+	draw := func(r *rand.Rand, n int, scale float64) []float64 {
+		xs := make([]float64, n)
+		for i := range xs {
+			xs[i] = scale * 400 * math.Exp(0.5*r.NormFloat64())
+		}
+		return xs
+	}
+	t.Run("A/A intervals for the p50/p95/p99 ratio cover 1 at least at their level", func(t *testing.T) {
+		const reps = 300
+		r := rand.New(rand.NewPCG(31, 32))
+		covered := make([]int, 3)
+		for range reps {
+			res, err := QuantileRatios(draw(r, 1000, 1), draw(r, 9000, 1), []float64{0.5, 0.95, 0.99}, conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, q := range res {
+				if q.CI.Contains(1) {
+					covered[i]++
+				}
+			}
+		}
+		for i, p := range []string{"p50", "p95", "p99"} {
+			rate := float64(covered[i]) / reps
+			t.Logf("%s ratio interval covered 1 in %.3f of %d A/A samples", p, rate, reps)
+			if rate < conf-binomialSlack(1-conf, reps) {
+				t.Errorf("%s coverage %.3f below %.2f", p, rate, conf)
+			}
+		}
+	})
+	t.Run("a 30% slower lognormal tail is seen in the p99 ratio", func(t *testing.T) {
+		r := rand.New(rand.NewPCG(41, 42))
+		res, err := QuantileRatios(draw(r, 2000, 1.3), draw(r, 18000, 1), []float64{0.99}, conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := res[0]
+		t.Logf("p99 canary %.0f ms vs stable %.0f ms: ratio %.3f [%.3f, %.3f]", q.Canary, q.Stable, q.Ratio, q.CI.Lo, q.CI.Hi)
+		if q.CI.Lo <= 1 || !q.CI.Contains(1.3) {
+			t.Errorf("p99 ratio interval %v, want above 1 and containing 1.3", q.CI)
+		}
+	})
 }
