@@ -13,8 +13,9 @@ type MWMethod int
 
 const (
 	// MWAuto uses the exact null distribution when there are no ties and
-	// one group has at most 8 observations (SciPy's rule), the normal
-	// approximation otherwise.
+	// one group has at most 8 observations (SciPy's rule) and n1*n2 <=
+	// MaxExactPairs (unlike SciPy, which would also go exact for 8 against
+	// 50,000), the normal approximation otherwise.
 	MWAuto MWMethod = iota
 	// MWExact uses the exact null distribution of U, which assumes no ties.
 	// It is available while n1*n2 <= MaxExactPairs.
