@@ -10,7 +10,7 @@
 //     matter how often they are looked at. Their p-values never increase and
 //     their confidence sequences never widen from one look to the next.
 //   - Classic fixed-horizon tests (MannWhitney, HodgesLehmann,
-//     TwoProportionZTest, FisherExact, QuantileRatio, Wilson and Newcombe
+//     TwoProportionZTest, FisherExact, QuantileRatios, Wilson and Newcombe
 //     intervals) describe the data in reports. Re-running one of them every
 //     interval and acting on it inflates false alarms (see Simulate), so the
 //     analyzer does not decide on them.
