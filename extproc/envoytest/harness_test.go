@@ -73,6 +73,12 @@ func headerInt(r *http.Request, name string, def int) int {
 	return def
 }
 
+// tokenWrites remembers, per x-llmcanary-bucket, when the upstream flushed
+// its first and last content token, so tests can compare the service's
+// measurement with what really happened rather than with what was asked
+// for (a loaded machine delays requests on their way to the upstream).
+var tokenWrites sync.Map // bucket string → *[2]time.Time
+
 func serveCompletion(w http.ResponseWriter, r *http.Request) {
 	io.Copy(io.Discard, r.Body)
 	ttft := time.Duration(headerInt(r, hdrTTFT, 0)) * time.Millisecond
@@ -107,6 +113,14 @@ func serveCompletion(w http.ResponseWriter, r *http.Request) {
 		}
 		fmt.Fprintf(w, `data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"t%d "}}]}`+"\n\n", i)
 		fl.Flush()
+		if b := r.Header.Get(wire.HeaderBucket); b != "" {
+			v, _ := tokenWrites.LoadOrStore(b, &[2]time.Time{})
+			tw := v.(*[2]time.Time)
+			if i == 0 {
+				tw[0] = time.Now()
+			}
+			tw[1] = time.Now()
+		}
 		if mode == "reset" && i == tokens/2 {
 			panic(http.ErrAbortHandler) // cut the connection mid-stream
 		}
