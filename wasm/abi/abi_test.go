@@ -1,0 +1,127 @@
+package abi
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+)
+
+func TestMapSerialization(t *testing.T) {
+	// The spec's example: {"a": "1"}, {"b": "22"}.
+	spec := []byte{2, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 'a', 0, '1', 0, 'b', 0, '2', '2', 0}
+	pairs := [][2]string{{"a", "1"}, {"b", "22"}}
+	if got := SerializeMap(pairs); !reflect.DeepEqual(got, spec) {
+		t.Fatalf("SerializeMap = %v, want %v", got, spec)
+	}
+	cases := []struct {
+		name string
+		in   []byte
+		want [][2]string
+		err  error
+	}{
+		{"spec example", spec, pairs, nil},
+		{"empty", nil, nil, nil},
+		{"single NUL is empty", []byte{0}, nil, nil},
+		{"empty values", SerializeMap([][2]string{{":path", ""}}), [][2]string{{":path", ""}}, nil},
+		{"count larger than data", []byte{9, 0, 0, 0, 1, 0, 0, 0}, nil, ErrMalformedMap},
+		{"lengths overrun", []byte{1, 0, 0, 0, 5, 0, 0, 0, 5, 0, 0, 0, 'a', 0}, nil, ErrMalformedMap},
+		{"short header", []byte{1, 0}, nil, ErrMalformedMap},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := DeserializeMap(c.in)
+			if !errors.Is(err, c.err) || !reflect.DeepEqual(got, c.want) {
+				t.Fatalf("DeserializeMap = %v, %v; want %v, %v", got, err, c.want, c.err)
+			}
+		})
+	}
+}
+
+func TestAllocationsStayUntilTaken(t *testing.T) {
+	a := allocate(4)
+	b := allocate(0)
+	if pendingAllocations() != 2 {
+		t.Fatalf("%d pending, want 2", pendingAllocations())
+	}
+	copy(allocations[a], "abcd")
+	if got := string(takeAllocation(a, 3)); got != "abc" {
+		t.Errorf("took %q, want abc", got)
+	}
+	if got := takeAllocation(a, 3); got != nil {
+		t.Errorf("second take returned %q, want nil", got)
+	}
+	takeAllocation(b, 0)
+	if pendingAllocations() != 0 {
+		t.Errorf("%d pending after taking all", pendingAllocations())
+	}
+}
+
+type recVM struct {
+	DefaultVMContext
+	log *[]string
+}
+
+func (v recVM) NewPluginContext(id uint32) PluginContext { return recPlugin{log: v.log} }
+
+type recPlugin struct {
+	DefaultPluginContext
+	log *[]string
+}
+
+func (p recPlugin) OnPluginStart(n int) bool { *p.log = append(*p.log, "configure"); return n > 0 }
+
+func (p recPlugin) NewHttpContext(uint32) HttpContext { return recHTTP{log: p.log} }
+
+type recHTTP struct {
+	DefaultHttpContext
+	log *[]string
+}
+
+func (h recHTTP) OnHttpRequestHeaders(int, bool) Action {
+	*h.log = append(*h.log, "headers")
+	return ActionPause
+}
+
+func (h recHTTP) OnHttpStreamDone() { *h.log = append(*h.log, "done") }
+
+func TestDispatchRoutesCallbacksToContexts(t *testing.T) {
+	var log []string
+	SetVMContext(recVM{log: &log})
+	defer SetVMContext(DefaultVMContext{})
+	onContextCreate(1, 0)
+	if !onConfigure(1, 10) || onConfigure(1, 0) {
+		t.Error("configure result not passed through")
+	}
+	if onConfigure(99, 10) {
+		t.Error("configure of an unknown plugin succeeded")
+	}
+	onContextCreate(2, 1)
+	if got := onRequestHeaders(2, 3, false); got != ActionPause {
+		t.Errorf("request headers: %v, want pause", got)
+	}
+	if got := onRequestHeaders(3, 3, false); got != ActionContinue {
+		t.Errorf("unknown stream: %v, want continue", got)
+	}
+	if !onDone(2) {
+		t.Error("done: want true")
+	}
+	onLog(2)
+	onDelete(2)
+	onDelete(1)
+	if len(httpContexts) != 0 || len(pluginContexts) != 0 {
+		t.Errorf("contexts left after delete: %d http, %d plugin", len(httpContexts), len(pluginContexts))
+	}
+	want := []string{"configure", "configure", "headers", "done"}
+	if !reflect.DeepEqual(log, want) {
+		t.Errorf("callbacks %v, want %v", log, want)
+	}
+}
+
+func TestHostCallsReportUnimplementedNatively(t *testing.T) {
+	if _, err := GetHttpRequestHeader(":path"); !errors.Is(err, ErrUnimplemented) {
+		t.Errorf("err = %v, want ErrUnimplemented", err)
+	}
+	if pendingAllocations() != 0 {
+		t.Error("a failed host call leaked an allocation")
+	}
+}

@@ -1,0 +1,109 @@
+// Command filter is llmcanary's proxy-wasm HTTP filter module, built with
+// upstream Go as a wasip1 reactor:
+//
+//	GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o bin/llmcanary-filter.wasm ./wasm/cmd/filter
+//
+// It binds the proxy-wasm ABI (wasm/abi) to the filter's logic
+// (wasm/filter); the configuration is filterconfig.Config as JSON.
+package main
+
+import (
+	"github.com/llmcanary/llmcanary/wasm/abi"
+	"github.com/llmcanary/llmcanary/wasm/filter"
+	"github.com/llmcanary/llmcanary/wasm/filterconfig"
+)
+
+// init runs from _initialize, before the host calls any export.
+func init() { abi.SetVMContext(vmContext{}) }
+
+// main is never called in a reactor; the exports are the entry points.
+func main() {}
+
+type vmContext struct{ abi.DefaultVMContext }
+
+func (vmContext) NewPluginContext(uint32) abi.PluginContext { return &pluginContext{} }
+
+// pluginContext holds the configuration of one plugin instance. Envoy
+// creates a new one, and calls OnPluginStart again, when the listener's
+// filter configuration changes over xDS; streams keep the plugin they
+// started with.
+type pluginContext struct {
+	abi.DefaultPluginContext
+	plugin *filter.Plugin
+}
+
+// OnPluginStart parses and validates the configuration; returning false
+// makes Envoy reject it (an xDS update is NACKed, a bootstrap fails).
+func (p *pluginContext) OnPluginStart(int) bool {
+	data, err := abi.GetPluginConfiguration()
+	if err != nil {
+		abi.LogCritical("llmcanary: read plugin configuration: " + err.Error())
+		return false
+	}
+	cfg, err := filterconfig.Parse(data)
+	if err != nil {
+		abi.LogCritical("llmcanary: " + err.Error())
+		return false
+	}
+	pl, err := filter.NewPlugin(cfg)
+	if err != nil {
+		abi.LogCritical("llmcanary: " + err.Error())
+		return false
+	}
+	p.plugin = pl
+	abi.LogInfo("llmcanary: filter configured")
+	return true
+}
+
+func (p *pluginContext) NewHttpContext(uint32) abi.HttpContext {
+	if p.plugin == nil {
+		return abi.DefaultHttpContext{}
+	}
+	return &httpContext{s: p.plugin.NewStream(host{})}
+}
+
+type httpContext struct {
+	abi.DefaultHttpContext
+	s *filter.Stream
+}
+
+func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) abi.Action {
+	return action(c.s.OnRequestHeaders(endOfStream))
+}
+
+func (c *httpContext) OnHttpRequestBody(bodySize int, endOfStream bool) abi.Action {
+	return action(c.s.OnRequestBody(bodySize, endOfStream))
+}
+
+func (c *httpContext) OnHttpRequestTrailers(int) abi.Action {
+	return action(c.s.OnRequestTrailers())
+}
+
+func action(a filter.Action) abi.Action {
+	if a == filter.Pause {
+		return abi.ActionPause
+	}
+	return abi.ActionContinue
+}
+
+// host implements filter.Host with proxy-wasm host calls on the current
+// stream.
+type host struct{}
+
+var _ filter.Host = host{}
+
+func (host) RequestHeaders() ([][2]string, error) { return abi.GetHttpRequestHeaders() }
+
+func (host) SetRequestHeader(name, value string) error {
+	return abi.ReplaceHttpRequestHeader(name, value)
+}
+
+func (host) RemoveRequestHeader(name string) error { return abi.RemoveHttpRequestHeader(name) }
+
+func (host) RequestBody(size int) ([]byte, error) { return abi.GetHttpRequestBody(0, size) }
+
+func (host) SendLocalResponse(status int, headers [][2]string, body []byte) error {
+	return abi.SendHttpResponse(uint32(status), headers, body, -1)
+}
+
+func (host) Warn(msg string) { abi.LogWarn(msg) }

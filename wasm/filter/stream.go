@@ -1,0 +1,236 @@
+package filter
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+
+	"github.com/llmcanary/llmcanary/internal/wire"
+	"github.com/llmcanary/llmcanary/wasm/filterconfig"
+)
+
+// Host is what a Stream needs from the proxy for one HTTP stream. The wasm
+// module implements it with proxy-wasm host calls; header names are
+// lower-case as in HTTP/2. Edits to request headers must make the proxy pick
+// the route again (Envoy does so for ABI ≤ 0.2.1 modules).
+type Host interface {
+	// RequestHeaders returns all request headers, pseudo-headers included.
+	RequestHeaders() ([][2]string, error)
+	SetRequestHeader(name, value string) error
+	RemoveRequestHeader(name string) error
+	// RequestBody returns the first size bytes of the buffered body.
+	RequestBody(size int) ([]byte, error)
+	// SendLocalResponse answers the request instead of forwarding it.
+	SendLocalResponse(status int, headers [][2]string, body []byte) error
+	// Warn logs a problem the client cannot see.
+	Warn(msg string)
+}
+
+// Action tells the proxy whether to go on with the stream or hold it.
+type Action int
+
+// Actions.
+const (
+	Continue Action = iota
+	Pause
+)
+
+func (a Action) String() string {
+	if a == Pause {
+		return "pause"
+	}
+	return "continue"
+}
+
+// BodyPaths are the POST paths whose route depends on the body's model.
+var BodyPaths = map[string]bool{
+	"/v1/chat/completions": true,
+	"/v1/completions":      true,
+}
+
+// Plugin is one validated filter configuration, shared by the streams it
+// creates. It is immutable.
+type Plugin struct {
+	cfg        filterconfig.Config
+	hashKey    []byte
+	keys       ForceKeys
+	models     map[string]bool
+	bodyFields []string
+	random     func() uint64
+}
+
+// NewPlugin prepares cfg (defaults applied, then validated).
+func NewPlugin(cfg filterconfig.Config) (*Plugin, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("filter config: %w", err)
+	}
+	keys, err := ParseForceKeys(cfg.ForceKeys)
+	if err != nil {
+		return nil, err
+	}
+	p := &Plugin{cfg: cfg, hashKey: []byte(cfg.HashKey), keys: keys, models: map[string]bool{}, random: rand.Uint64}
+	for _, m := range cfg.Models {
+		p.models[m] = true
+	}
+	for _, s := range cfg.Identity {
+		if s.BodyField != "" {
+			p.bodyFields = append(p.bodyFields, s.BodyField)
+		}
+	}
+	return p, nil
+}
+
+// Config returns the plugin's configuration with defaults applied.
+func (p *Plugin) Config() filterconfig.Config { return p.cfg }
+
+// NewStream starts the state of one HTTP stream.
+func (p *Plugin) NewStream(h Host) *Stream { return &Stream{p: p, h: h} }
+
+// Stream is the filter's state for one HTTP stream. Its callbacks are
+// called in stream order from one goroutine.
+type Stream struct {
+	p       *Plugin
+	h       Host
+	req     Request
+	holding bool // headers held until the body has named the model
+	replied bool // a local response was sent
+	size    int  // body bytes buffered so far
+}
+
+// OnRequestHeaders sanitises the llmcanary headers a client sent, then either
+// sets the bucket and continues, or, on a body-routed path, holds the
+// headers (Pause) until OnRequestBody has read the model.
+func (s *Stream) OnRequestHeaders(endOfStream bool) Action {
+	hs, err := s.h.RequestHeaders()
+	if err != nil {
+		s.h.Warn("llmcanary: read request headers: " + err.Error())
+		return s.reply(APIError{Status: 500, Message: "gateway filter error", Code: "internal_error"})
+	}
+	s.req = Request{Headers: hs}
+	if err := s.sanitise(); err != nil {
+		s.h.Warn("llmcanary: " + err.Error())
+		return s.reply(APIError{Status: 500, Message: "gateway filter error", Code: "internal_error"})
+	}
+	method, _ := s.req.Header(":method")
+	path, _ := s.req.Header(":path")
+	path, _, _ = strings.Cut(path, "?")
+	if method != "POST" || !BodyPaths[path] {
+		return s.finish()
+	}
+	if cl, ok := s.req.Header("content-length"); ok {
+		if n, err := strconv.ParseUint(cl, 10, 63); err == nil && n > uint64(s.p.cfg.MaxBodyBytes) {
+			return s.reply(errTooLarge())
+		}
+	}
+	if endOfStream {
+		return s.reply(errBadBody(ErrMalformedBody))
+	}
+	s.holding = true
+	return Pause
+}
+
+// OnRequestBody buffers the body of a held request; at its end it reads
+// the model, sets the routing headers and continues.
+func (s *Stream) OnRequestBody(bodySize int, endOfStream bool) Action {
+	if s.replied {
+		return Pause
+	}
+	if !s.holding {
+		return Continue
+	}
+	s.size = bodySize
+	if bodySize > s.p.cfg.MaxBodyBytes {
+		return s.reply(errTooLarge())
+	}
+	if !endOfStream {
+		return Pause
+	}
+	return s.bodyDone()
+}
+
+// OnRequestTrailers ends a held body that was followed by trailers.
+func (s *Stream) OnRequestTrailers() Action {
+	if s.replied {
+		return Pause
+	}
+	if !s.holding {
+		return Continue
+	}
+	return s.bodyDone()
+}
+
+func (s *Stream) bodyDone() Action {
+	data, err := s.h.RequestBody(s.size)
+	if err != nil {
+		s.h.Warn("llmcanary: read request body: " + err.Error())
+		return s.reply(errBadBody(ErrMalformedBody))
+	}
+	b, err := ParseBody(data, s.p.bodyFields...)
+	if err != nil {
+		return s.reply(errBadBody(err))
+	}
+	if !s.p.models[b.Model] {
+		return s.reply(errUnknownModel(b.Model))
+	}
+	if err := s.h.SetRequestHeader(wire.HeaderModel, b.Model); err != nil {
+		s.h.Warn("llmcanary: " + err.Error())
+		return s.reply(APIError{Status: 500, Message: "gateway filter error", Code: "internal_error"})
+	}
+	s.req.BodyFields = b.Fields
+	s.holding = false
+	return s.finish()
+}
+
+// finish sets the bucket and lets the request go on to the router.
+func (s *Stream) finish() Action {
+	var bucket uint64
+	if id, ok := Identity(s.p.cfg.Identity, s.req); ok {
+		bucket = Bucket(s.p.hashKey, id)
+	} else {
+		bucket = s.p.random()
+	}
+	if err := s.h.SetRequestHeader(wire.HeaderBucket, strconv.FormatUint(bucket, 10)); err != nil {
+		s.h.Warn("llmcanary: " + err.Error())
+		return s.reply(APIError{Status: 500, Message: "gateway filter error", Code: "internal_error"})
+	}
+	return Continue
+}
+
+// sanitise removes or rewrites what a client may not decide: the key is
+// never forwarded, force survives only with a valid key, the model header is
+// the filter's alone, and the category comes from the configured header.
+func (s *Stream) sanitise() error {
+	var errs []error
+	remove := func(name string) {
+		if _, ok := s.req.Header(name); ok {
+			errs = append(errs, s.h.RemoveRequestHeader(name))
+		}
+	}
+	key, _ := s.req.Header(wire.HeaderKey)
+	if _, forced := s.req.Header(wire.HeaderForce); forced && !s.p.keys.Accepts(key) {
+		remove(wire.HeaderForce)
+	}
+	remove(wire.HeaderKey)
+	remove(wire.HeaderModel)
+	if ch := s.p.cfg.CategoryHeader; ch != wire.HeaderCategory {
+		if v, ok := s.req.Header(ch); ok && v != "" {
+			errs = append(errs, s.h.SetRequestHeader(wire.HeaderCategory, v))
+		} else {
+			remove(wire.HeaderCategory)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Stream) reply(e APIError) Action {
+	s.replied = true
+	s.holding = false
+	err := s.h.SendLocalResponse(e.Status, [][2]string{{"content-type", "application/json"}}, e.Body())
+	if err != nil {
+		s.h.Warn("llmcanary: send local response: " + err.Error())
+	}
+	return Pause
+}

@@ -1,0 +1,170 @@
+package filter
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/llmcanary/llmcanary/internal/wire"
+	"github.com/llmcanary/llmcanary/wasm/filterconfig"
+)
+
+// fakeHost is a hand-written Host over an in-memory header list.
+type fakeHost struct {
+	headers [][2]string
+	body    []byte
+	status  int // local response status, 0 if none
+	reply   []byte
+}
+
+func (h *fakeHost) RequestHeaders() ([][2]string, error) { return h.headers, nil }
+
+func (h *fakeHost) SetRequestHeader(name, value string) error {
+	h.RemoveRequestHeader(name)
+	h.headers = append(h.headers, [2]string{name, value})
+	return nil
+}
+
+func (h *fakeHost) RemoveRequestHeader(name string) error {
+	kept := h.headers[:0:0]
+	for _, p := range h.headers {
+		if !strings.EqualFold(p[0], name) {
+			kept = append(kept, p)
+		}
+	}
+	h.headers = kept
+	return nil
+}
+
+func (h *fakeHost) RequestBody(size int) ([]byte, error) { return h.body[:size], nil }
+
+func (h *fakeHost) SendLocalResponse(status int, _ [][2]string, body []byte) error {
+	h.status, h.reply = status, body
+	return nil
+}
+
+func (h *fakeHost) Warn(string) {}
+
+func (h *fakeHost) get(name string) (string, bool) { return Request{Headers: h.headers}.Header(name) }
+
+func testPlugin(t *testing.T) *Plugin {
+	t.Helper()
+	p, err := NewPlugin(filterconfig.Config{
+		Identity:       []filterconfig.Source{{Header: wire.HeaderUserID}, {BodyField: "user"}},
+		HashKey:        string(testKey),
+		ForceKeys:      []string{filterconfig.ForceKeyDigest("op-key")},
+		MaxBodyBytes:   100,
+		Models:         []string{"m1"},
+		CategoryHeader: "x-task",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.random = func() uint64 { return 42 }
+	return p
+}
+
+func TestStream(t *testing.T) {
+	post := func(extra ...[2]string) [][2]string {
+		return append([][2]string{{":method", "POST"}, {":path", "/v1/chat/completions?x=1"}}, extra...)
+	}
+	bucket := func(id string) string { return strconv.FormatUint(Bucket(testKey, id), 10) }
+	cases := []struct {
+		name       string
+		headers    [][2]string
+		body       string // sent in one chunk after the headers; "" = none
+		headersAct Action
+		status     int               // local response, 0 = forwarded
+		code       string            // error code of the local response
+		want       map[string]string // headers after the filter ("" = absent)
+	}{
+		{"body path holds headers, then routes by the body's model", post([2]string{wire.HeaderUserID, "alice"}), `{"model":"m1"}`, Pause, 0, "",
+			map[string]string{wire.HeaderModel: "m1", wire.HeaderBucket: bucket("alice")}},
+		{"client model and bucket are replaced", post([2]string{wire.HeaderModel, "evil"}, [2]string{wire.HeaderBucket, "1"}, [2]string{wire.HeaderUserID, "alice"}), `{"model":"m1"}`, Pause, 0, "",
+			map[string]string{wire.HeaderModel: "m1", wire.HeaderBucket: bucket("alice")}},
+		{"body user field is an identity source", post(), `{"model":"m1","user":"bob"}`, Pause, 0, "",
+			map[string]string{wire.HeaderBucket: bucket("bob")}},
+		{"no identity gives a random bucket", post(), `{"model":"m1"}`, Pause, 0, "",
+			map[string]string{wire.HeaderBucket: "42"}},
+		{"other paths strip the model header and continue", [][2]string{{":method", "GET"}, {":path", "/v1/models"}, {wire.HeaderModel, "m1"}, {wire.HeaderUserID, "alice"}}, "", Continue, 0, "",
+			map[string]string{wire.HeaderModel: "", wire.HeaderBucket: bucket("alice")}},
+		{"GET on a body path is not body-routed", [][2]string{{":method", "GET"}, {":path", "/v1/chat/completions"}}, "", Continue, 0, "",
+			map[string]string{wire.HeaderBucket: "42"}},
+		{"force without key is stripped", post([2]string{wire.HeaderForce, "v2"}), `{"model":"m1"}`, Pause, 0, "",
+			map[string]string{wire.HeaderForce: "", wire.HeaderKey: ""}},
+		{"force with a wrong key is stripped with the key", post([2]string{wire.HeaderForce, "v2"}, [2]string{wire.HeaderKey, "nope"}), `{"model":"m1"}`, Pause, 0, "",
+			map[string]string{wire.HeaderForce: "", wire.HeaderKey: ""}},
+		{"force with the key survives, the key does not", post([2]string{wire.HeaderForce, "v2"}, [2]string{wire.HeaderKey, "op-key"}), `{"model":"m1"}`, Pause, 0, "",
+			map[string]string{wire.HeaderForce: "v2", wire.HeaderKey: ""}},
+		{"category comes from the configured header", post([2]string{"x-task", "code"}, [2]string{wire.HeaderCategory, "spoof"}), `{"model":"m1"}`, Pause, 0, "",
+			map[string]string{wire.HeaderCategory: "code"}},
+		{"client category without the configured header is dropped", post([2]string{wire.HeaderCategory, "spoof"}), `{"model":"m1"}`, Pause, 0, "",
+			map[string]string{wire.HeaderCategory: ""}},
+		{"content-length over the cap is 413 at once", post([2]string{"content-length", "101"}), "", Pause, 413, "request_too_large", nil},
+		{"body over the cap is 413", post(), `{"model":"m1","pad":"` + strings.Repeat("x", 100) + `"}`, Pause, 413, "request_too_large", nil},
+		{"malformed body is 400", post(), `{"model"`, Pause, 400, "invalid_request_body", nil},
+		{"missing model is 400", post(), `{"user":"u"}`, Pause, 400, "invalid_request_body", nil},
+		{"unknown model is 404", post(), `{"model":"m9"}`, Pause, 404, "model_not_found", nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := &fakeHost{headers: append([][2]string(nil), c.headers...), body: []byte(c.body)}
+			s := testPlugin(t).NewStream(h)
+			got := s.OnRequestHeaders(c.body == "" && c.headersAct == Continue)
+			if got != c.headersAct {
+				t.Fatalf("OnRequestHeaders = %v, want %v", got, c.headersAct)
+			}
+			if c.body != "" && h.status == 0 {
+				want := Continue
+				if c.status != 0 {
+					want = Pause
+				}
+				if got := s.OnRequestBody(len(c.body), true); got != want {
+					t.Fatalf("OnRequestBody = %v, want %v", got, want)
+				}
+			}
+			if h.status != c.status {
+				t.Fatalf("local response %d %s, want %d", h.status, h.reply, c.status)
+			}
+			if c.status != 0 {
+				var e struct {
+					Error struct{ Type, Code, Message string }
+				}
+				if err := json.Unmarshal(h.reply, &e); err != nil || e.Error.Code != c.code || e.Error.Type != "invalid_request_error" {
+					t.Fatalf("reply %s (%v), want code %s", h.reply, err, c.code)
+				}
+				return
+			}
+			for k, want := range c.want {
+				if v, _ := h.get(k); v != want {
+					t.Errorf("header %s = %q, want %q", k, v, want)
+				}
+			}
+		})
+	}
+}
+
+func TestStreamBuffersUntilEndOfBody(t *testing.T) {
+	body := `{"model":"m1"}`
+	h := &fakeHost{headers: [][2]string{{":method", "POST"}, {":path", "/v1/completions"}}, body: []byte(body)}
+	s := testPlugin(t).NewStream(h)
+	if got := s.OnRequestHeaders(false); got != Pause {
+		t.Fatalf("headers: %v, want pause", got)
+	}
+	if got := s.OnRequestBody(5, false); got != Pause {
+		t.Fatalf("partial body: %v, want pause", got)
+	}
+	if _, ok := h.get(wire.HeaderModel); ok {
+		t.Fatal("model set before the body ended")
+	}
+	if got := s.OnRequestBody(len(body), false); got != Pause {
+		t.Fatalf("whole body, not ended: %v, want pause", got)
+	}
+	if got := s.OnRequestTrailers(); got != Continue {
+		t.Fatalf("trailers end the body: %v, want continue", got)
+	}
+	if v, _ := h.get(wire.HeaderModel); v != "m1" {
+		t.Fatalf("model %q, want m1", v)
+	}
+}

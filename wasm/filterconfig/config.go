@@ -1,0 +1,135 @@
+// Package filterconfig is the configuration of llmcanary's proxy-wasm
+// filter: the JSON the control plane puts in the Envoy config and the wasm
+// module reads in proxy_on_configure. It builds natively and for wasip1, so
+// both sides share one type and one validation.
+package filterconfig
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/llmcanary/llmcanary/internal/wire"
+)
+
+// Defaults applied by WithDefaults.
+const (
+	DefaultMaxBodyBytes = 1 << 20
+	// MinHashKeyBytes is the shortest accepted hash_key: a short secret
+	// would let anyone compute which identities land in the canary.
+	MinHashKeyBytes = 16
+)
+
+// Source is one identity source; exactly one field is set.
+type Source struct {
+	// Header names a request header whose value is the identity.
+	Header string `json:"header,omitempty"`
+	// Cookie names a cookie (from the Cookie header) whose value is the
+	// identity.
+	Cookie string `json:"cookie,omitempty"`
+	// BodyField names a top-level string field of the JSON request body
+	// (e.g. OpenAI's "user"); only read on the body-routed paths.
+	BodyField string `json:"body_field,omitempty"`
+}
+
+// Config is the filter's plugin configuration.
+type Config struct {
+	// Identity lists the identity sources in order; the first present one
+	// wins. Empty means the x-user-id header.
+	Identity []Source `json:"identity,omitempty"`
+	// HashKey is the secret of the keyed hash that turns an identity into a
+	// bucket. Every Envoy of a fleet must share it so that a user lands in
+	// the same bucket everywhere.
+	HashKey string `json:"hash_key"`
+	// ForceKeys are the hex SHA-256 digests (ForceKeyDigest) of the keys
+	// accepted in x-llmcanary-key. Several may be valid at once so that
+	// keys rotate without downtime; the clear keys never enter Envoy.
+	ForceKeys []string `json:"force_keys,omitempty"`
+	// MaxBodyBytes caps the request body read to find the model; larger
+	// requests get 413. Envoy's per-connection buffer limit must be at least
+	// this large. Zero means DefaultMaxBodyBytes.
+	MaxBodyBytes int `json:"max_body_bytes,omitempty"`
+	// Models are the model names served; a body naming another gets 404.
+	Models []string `json:"models"`
+	// CategoryHeader is the request header whose value becomes
+	// x-llmcanary-category. Empty means x-llmcanary-category itself.
+	CategoryHeader string `json:"category_header,omitempty"`
+}
+
+// WithDefaults returns c with the documented defaults filled in.
+func (c Config) WithDefaults() Config {
+	if len(c.Identity) == 0 {
+		c.Identity = []Source{{Header: wire.HeaderUserID}}
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.CategoryHeader == "" {
+		c.CategoryHeader = wire.HeaderCategory
+	}
+	return c
+}
+
+// Validate reports every problem of c, joined.
+func (c Config) Validate() error {
+	var errs []error
+	for i, s := range c.Identity {
+		n := 0
+		for _, v := range []string{s.Header, s.Cookie, s.BodyField} {
+			if v != "" {
+				n++
+			}
+		}
+		if n != 1 {
+			errs = append(errs, fmt.Errorf("identity[%d]: exactly one of header, cookie, body_field must be set", i))
+		}
+	}
+	if len(c.HashKey) < MinHashKeyBytes {
+		errs = append(errs, fmt.Errorf("hash_key: must be at least %d bytes, got %d", MinHashKeyBytes, len(c.HashKey)))
+	}
+	for i, d := range c.ForceKeys {
+		if b, err := hex.DecodeString(d); err != nil || len(b) != sha256.Size {
+			errs = append(errs, fmt.Errorf("force_keys[%d]: not a hex SHA-256 digest", i))
+		}
+	}
+	if c.MaxBodyBytes < 0 {
+		errs = append(errs, fmt.Errorf("max_body_bytes: must not be negative, got %d", c.MaxBodyBytes))
+	}
+	seen := map[string]bool{}
+	for i, m := range c.Models {
+		switch {
+		case m == "":
+			errs = append(errs, fmt.Errorf("models[%d]: empty name", i))
+		case seen[m]:
+			errs = append(errs, fmt.Errorf("models[%d]: duplicate %q", i, m))
+		}
+		seen[m] = true
+	}
+	return errors.Join(errs...)
+}
+
+// Parse decodes a JSON configuration, applies the defaults and validates it.
+// Unknown fields are errors, so a misspelt option is not silently ignored.
+func Parse(data []byte) (Config, error) {
+	var c Config
+	if err := decodeStrict(data, &c); err != nil {
+		return Config{}, fmt.Errorf("parse filter config: %w", err)
+	}
+	c = c.WithDefaults()
+	if err := c.Validate(); err != nil {
+		return Config{}, fmt.Errorf("invalid filter config: %w", err)
+	}
+	return c, nil
+}
+
+// Marshal returns the JSON the filter reads.
+func (c Config) Marshal() ([]byte, error) { return json.Marshal(c) }
+
+// ForceKeyDigest returns the hex SHA-256 digest of a force key, the form
+// force_keys stores.
+func ForceKeyDigest(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:])
+}
