@@ -157,9 +157,9 @@ type Writer struct {
 	version     serverVersion
 
 	written, spooled, dropped, replayed, skipped atomic.Uint64
-	droppedLogged                               atomic.Uint64
-	lastDropLog                                 atomic.Int64
-	spoolBytes, spoolPending                    atomic.Int64
+	droppedLogged                                atomic.Uint64
+	lastDropLog                                  atomic.Int64
+	spoolBytes, spoolPending                     atomic.Int64
 
 	collectors []prometheus.Collector
 }
