@@ -1,0 +1,239 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+
+	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/extproc/chwriter"
+)
+
+func init() {
+	register(command{
+		Name:    "extproc",
+		Summary: "run the ext_proc telemetry service Envoy streams every request to",
+		Run:     runExtproc,
+	})
+}
+
+// extprocOptions are the settings of `llmcanary extproc`.
+type extprocOptions struct {
+	Listen        string   // gRPC address Envoy's ext_proc cluster points at
+	MetricsListen string   // Prometheus /metrics; empty turns it off
+	ClickHouse    string   // native-protocol address; empty logs records instead
+	Database      string   // ClickHouse database
+	SpoolDir      string   // where records wait while ClickHouse is away
+	RetentionDays int      // days of rows kept; 0 keeps everything
+	CaptureRate   float64  // fraction of requests whose text is kept
+	CaptureMax    int      // bytes kept of each prompt and completion
+	Refusals      []string // refusal patterns; empty means the defaults
+	LogLevel      string
+}
+
+func defaultExtprocOptions() extprocOptions {
+	return extprocOptions{
+		Listen:        "127.0.0.1:9002",
+		MetricsListen: "127.0.0.1:9003",
+		SpoolDir:      filepath.Join(os.TempDir(), "llmcanary-extproc-spool"),
+		CaptureMax:    extproc.DefaultCaptureMaxBytes,
+		LogLevel:      "info",
+	}
+}
+
+// Validate reports every invalid option at once.
+func (o extprocOptions) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(o.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("--listen %q: %w", o.Listen, err))
+	}
+	if o.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(o.MetricsListen); err != nil {
+			errs = append(errs, fmt.Errorf("--metrics-listen %q: %w", o.MetricsListen, err))
+		}
+	}
+	if o.ClickHouse != "" {
+		if _, _, err := net.SplitHostPort(o.ClickHouse); err != nil {
+			errs = append(errs, fmt.Errorf("--clickhouse %q: %w", o.ClickHouse, err))
+		}
+		if o.SpoolDir == "" {
+			errs = append(errs, errors.New("--spool-dir is required with --clickhouse"))
+		}
+	}
+	if o.RetentionDays < 0 {
+		errs = append(errs, errors.New("--retention-days must not be negative"))
+	}
+	if err := o.capture().Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := extproc.NewRefusalDetector(o.Refusals); err != nil {
+		errs = append(errs, err)
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(o.LogLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("--log-level: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func (o extprocOptions) capture() extproc.CaptureOptions {
+	return extproc.CaptureOptions{Rate: o.CaptureRate, MaxBytes: o.CaptureMax}
+}
+
+// stringList is a repeatable flag.
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, " | ") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func (o *extprocOptions) bind(fs *flag.FlagSet) {
+	fs.StringVar(&o.Listen, "listen", o.Listen, "gRPC address for Envoy's ext_proc filter")
+	fs.StringVar(&o.MetricsListen, "metrics-listen", o.MetricsListen, "address serving Prometheus /metrics (empty: off)")
+	fs.StringVar(&o.ClickHouse, "clickhouse", o.ClickHouse, "ClickHouse native-protocol address, e.g. 127.0.0.1:9000 (empty: log records instead)")
+	fs.StringVar(&o.Database, "database", o.Database, "ClickHouse database (default llmcanary)")
+	fs.StringVar(&o.SpoolDir, "spool-dir", o.SpoolDir, "directory where records wait while ClickHouse is unreachable")
+	fs.IntVar(&o.RetentionDays, "retention-days", o.RetentionDays, "days of telemetry kept in ClickHouse (0: all)")
+	fs.Float64Var(&o.CaptureRate, "capture-rate", o.CaptureRate, "fraction of requests whose prompt and completion are kept, redacted (0: off)")
+	fs.IntVar(&o.CaptureMax, "capture-max-bytes", o.CaptureMax, "bytes kept of each captured prompt and completion")
+	fs.Var((*stringList)(&o.Refusals), "refusal-pattern", "regular expression marking a refusal (repeatable; replaces the defaults)")
+	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error")
+}
+
+func runExtproc(ctx context.Context, args []string) error {
+	fs := newFlagSet("extproc", "Receives every request Envoy proxies (ext_proc, observability mode), times the streamed "+
+		"tokens and writes one row per request to ClickHouse. Envoy never waits for it.")
+	o := defaultExtprocOptions()
+	o.bind(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if err := o.Validate(); err != nil {
+		return err
+	}
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(o.LogLevel))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	sink, closeSink, err := openSink(ctx, o, reg, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := closeSink(cctx); err != nil {
+			log.Error("closing the telemetry sink", "err", err)
+		}
+	}()
+	refusals := o.Refusals
+	if len(refusals) == 0 {
+		refusals = nil // the defaults
+	}
+	srv, err := extproc.NewServer(extproc.Options{
+		Sink: sink, Registerer: reg, RefusalPatterns: refusals, Capture: o.capture(), Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+
+	lis, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	g := grpc.NewServer()
+	srv.Register(g)
+	errc := make(chan error, 2)
+	go func() { errc <- g.Serve(lis) }()
+	log.Info("ext_proc service listening", "grpc", lis.Addr().String(), "clickhouse", o.ClickHouse)
+
+	var hs *http.Server
+	if o.MetricsListen != "" {
+		ml, err := net.Listen("tcp", o.MetricsListen)
+		if err != nil {
+			g.Stop()
+			return fmt.Errorf("metrics listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		hs = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := hs.Serve(ml); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("metrics: %w", err)
+			}
+		}()
+		log.Info("metrics listening", "addr", ml.Addr().String())
+	}
+
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+	}
+	// Envoy holds each stream until its request ends; give those in flight
+	// a moment to finish so their records are written.
+	done := make(chan struct{})
+	go func() { g.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		g.Stop()
+	}
+	if hs != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		hs.Shutdown(sctx)
+		cancel()
+	}
+	return err
+}
+
+// openSink returns where records go: the ClickHouse writer when an address
+// is given, else a sink that logs each record.
+func openSink(ctx context.Context, o extprocOptions, reg prometheus.Registerer, log *slog.Logger) (extproc.Sink, func(context.Context) error, error) {
+	if o.ClickHouse == "" {
+		log.Warn("no --clickhouse address: records are only logged")
+		return logSink{log: log}, func(context.Context) error { return nil }, nil
+	}
+	w, err := chwriter.New(ctx, chwriter.Options{
+		Addr:          o.ClickHouse,
+		Database:      o.Database,
+		SpoolDir:      o.SpoolDir,
+		RetentionDays: o.RetentionDays,
+		Registerer:    reg,
+		Logger:        log,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("clickhouse sink: %w", err)
+	}
+	return w, w.Close, nil
+}
+
+// logSink writes each record as one log line. slog handlers serialise
+// their writes, so it is safe for concurrent use; it blocks only as long
+// as the log write itself.
+type logSink struct{ log *slog.Logger }
+
+func (s logSink) Write(r extproc.Record) {
+	s.log.Info("request",
+		"request_id", r.RequestID, "model", r.Model, "version", r.Version, "status", r.Status,
+		"failure", r.Failure, "ttft_ms", r.TTFTMs, "itl_mean_ms", r.ITLMeanMs, "total_ms", r.TotalMs,
+		"prompt_tokens", r.PromptTokens, "completion_tokens", r.CompletionTokens, "cost_usd", r.CostUSD,
+		"refusal", r.Refusal, "forced", r.Forced)
+}
