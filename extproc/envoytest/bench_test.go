@@ -1,0 +1,139 @@
+package envoytest
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// load runs n streamed requests against url with c in flight and returns
+// each request's latency (send → last byte) and the wall time of the run.
+func load(ctx context.Context, url string, n, c int, hdr map[string]string) ([]time.Duration, time.Duration, error) {
+	lat := make([]time.Duration, n)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	start := time.Now()
+	for w := 0; w < c; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				t0 := time.Now()
+				code, _, err := completion(ctx, url, hdr)
+				lat[i] = time.Since(t0)
+				if err == nil && code != 200 {
+					err = fmt.Errorf("status %d", code)
+				}
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return lat, time.Since(start), firstErr
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func pct(d []time.Duration, p float64) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[int(p*float64(len(s)-1))]
+}
+
+// BenchmarkExtprocOverhead compares Envoy with the ext_proc filter and
+// service against Envoy alone on the same upstream, in one run: latency
+// percentiles, throughput, and the service's CPU per streamed request. The
+// client, upstream and service share this process, so the service's CPU is
+// this process's CPU with the filter minus its CPU without it for the same
+// requests (getrusage before and after each phase). Phases alternate so a
+// drift in machine load hits both sides alike.
+//
+//	go test -run '^$' -bench . -benchtime 1x ./extproc/envoytest/
+func BenchmarkExtprocOverhead(b *testing.B) {
+	const (
+		perPhase = 150
+		phases   = 2
+		inFlight = 8
+		tokens   = 32
+	)
+	svc := startService(b)
+	env := startEnvoy(b, startUpstream(b), svc.addr, fastClose)
+	hdr := map[string]string{hdrTokens: fmt.Sprint(tokens), hdrMode: "usage"}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	// Warm both listeners' connection pools.
+	for _, u := range []string{env.plainURL, env.withURL} {
+		if _, _, err := load(ctx, u, 2*inFlight, inFlight, hdr); err != nil {
+			b.Fatal(err)
+		}
+	}
+	svc.sink.wait(b, 2*inFlight, 10*time.Second)
+	svc.sink.reset()
+
+	for range b.N {
+		var plainLat, withLat []time.Duration
+		var plainWall, withWall, plainCPU, withCPU time.Duration
+		for p := 0; p < phases; p++ {
+			c0 := cpuTime()
+			lat, wall, err := load(ctx, env.plainURL, perPhase, inFlight, hdr)
+			c1 := cpuTime()
+			if err != nil {
+				b.Fatal(err)
+			}
+			plainLat, plainWall, plainCPU = append(plainLat, lat...), plainWall+wall, plainCPU+c1-c0
+
+			c0 = cpuTime()
+			lat, wall, err = load(ctx, env.withURL, perPhase, inFlight, hdr)
+			svc.sink.wait(b, (p+1)*perPhase, 10*time.Second) // the service's work is done
+			c1 = cpuTime()
+			if err != nil {
+				b.Fatal(err)
+			}
+			withLat, withWall, withCPU = append(withLat, lat...), withWall+wall, withCPU+c1-c0
+		}
+		n := float64(perPhase * phases)
+		recs := svc.sink.wait(b, perPhase*phases, 10*time.Second)
+		for _, r := range recs {
+			if r.CompletionTokens != tokens || r.Failure != "" {
+				b.Fatalf("record %s: %d tokens, failure %q", r.RequestID, r.CompletionTokens, r.Failure)
+			}
+		}
+		svc.sink.reset()
+
+		p50, p99 := pct(plainLat, 0.50), pct(plainLat, 0.99)
+		w50, w99 := pct(withLat, 0.50), pct(withLat, 0.99)
+		rpsPlain, rpsWith := n/plainWall.Seconds(), n/withWall.Seconds()
+		svcCPU := (withCPU - plainCPU).Seconds() / n * 1e6
+		b.ReportMetric(float64(w50)/float64(p50), "p50-ratio")
+		b.ReportMetric(float64(w99)/float64(p99), "p99-ratio")
+		b.ReportMetric(rpsWith/rpsPlain, "throughput-ratio")
+		b.ReportMetric(svcCPU, "service-cpu-µs/req")
+		b.Logf("%d streamed requests of %d tokens per side, %d in flight", int(n), tokens, inFlight)
+		b.Logf("Envoy alone:      p50 %v  p99 %v  %.0f req/s  process CPU %v", p50, p99, rpsPlain, plainCPU)
+		b.Logf("Envoy + ext_proc: p50 %v  p99 %v  %.0f req/s  process CPU %v", w50, w99, rpsWith, withCPU)
+		b.Logf("ratios: p50 %.3f  p99 %.3f  throughput %.3f; service CPU %.0f µs per streamed request",
+			float64(w50)/float64(p50), float64(w99)/float64(p99), rpsWith/rpsPlain, svcCPU)
+	}
+}
