@@ -111,9 +111,9 @@ func Cluster(name, addr string) *clusterv3.Cluster {
 	host, portStr, err := net.SplitHostPort(addr)
 	port, perr := strconv.ParseUint(portStr, 10, 32)
 	if err != nil || perr != nil {
-		// An invalid address yields a cluster that fails validation where it
-		// is published, rather than a panic here.
-		host, port = addr, 0
+		// An invalid address yields a cluster that fails ValidateAll where
+		// it is published (no endpoint address), rather than a panic here.
+		host, port = "", 0
 	}
 	h2, _ := anypb.New(&upstreamhttpv3.HttpProtocolOptions{
 		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{
