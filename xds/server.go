@@ -20,13 +20,49 @@ import (
 	"google.golang.org/grpc"
 )
 
-// fleetHash puts every Envoy in one group: the whole fleet gets the same
-// snapshot, so any Envoy routes a bucket the same way.
-type fleetHash struct{}
+// Envoys of a fleet share one snapshot, so any Envoy routes a bucket the
+// same way. The only thing a node may set for itself is where its listener
+// binds (node metadata MetaListenerAddress and MetaListenerPort), for hosts
+// that run several Envoys; nodes with the same override share a snapshot
+// group.
+const (
+	MetaListenerAddress = "llmcanary_listener_address"
+	MetaListenerPort    = "llmcanary_listener_port"
+)
 
-func (fleetHash) ID(*corev3.Node) string { return fleetGroup }
+// ListenerOverride is a node's own listener address, from its metadata.
+type ListenerOverride struct {
+	Address string
+	Port    uint32
+}
 
-const fleetGroup = "fleet"
+func overrideOf(n *corev3.Node) ListenerOverride {
+	var o ListenerOverride
+	f := n.GetMetadata().GetFields()
+	if f == nil {
+		return o
+	}
+	o.Address = f[MetaListenerAddress].GetStringValue()
+	if p := f[MetaListenerPort].GetNumberValue(); p > 0 && p < 65536 {
+		o.Port = uint32(p)
+	} else if ps := f[MetaListenerPort].GetStringValue(); ps != "" {
+		if n, err := strconv.ParseUint(ps, 10, 16); err == nil {
+			o.Port = uint32(n)
+		}
+	}
+	return o
+}
+
+func (o ListenerOverride) group() string {
+	if o == (ListenerOverride{}) {
+		return "fleet"
+	}
+	return "listener=" + o.Address + ":" + strconv.FormatUint(uint64(o.Port), 10)
+}
+
+type groupHash struct{}
+
+func (groupHash) ID(n *corev3.Node) string { return overrideOf(n).group() }
 
 // Publisher turns accepted states into xDS snapshots. It owns the snapshot
 // cache; safe for concurrent use.
@@ -36,7 +72,9 @@ type Publisher struct {
 	log     *slog.Logger
 
 	mu        sync.Mutex
+	current   *State
 	published uint64
+	groups    map[string]ListenerOverride
 }
 
 // NewPublisher returns a publisher for the given gateway shape.
@@ -44,40 +82,95 @@ func NewPublisher(g Gateway, log *slog.Logger) *Publisher {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Publisher{gateway: g, cache: cache.NewSnapshotCache(true, fleetHash{}, nil), log: log}
+	return &Publisher{
+		gateway: g,
+		cache:   cache.NewSnapshotCache(true, groupHash{}, nil),
+		log:     log,
+		groups:  map[string]ListenerOverride{"fleet": {}},
+	}
 }
 
 // Cache returns the snapshot cache the xDS server serves from.
 func (p *Publisher) Cache() cache.SnapshotCache { return p.cache }
 
-// Prepare translates s into a snapshot after checking that every resource
-// validates and that the snapshot is consistent (every route's cluster
+func (p *Publisher) gatewayFor(o ListenerOverride) Gateway {
+	g := p.gateway
+	if o.Address != "" {
+		g.ListenerAddress = o.Address
+	}
+	if o.Port != 0 {
+		g.ListenerPort = o.Port
+	}
+	return g
+}
+
+// build translates s for every snapshot group.
+func (p *Publisher) build(s *State, groups map[string]ListenerOverride) (map[string]*cache.Snapshot, int, error) {
+	snaps := map[string]*cache.Snapshot{}
+	clusters := 0
+	for key, o := range groups {
+		res, err := Translate(s, p.gatewayFor(o))
+		if err != nil {
+			return nil, 0, err
+		}
+		snap, err := snapshotOf(s, res)
+		if err != nil {
+			return nil, 0, err
+		}
+		if err := snap.Consistent(); err != nil {
+			return nil, 0, fmt.Errorf("snapshot %d is not consistent: %w", s.Revision, err)
+		}
+		snaps[key] = snap
+		clusters = len(res.Clusters)
+	}
+	return snaps, clusters, nil
+}
+
+// Prepare translates s into snapshots after checking that every resource
+// validates and that each snapshot is consistent (every route's cluster
 // exists, every EDS cluster has endpoints), and returns the function that
-// publishes it. An invalid state is never published; the fleet keeps the
+// publishes them. An invalid state is never published; the fleet keeps the
 // previous one.
 func (p *Publisher) Prepare(s *State) (func() error, error) {
-	res, err := Translate(s, p.gateway)
+	p.mu.Lock()
+	groups := make(map[string]ListenerOverride, len(p.groups))
+	for k, o := range p.groups {
+		groups[k] = o
+	}
+	p.mu.Unlock()
+	snaps, clusters, err := p.build(s, groups)
 	if err != nil {
 		return nil, err
 	}
-	snap, err := snapshotOf(s, res)
-	if err != nil {
-		return nil, err
-	}
-	if err := snap.Consistent(); err != nil {
-		return nil, fmt.Errorf("snapshot %d is not consistent: %w", s.Revision, err)
-	}
-	rev, models, clusters := s.Revision, len(s.Models), len(res.Clusters)
+	st := s.Clone()
 	return func() error {
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		if err := p.cache.SetSnapshot(context.Background(), fleetGroup, snap); err != nil {
-			return fmt.Errorf("set snapshot %d: %w", rev, err)
+		for key, snap := range snaps {
+			if err := p.cache.SetSnapshot(context.Background(), key, snap); err != nil {
+				return fmt.Errorf("set snapshot %d: %w", st.Revision, err)
+			}
 		}
-		p.published = rev
-		p.log.Info("published snapshot", "revision", rev, "models", models, "clusters", clusters)
+		// A group that joined while this state was prepared gets it too.
+		for key, o := range p.groups {
+			if _, done := snaps[key]; !done {
+				if err := p.setGroupLocked(st, key, o); err != nil {
+					return err
+				}
+			}
+		}
+		p.current, p.published = st, st.Revision
+		p.log.Info("published snapshot", "revision", st.Revision, "models", len(st.Models), "clusters", clusters)
 		return nil
 	}, nil
+}
+
+func (p *Publisher) setGroupLocked(s *State, key string, o ListenerOverride) error {
+	snaps, _, err := p.build(s, map[string]ListenerOverride{key: o})
+	if err != nil {
+		return err
+	}
+	return p.cache.SetSnapshot(context.Background(), key, snaps[key])
 }
 
 // Publish prepares and publishes s at once (start-up, after a restart).
@@ -96,9 +189,31 @@ func (p *Publisher) Published() uint64 {
 	return p.published
 }
 
+// join makes sure the node's snapshot group exists before its first watch.
+func (p *Publisher) join(n *corev3.Node) {
+	o := overrideOf(n)
+	key := o.group()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.groups[key]; ok {
+		return
+	}
+	p.groups[key] = o
+	if p.current != nil {
+		if err := p.setGroupLocked(p.current, key, o); err != nil {
+			p.log.Error("cannot build snapshot for node group", "group", key, "error", err)
+		}
+	}
+}
+
 // snapshotOf builds a validated snapshot versioned by the state's revision.
 func snapshotOf(s *State, r *Resources) (*cache.Snapshot, error) {
-	byType := map[resource.Type][]types.Resource{}
+	// Every type is present, even when empty: the cache answers a watch
+	// only when the type's version moves, so a missing type would leave an
+	// Envoy waiting for its initial fetch.
+	byType := map[resource.Type][]types.Resource{
+		resource.ListenerType: {}, resource.RouteType: {}, resource.ClusterType: {}, resource.EndpointType: {},
+	}
 	add := func(t resource.Type, m interface {
 		types.Resource
 		ValidateAll() error
@@ -134,7 +249,23 @@ func snapshotOf(s *State, r *Resources) (*cache.Snapshot, error) {
 
 // RegisterServer registers the aggregated (ADS, state-of-the-world and
 // delta) and the per-type discovery services on g.
-func RegisterServer(ctx context.Context, g *grpc.Server, p *Publisher, cb serverv3.Callbacks) {
+func RegisterServer(ctx context.Context, g *grpc.Server, p *Publisher, log *slog.Logger) {
+	cb := serverv3.CallbackFuncs{
+		StreamRequestFunc: func(_ int64, r *discoverygrpc.DiscoveryRequest) error {
+			p.join(r.GetNode())
+			return nil
+		},
+		StreamDeltaRequestFunc: func(_ int64, r *discoverygrpc.DeltaDiscoveryRequest) error {
+			p.join(r.GetNode())
+			return nil
+		},
+		StreamClosedFunc: func(id int64, n *corev3.Node) {
+			log.Info("xds stream closed", "stream", id, "node", n.GetId())
+		},
+		DeltaStreamClosedFunc: func(id int64, n *corev3.Node) {
+			log.Info("delta xds stream closed", "stream", id, "node", n.GetId())
+		},
+	}
 	srv := serverv3.NewServer(ctx, p.cache, cb)
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, srv)
 	listenerservice.RegisterListenerDiscoveryServiceServer(g, srv)

@@ -203,6 +203,14 @@ func routes(s *State, g Gateway) (*routev3.RouteConfiguration, error) {
 				"The model does not exist or was not given.", "invalid_request_error", "model_not_found")}},
 		}},
 		ResponseHeadersToAdd: []*corev3.HeaderValueOption{contentTypeJSON()},
+		// The revision travels with the routes so anyone can read from an
+		// Envoy's config dump which desired state it serves (delta xDS
+		// versions are hashes, not revisions).
+		Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+			wire.MetadataNamespace: {Fields: map[string]*structpb.Value{
+				"revision": structpb.NewStringValue(strconv.FormatUint(s.Revision, 10)),
+			}},
+		}},
 	})
 	return &routev3.RouteConfiguration{
 		Name: RouteConfigName,
@@ -345,6 +353,9 @@ func cluster(m *Model, v Version, g Gateway) (*clusterv3.Cluster, *endpointv3.Cl
 			HealthyThreshold:   wrapperspb.UInt32(1),
 			HealthChecker: &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{
 				Path: p,
+				// Envoy would send the cluster name as Host; "|" is not a
+				// valid host character and strict servers answer 400.
+				Host: "llmcanary-health-check",
 			}},
 		}}
 	}

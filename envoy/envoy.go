@@ -1,0 +1,92 @@
+// Package envoy holds the Envoy bootstrap llmcanary gateways start from and
+// renders it for one node.
+package envoy
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"text/template"
+)
+
+//go:embed bootstrap.yaml.tmpl
+var bootstrapTemplate string
+
+var tmpl = template.Must(template.New("bootstrap").Parse(bootstrapTemplate))
+
+// BootstrapOptions describe one Envoy of the fleet.
+type BootstrapOptions struct {
+	NodeID  string // unique per Envoy
+	Cluster string // the fleet's name
+	// XDS is the control plane's xDS address, host:port.
+	XDS       string
+	AdminPort int
+	// Delta selects incremental xDS (DELTA_GRPC) instead of state of the world.
+	Delta bool
+	// ListenerAddress and ListenerPort, when set, make this node's listener
+	// bind elsewhere than the fleet's (several Envoys on one host).
+	ListenerAddress string
+	ListenerPort    int
+	// MaxConnections caps active downstream connections (default 50000).
+	MaxConnections int
+}
+
+// Validate reports every problem with the options.
+func (o BootstrapOptions) Validate() error {
+	var errs []error
+	if o.NodeID == "" {
+		errs = append(errs, errors.New("node id is required"))
+	}
+	if o.Cluster == "" {
+		errs = append(errs, errors.New("cluster is required"))
+	}
+	if _, _, err := splitHostPort(o.XDS); err != nil {
+		errs = append(errs, fmt.Errorf("xds address: %w", err))
+	}
+	if o.AdminPort <= 0 || o.AdminPort > 65535 {
+		errs = append(errs, fmt.Errorf("admin port %d out of range", o.AdminPort))
+	}
+	if o.ListenerPort < 0 || o.ListenerPort > 65535 {
+		errs = append(errs, fmt.Errorf("listener port %d out of range", o.ListenerPort))
+	}
+	return errors.Join(errs...)
+}
+
+// Bootstrap renders the bootstrap YAML for one Envoy.
+func Bootstrap(o BootstrapOptions) ([]byte, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	if o.MaxConnections == 0 {
+		o.MaxConnections = 50000
+	}
+	host, port, _ := splitHostPort(o.XDS)
+	_, ipErr := netip.ParseAddr(host)
+	var buf bytes.Buffer
+	err := tmpl.Execute(&buf, struct {
+		BootstrapOptions
+		XDSHost string
+		XDSPort int
+		XDSIsIP bool
+	}{o, host, port, ipErr == nil})
+	if err != nil {
+		return nil, fmt.Errorf("render bootstrap: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port <= 0 || port > 65535 || host == "" {
+		return "", 0, fmt.Errorf("%q is not host:port", addr)
+	}
+	return host, port, nil
+}

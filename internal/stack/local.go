@@ -1,0 +1,173 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/llmcanary/llmcanary/sim"
+	"github.com/llmcanary/llmcanary/xds"
+)
+
+// SimServer is a simulated inference pool served on loopback.
+type SimServer struct {
+	Addr    string
+	Profile sim.Profile
+	srv     *http.Server
+}
+
+// StartSim serves a simulated pool with profile p on a free loopback port.
+func StartSim(p sim.Profile) (*SimServer, error) {
+	h, err := sim.New(p)
+	if err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	s := &SimServer{Addr: l.Addr().String(), Profile: p, srv: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}}
+	go s.srv.Serve(l)
+	return s, nil
+}
+
+// Stop closes the pool at once.
+func (s *SimServer) Stop() { s.srv.Close() }
+
+// LocalOptions describe a local llmcanary stack.
+type LocalOptions struct {
+	Dir   string // everything the stack writes: state, logs, configs
+	Token string // management API token (default: a fixed dev token)
+	// Envoys to start (default 1). The second and later bind their own
+	// listener ports through node metadata; odd-numbered ones use delta xDS.
+	Envoys int
+	// Control plane gateway extensions.
+	Wasm    *xds.WasmOptions
+	ExtProc *xds.ExtProcOptions
+	Log     *slog.Logger
+}
+
+// Local is a running local stack: the control plane (in process), Envoy
+// gateways (real processes) and whatever pools the caller adds.
+type Local struct {
+	CP      *xds.ControlPlane
+	Envoys  []*Envoy
+	Gateway []string // listener address of each Envoy
+	API     *xds.Client
+
+	opts   xds.Options
+	log    *slog.Logger
+	closer []func()
+}
+
+// DevToken is the management API token of local stacks.
+const DevToken = "llmcanary-dev-token"
+
+// StartLocal starts the control plane and the Envoys. Pools and models are
+// added by the caller through the API.
+func StartLocal(ctx context.Context, o LocalOptions) (*Local, error) {
+	if o.Envoys == 0 {
+		o.Envoys = 1
+	}
+	if o.Token == "" {
+		o.Token = DevToken
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	ports, err := FreePorts(2 + o.Envoys)
+	if err != nil {
+		return nil, err
+	}
+	cpo := xds.DefaultOptions()
+	cpo.XDSListen = "127.0.0.1:" + strconv.Itoa(ports[0])
+	cpo.APIListen = "127.0.0.1:" + strconv.Itoa(ports[1])
+	cpo.DataDir = filepath.Join(o.Dir, "control")
+	cpo.Token = o.Token
+	cpo.ListenerAddress = "127.0.0.1"
+	cpo.ListenerPort = uint32(ports[2])
+	cpo.Wasm, cpo.ExtProc = o.Wasm, o.ExtProc
+	l := &Local{opts: cpo, log: o.Log}
+	if err := l.StartControlPlane(ctx); err != nil {
+		return nil, err
+	}
+	l.API = &xds.Client{BaseURL: "http://" + cpo.APIListen, Token: o.Token, Actor: "local"}
+	for i := 0; i < o.Envoys; i++ {
+		eo := EnvoyOptions{Dir: filepath.Join(o.Dir, "envoy"), NodeID: "gw-" + strconv.Itoa(i), XDS: cpo.XDSListen, Delta: i%2 == 1}
+		if i > 0 {
+			eo.ListenerPort = ports[2+i]
+		}
+		e, err := StartEnvoy(ctx, eo)
+		if err != nil {
+			l.Stop()
+			return nil, err
+		}
+		l.Envoys = append(l.Envoys, e)
+		l.Gateway = append(l.Gateway, "127.0.0.1:"+strconv.Itoa(ports[2+i]))
+	}
+	return l, nil
+}
+
+// StartControlPlane (re)starts the in-process control plane on the same
+// ports and data directory.
+func (l *Local) StartControlPlane(ctx context.Context) error {
+	var err error
+	for i := 0; i < 50; i++ { // the old listener may linger for a moment
+		l.CP, err = xds.Start(context.Background(), l.opts, l.log)
+		if err == nil {
+			return nil
+		}
+		var opErr *net.OpError
+		if !errors.As(err, &opErr) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("restart control plane: %w", err)
+}
+
+// StopControlPlane stops the control plane, as a crash or a deploy would.
+func (l *Local) StopControlPlane() { l.CP.Stop() }
+
+// WaitReady waits until every Envoy serves the current revision.
+func (l *Local) WaitReady(ctx context.Context) error {
+	st := l.CP.Store.State()
+	hosts := map[string][]string{}
+	for _, m := range st.Models {
+		for _, v := range m.Versions {
+			hosts[xds.ClusterName(m.Name, v.Name)] = v.Endpoints
+		}
+	}
+	for i, e := range l.Envoys {
+		if err := e.WaitReady(ctx, l.Gateway[i], st.Revision, hosts); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// OnStop registers f to run when the stack stops (pools, services).
+func (l *Local) OnStop(f func()) { l.closer = append(l.closer, f) }
+
+// Stop stops everything, Envoys first.
+func (l *Local) Stop() {
+	for _, e := range l.Envoys {
+		e.Stop()
+	}
+	if l.CP != nil {
+		l.CP.Stop()
+	}
+	for i := len(l.closer) - 1; i >= 0; i-- {
+		l.closer[i]()
+	}
+}

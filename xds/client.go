@@ -1,0 +1,115 @@
+package xds
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// Client calls the management API. The CLI, the analyzer and the tests use
+// it. Safe for concurrent use.
+type Client struct {
+	BaseURL string // e.g. http://127.0.0.1:18080
+	Token   string
+	Actor   string // recorded in the audit trail
+	HTTP    *http.Client
+}
+
+// APIError is a non-2xx answer of the management API.
+type APIError struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("management api: %d %s: %s", e.Status, e.Code, e.Message)
+}
+
+// State returns the whole desired state.
+func (c *Client) State(ctx context.Context) (*State, error) {
+	var s State
+	return &s, c.do(ctx, "GET", "/v1/state", nil, &s)
+}
+
+// Model returns one model.
+func (c *Client) Model(ctx context.Context, name string) (*Model, error) {
+	var m Model
+	return &m, c.do(ctx, "GET", "/v1/models/"+url.PathEscape(name), nil, &m)
+}
+
+// PutModel creates or replaces a model.
+func (c *Client) PutModel(ctx context.Context, m *Model) (*Model, error) {
+	var out Model
+	return &out, c.do(ctx, "PUT", "/v1/models/"+url.PathEscape(m.Name), m, &out)
+}
+
+// PutVersion adds a version (with no traffic) or replaces its definition.
+func (c *Client) PutVersion(ctx context.Context, model string, v Version) (*Model, error) {
+	var out Model
+	return &out, c.do(ctx, "PUT", "/v1/models/"+url.PathEscape(model)+"/versions/"+url.PathEscape(v.Name), v, &out)
+}
+
+// SetWeights sets a model's weights atomically; stable may be "" to keep it.
+func (c *Client) SetWeights(ctx context.Context, model string, weights map[string]float64, stable string) (*Model, error) {
+	var out Model
+	return &out, c.do(ctx, "PUT", "/v1/models/"+url.PathEscape(model)+"/weights", WeightsRequest{Weights: weights, Stable: stable}, &out)
+}
+
+// Revision returns the current revision of the desired state.
+func (c *Client) Revision(ctx context.Context) (uint64, error) {
+	s, err := c.State(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return s.Revision, nil
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	req.Header.Set("Content-Type", "application/json")
+	if c.Actor != "" {
+		req.Header.Set("X-Llmcanary-Actor", c.Actor)
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("management api: %w", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("management api: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var eb ErrorBody
+		_ = json.Unmarshal(b, &eb)
+		return &APIError{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("management api: decode answer: %w", err)
+		}
+	}
+	return nil
+}

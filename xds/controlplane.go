@@ -1,0 +1,209 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+	"sigs.k8s.io/yaml"
+
+	"github.com/llmcanary/llmcanary/internal/config"
+)
+
+// Options configure `llmcanary control`. A YAML config file uses the same
+// field names; flags override it.
+type Options struct {
+	// XDSListen is the gRPC address Envoys dial for ADS.
+	XDSListen string `json:"xds_listen"`
+	// APIListen is the management API's HTTP address.
+	APIListen string `json:"api_listen"`
+	// DataDir holds the durable desired state.
+	DataDir string `json:"data_dir"`
+	// Token is the management API's bearer token; TokenFile reads it from a
+	// file instead (preferred: it stays out of process listings).
+	Token     string `json:"token,omitempty"`
+	TokenFile string `json:"token_file,omitempty"`
+
+	ListenerAddress   string          `json:"listener_address"`
+	ListenerPort      uint32          `json:"listener_port"`
+	StreamIdleTimeout config.Duration `json:"stream_idle_timeout"`
+	Wasm              *WasmOptions    `json:"wasm,omitempty"`
+	ExtProc           *ExtProcOptions `json:"extproc,omitempty"`
+}
+
+// DefaultOptions returns the defaults of `llmcanary control`.
+func DefaultOptions() Options {
+	g := DefaultGateway()
+	return Options{
+		XDSListen:         "127.0.0.1:18000",
+		APIListen:         "127.0.0.1:18080",
+		DataDir:           "llmcanary-data",
+		ListenerAddress:   g.ListenerAddress,
+		ListenerPort:      g.ListenerPort,
+		StreamIdleTimeout: config.Duration(g.StreamIdleTimeout),
+	}
+}
+
+// LoadOptionsFile reads a YAML config file over o.
+func LoadOptionsFile(path string, o *Options) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := yaml.UnmarshalStrict(b, o); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// Validate reports every problem with the options, joined.
+func (o *Options) Validate() error {
+	var errs []error
+	for name, addr := range map[string]string{"xds_listen": o.XDSListen, "api_listen": o.APIListen} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %w", name, addr, err))
+		}
+	}
+	if o.DataDir == "" {
+		errs = append(errs, errors.New("data_dir is required: the desired state must survive a restart"))
+	}
+	if o.Token == "" && o.TokenFile == "" {
+		errs = append(errs, errors.New("a management API token is required (token_file, --token-file or LLMCANARY_API_TOKEN)"))
+	}
+	if o.ListenerPort == 0 {
+		errs = append(errs, errors.New("listener_port is required"))
+	}
+	if o.StreamIdleTimeout <= 0 {
+		errs = append(errs, errors.New("stream_idle_timeout must be positive"))
+	}
+	if o.Wasm != nil && o.Wasm.Path == "" {
+		errs = append(errs, errors.New("wasm.path is required when the wasm filter is configured"))
+	}
+	if o.ExtProc != nil && o.ExtProc.Address == "" {
+		errs = append(errs, errors.New("extproc.address is required when ext_proc is configured"))
+	}
+	return errors.Join(errs...)
+}
+
+func (o *Options) token() (string, error) {
+	if o.TokenFile == "" {
+		return o.Token, nil
+	}
+	b, err := os.ReadFile(o.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", fmt.Errorf("token file %s is empty", o.TokenFile)
+	}
+	return t, nil
+}
+
+// ControlPlane is a running control plane: the xDS server and the
+// management API over one durable store.
+type ControlPlane struct {
+	Store     *Store
+	Publisher *Publisher
+	// XDSAddr and APIAddr are the bound addresses (useful with port 0).
+	XDSAddr string
+	APIAddr string
+
+	grpc   *grpc.Server
+	http   *http.Server
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Start loads the durable state, publishes it, and starts serving xDS and
+// the API. After a restart the fleet gets back exactly the last accepted
+// state, with the same revision.
+func Start(ctx context.Context, o Options, log *slog.Logger) (*ControlPlane, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	token, err := o.token()
+	if err != nil {
+		return nil, err
+	}
+	store, err := OpenStore(o.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	g := DefaultGateway()
+	g.ListenerAddress, g.ListenerPort, g.StreamIdleTimeout = o.ListenerAddress, o.ListenerPort, o.StreamIdleTimeout.D()
+	if g.Extensions, err = Extensions(o.Wasm, o.ExtProc); err != nil {
+		return nil, err
+	}
+	pub := NewPublisher(g, log)
+	if err := pub.Publish(store.State()); err != nil {
+		return nil, fmt.Errorf("publish stored state: %w", err)
+	}
+	xl, err := net.Listen("tcp", o.XDSListen)
+	if err != nil {
+		return nil, fmt.Errorf("xds listen: %w", err)
+	}
+	al, err := net.Listen("tcp", o.APIListen)
+	if err != nil {
+		xl.Close()
+		return nil, fmt.Errorf("api listen: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	gs := grpc.NewServer(
+		grpc.MaxConcurrentStreams(1000000),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	)
+	RegisterServer(ctx, gs, pub, log)
+	hs := &http.Server{Handler: NewAPI(store, pub, token, log).Handler(), ReadHeaderTimeout: 10 * time.Second}
+	cp := &ControlPlane{
+		Store: store, Publisher: pub,
+		XDSAddr: xl.Addr().String(), APIAddr: al.Addr().String(),
+		grpc: gs, http: hs, cancel: cancel, done: make(chan struct{}),
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- gs.Serve(xl) }()
+	go func() { errc <- hs.Serve(al) }()
+	go func() {
+		defer close(cp.done)
+		select {
+		case <-ctx.Done():
+		case err := <-errc:
+			if err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("control plane server stopped", "error", err)
+			}
+		}
+		cp.shutdown()
+	}()
+	log.Info("control plane serving", "xds", cp.XDSAddr, "api", cp.APIAddr, "revision", store.State().Revision)
+	return cp, nil
+}
+
+func (c *ControlPlane) shutdown() {
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = c.http.Shutdown(sctx)
+	// xDS streams never end on their own; Stop closes them so Envoys notice
+	// at once and keep their last configuration.
+	c.grpc.Stop()
+}
+
+// Stop stops serving and waits until both servers are down.
+func (c *ControlPlane) Stop() {
+	c.cancel()
+	<-c.done
+}
+
+// Done is closed when the control plane has stopped.
+func (c *ControlPlane) Done() <-chan struct{} { return c.done }
