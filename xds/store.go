@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/llmcanary/llmcanary/internal/durable"
 )
 
 // Store keeps the desired state durable. Every accepted change is written
@@ -118,7 +120,7 @@ func (s *Store) write(st *State) error {
 	if err != nil {
 		return fmt.Errorf("store: encode: %w", err)
 	}
-	return writeFileAtomic(filepath.Join(s.dir, stateFile), append(b, '\n'))
+	return durable.WriteFile(filepath.Join(s.dir, stateFile), append(b, '\n'))
 }
 
 // appendChange records an accepted change. The audit trail is best effort:
@@ -165,39 +167,4 @@ func splitLines(b []byte) [][]byte {
 		}
 	}
 	return out
-}
-
-// writeFileAtomic replaces path with data so that a crash leaves either the
-// old or the new content: write a temporary file in the same directory,
-// fsync it, rename it over path, fsync the directory.
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("store: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("store: write: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("store: fsync: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("store: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("store: rename: %w", err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("store: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("store: fsync dir: %w", err)
-	}
-	return nil
 }
