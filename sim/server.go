@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -70,6 +71,7 @@ func (s *Server) Profile() Profile { return s.p }
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	w.Header().Set(wire.HeaderServedBy, s.p.Version)
+	w.Header().Set(HeaderSawHeaders, sawHeaders(r.Header))
 	var method string
 	var h func(http.ResponseWriter, *http.Request)
 	switch r.URL.Path {
@@ -401,4 +403,20 @@ func (s *Server) whole(w http.ResponseWriter, ctx context.Context, start time.Ti
 		c.Choices = []textChoice{{Text: text.String(), Logprobs: rawNull, FinishReason: p.FinishReason, StopReason: rawNull}}
 	}
 	writeJSON(w, http.StatusOK, c)
+}
+
+// HeaderSawHeaders lists, comma-separated and sorted, the names of the
+// x-llmcanary-* request headers that reached the pool, so tests can check
+// what the gateway forwards and what it strips.
+const HeaderSawHeaders = "x-sim-saw-headers"
+
+func sawHeaders(h http.Header) string {
+	var names []string
+	for k := range h {
+		if lk := strings.ToLower(k); strings.HasPrefix(lk, "x-llmcanary-") {
+			names = append(names, lk)
+		}
+	}
+	sort.Strings(names)
+	return strings.Join(names, ",")
 }

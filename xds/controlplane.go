@@ -186,8 +186,38 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*ControlPlane, err
 		}
 		cp.shutdown()
 	}()
+	for _, ext := range g.Extensions {
+		if r, ok := ext.(interface{ ReloadKeys() (bool, error) }); ok && o.Wasm.ForceKeysFile != "" {
+			go watchKeys(ctx, r, pub, log)
+		}
+	}
 	log.Info("control plane serving", "xds", cp.XDSAddr, "api", cp.APIAddr, "revision", store.State().Revision)
 	return cp, nil
+}
+
+// watchKeys rereads the force keys file every two seconds and republishes
+// when the accepted keys changed: rotation without restarting anything.
+func watchKeys(ctx context.Context, r interface{ ReloadKeys() (bool, error) }, pub *Publisher, log *slog.Logger) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		changed, err := r.ReloadKeys()
+		if err != nil {
+			log.Error("cannot reload force keys; keeping the previous ones", "error", err)
+			continue
+		}
+		if changed {
+			log.Info("force keys changed; republishing")
+			if err := pub.Republish(); err != nil {
+				log.Error("republish after key change", "error", err)
+			}
+		}
+	}
 }
 
 func (c *ControlPlane) shutdown() {

@@ -1,23 +1,173 @@
 package xds
 
-import "errors"
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
 
-// WasmOptions configure the proxy-wasm filter on the gateway.
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+
+	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/wasm/filterconfig"
+)
+
+// WasmOptions configure the proxy-wasm filter on the gateway: sticky
+// buckets from identity, the model from the body, and force-version only
+// with an operator key.
 type WasmOptions struct {
-	// Path of the filter module on the Envoy hosts.
+	// Path of the filter module (bin/llmcanary-filter.wasm) on the Envoy hosts.
 	Path string `json:"path"`
+	// Identity sources in order; empty means the x-user-id header.
+	Identity []filterconfig.Source `json:"identity,omitempty"`
+	// HashKey (or HashKeyFile) is the fleet-wide secret of the keyed hash
+	// that turns an identity into a bucket. Changing it reshuffles every
+	// user, so it is set once per fleet.
+	HashKey     string `json:"hash_key,omitempty"`
+	HashKeyFile string `json:"hash_key_file,omitempty"`
+	// ForceKeysFile holds the operator keys accepted in x-llmcanary-key, one
+	// per line. Only their SHA-256 digests reach Envoy. The file is watched:
+	// add a key, let clients move over, remove the old one — no restart.
+	ForceKeysFile string `json:"force_keys_file,omitempty"`
+	// ForceKeyDigests are digests given directly (llmcanary forcekey).
+	ForceKeyDigests []string `json:"force_key_digests,omitempty"`
+	MaxBodyBytes    int      `json:"max_body_bytes,omitempty"`
+	CategoryHeader  string   `json:"category_header,omitempty"`
 }
 
 // ExtProcOptions configure the ext_proc telemetry filter on the gateway.
 type ExtProcOptions struct {
-	// Address of the llmcanary extproc gRPC service, host:port.
+	// Address of the llmcanary extproc gRPC service, a literal IP:port.
 	Address string `json:"address"`
+	// CaptureRequestBody streams request bodies to the service, needed for
+	// sampled prompt capture (quality judging).
+	CaptureRequestBody bool `json:"capture_request_body,omitempty"`
 }
 
-// Extensions builds the gateway's optional filters, wasm first.
+// Extensions builds the gateway's optional filters, wasm first so that the
+// telemetry sees the bucket, model and force marker it sets.
 func Extensions(w *WasmOptions, e *ExtProcOptions) ([]Extension, error) {
-	if w != nil || e != nil {
-		return nil, errors.New("extensions: not built yet")
+	var exts []Extension
+	if w != nil {
+		we, err := newWasmExtension(*w)
+		if err != nil {
+			return nil, err
+		}
+		exts = append(exts, we)
 	}
-	return nil, nil
+	if e != nil {
+		if e.Address == "" {
+			return nil, errors.New("extproc: address is required")
+		}
+		exts = append(exts, &extProcExtension{o: *e})
+	}
+	return exts, nil
+}
+
+// wasmExtension is the proxy-wasm filter. Its force keys can change while
+// the control plane runs (ReloadKeys); everything else is fixed.
+type wasmExtension struct {
+	o       WasmOptions
+	hashKey string
+
+	mu   sync.Mutex
+	keys []string // digests
+}
+
+func newWasmExtension(o WasmOptions) (*wasmExtension, error) {
+	if o.Path == "" {
+		return nil, errors.New("wasm: path is required")
+	}
+	w := &wasmExtension{o: o, hashKey: o.HashKey}
+	if o.HashKeyFile != "" {
+		b, err := os.ReadFile(o.HashKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("wasm: hash key: %w", err)
+		}
+		w.hashKey = strings.TrimSpace(string(b))
+	}
+	if _, err := w.ReloadKeys(); err != nil {
+		return nil, err
+	}
+	if err := w.config(nil).Validate(); err != nil {
+		return nil, fmt.Errorf("wasm: %w", err)
+	}
+	return w, nil
+}
+
+func (w *wasmExtension) Name() string { return "wasm" }
+
+func (w *wasmExtension) VerifiesForce() bool { return true }
+
+func (w *wasmExtension) Clusters() []*clusterv3.Cluster { return nil }
+
+// PerConnectionBufferLimit lets a whole request body up to the filter's cap
+// be buffered; below it Envoy would answer 413 itself, without a JSON body.
+func (w *wasmExtension) PerConnectionBufferLimit() uint32 {
+	return uint32(w.config(nil).WithDefaults().MaxBodyBytes + 64<<10)
+}
+
+func (w *wasmExtension) config(s *State) filterconfig.Config {
+	w.mu.Lock()
+	keys := append([]string(nil), w.keys...)
+	w.mu.Unlock()
+	c := filterconfig.Config{
+		Identity:       w.o.Identity,
+		HashKey:        w.hashKey,
+		ForceKeys:      keys,
+		MaxBodyBytes:   w.o.MaxBodyBytes,
+		CategoryHeader: w.o.CategoryHeader,
+		Models:         []string{},
+	}
+	if s != nil {
+		c.Models = s.ModelNames()
+	}
+	return c
+}
+
+func (w *wasmExtension) HTTPFilter(s *State) (*hcmv3.HttpFilter, error) {
+	return filterconfig.HTTPFilter(w.config(s), w.o.Path)
+}
+
+// ReloadKeys rereads the force keys file and reports whether the accepted
+// keys changed.
+func (w *wasmExtension) ReloadKeys() (bool, error) {
+	keys := append([]string(nil), w.o.ForceKeyDigests...)
+	if w.o.ForceKeysFile != "" {
+		b, err := os.ReadFile(w.o.ForceKeysFile)
+		if err != nil {
+			return false, fmt.Errorf("wasm: force keys: %w", err)
+		}
+		sc := bufio.NewScanner(bytes.NewReader(b))
+		for sc.Scan() {
+			if k := strings.TrimSpace(sc.Text()); k != "" && !strings.HasPrefix(k, "#") {
+				keys = append(keys, filterconfig.ForceKeyDigest(k))
+			}
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	changed := strings.Join(keys, ",") != strings.Join(w.keys, ",")
+	w.keys = keys
+	return changed, nil
+}
+
+// extProcCluster names the cluster of the telemetry service.
+const extProcCluster = "llmcanary_extproc"
+
+type extProcExtension struct{ o ExtProcOptions }
+
+func (e *extProcExtension) Name() string        { return "extproc" }
+func (e *extProcExtension) VerifiesForce() bool { return false }
+
+func (e *extProcExtension) HTTPFilter(*State) (*hcmv3.HttpFilter, error) {
+	return extproc.HTTPFilter(extproc.FilterOptions{ClusterName: extProcCluster, CaptureRequestBody: e.o.CaptureRequestBody})
+}
+
+func (e *extProcExtension) Clusters() []*clusterv3.Cluster {
+	return []*clusterv3.Cluster{extproc.Cluster(extProcCluster, e.o.Address)}
 }

@@ -74,7 +74,11 @@ type Publisher struct {
 	mu        sync.Mutex
 	current   *State
 	published uint64
-	groups    map[string]ListenerOverride
+	// gen counts gateway changes that happen without a state change (a
+	// rotated force key); it is part of the snapshot version so Envoys
+	// notice them.
+	gen    uint64
+	groups map[string]ListenerOverride
 }
 
 // NewPublisher returns a publisher for the given gateway shape.
@@ -113,7 +117,7 @@ func (p *Publisher) build(s *State, groups map[string]ListenerOverride) (map[str
 		if err != nil {
 			return nil, 0, err
 		}
-		snap, err := snapshotOf(s, res)
+		snap, err := snapshotOf(s, res, p.version(s.Revision))
 		if err != nil {
 			return nil, 0, err
 		}
@@ -166,11 +170,15 @@ func (p *Publisher) Prepare(s *State) (func() error, error) {
 }
 
 func (p *Publisher) setGroupLocked(s *State, key string, o ListenerOverride) error {
-	snaps, _, err := p.build(s, map[string]ListenerOverride{key: o})
+	res, err := Translate(s, p.gatewayFor(o))
 	if err != nil {
 		return err
 	}
-	return p.cache.SetSnapshot(context.Background(), key, snaps[key])
+	snap, err := snapshotOf(s, res, strconv.FormatUint(s.Revision, 10)+"."+strconv.FormatUint(p.gen, 10))
+	if err != nil {
+		return err
+	}
+	return p.cache.SetSnapshot(context.Background(), key, snap)
 }
 
 // Publish prepares and publishes s at once (start-up, after a restart).
@@ -206,8 +214,26 @@ func (p *Publisher) join(n *corev3.Node) {
 	}
 }
 
-// snapshotOf builds a validated snapshot versioned by the state's revision.
-func snapshotOf(s *State, r *Resources) (*cache.Snapshot, error) {
+func (p *Publisher) version(rev uint64) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strconv.FormatUint(rev, 10) + "." + strconv.FormatUint(p.gen, 10)
+}
+
+// Republish publishes the current state again after a gateway change.
+func (p *Publisher) Republish() error {
+	p.mu.Lock()
+	p.gen++
+	cur := p.current
+	p.mu.Unlock()
+	if cur == nil {
+		return nil
+	}
+	return p.Publish(cur)
+}
+
+// snapshotOf builds a validated snapshot of the given version.
+func snapshotOf(s *State, r *Resources, version string) (*cache.Snapshot, error) {
 	// Every type is present, even when empty: the cache answers a watch
 	// only when the type's version moves, so a missing type would leave an
 	// Envoy waiting for its initial fetch.
@@ -244,7 +270,7 @@ func snapshotOf(s *State, r *Resources) (*cache.Snapshot, error) {
 			return nil, err
 		}
 	}
-	return cache.NewSnapshot(strconv.FormatUint(s.Revision, 10), byType)
+	return cache.NewSnapshot(version, byType)
 }
 
 // RegisterServer registers the aggregated (ADS, state-of-the-world and

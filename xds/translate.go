@@ -157,7 +157,7 @@ func listener(s *State, g Gateway) (*listenerv3.Listener, error) {
 		MergeSlashes:                 true,
 		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_UNESCAPE_AND_REDIRECT,
 	}
-	return &listenerv3.Listener{
+	l := &listenerv3.Listener{
 		Name: g.ListenerName,
 		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
 			Address:       g.ListenerAddress,
@@ -169,7 +169,13 @@ func listener(s *State, g Gateway) (*listenerv3.Listener, error) {
 				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(manager)},
 			}},
 		}},
-	}, nil
+	}
+	for _, ext := range g.Extensions {
+		if b, ok := ext.(interface{ PerConnectionBufferLimit() uint32 }); ok {
+			l.PerConnectionBufferLimitBytes = wrapperspb.UInt32(max(b.PerConnectionBufferLimit(), l.GetPerConnectionBufferLimitBytes().GetValue()))
+		}
+	}
+	return l, nil
 }
 
 func routes(s *State, g Gateway) (*routev3.RouteConfiguration, error) {

@@ -56,7 +56,7 @@ func TestTranslateGolden(t *testing.T) {
 			if err != nil {
 				t.Fatalf("translate: %v", err)
 			}
-			snap, err := snapshotOf(&gi.State, res)
+			snap, err := snapshotOf(&gi.State, res, "1")
 			if err != nil {
 				t.Fatalf("snapshot: %v", err)
 			}

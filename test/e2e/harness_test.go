@@ -14,12 +14,14 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/llmcanary/llmcanary/internal/local"
 	"github.com/llmcanary/llmcanary/internal/stack"
 	"github.com/llmcanary/llmcanary/internal/wire"
 	"github.com/llmcanary/llmcanary/sim"
@@ -30,16 +32,19 @@ const model = "llama-3-8b"
 
 // fleet is a local stack with a stable and a canary pool of one model.
 type fleet struct {
-	*stack.Local
-	stable, canary *stack.SimServer
+	*local.Local
+	stable, canary *local.SimServer
 	client         *http.Client
+	wasm           bool
 }
 
 type fleetOptions struct {
 	envoys         int
 	stableW        float64
 	stable, canary sim.Profile
-	stack          stack.LocalOptions
+	stack          local.Options
+	// wasm adds the proxy-wasm filter: the model then comes from the body.
+	wasm bool
 }
 
 func startFleet(t *testing.T, o fleetOptions) *fleet {
@@ -59,11 +64,14 @@ func startFleet(t *testing.T, o fleetOptions) *fleet {
 	ctx := context.Background()
 	so := o.stack
 	so.Dir, so.Envoys = t.TempDir(), max(o.envoys, 1)
-	l, err := stack.StartLocal(ctx, so)
+	if o.wasm && so.Wasm == nil {
+		so.Wasm = &xds.WasmOptions{Path: wasmModule(t), HashKey: "e2e-fleet-hash-key-0123456789"}
+	}
+	l, err := local.Start(ctx, so)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fleet{Local: l, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}, Timeout: 30 * time.Second}}
+	f := &fleet{Local: l, wasm: so.Wasm != nil, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}, Timeout: 30 * time.Second}}
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, e := range l.Envoys {
@@ -76,11 +84,11 @@ func startFleet(t *testing.T, o fleetOptions) *fleet {
 		}
 		l.Stop()
 	})
-	if f.stable, err = stack.StartSim(o.stable); err != nil {
+	if f.stable, err = local.StartSim(o.stable); err != nil {
 		t.Fatal(err)
 	}
 	l.OnStop(f.stable.Stop)
-	if f.canary, err = stack.StartSim(o.canary); err != nil {
+	if f.canary, err = local.StartSim(o.canary); err != nil {
 		t.Fatal(err)
 	}
 	l.OnStop(f.canary.Stop)
@@ -107,6 +115,7 @@ type answer struct {
 	status   int
 	version  string // x-llmcanary-version, as Envoy announced it
 	servedBy string // x-sim-served-by, as the pool said
+	saw      string // x-llmcanary-* request headers the pool received
 	body     string
 }
 
@@ -139,9 +148,11 @@ func (f *fleet) try(r request) (answer, error) {
 		return answer{}, err
 	}
 	req.Header.Set("content-type", "application/json")
-	// Until the wasm filter reads the model from the body, the route
-	// matches it on this header.
-	req.Header.Set(wire.HeaderModel, model)
+	// Without the wasm filter, which reads the model from the body, the
+	// route matches it on this header.
+	if !f.wasm {
+		req.Header.Set(wire.HeaderModel, model)
+	}
 	if r.bucket != "" {
 		req.Header.Set(wire.HeaderBucket, r.bucket)
 	}
@@ -157,7 +168,7 @@ func (f *fleet) try(r request) (answer, error) {
 	if err != nil {
 		return answer{}, err
 	}
-	return answer{status: resp.StatusCode, version: resp.Header.Get(wire.HeaderVersion), servedBy: resp.Header.Get(wire.HeaderServedBy), body: string(b)}, nil
+	return answer{status: resp.StatusCode, version: resp.Header.Get(wire.HeaderVersion), servedBy: resp.Header.Get(wire.HeaderServedBy), saw: resp.Header.Get(sim.HeaderSawHeaders), body: string(b)}, nil
 }
 
 // parallel runs n requests on 8 workers and returns the answers in order.
@@ -194,7 +205,7 @@ func (f *fleet) parallel(t *testing.T, n int, mk func(i int) request) []answer {
 func binomialBounds(n int, p, z float64) (lo, hi float64) {
 	mean := float64(n) * p
 	sd := math.Sqrt(float64(n) * p * (1 - p))
-	return mean - z*sd, mean + z*sd
+	return math.Max(0, mean-z*sd), math.Min(float64(n), mean+z*sd)
 }
 
 // bucketFor returns a bucket value whose position bucket % TotalWeight is pos.
@@ -231,3 +242,38 @@ func sseTokens(r io.Reader) (tokens []string, at []time.Time, err error) {
 }
 
 func jsonDecode(resp *http.Response, v any) error { return json.NewDecoder(resp.Body).Decode(v) }
+
+var (
+	wasmOnce sync.Once
+	wasmPath string
+	wasmErr  error
+)
+
+// wasmModule returns the filter module: $LLMCANARY_WASM (make builds it), or
+// one built now with upstream Go for wasip1.
+func wasmModule(t *testing.T) string {
+	t.Helper()
+	wasmOnce.Do(func() {
+		if p := os.Getenv("LLMCANARY_WASM"); p != "" {
+			if _, err := os.Stat(p); err == nil {
+				wasmPath = p
+				return
+			}
+		}
+		dir, err := os.MkdirTemp("", "llmcanary-wasm-")
+		if err != nil {
+			wasmErr = err
+			return
+		}
+		wasmPath = filepath.Join(dir, "llmcanary-filter.wasm")
+		cmd := exec.Command("go", "build", "-buildmode=c-shared", "-o", wasmPath, "github.com/llmcanary/llmcanary/wasm/cmd/filter")
+		cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			wasmErr = fmt.Errorf("build the wasm filter: %v\n%s", err, out)
+		}
+	})
+	if wasmErr != nil {
+		t.Fatal(wasmErr)
+	}
+	return wasmPath
+}

@@ -1,6 +1,12 @@
-package stack
+// Package local runs a whole llmcanary stack on one machine: the control
+// plane and the ext_proc service in process, Envoy and ClickHouse as real
+// processes, simulated pools on loopback. `llmcanary up`, the demo and the
+// end-to-end tests use it.
+package local
 
 import (
+	"github.com/llmcanary/llmcanary/internal/stack"
+
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +18,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/sim"
 	"github.com/llmcanary/llmcanary/xds"
 )
@@ -41,26 +48,33 @@ func StartSim(p sim.Profile) (*SimServer, error) {
 // Stop closes the pool at once.
 func (s *SimServer) Stop() { s.srv.Close() }
 
-// LocalOptions describe a local llmcanary stack.
-type LocalOptions struct {
+// Options describe a local llmcanary stack.
+type Options struct {
 	Dir   string // everything the stack writes: state, logs, configs
 	Token string // management API token (default: a fixed dev token)
 	// Envoys to start (default 1). The second and later bind their own
 	// listener ports through node metadata; odd-numbered ones use delta xDS.
 	Envoys int
-	// Control plane gateway extensions.
-	Wasm    *xds.WasmOptions
-	ExtProc *xds.ExtProcOptions
+	// Wasm adds the proxy-wasm filter.
+	Wasm *xds.WasmOptions
+	// ClickHouse starts a ClickHouse server; Telemetry also starts the
+	// ext_proc service writing to it and adds the ext_proc filter.
+	ClickHouse bool
+	Telemetry  bool
+	// Capture configures the telemetry's sampled text capture.
+	Capture extproc.CaptureOptions
 	Log     *slog.Logger
 }
 
 // Local is a running local stack: the control plane (in process), Envoy
 // gateways (real processes) and whatever pools the caller adds.
 type Local struct {
-	CP      *xds.ControlPlane
-	Envoys  []*Envoy
-	Gateway []string // listener address of each Envoy
-	API     *xds.Client
+	CP         *xds.ControlPlane
+	ClickHouse *stack.ClickHouse
+	Telemetry  *Telemetry
+	Envoys     []*stack.Envoy
+	Gateway    []string // listener address of each Envoy
+	API        *xds.Client
 
 	opts   xds.Options
 	log    *slog.Logger
@@ -72,7 +86,7 @@ const DevToken = "llmcanary-dev-token"
 
 // StartLocal starts the control plane and the Envoys. Pools and models are
 // added by the caller through the API.
-func StartLocal(ctx context.Context, o LocalOptions) (*Local, error) {
+func Start(ctx context.Context, o Options) (*Local, error) {
 	if o.Envoys == 0 {
 		o.Envoys = 1
 	}
@@ -85,7 +99,7 @@ func StartLocal(ctx context.Context, o LocalOptions) (*Local, error) {
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	ports, err := FreePorts(2 + o.Envoys)
+	ports, err := stack.FreePorts(2 + o.Envoys)
 	if err != nil {
 		return nil, err
 	}
@@ -96,18 +110,40 @@ func StartLocal(ctx context.Context, o LocalOptions) (*Local, error) {
 	cpo.Token = o.Token
 	cpo.ListenerAddress = "127.0.0.1"
 	cpo.ListenerPort = uint32(ports[2])
-	cpo.Wasm, cpo.ExtProc = o.Wasm, o.ExtProc
+	cpo.Wasm = o.Wasm
 	l := &Local{opts: cpo, log: o.Log}
+	if o.ClickHouse || o.Telemetry {
+		ch, err := stack.StartClickHouse(ctx, stack.ClickHouseOptions{Dir: filepath.Join(o.Dir, "clickhouse")})
+		if err != nil {
+			return nil, err
+		}
+		l.ClickHouse = ch
+		l.OnStop(func() { ch.Stop() })
+	}
+	if o.Telemetry {
+		t, err := StartTelemetry(ctx, TelemetryOptions{
+			ClickHouse: l.ClickHouse.Addr, SpoolDir: filepath.Join(o.Dir, "spool"), Capture: o.Capture, Log: o.Log,
+		})
+		if err != nil {
+			l.Stop()
+			return nil, err
+		}
+		l.Telemetry = t
+		l.OnStop(t.Stop)
+		cpo.ExtProc = &xds.ExtProcOptions{Address: t.Addr, CaptureRequestBody: o.Capture.Rate > 0}
+		l.opts = cpo
+	}
 	if err := l.StartControlPlane(ctx); err != nil {
+		l.Stop()
 		return nil, err
 	}
 	l.API = &xds.Client{BaseURL: "http://" + cpo.APIListen, Token: o.Token, Actor: "local"}
 	for i := 0; i < o.Envoys; i++ {
-		eo := EnvoyOptions{Dir: filepath.Join(o.Dir, "envoy"), NodeID: "gw-" + strconv.Itoa(i), XDS: cpo.XDSListen, Delta: i%2 == 1}
+		eo := stack.EnvoyOptions{Dir: filepath.Join(o.Dir, "envoy"), NodeID: "gw-" + strconv.Itoa(i), XDS: cpo.XDSListen, Delta: i%2 == 1}
 		if i > 0 {
 			eo.ListenerPort = ports[2+i]
 		}
-		e, err := StartEnvoy(ctx, eo)
+		e, err := stack.StartEnvoy(ctx, eo)
 		if err != nil {
 			l.Stop()
 			return nil, err
@@ -166,6 +202,7 @@ func (l *Local) Stop() {
 	}
 	if l.CP != nil {
 		l.CP.Stop()
+		l.CP = nil
 	}
 	for i := len(l.closer) - 1; i >= 0; i-- {
 		l.closer[i]()
