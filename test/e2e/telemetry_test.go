@@ -1,0 +1,174 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmcanary/llmcanary/internal/local"
+	"github.com/llmcanary/llmcanary/internal/wire"
+	"github.com/llmcanary/llmcanary/sim"
+)
+
+const streamBody = `{"model":"` + model + `","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"tell me"}]}`
+const streamBodyNoUsage = `{"model":"` + model + `","stream":true,"messages":[{"role":"user","content":"tell me"}]}`
+
+func telemetryFleet(t *testing.T, stable, canary sim.Profile) *fleet {
+	return startFleet(t, fleetOptions{wasm: true, stableW: 50, stable: stable, canary: canary,
+		stack: local.Options{Telemetry: true}})
+}
+
+// rows counts the telemetry rows of the model, and the distinct request ids.
+func (f *fleet) rows(t *testing.T) (n, distinct uint64) {
+	t.Helper()
+	conn, err := f.ClickHouse.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	row := conn.QueryRow(context.Background(), fmt.Sprintf(
+		"SELECT count(), uniqExact(request_id) FROM %s.%s WHERE model = ?", wire.Database, wire.TableRequests), model)
+	if err := row.Scan(&n, &distinct); err != nil {
+		t.Fatalf("count rows: %v", err)
+	}
+	return n, distinct
+}
+
+// waitRows waits until the model has want rows (the writer batches and
+// ext_proc records a request when its stream ends).
+func (f *fleet) waitRows(t *testing.T, want uint64, within time.Duration) (n, distinct uint64) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		n, distinct = f.rows(t)
+		if n >= want || time.Now().After(deadline) {
+			return n, distinct
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func TestEveryStreamedRequestBecomesOneRowWithTheInjectedTiming(t *testing.T) {
+	prof := func(v string) sim.Profile {
+		return sim.Profile{Version: v, Model: model, TTFT: sim.Fixed(40), ITL: sim.Fixed(4), OutputTokens: sim.FixedCount(16)}
+	}
+	f := telemetryFleet(t, prof("v1"), prof("v2"))
+	const n = 1000
+	answers := f.parallel(t, n, func(i int) request {
+		b := streamBody
+		if i%2 == 1 {
+			b = streamBodyNoUsage // tokens must then be counted from the chunks
+		}
+		return request{body: b, headers: user(i)}
+	})
+	for i, a := range answers {
+		if a.status != 200 || !strings.Contains(a.body, "[DONE]") {
+			t.Fatalf("request %d: %d %.100s", i, a.status, a.body)
+		}
+	}
+	got, distinct := f.waitRows(t, n, 20*time.Second)
+	if got != n || distinct != n {
+		t.Fatalf("%d streamed requests gave %d rows (%d distinct request ids), want exactly %d", n, got, distinct, n)
+	}
+	conn, err := f.ClickHouse.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var (
+		minTTFT, p50TTFT, p99TTFT, maxTTFT, p50ITL float64
+		wrongTokens, fromUsage, notOK, noVersion   uint64
+		versions                                   uint64
+	)
+	err = conn.QueryRow(context.Background(), fmt.Sprintf(`
+		SELECT min(ttft_ms), quantile(0.5)(ttft_ms), quantile(0.99)(ttft_ms), max(ttft_ms), quantile(0.5)(itl_mean_ms),
+		       countIf(completion_tokens != 16), countIf(tokens_from_usage = 1),
+		       countIf(status != 200 OR failure != '' OR finish_reason != 'stop'), countIf(version = ''), uniqExact(version)
+		FROM %s.%s WHERE model = ?`, wire.Database, wire.TableRequests), model).
+		Scan(&minTTFT, &p50TTFT, &p99TTFT, &maxTTFT, &p50ITL, &wrongTokens, &fromUsage, &notOK, &noVersion, &versions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("injected TTFT 40 ms, ITL 4 ms; measured TTFT min %.1f p50 %.1f p99 %.1f max %.1f ms, ITL p50 %.2f ms",
+		minTTFT, p50TTFT, p99TTFT, maxTTFT, p50ITL)
+	if minTTFT < 40 {
+		t.Fatalf("a row has TTFT %.1f ms, below the 40 ms the pool waited", minTTFT)
+	}
+	if p50TTFT > 40+5 {
+		t.Fatalf("median TTFT %.1f ms is more than 5 ms above the injected 40 ms", p50TTFT)
+	}
+	if p50ITL < 3 || p50ITL > 4+3 {
+		t.Fatalf("median inter-token latency %.2f ms, injected 4 ms", p50ITL)
+	}
+	if wrongTokens != 0 {
+		t.Fatalf("%d rows do not have exactly 16 completion tokens", wrongTokens)
+	}
+	if fromUsage != n/2 {
+		t.Fatalf("%d rows took tokens from usage, want %d (the requests that asked for it)", fromUsage, n/2)
+	}
+	if notOK != 0 || noVersion != 0 || versions != 2 {
+		t.Fatalf("rows with a failure %d, without a version %d, versions seen %d", notOK, noVersion, versions)
+	}
+}
+
+func TestClickHouseOutageLosesNoRowAndDuplicatesNone(t *testing.T) {
+	f := telemetryFleet(t, sim.Profile{Version: "v1", Model: model, OutputTokens: sim.FixedCount(4)},
+		sim.Profile{Version: "v2", Model: model, OutputTokens: sim.FixedCount(4)})
+	send := func(from, n int) {
+		answers := f.parallel(t, n, func(i int) request { return request{body: streamBody, headers: user(from + i)} })
+		for i, a := range answers {
+			if a.status != 200 || !strings.Contains(a.body, "[DONE]") {
+				t.Fatalf("request %d: %d %.100s", from+i, a.status, a.body)
+			}
+		}
+	}
+	send(0, 200)
+	if got, _ := f.waitRows(t, 200, 20*time.Second); got != 200 {
+		t.Fatalf("before the outage: %d rows, want 200", got)
+	}
+	if err := f.ClickHouse.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	send(200, 300) // every request still succeeds while ClickHouse is away
+	time.Sleep(1500 * time.Millisecond)
+	if err := f.ClickHouse.Restart(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got, distinct := f.waitRows(t, 500, 60*time.Second)
+	t.Logf("after the outage: %d rows, %d distinct request ids", got, distinct)
+	if got != 500 || distinct != 500 {
+		t.Fatalf("after ClickHouse came back: %d rows, %d distinct; want every one of 500 exactly once", got, distinct)
+	}
+}
+
+func TestEnvoyKeepsServingWhenTheTelemetryServiceDies(t *testing.T) {
+	f := telemetryFleet(t, sim.Profile{Version: "v1", Model: model, OutputTokens: sim.FixedCount(4)},
+		sim.Profile{Version: "v2", Model: model, OutputTokens: sim.FixedCount(4)})
+	f.Telemetry.Kill()
+	answers := f.parallel(t, 200, func(i int) request { return request{body: streamBody, headers: user(i)} })
+	for i, a := range answers {
+		if a.status != 200 || !strings.Contains(a.body, "[DONE]") {
+			t.Fatalf("request %d with ext_proc down: %d %.100s", i, a.status, a.body)
+		}
+	}
+	// And telemetry resumes when the service is back.
+	if err := f.Telemetry.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if a := f.do(t, request{body: streamBody, headers: user(1)}); a.status != http.StatusOK {
+			t.Fatalf("status %d", a.status)
+		}
+		if n, _ := f.rows(t); n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no row written within 20 s of the service's return")
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}
