@@ -121,3 +121,18 @@ func TestExampleProfilesAreValid(t *testing.T) {
 		t.Errorf("judge.yaml: judge mode not on (%v)", err)
 	}
 }
+
+func TestBuiltinProfilesAreValid(t *testing.T) {
+	for _, name := range []string{"stable", "canary-healthy", "canary-regressed", "judge"} {
+		p, err := Builtin(name)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if err := p.Validate(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	if _, err := Builtin("nope"); err == nil {
+		t.Fatal("an unknown built-in profile was accepted")
+	}
+}

