@@ -24,9 +24,9 @@ type Traffic struct {
 	Workers int           // concurrent requests at most (default 256)
 	Timeout time.Duration // per request (default 60 s)
 
-	mu       sync.Mutex
-	served   map[string]int
-	failed   int
+	mu     sync.Mutex
+	served map[string]int
+	failed int
 }
 
 // Run sends requests until ctx ends.
