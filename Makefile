@@ -35,8 +35,9 @@ test-unit: ## unit and integration tests only (no Envoy or ClickHouse)
 test-e2e: deps build ## end-to-end tests against real Envoy and ClickHouse
 	$(GO) test -count=1 -p 1 -v -timeout 25m $(E2E)
 
-bench: deps build ## measure gateway overhead, xDS propagation, filter and ext_proc cost
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench/...
+bench: deps build ## measure gateway overhead, xDS propagation, filter and ext_proc cost, ClickHouse rates
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench/ ./wasm/envoytest/ ./extproc/envoytest/ ./extproc/chwriter/ ./analyzer/chsource/
+	$(GO) test -run '^$$' -bench . ./analyzer/stats/ ./sim/
 
 demo: deps build ## run a real local rollout with Envoy, ClickHouse and the simulated pool
 	./bin/llmcanary demo

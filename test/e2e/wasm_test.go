@@ -93,16 +93,6 @@ func TestClientCannotChooseItsVersionButOperatorCan(t *testing.T) {
 			onCanary = user(i)
 		}
 	}
-	with := func(h map[string]string, kv ...string) map[string]string {
-		out := map[string]string{}
-		for k, v := range h {
-			out[k] = v
-		}
-		for i := 0; i+1 < len(kv); i += 2 {
-			out[kv[i]] = kv[i+1]
-		}
-		return out
-	}
 	noInternal := func(a answer) {
 		t.Helper()
 		if strings.Contains(a.saw, wire.HeaderKey) {
@@ -213,4 +203,39 @@ func TestTwoEnvoysRouteEachUserIdentically(t *testing.T) {
 			t.Fatalf("user %d: gw-0 %d %q, gw-1 %d %q", i, a0[i].status, a0[i].servedBy, a1[i].status, a1[i].servedBy)
 		}
 	}
+}
+
+func TestCategoryOverrideSendsACategoryToTheChosenVersion(t *testing.T) {
+	f := startFleet(t, fleetOptions{wasm: true, stableW: 100})
+	ctx := context.Background()
+	m, err := f.API.Model(ctx, model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.CategoryOverrides = map[string]string{"code": "v2"}
+	if _, err := f.API.PutModel(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 50; i++ {
+		code := f.do(t, request{headers: with(user(i), wire.HeaderCategory, "code")})
+		chat := f.do(t, request{headers: with(user(i), wire.HeaderCategory, "chat")})
+		if code.servedBy != "v2" || chat.servedBy != "v1" {
+			t.Fatalf("user %d: category code → %q (want v2), chat → %q (want v1)", i, code.servedBy, chat.servedBy)
+		}
+	}
+}
+
+// with returns a copy of h with the given header pairs added.
+func with(h map[string]string, kv ...string) map[string]string {
+	out := map[string]string{}
+	for k, v := range h {
+		out[k] = v
+	}
+	for i := 0; i+1 < len(kv); i += 2 {
+		out[kv[i]] = kv[i+1]
+	}
+	return out
 }
