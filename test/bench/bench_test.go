@@ -13,8 +13,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,6 +21,7 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/internal/local"
+	"github.com/llmcanary/llmcanary/internal/stack"
 	"github.com/llmcanary/llmcanary/internal/wire"
 	"github.com/llmcanary/llmcanary/sim"
 	"github.com/llmcanary/llmcanary/xds"
@@ -168,14 +167,9 @@ func startStack(b *testing.B, o local.Options, stable sim.Profile) (*local.Local
 }
 
 func wasmModule(b *testing.B) string {
-	if p := os.Getenv("LLMCANARY_WASM"); p != "" {
-		return p
-	}
-	p := filepath.Join(b.TempDir(), "filter.wasm")
-	cmd := exec.Command("go", "build", "-buildmode=c-shared", "-o", p, "github.com/llmcanary/llmcanary/wasm/cmd/filter")
-	cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		b.Fatalf("build wasm: %v\n%s", err, out)
+	p, err := stack.WasmModule()
+	if err != nil {
+		b.Fatal(err)
 	}
 	return p
 }

@@ -14,7 +14,6 @@ import (
 	"math"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -243,37 +242,12 @@ func sseTokens(r io.Reader) (tokens []string, at []time.Time, err error) {
 
 func jsonDecode(resp *http.Response, v any) error { return json.NewDecoder(resp.Body).Decode(v) }
 
-var (
-	wasmOnce sync.Once
-	wasmPath string
-	wasmErr  error
-)
-
-// wasmModule returns the filter module: $LLMCANARY_WASM (make builds it), or
-// one built now with upstream Go for wasip1.
+// wasmModule returns the filter module (see stack.WasmModule).
 func wasmModule(t *testing.T) string {
 	t.Helper()
-	wasmOnce.Do(func() {
-		if p := os.Getenv("LLMCANARY_WASM"); p != "" {
-			if _, err := os.Stat(p); err == nil {
-				wasmPath = p
-				return
-			}
-		}
-		dir, err := os.MkdirTemp("", "llmcanary-wasm-")
-		if err != nil {
-			wasmErr = err
-			return
-		}
-		wasmPath = filepath.Join(dir, "llmcanary-filter.wasm")
-		cmd := exec.Command("go", "build", "-buildmode=c-shared", "-o", wasmPath, "github.com/llmcanary/llmcanary/wasm/cmd/filter")
-		cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			wasmErr = fmt.Errorf("build the wasm filter: %v\n%s", err, out)
-		}
-	})
-	if wasmErr != nil {
-		t.Fatal(wasmErr)
+	p, err := stack.WasmModule()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return wasmPath
+	return p
 }

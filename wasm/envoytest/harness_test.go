@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -42,39 +41,14 @@ const (
 	forceKey      = "operator-force-key-1"
 )
 
-var (
-	wasmOnce sync.Once
-	wasmPath string
-	wasmErr  error
-)
-
-// buildModule returns $LLMCANARY_WASM, or builds the module once per test
-// binary into a temporary directory.
+// buildModule returns the filter module (see stack.WasmModule).
 func buildModule(t testing.TB) string {
 	t.Helper()
-	wasmOnce.Do(func() {
-		if p := os.Getenv("LLMCANARY_WASM"); p != "" {
-			if _, err := os.Stat(p); err == nil {
-				wasmPath = p
-				return
-			}
-		}
-		dir, err := os.MkdirTemp("", "llmcanary-wasm-")
-		if err != nil {
-			wasmErr = err
-			return
-		}
-		wasmPath = filepath.Join(dir, "llmcanary-filter.wasm")
-		cmd := exec.Command("go", "build", "-buildmode=c-shared", "-o", wasmPath, "github.com/llmcanary/llmcanary/wasm/cmd/filter")
-		cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			wasmErr = fmt.Errorf("build wasm module: %v\n%s", err, out)
-		}
-	})
-	if wasmErr != nil {
-		t.Fatal(wasmErr)
+	p, err := stack.WasmModule()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return wasmPath
+	return p
 }
 
 // echo is an upstream that answers with the request headers it received.
@@ -525,8 +499,6 @@ func TestMain(m *testing.M) {
 		pkgCleanups[i]()
 	}
 	pkgMu.Unlock()
-	if wasmPath != "" && os.Getenv("LLMCANARY_WASM") == "" {
-		os.RemoveAll(filepath.Dir(wasmPath))
-	}
+	stack.RemoveBuiltWasmModule()
 	os.Exit(code)
 }
