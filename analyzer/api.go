@@ -1,0 +1,235 @@
+package analyzer
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+)
+
+// API is the rollout API: HTTP/JSON, every /v1 call authorised by a bearer
+// token, errors as {"error": {"code", "message"}} like the control plane's
+// management API.
+//
+//	POST /v1/rollouts                  start (StartRequest); mode abtest for an A/B test
+//	POST /v1/experiments               start an A/B test (StartRequest, mode implied)
+//	GET  /v1/rollouts                  list
+//	GET  /v1/rollouts/{id}             one rollout with its live progress
+//	POST /v1/rollouts/{id}/{op}        pause, resume, promote, rollback, abort
+//
+// Extra handlers (the quality feedback endpoint) are mounted with Mount.
+type API struct {
+	runner  *Runner
+	token   []byte
+	log     *slog.Logger
+	maxBody int64
+	mounts  []mount
+}
+
+type mount struct {
+	pattern string
+	h       http.Handler
+}
+
+// NewAPI returns the rollout API. token must not be empty.
+func NewAPI(runner *Runner, token string, log *slog.Logger) *API {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &API{runner: runner, token: []byte(token), log: log, maxBody: 1 << 20}
+}
+
+// Mount adds a handler behind the same bearer token, for example
+// Mount("POST /v1/feedback", store.FeedbackHandler()). Call it before
+// Handler.
+func (a *API) Mount(pattern string, h http.Handler) {
+	a.mounts = append(a.mounts, mount{pattern, h})
+}
+
+// ErrorBody is every error response's body.
+type ErrorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// RolloutView is a rollout as the API shows it: the stored rollout and its
+// live progress.
+type RolloutView struct {
+	*Rollout
+	Progress Progress `json:"progress"`
+}
+
+// OperateRequest is the optional body of an operator action.
+type OperateRequest struct {
+	Note string `json:"note,omitempty"`
+}
+
+// Handler returns the API's HTTP handler.
+func (a *API) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+	})
+	mux.HandleFunc("POST /v1/rollouts", a.auth(a.start(false)))
+	mux.HandleFunc("POST /v1/experiments", a.auth(a.start(true)))
+	mux.HandleFunc("GET /v1/rollouts", a.auth(a.list))
+	mux.HandleFunc("GET /v1/rollouts/{id}", a.auth(a.get))
+	mux.HandleFunc("POST /v1/rollouts/{id}/{op}", a.auth(a.operate))
+	for _, m := range a.mounts {
+		mux.Handle(m.pattern, a.auth(m.h.ServeHTTP))
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func (a *API) auth(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || len(a.token) == 0 || subtle.ConstantTimeCompare([]byte(got), a.token) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="llmcanary"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized", "a valid bearer token is required")
+			return
+		}
+		h(w, r)
+	}
+}
+
+func (a *API) start(experiment bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req StartRequest
+		if !a.decode(w, r, &req) {
+			return
+		}
+		if experiment {
+			if req.Mode != "" && req.Mode != ModeABTest {
+				writeError(w, http.StatusBadRequest, "invalid", fmt.Sprintf("mode %q: /v1/experiments starts A/B tests only", req.Mode))
+				return
+			}
+			req.Mode = ModeABTest
+		}
+		req.Actor = r.Header.Get("X-Llmcanary-Actor")
+		ro, err := a.runner.Start(r.Context(), req)
+		if err != nil {
+			a.fail(w, "start rollout", err)
+			return
+		}
+		w.Header().Set("Location", "/v1/rollouts/"+ro.ID)
+		writeJSON(w, http.StatusCreated, a.view(ro))
+	}
+}
+
+func (a *API) list(w http.ResponseWriter, r *http.Request) {
+	all, err := a.runner.Store.List()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "internal", err.Error())
+		return
+	}
+	model := r.URL.Query().Get("model")
+	out := make([]RolloutView, 0, len(all))
+	for _, ro := range all {
+		if model != "" && ro.Model != model {
+			continue
+		}
+		// The list is a summary: the history stays on GET /v1/rollouts/{id}.
+		ro.History = nil
+		out = append(out, a.view(ro))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"rollouts": out})
+}
+
+func (a *API) get(w http.ResponseWriter, r *http.Request) {
+	ro, err := a.runner.Store.Get(r.PathValue("id"))
+	if err != nil {
+		a.fail(w, "get rollout", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.view(ro))
+}
+
+func (a *API) operate(w http.ResponseWriter, r *http.Request) {
+	op := Operation(r.PathValue("op"))
+	switch op {
+	case OpPause, OpResume, OpPromote, OpRollback, OpAbort:
+	default:
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no such action %q: use pause, resume, promote, rollback or abort", op))
+		return
+	}
+	var req OperateRequest
+	if r.ContentLength != 0 {
+		if !a.decode(w, r, &req) {
+			return
+		}
+	}
+	ro, err := a.runner.Operate(r.Context(), r.PathValue("id"), op, r.Header.Get("X-Llmcanary-Actor"), req.Note)
+	if err != nil {
+		a.fail(w, string(op), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.view(ro))
+}
+
+func (a *API) view(ro *Rollout) RolloutView {
+	return RolloutView{Rollout: ro, Progress: ro.ProgressAt(a.runner.now())}
+}
+
+// fail maps an error to its status: invalid 400, not found 404, conflict
+// 409, a control plane that refused or is unreachable 502.
+func (a *API) fail(w http.ResponseWriter, what string, err error) {
+	code, status := "internal", http.StatusInternalServerError
+	switch {
+	case errors.Is(err, ErrInvalid):
+		code, status = "invalid", http.StatusBadRequest
+	case errors.Is(err, ErrNotFound):
+		code, status = "not_found", http.StatusNotFound
+	case errors.Is(err, ErrConflict):
+		code, status = "conflict", http.StatusConflict
+	case errors.Is(err, ErrControlPlane):
+		code, status = "bad_gateway", http.StatusBadGateway
+	}
+	a.log.Warn("rollout request failed", "request", what, "error", err)
+	writeError(w, status, code, err.Error())
+}
+
+// decode reads a JSON body strictly: unknown fields and trailing data are
+// errors, so a typo never passes as an empty request.
+func (a *API) decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	body := http.MaxBytesReader(w, r.Body, a.maxBody)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil && dec.Decode(&struct{}{}) != io.EOF {
+		err = errors.New("unexpected data after the JSON value")
+	}
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body is larger than %d bytes", a.maxBody))
+			return false
+		}
+		writeError(w, http.StatusBadRequest, "malformed", "malformed JSON body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	var b ErrorBody
+	b.Error.Code, b.Error.Message = code, msg
+	writeJSON(w, status, b)
+}

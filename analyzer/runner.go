@@ -1,0 +1,499 @@
+package analyzer
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/llmcanary/llmcanary/xds"
+)
+
+// ModelReader reads a model's versions and their metadata from the control
+// plane, for starting rollouts and planning them.
+type ModelReader interface {
+	Model(ctx context.Context, name string) (*xds.Model, error)
+}
+
+// ControlPlane adapts the management API client to TrafficSetter and
+// ModelReader.
+type ControlPlane struct {
+	Client *xds.Client
+}
+
+var (
+	_ TrafficSetter = ControlPlane{}
+	_ ModelReader   = ControlPlane{}
+)
+
+// SetWeights sets the model's weights through the management API, which
+// applies them atomically.
+func (c ControlPlane) SetWeights(ctx context.Context, model string, weights map[string]float64, stable string) error {
+	_, err := c.Client.SetWeights(ctx, model, weights, stable)
+	return err
+}
+
+// Model returns the model as the control plane holds it.
+func (c ControlPlane) Model(ctx context.Context, name string) (*xds.Model, error) {
+	return c.Client.Model(ctx, name)
+}
+
+// Runner looks at every running rollout once per Interval: it measures the
+// stage's window (stage start to now, both versions over the same window),
+// decides with Decide (or Experiment in A/B mode), moves traffic through
+// the TrafficSetter and records the outcome. A failed query or a failed
+// weight change is recorded and retried at the next look; neither ever
+// promotes. Operators act on rollouts through Start and Operate.
+type Runner struct {
+	Store   *Store
+	Source  MetricsSource
+	Traffic TrafficSetter
+	Models  ModelReader
+	// Policy is the base policy; per-model overrides and the planner shape
+	// it for each rollout.
+	Policy   Policy
+	Interval time.Duration
+	// QueryTimeout bounds one Measure call. Default: Interval.
+	QueryTimeout time.Duration
+	Now          func() time.Time
+	Log          *slog.Logger
+
+	mu     sync.Mutex
+	locks  map[string]*sync.Mutex
+	synced map[string]bool
+}
+
+func (r *Runner) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+func (r *Runner) log() *slog.Logger {
+	if r.Log != nil {
+		return r.Log
+	}
+	return slog.Default()
+}
+
+// lock serialises the runner's look and operators' actions on one rollout.
+func (r *Runner) lock(id string) func() {
+	r.mu.Lock()
+	if r.locks == nil {
+		r.locks = map[string]*sync.Mutex{}
+	}
+	l, ok := r.locks[id]
+	if !ok {
+		l = &sync.Mutex{}
+		r.locks[id] = l
+	}
+	r.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+func (r *Runner) isSynced(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.synced[id]
+}
+
+func (r *Runner) setSynced(id string, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.synced == nil {
+		r.synced = map[string]bool{}
+	}
+	r.synced[id] = ok
+}
+
+// Run looks at every running rollout now and then every Interval until ctx
+// ends. The first look at each rollout sets the control plane's weights to
+// the rollout's stage, so that a restarted analyzer resumes where it stood
+// even if the weights were changed meanwhile.
+func (r *Runner) Run(ctx context.Context) error {
+	if r.Interval <= 0 {
+		return errors.New("runner: interval must be positive")
+	}
+	t := time.NewTicker(r.Interval)
+	defer t.Stop()
+	for {
+		r.Tick(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Tick takes one look at every running rollout.
+func (r *Runner) Tick(ctx context.Context) {
+	all, err := r.Store.List()
+	if err != nil {
+		r.log().Error("list rollouts", "error", err)
+		return
+	}
+	for _, ro := range all {
+		if ro.Status != RolloutRunning {
+			continue
+		}
+		if _, err := r.Step(ctx, ro.ID); err != nil && ctx.Err() == nil {
+			r.log().Warn("rollout look failed", "rollout", ro.ID, "model", ro.Model, "error", err)
+		}
+	}
+}
+
+// Step takes one look at one running rollout and returns it as stored
+// afterwards. The returned error reports what failed (a query, a weight
+// change, the store); the rollout records it and holds.
+func (r *Runner) Step(ctx context.Context, id string) (*Rollout, error) {
+	defer r.lock(id)()
+	ro, err := r.Store.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	if ro.Status != RolloutRunning {
+		return ro, nil
+	}
+	now := r.now()
+	// A decided traffic change that has not reached the control plane
+	// goes first, without deciding again.
+	if ro.Pending != "" {
+		return r.act(ctx, ro, ro.Pending, now, nil)
+	}
+	if !r.isSynced(id) {
+		w := ro.CanaryWeight()
+		if err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), ro.Stable); err != nil {
+			return r.recordError(ro, now, CodeTrafficFailed, fmt.Sprintf("hold: could not set the stage's weights (canary %g %%) on the control plane: %v; retrying at the next look", w, err), err)
+		}
+		r.setSynced(id, true)
+	}
+	qctx, cancel := context.WithTimeout(ctx, r.queryTimeout())
+	m, err := r.Source.Measure(qctx, Window{Model: ro.Model, Stable: ro.Stable, Canary: ro.Canary, From: ro.StageStarted, To: now})
+	cancel()
+	switch {
+	case errors.Is(err, ErrNoData):
+		m = Measurements{Model: ro.Model, From: ro.StageStarted, To: now, Stable: Arm{Version: ro.Stable}, Canary: Arm{Version: ro.Canary}}
+	case err != nil:
+		return r.recordError(ro, now, CodeQueryFailed, fmt.Sprintf("hold: the measurement query failed: %v; retrying at the next look", err), err)
+	}
+	m.Stable.Version, m.Canary.Version = ro.Stable, ro.Canary
+
+	if ro.Mode == ModeABTest {
+		rep, ns := Experiment(ro.Plan.Policy, ro.State, m, ro.Split, now)
+		return r.Store.Update(id, func(x *Rollout) error {
+			x.State, x.Experiment, x.Updated, x.LastError = ns, &rep, now, ""
+			x.record(Event{At: now, Kind: "decision", Action: ActionHold, Code: CodeUndecided, Reason: rep.Summary})
+			return nil
+		})
+	}
+
+	d, ns := Decide(ro.Plan.Policy, ro.State, m, now)
+	ro.State = ns
+	switch d.Action {
+	case ActionRollback, ActionAdvance, ActionPromote:
+		return r.act(ctx, ro, d.Action, now, &d)
+	}
+	return r.Store.Update(id, func(x *Rollout) error {
+		x.State, x.Last, x.Updated, x.LastError = ns, &d, now, ""
+		if d.Action == ActionPause {
+			x.Status = RolloutPaused
+		}
+		x.record(Event{At: now, Kind: "decision", Action: d.Action, Code: d.Code, Reason: d.Reason, Decision: &d})
+		return nil
+	})
+}
+
+func (r *Runner) queryTimeout() time.Duration {
+	if r.QueryTimeout > 0 {
+		return r.QueryTimeout
+	}
+	return r.Interval
+}
+
+// act moves traffic for a rollback, advance or promotion and records the
+// outcome: first the control plane, then the record (a rollback takes the
+// canary out at once). If the control plane refuses, the action stays
+// pending and is retried at the next look.
+func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, d *Decision) (*Rollout, error) {
+	stages := ro.Plan.Policy.EvaluatedStages()
+	var w float64
+	stable := ro.Stable
+	switch a {
+	case ActionRollback:
+		w = 0
+	case ActionPromote:
+		w, stable = 100, ro.Canary
+	case ActionAdvance:
+		if ro.Stage+1 >= len(stages) {
+			return nil, fmt.Errorf("runner: rollout %s cannot advance past its last stage", ro.ID)
+		}
+		w = stages[ro.Stage+1].Weight
+	default:
+		return nil, fmt.Errorf("runner: %q is not a traffic action", a)
+	}
+	err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), stable)
+	if err != nil {
+		r.setSynced(ro.ID, false)
+		reason := fmt.Sprintf("%s decided but the control plane did not accept canary %g %%: %v; retrying at the next look", a, w, err)
+		out, serr := r.Store.Update(ro.ID, func(x *Rollout) error {
+			x.State, x.Pending, x.Updated, x.LastError = ro.State, a, now, reason
+			if d != nil {
+				x.Last = d
+				x.record(Event{At: now, Kind: "decision", Action: d.Action, Code: d.Code, Reason: d.Reason, Decision: d})
+			}
+			x.record(Event{At: now, Kind: "error", Action: a, Code: CodeTrafficFailed, Reason: reason})
+			return nil
+		})
+		return out, errors.Join(fmt.Errorf("runner: %s of %s: %w", a, ro.ID, err), serr)
+	}
+	r.setSynced(ro.ID, true)
+	r.log().Info("rollout traffic moved", "rollout", ro.ID, "model", ro.Model, "action", a, "canary_weight", w)
+	return r.Store.Update(ro.ID, func(x *Rollout) error {
+		x.Pending, x.Updated, x.LastError = "", now, ""
+		x.State = ro.State
+		if d != nil {
+			x.Last = d
+			x.record(Event{At: now, Kind: "decision", Action: d.Action, Code: d.Code, Reason: d.Reason, Decision: d})
+		}
+		x.record(Event{At: now, Kind: "action", Action: a, Reason: fmt.Sprintf("traffic moved: %s %g %%, %s %g %%", x.Stable, 100-w, x.Canary, w)})
+		switch a {
+		case ActionRollback:
+			x.Status = RolloutRolledBack
+		case ActionPromote:
+			x.Status = RolloutPromoted
+		case ActionAdvance:
+			x.Stage++
+			x.StageStarted = now
+			x.State = NewStageState(x.Stage, now)
+		}
+		return nil
+	})
+}
+
+func (r *Runner) recordError(ro *Rollout, now time.Time, code Code, reason string, cause error) (*Rollout, error) {
+	out, err := r.Store.Update(ro.ID, func(x *Rollout) error {
+		x.Updated, x.LastError = now, reason
+		x.record(Event{At: now, Kind: "decision", Action: ActionHold, Code: code, Reason: reason})
+		return nil
+	})
+	return out, errors.Join(cause, err)
+}
+
+// StartRequest starts a rollout or an A/B test.
+type StartRequest struct {
+	Model  string `json:"model"`
+	Canary string `json:"canary"`
+	// Stable defaults to the model's stable version on the control plane.
+	Stable string `json:"stable,omitempty"`
+	// Mode is canary (default) or abtest.
+	Mode Mode `json:"mode,omitempty"`
+	// Split is the canary's fixed percentage in A/B mode (default 50).
+	Split float64 `json:"split,omitempty"`
+	// Policy overrides fields of the planned policy, as a model override
+	// in the policy file does (e.g. {"stages": [...], "tolerances": {...}}).
+	Policy json.RawMessage `json:"policy,omitempty"`
+	Actor  string          `json:"-"`
+}
+
+// Start validates a request against the control plane's model, plans the
+// rollout from the versions' metadata, moves the first stage's traffic and
+// stores the rollout. Nothing is stored when any step fails; a request
+// that is invalid changes nothing anywhere.
+func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) {
+	if req.Mode == "" {
+		req.Mode = ModeCanary
+	}
+	var errs []error
+	if req.Model == "" {
+		errs = append(errs, errors.New("model is required"))
+	}
+	if req.Canary == "" {
+		errs = append(errs, errors.New("canary is required"))
+	}
+	switch req.Mode {
+	case ModeCanary:
+		if req.Split != 0 {
+			errs = append(errs, errors.New("split is for mode abtest; a canary rollout follows its plan's stages"))
+		}
+	case ModeABTest:
+		if req.Split == 0 {
+			req.Split = 50
+		}
+		if !(req.Split > 0 && req.Split < 100) {
+			errs = append(errs, fmt.Errorf("split %v must be in (0, 100)", req.Split))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("mode %q must be canary or abtest", req.Mode))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	model, err := r.Models.Model(ctx, req.Model)
+	if err != nil {
+		var apiErr *xds.APIError
+		if errors.As(err, &apiErr) && apiErr.Status == 404 {
+			return nil, fmt.Errorf("%w: model %q does not exist on the control plane", ErrNotFound, req.Model)
+		}
+		return nil, fmt.Errorf("%w: read model %q: %w", ErrControlPlane, req.Model, err)
+	}
+	if req.Stable == "" {
+		req.Stable = model.Stable
+	}
+	sv, okS := model.Version(req.Stable)
+	cv, okC := model.Version(req.Canary)
+	switch {
+	case !okS:
+		return nil, fmt.Errorf("%w: model %q has no version %q", ErrInvalid, req.Model, req.Stable)
+	case !okC:
+		return nil, fmt.Errorf("%w: model %q has no version %q; add it to the control plane first", ErrInvalid, req.Model, req.Canary)
+	case req.Stable == req.Canary:
+		return nil, fmt.Errorf("%w: canary and stable are both %q", ErrInvalid, req.Canary)
+	}
+	base, err := r.Policy.For(req.Model)
+	if err != nil {
+		return nil, err
+	}
+	plan := PlanFor(base, sv.Metadata, cv.Metadata)
+	if len(req.Policy) > 0 {
+		dec := json.NewDecoder(bytes.NewReader(req.Policy))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&plan.Policy); err != nil {
+			return nil, fmt.Errorf("%w: policy: %w", ErrInvalid, err)
+		}
+		plan.Policy.Models = nil
+		if err := plan.Policy.Validate(); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		plan.Strategy = StrategyCanary
+	}
+	now := r.now()
+	ro := &Rollout{
+		ID: NewID(now), Model: req.Model, Stable: req.Stable, Canary: req.Canary, Mode: req.Mode, Split: req.Split,
+		Plan: plan, Status: RolloutRunning, StageStarted: now, State: NewStageState(0, now), Created: now, Updated: now,
+	}
+	if req.Mode == ModeABTest {
+		ro.Plan.Strategy = "abtest"
+	}
+	// Refuse a second active rollout of the model before touching traffic.
+	if all, err := r.Store.List(); err == nil {
+		for _, o := range all {
+			if o.Model == ro.Model && o.Status.Active() {
+				return nil, fmt.Errorf("%w: model %q already has the %s rollout %s; finish or abort it first", ErrConflict, o.Model, o.Status, o.ID)
+			}
+		}
+	}
+	w := ro.CanaryWeight()
+	if err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), ro.Stable); err != nil {
+		return nil, fmt.Errorf("%w: set the first stage's weights: %w", ErrControlPlane, err)
+	}
+	reason := fmt.Sprintf("started by %s: %s risk (%s), %s plan; canary %s at %g %%, stable %s at %g %%",
+		actor(req.Actor), plan.Risk, plan.RiskReason, ro.Plan.Strategy, ro.Canary, w, ro.Stable, 100-w)
+	ro.record(Event{At: now, Kind: "operator", Code: CodeOperator, Actor: actor(req.Actor), Reason: reason})
+	if err := r.Store.Create(ro); err != nil {
+		// Put the traffic back as it was.
+		if rerr := r.Traffic.SetWeights(ctx, ro.Model, model.Weights, model.Stable); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("restore weights: %w", rerr))
+		}
+		return nil, err
+	}
+	r.setSynced(ro.ID, true)
+	r.log().Info("rollout started", "rollout", ro.ID, "model", ro.Model, "canary", ro.Canary, "risk", plan.Risk, "mode", ro.Mode)
+	return r.Store.Get(ro.ID)
+}
+
+func actor(a string) string {
+	if a == "" {
+		return "api"
+	}
+	return a
+}
+
+// Operation is an operator's action on a rollout.
+type Operation string
+
+const (
+	OpPause    Operation = "pause"
+	OpResume   Operation = "resume"
+	OpPromote  Operation = "promote"
+	OpRollback Operation = "rollback"
+	OpAbort    Operation = "abort"
+)
+
+// Operate applies an operator's action. Pause stops the looks and keeps
+// traffic; resume restarts the current stage's window (the data that made
+// it pause is not reused) and re-applies its weights at the next look;
+// promote sends all traffic to the canary and makes it stable; rollback
+// and abort send all traffic to stable (rollback judges the canary bad,
+// abort only ends the rollout). Finished rollouts cannot be changed
+// (ErrConflict). If the control plane refuses, nothing changes.
+func (r *Runner) Operate(ctx context.Context, id string, op Operation, actorName, note string) (*Rollout, error) {
+	defer r.lock(id)()
+	ro, err := r.Store.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	if !ro.Status.Active() {
+		return nil, fmt.Errorf("%w: rollout %s is %s", ErrConflict, id, ro.Status)
+	}
+	now := r.now()
+	var status Status
+	var w float64
+	stable := ro.Stable
+	move := true
+	switch op {
+	case OpPause:
+		if ro.Status == RolloutPaused {
+			return nil, fmt.Errorf("%w: rollout %s is already paused", ErrConflict, id)
+		}
+		status, move = RolloutPaused, false
+	case OpResume:
+		if ro.Status == RolloutRunning {
+			return nil, fmt.Errorf("%w: rollout %s is already running", ErrConflict, id)
+		}
+		status, move = RolloutRunning, false
+	case OpPromote:
+		status, w, stable = RolloutPromoted, 100, ro.Canary
+	case OpRollback:
+		status = RolloutRolledBack
+	case OpAbort:
+		status = RolloutAborted
+	default:
+		return nil, fmt.Errorf("%w: unknown operation %q (pause, resume, promote, rollback, abort)", ErrInvalid, op)
+	}
+	if move {
+		if err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), stable); err != nil {
+			return nil, fmt.Errorf("%w: %s: set weights: %w", ErrControlPlane, op, err)
+		}
+	}
+	reason := fmt.Sprintf("%s by %s", op, actor(actorName))
+	if move {
+		reason += fmt.Sprintf(": %s %g %%, %s %g %%", ro.Stable, 100-w, ro.Canary, w)
+	}
+	if op == OpResume {
+		reason += "; the stage's window restarts now"
+	}
+	if note != "" {
+		reason += " (" + note + ")"
+	}
+	out, err := r.Store.Update(id, func(x *Rollout) error {
+		x.Status, x.Updated, x.Pending = status, now, ""
+		if op == OpResume {
+			x.StageStarted = now
+			x.State = NewStageState(x.Stage, now)
+		}
+		x.record(Event{At: now, Kind: "operator", Action: Action(op), Code: CodeOperator, Actor: actor(actorName), Reason: reason})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.setSynced(id, move || op != OpResume)
+	return out, nil
+}

@@ -1,0 +1,179 @@
+package analyzer
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/llmcanary/llmcanary/internal/durable"
+)
+
+// Errors the rollout API maps to status codes.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrConflict = errors.New("conflict")
+	ErrInvalid  = errors.New("invalid")
+	// ErrControlPlane wraps a control plane that refused a change or could
+	// not be reached.
+	ErrControlPlane = errors.New("control plane")
+)
+
+// Store keeps rollouts durable: one JSON file per rollout in a data
+// directory, replaced atomically (write, fsync, rename, fsync the
+// directory) on every change, so a restart reads back every rollout as it
+// stood, including its stage and the stage's start. Safe for concurrent
+// use; Get and List return copies.
+type Store struct {
+	dir      string
+	mu       sync.Mutex
+	rollouts map[string]*Rollout
+}
+
+// OpenStore reads every rollout in dir, creating dir if needed.
+func OpenStore(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("rollout store: %w", err)
+	}
+	s := &Store{dir: dir, rollouts: map[string]*Rollout{}}
+	paths, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil {
+		return nil, fmt.Errorf("rollout store: %w", err)
+	}
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("rollout store: %w", err)
+		}
+		var r Rollout
+		if err := json.Unmarshal(b, &r); err != nil {
+			return nil, fmt.Errorf("rollout store: %s: %w", filepath.Base(p), err)
+		}
+		if r.ID+".json" != filepath.Base(p) {
+			return nil, fmt.Errorf("rollout store: %s holds rollout %q", filepath.Base(p), r.ID)
+		}
+		s.rollouts[r.ID] = &r
+	}
+	return s, nil
+}
+
+// NewID returns a new rollout id: the time and random hex, safe as a file
+// name and in a URL path.
+func NewID(now time.Time) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return "r-" + now.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
+}
+
+// Create stores a new rollout. It fails with ErrConflict when the id
+// exists or another rollout of the same model is still active.
+func (s *Store) Create(r *Rollout) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.rollouts[r.ID]; ok {
+		return fmt.Errorf("%w: rollout %q exists", ErrConflict, r.ID)
+	}
+	if strings.ContainsAny(r.ID, `/\`) || r.ID == "" || strings.HasPrefix(r.ID, ".") {
+		return fmt.Errorf("%w: rollout id %q", ErrInvalid, r.ID)
+	}
+	for _, o := range s.rollouts {
+		if o.Model == r.Model && o.Status.Active() {
+			return fmt.Errorf("%w: model %q already has the %s rollout %s; finish or abort it first", ErrConflict, r.Model, o.Status, o.ID)
+		}
+	}
+	c, err := copyRollout(r)
+	if err != nil {
+		return err
+	}
+	if err := s.save(c); err != nil {
+		return err
+	}
+	s.rollouts[c.ID] = c
+	return nil
+}
+
+// Get returns a copy of one rollout.
+func (s *Store) Get(id string) (*Rollout, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.rollouts[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: rollout %q does not exist", ErrNotFound, id)
+	}
+	return copyRollout(r)
+}
+
+// List returns copies of every rollout, newest first.
+func (s *Store) List() ([]*Rollout, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Rollout, 0, len(s.rollouts))
+	for _, r := range s.rollouts {
+		c, err := copyRollout(r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Created.Equal(out[j].Created) {
+			return out[i].Created.After(out[j].Created)
+		}
+		return out[i].ID > out[j].ID
+	})
+	return out, nil
+}
+
+// Update applies change to a copy of the rollout and stores the result
+// durably. If change or the write fails, nothing changes.
+func (s *Store) Update(id string, change func(*Rollout) error) (*Rollout, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, ok := s.rollouts[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: rollout %q does not exist", ErrNotFound, id)
+	}
+	c, err := copyRollout(cur)
+	if err != nil {
+		return nil, err
+	}
+	if err := change(c); err != nil {
+		return nil, err
+	}
+	c.ID = cur.ID
+	if err := s.save(c); err != nil {
+		return nil, err
+	}
+	s.rollouts[id] = c
+	return copyRollout(c)
+}
+
+func (s *Store) save(r *Rollout) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("rollout store: encode %s: %w", r.ID, err)
+	}
+	if err := durable.WriteFile(filepath.Join(s.dir, r.ID+".json"), b); err != nil {
+		return fmt.Errorf("rollout store: %w", err)
+	}
+	return nil
+}
+
+func copyRollout(r *Rollout) (*Rollout, error) {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("rollout store: encode %s: %w", r.ID, err)
+	}
+	var c Rollout
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("rollout store: decode %s: %w", r.ID, err)
+	}
+	return &c, nil
+}
