@@ -1,0 +1,282 @@
+package chsource
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/llmcanary/llmcanary/analyzer"
+	"github.com/llmcanary/llmcanary/analyzer/quality"
+	"github.com/llmcanary/llmcanary/extproc"
+)
+
+// The fixture's window crosses midnight, so it spans two daily partitions.
+var (
+	from = time.Date(2026, 3, 10, 23, 59, 50, 0, time.UTC)
+	to   = time.Date(2026, 3, 11, 0, 0, 10, 0, time.UTC)
+	win  = analyzer.Window{Model: "m", Stable: "v1", Canary: "v2", From: from, To: to}
+)
+
+func ok(id, version string, at time.Time, streamed bool, totalMs, ttftMs, itlMs float64, tokens uint32, cost float64) extproc.Record {
+	return extproc.Record{RequestID: id, Model: "m", Version: version, Time: at, Path: "/v1/chat/completions",
+		Status: 200, Streamed: streamed, TotalMs: totalMs, TTFTMs: ttftMs, ITLMeanMs: itlMs,
+		CompletionTokens: tokens, CostUSD: cost, FinishReason: "stop"}
+}
+
+func failed(id, version string, at time.Time, failure string) extproc.Record {
+	return extproc.Record{RequestID: id, Model: "m", Version: version, Time: at, Status: 503, Failure: failure, TotalMs: 50}
+}
+
+// fixture is a window's worth of requests of both arms, and around them
+// requests the window must leave out.
+func fixture() []extproc.Record {
+	sec := func(s float64) time.Time { return from.Add(time.Duration(s * float64(time.Second))) }
+	refused := ok("s2", "v1", sec(5), false, 200, 0, 0, 30, 0.002)
+	refused.Refusal = true
+	forced := ok("s-forced", "v1", sec(2), true, 9000, 9000, 900, 9, 9)
+	forced.Forced = true
+	categorised := ok("s-category", "v1", sec(3), true, 9000, 9000, 900, 9, 9)
+	categorised.Category = "code"
+	otherModel := ok("s-model", "v1", sec(4), true, 9000, 9000, 900, 9, 9)
+	otherModel.Model = "other"
+	return []extproc.Record{
+		ok("s1", "v1", from, true, 100, 10, 5, 20, 0.001),
+		refused,
+		ok("s3", "v1", sec(11), true, 300, 30, 0, 1, 0.003), // next day; one token, so no ITL
+		failed("s4", "v1", to.Add(-time.Millisecond), extproc.FailureHTTP5xx),
+		failed("s5", "v1", sec(1), extproc.FailureClientCancel),
+
+		forced, categorised, otherModel,
+		ok("s-before", "v1", from.Add(-time.Millisecond), true, 9000, 9000, 900, 9, 9),
+		ok("s-at-end", "v1", to, true, 9000, 9000, 900, 9, 9),
+		ok("s-v3", "v3", sec(4), true, 9000, 9000, 900, 9, 9),
+
+		ok("c1", "v2", sec(6), true, 150, 15, 7, 10, 0.01),
+		failed("c2", "v2", sec(7), extproc.FailureEmpty),
+		failed("c3", "v2", sec(8), extproc.FailureHTTP429),
+		ok("c4", "v2", sec(12), false, 250, 0, 0, 40, 0.02),
+	}
+}
+
+// fixtureScores rates requests in and out of the window.
+func fixtureScores(recs []extproc.Record) []quality.Score {
+	byID := map[string]extproc.Record{}
+	for _, r := range recs {
+		byID[r.RequestID] = r
+	}
+	score := func(id, source string, v float64) quality.Score {
+		r := byID[id]
+		return quality.Score{Time: r.Time, RequestID: id, Model: r.Model, Version: r.Version, Score: v, Source: source, Forced: r.Forced}
+	}
+	return []quality.Score{
+		score("s1", quality.SourceJudge, 1),
+		score("s1", quality.SourceJudge, 1), // two judges raced: counted once
+		score("s1", quality.SourceFeedback, 0),
+		score("s2", quality.SourceFeedback, 0.5),
+		score("s-forced", quality.SourceFeedback, 0),
+		score("s-category", quality.SourceJudge, 0),
+		score("s-before", quality.SourceJudge, 0),
+		score("s-model", quality.SourceJudge, 0),
+		score("c1", quality.SourceJudge, 0.25),
+	}
+}
+
+func sorted(v []float64) []float64 {
+	v = slices.Clone(v)
+	slices.Sort(v)
+	return v
+}
+
+func TestMeasureCountsTheRandomSplitInsideTheWindow(t *testing.T) {
+	ch := sharedClickHouse(t)
+	db := newDatabase()
+	recs := fixture()
+	writeRecords(t, ch, db, recs)
+	conn := connect(t, ch)
+	store, err := quality.OpenStore(context.Background(), conn, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Write(context.Background(), fixtureScores(recs)); err != nil {
+		t.Fatal(err)
+	}
+
+	m, err := New(conn, db).Measure(context.Background(), win)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Model != "m" || !m.From.Equal(from) || !m.To.Equal(to) || m.Stable.Version != "v1" || m.Canary.Version != "v2" {
+		t.Fatalf("measurements name %s %s %v..%v, want the window's", m.Stable.Version, m.Canary.Version, m.From, m.To)
+	}
+	s, c := m.Stable, m.Canary
+	cases := []struct {
+		name      string
+		got, want any
+	}{
+		{"forced, categorised, other-model and out-of-window requests are left out", s.Requests, 5},
+		{"failures count server errors, not client cancellations", s.Failures, 1},
+		{"empty answers and rate limits are failures", c.Failures, 2},
+		{"cancelled requests count as requests only", c.Requests, 4},
+		{"successes are requests without failure", [2]int{s.Successes, c.Successes}, [2]int{3, 2}},
+		{"refusals are counted among successes", [2]int{s.Refusals, c.Refusals}, [2]int{1, 0}},
+		{"latency lists successes' total_ms, both days of the window", sorted(s.LatencyMs), []float64{100, 200, 300}},
+		{"canary latency", sorted(c.LatencyMs), []float64{150, 250}},
+		{"ttft lists streamed successes only", [2][]float64{sorted(s.TTFTMs), sorted(c.TTFTMs)}, [2][]float64{{10, 30}, {15}}},
+		{"itl lists streamed successes with a gap", [2][]float64{sorted(s.ITLMs), sorted(c.ITLMs)}, [2][]float64{{5}, {7}}},
+		{"cost lists successes", [2][]float64{sorted(s.CostUSD), sorted(c.CostUSD)}, [2][]float64{{0.001, 0.002, 0.003}, {0.01, 0.02}}},
+		{"completion tokens list successes", [2][]float64{sorted(s.CompletionTokens), sorted(c.CompletionTokens)}, [2][]float64{{1, 20, 30}, {10, 40}}},
+		{"quality joins scores of counted requests, one per request and source", sorted(s.Quality), []float64{0, 0.5, 1}},
+		{"canary quality", c.Quality, []float64{0.25}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if !equal(tc.got, tc.want) {
+				t.Errorf("got %v, want %v", tc.got, tc.want)
+			}
+		})
+	}
+}
+
+func equal(a, b any) bool {
+	switch a := a.(type) {
+	case []float64:
+		return slices.Equal(a, b.([]float64))
+	case [2][]float64:
+		bb := b.([2][]float64)
+		return slices.Equal(a[0], bb[0]) && slices.Equal(a[1], bb[1])
+	}
+	return a == b
+}
+
+func TestMeasureWindowBoundsAreExactToTheMillisecond(t *testing.T) {
+	ch := sharedClickHouse(t)
+	db := newDatabase()
+	// Each request's latency names it: 1 before the window, 2 first, 3
+	// last, 4 at its end.
+	at := func(id string, d time.Duration, latency float64) extproc.Record {
+		return ok(id, "v1", from.Add(d), true, latency, 1, 1, 2, 0)
+	}
+	span := to.Sub(from)
+	writeRecords(t, ch, db, []extproc.Record{
+		at("before", -time.Millisecond, 1),
+		at("first", 0, 2),
+		at("last", span-time.Millisecond, 3),
+		at("end", span, 4),
+		ok("canary", "v2", from.Add(time.Second), true, 1, 1, 1, 2, 0),
+	})
+	src := New(connect(t, ch), db)
+	ms := time.Millisecond
+	cases := []struct {
+		name     string
+		from, to time.Time
+		want     []float64
+	}{
+		{"from is inclusive and to exclusive", from, to, []float64{2, 3}},
+		{"one millisecond holds the request at its start", from, from.Add(ms), []float64{2}},
+		{"the last millisecond holds the request at its start", to.Add(-ms), to, []float64{3}},
+		{"a window one millisecond later", from.Add(ms), to.Add(ms), []float64{3, 4}},
+		{"a window one millisecond earlier", from.Add(-ms), to.Add(-ms), []float64{1, 2}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			w := win
+			w.From, w.To = tc.from, tc.to
+			m, err := src.Measure(context.Background(), w)
+			if err != nil && !errors.Is(err, analyzer.ErrNoData) {
+				t.Fatal(err)
+			}
+			if got := sorted(m.Stable.LatencyMs); !slices.Equal(got, tc.want) {
+				t.Errorf("stable latencies %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestMeasureReportsNoData(t *testing.T) {
+	ch := sharedClickHouse(t)
+	db := newDatabase()
+	writeRecords(t, ch, db, []extproc.Record{
+		ok("s1", "v1", from, true, 100, 10, 5, 20, 0.001),
+		ok("s-forced-canary", "v2", from, true, 100, 10, 5, 20, 0.001),
+	})
+	writeRecords(t, ch, db, []extproc.Record{{RequestID: "forced", Model: "m", Version: "v2", Time: from, Forced: true}})
+	src := New(connect(t, ch), db)
+	cases := []struct {
+		name           string
+		w              analyzer.Window
+		stable, canary int
+	}{
+		{"a window without requests", analyzer.Window{Model: "m", Stable: "v1", Canary: "v2", From: from.Add(-time.Hour), To: from}, 0, 0},
+		{"an unknown model", analyzer.Window{Model: "nope", Stable: "v1", Canary: "v2", From: from, To: to}, 0, 0},
+		{"a canary with only forced requests", analyzer.Window{Model: "m", Stable: "v1", Canary: "v9", From: from, To: to}, 1, 0},
+		{"a stable without requests", analyzer.Window{Model: "m", Stable: "v0", Canary: "v1", From: from, To: to}, 0, 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := src.Measure(context.Background(), tc.w)
+			if !errors.Is(err, analyzer.ErrNoData) {
+				t.Fatalf("err = %v, want ErrNoData", err)
+			}
+			if m.Stable.Requests != tc.stable || m.Canary.Requests != tc.canary {
+				t.Errorf("requests %d/%d, want the arm with data filled: %d/%d", m.Stable.Requests, m.Canary.Requests, tc.stable, tc.canary)
+			}
+		})
+	}
+}
+
+func TestMeasureWithoutQualityTableHasNoScores(t *testing.T) {
+	ch := sharedClickHouse(t)
+	db := newDatabase()
+	writeRecords(t, ch, db, fixture())
+	m, err := New(connect(t, ch), db).Measure(context.Background(), win)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Stable.Quality != nil || m.Canary.Quality != nil || m.Stable.Requests != 5 {
+		t.Errorf("stable %+v, canary quality %v: want counts and no scores", m.Stable, m.Canary.Quality)
+	}
+}
+
+func TestMeasureRejectsInvalidWindows(t *testing.T) {
+	cases := []struct {
+		name string
+		db   string
+		w    analyzer.Window
+	}{
+		{"no model", "", analyzer.Window{Stable: "a", Canary: "b", From: from, To: to}},
+		{"no canary", "", analyzer.Window{Model: "m", Stable: "a", From: from, To: to}},
+		{"stable is the canary", "", analyzer.Window{Model: "m", Stable: "a", Canary: "a", From: from, To: to}},
+		{"empty window", "", analyzer.Window{Model: "m", Stable: "a", Canary: "b", From: to, To: to}},
+		{"backwards window", "", analyzer.Window{Model: "m", Stable: "a", Canary: "b", From: to, To: from}},
+		{"database name with SQL in it", "x; DROP TABLE y", win},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(nil, tc.db).Measure(context.Background(), tc.w)
+			if err == nil || errors.Is(err, analyzer.ErrNoData) {
+				t.Fatalf("err = %v, want an invalid-window error", err)
+			}
+		})
+	}
+}
+
+func TestMeasureFailsWhenClickHouseIsDown(t *testing.T) {
+	ch := startOwnClickHouse(t)
+	db := newDatabase()
+	writeRecords(t, ch, db, fixture())
+	src := New(connect(t, ch), db)
+	if _, err := src.Measure(context.Background(), win); err != nil {
+		t.Fatalf("before the outage: %v", err)
+	}
+	if err := ch.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := src.Measure(ctx, win)
+	if err == nil || errors.Is(err, analyzer.ErrNoData) {
+		t.Fatalf("err = %v, want a query error that is not ErrNoData", err)
+	}
+}
