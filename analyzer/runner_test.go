@@ -3,8 +3,8 @@ package analyzer
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -415,4 +415,3 @@ func TestABTestHoldsItsSplitAndReports(t *testing.T) {
 		t.Fatalf("latency %+v", lat)
 	}
 }
-
