@@ -1,0 +1,256 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/llmcanary/llmcanary/analyzer"
+)
+
+func init() {
+	register(command{
+		Name:    "rollout",
+		Summary: "start, watch and steer rollouts through the analyzer's API",
+		Run:     runRollout,
+	})
+}
+
+const rolloutUsage = `Usage: llmcanary rollout <action> [flags] [id]
+
+Actions:
+  start     --model M --canary V [--stable V] [--abtest --split 50] [--policy file.yaml]
+  list      [--model M]
+  status    <id> [--watch] [--json]
+  pause     <id> [--note text]
+  resume    <id> [--note text]
+  promote   <id> [--note text]
+  rollback  <id> [--note text]
+  abort     <id> [--note text]
+
+Every action takes --analyzer (default $LLMCANARY_ANALYZER or
+http://127.0.0.1:18090) and --token-file (default $LLMCANARY_API_TOKEN).
+`
+
+func runRollout(ctx context.Context, args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(os.Stdout, rolloutUsage)
+		if len(args) == 0 {
+			return errors.New("an action is required")
+		}
+		return nil
+	}
+	action, args := args[0], args[1:]
+	fs := newFlagSet("rollout "+action, "Talks to the analyzer's rollout API.")
+	addr := fs.String("analyzer", envOr("LLMCANARY_ANALYZER", "http://127.0.0.1:18090"), "base URL of the analyzer's API")
+	tokenFile := fs.String("token-file", "", "file holding the API bearer token (default: $LLMCANARY_API_TOKEN)")
+	actorName := fs.String("actor", envOr("USER", "cli"), "name recorded in the rollout's history")
+	var (
+		model, canary, stable, policyFile, note *string
+		abtest, watch, asJSON                   *bool
+		split                                   *float64
+		every                                   *time.Duration
+	)
+	switch action {
+	case "start":
+		model = fs.String("model", "", "model name (required)")
+		canary = fs.String("canary", "", "canary version (required)")
+		stable = fs.String("stable", "", "stable version (default: the model's stable version)")
+		abtest = fs.Bool("abtest", false, "run an A/B test at a fixed split instead of a staged rollout")
+		split = fs.Float64("split", 0, "canary percentage of an A/B test (default 50)")
+		policyFile = fs.String("policy", "", "YAML file overriding fields of the planned policy")
+	case "list":
+		model = fs.String("model", "", "only this model's rollouts")
+	case "status":
+		watch = fs.Bool("watch", false, "refresh until the rollout ends")
+		every = fs.Duration("every", 2*time.Second, "refresh interval of --watch")
+		asJSON = fs.Bool("json", false, "print the rollout as JSON")
+	case "pause", "resume", "promote", "rollback", "abort":
+		note = fs.String("note", "", "note recorded with the action")
+	default:
+		fmt.Fprint(os.Stderr, rolloutUsage)
+		return fmt.Errorf("unknown action %q", action)
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	token, err := readToken(*tokenFile)
+	if err != nil {
+		return err
+	}
+	c := &analyzer.Client{BaseURL: strings.TrimRight(*addr, "/"), Token: token, Actor: *actorName}
+	id := fs.Arg(0)
+	needID := action != "start" && action != "list"
+	if needID && id == "" {
+		return fmt.Errorf("rollout %s needs a rollout id", action)
+	}
+	switch action {
+	case "start":
+		req := analyzer.StartRequest{Model: *model, Canary: *canary, Stable: *stable, Split: *split}
+		if *abtest {
+			req.Mode = analyzer.ModeABTest
+		}
+		if *policyFile != "" {
+			raw, err := policyOverride(*policyFile)
+			if err != nil {
+				return err
+			}
+			req.Policy = raw
+		}
+		ro, err := c.Start(ctx, req)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("started %s: %s %s → %s, %s risk (%s), %s\n", ro.ID, ro.Model, ro.Stable, ro.Canary, ro.Plan.Risk, ro.Plan.RiskReason, ro.Plan.Strategy)
+		return nil
+	case "list":
+		all, err := c.List(ctx, *model)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tMODEL\tSTABLE\tCANARY\tMODE\tSTATUS\tSTAGE\tWEIGHT\tLAST DECISION")
+		for _, r := range all {
+			last := ""
+			if r.Last != nil {
+				last = string(r.Last.Action) + " (" + string(r.Last.Code) + ")"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%g%%\t%s\n", r.ID, r.Model, r.Stable, r.Canary, r.Mode, r.Status, r.Progress.Stage, r.Progress.Stages, r.Progress.Weight, last)
+		}
+		return tw.Flush()
+	case "status":
+		for {
+			ro, err := c.Get(ctx, id)
+			if err != nil {
+				return err
+			}
+			if *asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(ro); err != nil {
+					return err
+				}
+			} else {
+				if *watch {
+					fmt.Print("\033[H\033[2J")
+				}
+				printStatus(os.Stdout, ro)
+			}
+			if !*watch || !ro.Status.Active() {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(*every):
+			}
+		}
+	default:
+		ro, err := c.Operate(ctx, id, analyzer.Operation(action), *note)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%s: %s\n", ro.ID, ro.History[len(ro.History)-1].Reason)
+		return nil
+	}
+}
+
+// policyOverride reads a YAML policy fragment and returns it as JSON, the
+// form the API takes.
+func policyOverride(path string) (json.RawMessage, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	j, err := yaml.YAMLToJSON(b)
+	if err != nil {
+		return nil, fmt.Errorf("policy %s: %w", path, err)
+	}
+	return j, nil
+}
+
+func readToken(file string) (string, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", err
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	if t := os.Getenv("LLMCANARY_API_TOKEN"); t != "" {
+		return t, nil
+	}
+	return "", errors.New("no API token: use --token-file or set LLMCANARY_API_TOKEN")
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// printStatus writes a rollout's state for a terminal: stage, weight,
+// samples against what the stage needs with a small bar, the last decision
+// in its sentence, and the latest history.
+func printStatus(w io.Writer, ro *analyzer.RolloutView) {
+	p := ro.Progress
+	fmt.Fprintf(w, "rollout %s  %s: %s → %s  [%s, %s]\n", ro.ID, ro.Model, ro.Stable, ro.Canary, ro.Mode, ro.Status)
+	fmt.Fprintf(w, "plan     %s risk (%s), %s\n", ro.Plan.Risk, ro.Plan.RiskReason, ro.Plan.Strategy)
+	if ro.Mode == analyzer.ModeABTest {
+		fmt.Fprintf(w, "split    canary %g %%\n", ro.Split)
+		if ro.Experiment != nil {
+			fmt.Fprintf(w, "result   %s\n", ro.Experiment.Summary)
+			for _, m := range ro.Experiment.Metrics {
+				win := ""
+				if m.WinRate != nil {
+					win = fmt.Sprintf(" P(canary better)=%.2f", *m.WinRate)
+				}
+				fmt.Fprintf(w, "  %-18s %-12s p=%.4f n=%d/%d needed/arm=%d%s\n", m.Metric, m.Status, m.PValue, m.NCanary, m.NStable, m.NeededPerArm, win)
+			}
+		}
+	} else {
+		fmt.Fprintf(w, "stage    %d of %d at %g %%  %s\n", p.Stage, p.Stages, p.Weight, bar(float64(p.Stage)/float64(max(p.Stages, 1))))
+		fmt.Fprintf(w, "samples  %d of %d canary requests  %s\n", p.Samples, p.MinSamples, bar(ratio(float64(p.Samples), float64(p.MinSamples))))
+		fmt.Fprintf(w, "time     %s of %s minimum (%s maximum)  %s\n", p.InStage.Round(time.Second), p.MinDuration, p.MaxDuration, bar(ratio(float64(p.InStage), float64(p.MinDuration))))
+		fmt.Fprintf(w, "metrics  %d of %d tested metrics within tolerance\n", p.Within, p.Tested)
+	}
+	if ro.Last != nil {
+		fmt.Fprintf(w, "decision %s\n", ro.Last.Reason)
+	}
+	if ro.LastError != "" {
+		fmt.Fprintf(w, "error    %s\n", ro.LastError)
+	}
+	start := max(0, len(ro.History)-5)
+	if len(ro.History) > 0 {
+		fmt.Fprintln(w, "history")
+	}
+	for _, e := range ro.History[start:] {
+		rep := ""
+		if e.Repeats > 0 {
+			rep = fmt.Sprintf(" (×%d)", e.Repeats+1)
+		}
+		fmt.Fprintf(w, "  %s  %s%s\n", e.At.Local().Format("15:04:05"), e.Reason, rep)
+	}
+}
+
+func ratio(a, b float64) float64 {
+	if b <= 0 {
+		return 1
+	}
+	return min(1, a/b)
+}
+
+func bar(f float64) string {
+	const width = 20
+	n := int(f*width + 0.5)
+	return "[" + strings.Repeat("█", n) + strings.Repeat("·", width-n) + "]"
+}
