@@ -51,8 +51,8 @@ var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 // wrongly kept.
 //
 // Per arm: Requests counts every such request; Failures those whose
-// failure is neither ” nor client_cancel; Successes those with failure
-// ”; Refusals the successes the model refused. The value lists are those
+// failure is set to anything but client_cancel; Successes those without
+// failure; Refusals the successes the model refused. The value lists are those
 // of successes: LatencyMs is total_ms; TTFTMs and ITLMs come from streamed
 // successes only, and ITLMs only from those with at least two completion
 // tokens and a measured gap (as the extproc metrics count them); CostUSD
