@@ -141,21 +141,21 @@ type Policy struct {
 
 // DefaultPolicy returns the policy used when none is configured.
 func DefaultPolicy() Policy {
-	min := func(d string) config.Duration {
+	dur := func(d string) config.Duration {
 		var c config.Duration
 		_ = c.Set(d)
 		return c
 	}
 	return Policy{
 		Stages: []Stage{
-			{Weight: 2, MinDuration: min("10m"), MinSamples: 2000},
-			{Weight: 5, MinDuration: min("10m"), MinSamples: 2000},
-			{Weight: 10, MinDuration: min("10m"), MinSamples: 2000},
-			{Weight: 25, MinDuration: min("15m"), MinSamples: 4000},
-			{Weight: 50, MinDuration: min("15m"), MinSamples: 4000},
+			{Weight: 2, MinDuration: dur("10m"), MinSamples: 2000},
+			{Weight: 5, MinDuration: dur("10m"), MinSamples: 2000},
+			{Weight: 10, MinDuration: dur("10m"), MinSamples: 2000},
+			{Weight: 25, MinDuration: dur("15m"), MinSamples: 4000},
+			{Weight: 50, MinDuration: dur("15m"), MinSamples: 4000},
 			{Weight: 100},
 		},
-		MaxStageDuration: min("2h"),
+		MaxStageDuration: dur("2h"),
 		OnInconclusive:   InconclusivePause,
 		Alpha:            0.05,
 		Multiplicity:     MultiplicityHolm,
@@ -363,6 +363,8 @@ func (p Policy) StageAlpha() float64 {
 	return p.Alpha / float64(n)
 }
 
+// sortedMetrics returns the metrics of m in AllMetrics' order, unknown
+// ones last in name order.
 func sortedMetrics(m map[Metric]float64) []Metric {
 	out := make([]Metric, 0, len(m))
 	for _, k := range AllMetrics {
@@ -370,21 +372,12 @@ func sortedMetrics(m map[Metric]float64) []Metric {
 			out = append(out, k)
 		}
 	}
+	var rest []Metric
 	for k := range m {
 		if !slices.Contains(AllMetrics, k) {
-			out = append(out, k)
+			rest = append(rest, k)
 		}
 	}
-	slices.Sort(out[len(out)-countUnknown(m):])
-	return out
-}
-
-func countUnknown(m map[Metric]float64) int {
-	n := 0
-	for k := range m {
-		if !slices.Contains(AllMetrics, k) {
-			n++
-		}
-	}
-	return n
+	slices.Sort(rest)
+	return append(out, rest...)
 }

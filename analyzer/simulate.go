@@ -43,6 +43,9 @@ type RolloutSimConfig struct {
 	Stable, Canary  ArmModel
 	// Workers run rollouts in parallel. Default 2.
 	Workers int
+	// NaiveAtTolerance makes the naive comparison test "worse by more than
+	// the tolerance" (the null Decide uses) instead of "worse at all".
+	NaiveAtTolerance bool
 }
 
 // RolloutSimResult summarises simulated rollouts.
@@ -180,7 +183,7 @@ func simulateOne(cfg RolloutSimConfig, r *rand.Rand) simOutcome {
 		o.looks++
 		var d Decision
 		d, st = Decide(p, st, m, now)
-		if !o.naive && naiveHarm(p, d) {
+		if !o.naive && naiveHarm(p, d, cfg.NaiveAtTolerance) {
 			o.naive = true
 		}
 		switch d.Action {
@@ -229,8 +232,9 @@ func draw(a *Arm, model ArmModel, r *rand.Rand) {
 // fixed-horizon one-sided z-test of "canary worse than stable" for each
 // metric on all data so far (the look's estimate over its standard error),
 // Bonferroni over the metrics, at the policy's alpha, re-run at every look
-// as if each look were the only one.
-func naiveHarm(p Policy, d Decision) bool {
+// as if each look were the only one. atTolerance moves its null from "no
+// difference" to "worse by exactly the tolerance".
+func naiveHarm(p Policy, d Decision, atTolerance bool) bool {
 	z := zQuantile(1 - p.Alpha/float64(len(p.Tolerances)))
 	for _, r := range d.Metrics {
 		if r.StdErr <= 0 || r.Status == StatusNotMeasured || r.Status == StatusTooFew {
@@ -239,6 +243,9 @@ func naiveHarm(p Policy, d Decision) bool {
 		harm := r.Estimate
 		if r.Kind == KindScore {
 			harm = -harm
+		}
+		if atTolerance {
+			harm -= r.Tolerance
 		}
 		if harm/r.StdErr > z {
 			return true
@@ -288,7 +295,11 @@ func SimPolicy(interval time.Duration) Policy {
 //     (quality 0.97 to 0.86, every answer judged);
 //   - p99: a canary whose p99 latency is 30 % higher (its slowest 5 %
 //     of requests are 30 % slower) while its mean moves about 2 %;
-//   - healthy: a canary 5 % faster and otherwise the same, to be promoted.
+//   - healthy: a canary 5 % faster and otherwise the same, to be promoted;
+//   - boundary: a canary exactly at two tolerances (mean latency +10 %,
+//     errors +1 point), the worst case of the harm tests' null: every
+//     rollback is false, and the naive test here uses the same null. Its
+//     stages are inconclusive by design, so they end after 20 looks.
 //
 // Traffic is 10,000 requests per one-minute look; latency is log-normal
 // (median 800 ms, sigma 0.5), 1 % errors, 2 % refusals, about 250
@@ -329,10 +340,17 @@ func Scenarios(rollouts int, seed uint64) []Scenario {
 	}
 	healthy := base
 	healthy.LatencyMs = stats.LogNormal(math.Log(760), 0.5)
+	atTol := base
+	atTol.LatencyMs = stats.LogNormal(math.Log(800*1.1), 0.5)
+	atTol.ErrorRate = base.ErrorRate + 0.01
+	boundary := mk("boundary", atTol)
+	boundary.Config.NaiveAtTolerance = true
+	boundary.Config.Policy.MaxStageDuration = config.Duration(20 * interval)
 	return []Scenario{
 		mk("aa", base),
 		qs,
 		mk("p99", slowTail),
 		mk("healthy", healthy),
+		boundary,
 	}
 }

@@ -7,9 +7,9 @@ import (
 // TestDecisionRulesBySimulation runs the validation scenarios through
 // Decide itself. Rollout counts are smaller with -short.
 func TestDecisionRulesBySimulation(t *testing.T) {
-	n := map[string]int{"aa": 1000, "quality": 100, "p99": 100, "healthy": 100}
+	n := map[string]int{"aa": 1000, "quality": 100, "p99": 100, "healthy": 100, "boundary": 300}
 	if testing.Short() {
-		n = map[string]int{"aa": 100, "quality": 50, "p99": 50, "healthy": 50}
+		n = map[string]int{"aa": 100, "quality": 50, "p99": 50, "healthy": 50, "boundary": 50}
 	}
 	for _, sc := range Scenarios(0, 7) {
 		t.Run(sc.Name, func(t *testing.T) {
@@ -36,6 +36,10 @@ func TestDecisionRulesBySimulation(t *testing.T) {
 			case "p99":
 				if r.RollbackRate < 0.9 || r.RollbackMetrics[MetricLatencyP99] < r.RolledBack*9/10 {
 					t.Errorf("+30 %% p99 rolled back in %.2f of rollouts (by latency_p99 %d), want at least 0.9", r.RollbackRate, r.RollbackMetrics[MetricLatencyP99])
+				}
+			case "boundary":
+				if r.RollbackRate > alpha {
+					t.Errorf("a canary exactly at its tolerances rolled back in %.3f of rollouts, above alpha %v", r.RollbackRate, alpha)
 				}
 			case "healthy":
 				if float64(r.Promoted) < 0.9*float64(r.Rollouts) {
