@@ -2,23 +2,31 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/llmcanary/llmcanary/analyzer"
+	"github.com/llmcanary/llmcanary/analyzer/chsource"
+	"github.com/llmcanary/llmcanary/analyzer/quality"
 	"github.com/llmcanary/llmcanary/internal/chart"
+	"github.com/llmcanary/llmcanary/internal/config"
 	"github.com/llmcanary/llmcanary/internal/local"
 	"github.com/llmcanary/llmcanary/internal/wire"
+	"github.com/llmcanary/llmcanary/sim"
+	"github.com/llmcanary/llmcanary/xds"
 )
 
 func init() {
 	register(command{
 		Name:    "demo",
-		Summary: "run a real local rollout with Envoy, ClickHouse and simulated pools, and show it",
+		Summary: "run real rollouts on a local stack (Envoy, ClickHouse, simulated pools) and show them",
 		Run:     runDemo,
 	})
 }
@@ -26,19 +34,56 @@ func init() {
 type demoOptions struct {
 	dir, out string
 	rate     float64
-	step     time.Duration
+	timeout  time.Duration
+}
+
+// Demo pools: short answers so a stage fills in seconds. The regressed
+// checkpoint is the documented case: 30 % slower and 14 % bad answers
+// instead of 3 %.
+func demoProfile(version string, seed uint64, slower, bad float64) sim.Profile {
+	return sim.Profile{
+		Version: version, Model: "llama-3-8b", Seed: seed,
+		TTFT:         sim.LogNormal(60*slower, 150*slower),
+		ITL:          sim.LogNormal(6*slower, 15*slower),
+		OutputTokens: sim.UniformCount(16, 40),
+		ErrorRate:    0.005, RefusalRate: 0.01, BadAnswerRate: bad,
+	}
+}
+
+// demoPolicy compresses the default stages into seconds.
+func demoPolicy() analyzer.Policy {
+	p := analyzer.DefaultPolicy()
+	d := func(s time.Duration) config.Duration { return config.Duration(s) }
+	p.Stages = []analyzer.Stage{
+		{Weight: 10, MinDuration: d(5 * time.Second), MinSamples: 250},
+		{Weight: 25, MinDuration: d(5 * time.Second), MinSamples: 300},
+		{Weight: 50, MinDuration: d(5 * time.Second), MinSamples: 300},
+		{Weight: 100},
+	}
+	p.MaxStageDuration = d(90 * time.Second)
+	p.MinTestSamples = 60
+	p.Tolerances = map[analyzer.Metric]float64{
+		analyzer.MetricErrorRate: 0.03,
+		analyzer.MetricLatency:   0.20,
+		analyzer.MetricTTFT:      0.20,
+		analyzer.MetricQuality:   0.05,
+	}
+	p.Required = []analyzer.Metric{analyzer.MetricErrorRate, analyzer.MetricLatency}
+	return p
 }
 
 func runDemo(ctx context.Context, args []string) error {
-	fs := newFlagSet("demo", `Starts a whole local stack (see 'llmcanary up'), sends live traffic from
-simulated users and moves a canary through its stages, printing the split
-Envoy actually serves at each step. Pictures of weight over time and of the
-latency distributions per version are written to --out.`)
+	fs := newFlagSet("demo", `Starts a whole local stack (see 'llmcanary up') plus the analyzer and an LLM
+judge, sends live traffic from simulated users, and runs two rollouts with
+stage times compressed to seconds: a fine-tuned checkpoint that is 30 %
+slower and hallucinates on 14 % of answers (3 % before), rolled back
+automatically, then a healthy one, promoted to 100 %. Progress shows live;
+pictures of weight over time and latency per version go to --out.`)
 	var o demoOptions
 	fs.StringVar(&o.dir, "dir", "", "working directory (default: a new temporary one)")
 	fs.StringVar(&o.out, "out", "demo-output", "where the pictures go")
-	fs.Float64Var(&o.rate, "rate", 40, "requests per second of simulated traffic")
-	fs.DurationVar(&o.step, "step", 6*time.Second, "how long each stage runs")
+	fs.Float64Var(&o.rate, "rate", 80, "requests per second of simulated traffic")
+	fs.DurationVar(&o.timeout, "rollout-timeout", 4*time.Minute, "give up on a rollout that has not finished by then")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -54,59 +99,246 @@ latency distributions per version are written to --out.`)
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-	say("starting ClickHouse, Envoy (wasm + ext_proc filters), the control plane, telemetry and two simulated versions")
-	s, err := startUp(ctx, upOptions{dir: o.dir, stableProfile: "stable", canaryProfile: "canary-healthy", capture: 0.2, log: log})
+	begin := time.Now()
+
+	say("starting ClickHouse, Envoy (wasm + ext_proc filters), the control plane, telemetry, the pools and a judge")
+	stablePool, badPool := demoProfile("v1", 1, 1, 0.03), demoProfile("v2-ft", 2, 1.3, 0.14)
+	s, err := startUp(ctx, upOptions{dir: o.dir, stable: &stablePool, canary: &badPool, capture: 1, log: log})
 	if err != nil {
 		return err
 	}
 	defer s.Stop()
-	say("gateway http://%s, model %q: stable=%s canary=%s", s.Gateway[0], s.Model, s.Stable.Profile.Version, s.Canary.Profile.Version)
+	say("gateway http://%s  model %q  stable %s, canary %s at 0 %%", s.Gateway[0], s.Model, stablePool.Version, badPool.Version)
 
-	tctx, stopTraffic := context.WithCancel(ctx)
-	defer stopTraffic()
-	traffic := &local.Traffic{Gateway: s.Gateway[0], Model: s.Model, Users: 5000, Rate: o.rate}
-	go traffic.Run(tctx)
-	say("sending %.0f streamed requests per second from 5000 simulated users", o.rate)
-
-	start := time.Now()
-	weights := chart.Series{Name: s.Canary.Profile.Version + " weight %", Step: true}
-	served := chart.Series{Name: s.Canary.Profile.Version + " share served %"}
-	stable, canary := s.Stable.Profile.Version, s.Canary.Profile.Version
-	fmt.Printf("\n%10s %12s %12s %10s %8s\n", "stage", "stable", "canary", "served %", "failed")
-	for _, w := range []float64{0, 2, 5, 10, 25, 50, 100} {
-		if _, err := s.API.SetWeights(ctx, s.Model, map[string]float64{stable: 100 - w, canary: w}, ""); err != nil {
-			return err
-		}
-		weights.X, weights.Y = append(weights.X, time.Since(start).Seconds()), append(weights.Y, w)
-		traffic.Served() // count only what this stage serves
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(o.step):
-		}
-		counts, failed := traffic.Served()
-		total := counts[stable] + counts[canary]
-		share := 0.0
-		if total > 0 {
-			share = 100 * float64(counts[canary]) / float64(total)
-		}
-		served.X, served.Y = append(served.X, time.Since(start).Seconds()), append(served.Y, share)
-		fmt.Printf("%9.0f%% %12d %12d %9.1f%% %8d\n", w, counts[stable], counts[canary], share, failed)
+	conn, err := s.ClickHouse.Conn(ctx)
+	if err != nil {
+		return err
 	}
-	weights.X, weights.Y = append(weights.X, time.Since(start).Seconds()), append(weights.Y, 100)
-	stopTraffic()
+	defer conn.Close()
+	qstore, err := quality.OpenStore(ctx, conn, wire.Database)
+	if err != nil {
+		return err
+	}
+	judge, err := quality.NewJudge(quality.JudgeOptions{Conn: conn, Store: qstore, Endpoint: "http://" + s.Judge.Addr,
+		Interval: 500 * time.Millisecond, BatchSize: 200, Concurrency: 8, Logger: log})
+	if err != nil {
+		return err
+	}
+	store, err := analyzer.OpenStore(filepath.Join(o.dir, "analyzer"))
+	if err != nil {
+		return err
+	}
+	cp := analyzer.ControlPlane{Client: s.API}
+	runner := &analyzer.Runner{Store: store, Source: chsource.New(conn, wire.Database), Traffic: cp, Models: cp,
+		Policy: demoPolicy(), Interval: 500 * time.Millisecond, Log: log}
 
+	bg, stopBG := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { stopBG(); wg.Wait() }()
+	traffic := &local.Traffic{Gateway: s.Gateway[0], Model: s.Model, Users: 5000, Rate: o.rate}
+	served := &chart.Series{Name: "canary share served, %"}
+	var servedMu sync.Mutex
+	canaryName := badPool.Version
+	for _, f := range []func(){
+		func() { traffic.Run(bg) },
+		func() { _ = judge.Run(bg) },
+		func() { _ = runner.Run(bg) },
+		func() { // the share Envoy actually served, each second
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-bg.Done():
+					return
+				case <-t.C:
+				}
+				counts, _ := traffic.Served()
+				total := 0
+				for _, n := range counts {
+					total += n
+				}
+				if total > 0 {
+					servedMu.Lock()
+					served.X = append(served.X, time.Since(begin).Seconds())
+					served.Y = append(served.Y, 100*float64(counts[canaryName])/float64(total))
+					servedMu.Unlock()
+				}
+			}
+		},
+	} {
+		wg.Add(1)
+		go func(f func()) { defer wg.Done(); f() }(f)
+	}
+	say("sending %.0f streamed requests per second from 5000 simulated users; every answer is graded by the judge", o.rate)
+
+	// Rollout 1: the regressed fine-tune.
+	bad, err := watchRollout(ctx, runner, analyzer.StartRequest{Model: s.Model, Canary: badPool.Version, Actor: "demo"}, o.timeout)
+	if err != nil {
+		return err
+	}
+	allStable := checkAllStable(ctx, s, stablePool.Version)
+
+	// Rollout 2: a healthy checkpoint on a new pool.
+	goodPool := demoProfile("v3-ft", 3, 0.95, 0.03)
+	good, err := local.StartSim(goodPool)
+	if err != nil {
+		return err
+	}
+	s.OnStop(good.Stop)
+	if _, err := s.API.PutVersion(ctx, s.Model, xds.Version{Name: goodPool.Version, Endpoints: []string{good.Addr},
+		Metadata: xds.VersionMetadata{BaseModel: s.Model, Family: "llama-3", ParametersB: 8, WeightsHash: "sha256:fine-tuned-2",
+			PriceInputPer1K: 0.0005, PriceOutputPer1K: 0.0015}}); err != nil {
+		return err
+	}
+	if err := s.WaitReady(ctx); err != nil {
+		return err
+	}
+	servedMu.Lock()
+	canaryName = goodPool.Version
+	servedMu.Unlock()
+	healthy, err := watchRollout(ctx, runner, analyzer.StartRequest{Model: s.Model, Canary: goodPool.Version, Actor: "demo"}, o.timeout)
+	if err != nil {
+		return err
+	}
+	stopBG()
+	wg.Wait()
+
+	// Pictures.
+	servedMu.Lock()
+	weights := []chart.Series{weightSeries(bad, begin), weightSeries(healthy, begin), *served}
+	servedMu.Unlock()
+	var marks []chart.Mark
+	for _, ro := range []*analyzer.Rollout{bad, healthy} {
+		marks = append(marks, chart.Mark{X: ro.Updated.Sub(begin).Seconds(), Label: string(ro.Status) + " " + ro.Canary})
+	}
 	if err := writeChart(filepath.Join(o.out, "weight-over-time.svg"), chart.Chart{
-		Title: "Canary weight and the share Envoy served", XLabel: "seconds", YLabel: "percent",
-		Series: []chart.Series{weights, served}, YMin: 0, YMax: 100,
+		Title: "Canary weight over time, and the share Envoy served", XLabel: "seconds since start", YLabel: "percent of traffic",
+		Series: weights, Marks: marks, YMin: 0, YMax: 100,
 	}); err != nil {
 		return err
 	}
-	if err := latencyChart(ctx, s, filepath.Join(o.out, "ttft-by-version.svg")); err != nil {
+	if err := latencyCharts(ctx, s, o.out); err != nil {
 		return err
 	}
-	say("pictures: %s/weight-over-time.svg, %s/ttft-by-version.svg", o.out, o.out)
+
+	fmt.Println()
+	say("result: %s %s — %s", bad.Canary, bad.Status, lastReason(bad))
+	say("        Envoy after the rollback: %s", allStable)
+	say("result: %s %s — %s", healthy.Canary, healthy.Status, lastReason(healthy))
+	say("pictures: %s", strings.Join([]string{
+		filepath.Join(o.out, "weight-over-time.svg"), filepath.Join(o.out, "ttft-by-version.svg"), filepath.Join(o.out, "latency-by-version.svg")}, ", "))
+	if bad.Status != analyzer.RolloutRolledBack || healthy.Status != analyzer.RolloutPromoted {
+		return fmt.Errorf("the regressed canary ended %s and the healthy one %s; expected rolled_back and promoted", bad.Status, healthy.Status)
+	}
 	return nil
+}
+
+// watchRollout starts a rollout and prints its progress until it ends.
+func watchRollout(ctx context.Context, r *analyzer.Runner, req analyzer.StartRequest, timeout time.Duration) (*analyzer.Rollout, error) {
+	ro, err := r.Start(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Println()
+	say("rollout %s: %s → %s, %s risk (%s), stages %s", ro.ID, ro.Stable, ro.Canary, ro.Plan.Risk, ro.Plan.RiskReason, stageList(ro.Plan.Policy))
+	deadline := time.Now().Add(timeout)
+	lastLine, lastPrint := "", time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+		ro, err = r.Store.Get(ro.ID)
+		if err != nil {
+			return nil, err
+		}
+		p := ro.ProgressAt(time.Now())
+		reason := lastReason(ro)
+		line := fmt.Sprintf("stage %d/%d at %3.0f%% %s  canary requests %4d/%-4d  %4.0fs  %s",
+			p.Stage, p.Stages, p.Weight, bar(ratio(float64(p.Samples), float64(max(p.MinSamples, 1)))), p.Samples, p.MinSamples,
+			p.InStage.Seconds(), clip(reason, 150))
+		if line != lastLine && time.Since(lastPrint) > 2*time.Second || !ro.Status.Active() {
+			say("%s", line)
+			lastLine, lastPrint = line, time.Now()
+		}
+		if !ro.Status.Active() || ro.Status == analyzer.RolloutPaused {
+			say("rollout %s %s", ro.ID, strings.ToUpper(strings.ReplaceAll(string(ro.Status), "_", " ")))
+			return ro, nil
+		}
+		if time.Now().After(deadline) {
+			return ro, errors.New("rollout did not finish in time: " + reason)
+		}
+	}
+}
+
+func clip(s string, n int) string {
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
+}
+
+func lastReason(ro *analyzer.Rollout) string {
+	if ro.Last != nil {
+		return ro.Last.Reason
+	}
+	if ro.LastError != "" {
+		return "error: " + ro.LastError
+	}
+	return "waiting for the first look"
+}
+
+func stageList(p analyzer.Policy) string {
+	var parts []string
+	for _, st := range p.Stages {
+		parts = append(parts, fmt.Sprintf("%g%%", st.Weight))
+	}
+	return strings.Join(parts, " → ")
+}
+
+// weightSeries is a rollout's canary weight over time, from the traffic
+// actions in its history.
+func weightSeries(ro *analyzer.Rollout, begin time.Time) chart.Series {
+	s := chart.Series{Name: ro.Canary + " weight, %", Step: true}
+	stages := ro.Plan.Policy.EvaluatedStages()
+	stage, w := 0, stages[0].Weight
+	s.X, s.Y = append(s.X, ro.Created.Sub(begin).Seconds()), append(s.Y, w)
+	for _, e := range ro.History {
+		if e.Kind != "action" {
+			continue
+		}
+		switch e.Action {
+		case analyzer.ActionAdvance:
+			stage = min(stage+1, len(stages)-1)
+			w = stages[stage].Weight
+		case analyzer.ActionRollback:
+			w = 0
+		case analyzer.ActionPromote:
+			w = 100
+		}
+		s.X, s.Y = append(s.X, e.At.Sub(begin).Seconds()), append(s.Y, w)
+	}
+	s.X, s.Y = append(s.X, ro.Updated.Sub(begin).Seconds()), append(s.Y, w)
+	return s
+}
+
+// checkAllStable sends 200 requests from new users right after a rollback
+// and reports where they went.
+func checkAllStable(ctx context.Context, s *upStack, stable string) string {
+	t := &local.Traffic{Gateway: s.Gateway[0], Model: s.Model, Users: 1 << 30, Rate: 400}
+	c, cancel := context.WithTimeout(ctx, 700*time.Millisecond)
+	t.Run(c)
+	cancel()
+	counts, failed := t.Served()
+	total := 0
+	var parts []string
+	for v, n := range counts {
+		total += n
+		parts = append(parts, fmt.Sprintf("%s=%d", v, n))
+	}
+	sort.Strings(parts)
+	return fmt.Sprintf("%d of %d answers from %s (%s, %d failed)", counts[stable], total, stable, strings.Join(parts, " "), failed)
 }
 
 func say(format string, a ...any) {
@@ -125,42 +357,49 @@ func writeChart(path string, c chart.Chart) error {
 	return f.Close()
 }
 
-// latencyChart draws the TTFT distribution of each version from ClickHouse.
-func latencyChart(ctx context.Context, s *upStack, path string) error {
+// latencyCharts draws the TTFT and total latency distributions of each
+// version from ClickHouse.
+func latencyCharts(ctx context.Context, s *upStack, out string) error {
 	conn, err := s.ClickHouse.Conn(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	var series []chart.Series
-	var summary []string
-	byVersion := map[string][]float64{}
 	rows, err := conn.Query(ctx, fmt.Sprintf(
-		"SELECT version, ttft_ms FROM %s.%s WHERE model = ? AND failure = '' AND forced = 0 AND streamed = 1",
+		"SELECT version, ttft_ms, total_ms FROM %s.%s WHERE model = ? AND failure = '' AND forced = 0 AND streamed = 1",
 		wire.Database, wire.TableRequests), s.Model)
 	if err != nil {
 		return err
 	}
+	ttft, total := map[string][]float64{}, map[string][]float64{}
 	for rows.Next() {
 		var v string
-		var ttft float64
-		if err := rows.Scan(&v, &ttft); err != nil {
+		var a, b float64
+		if err := rows.Scan(&v, &a, &b); err != nil {
 			return err
 		}
-		byVersion[v] = append(byVersion[v], ttft)
+		ttft[v], total[v] = append(ttft[v], a), append(total[v], b)
 	}
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	names := make([]string, 0, len(byVersion))
-	for v := range byVersion {
+	names := make([]string, 0, len(ttft))
+	for v := range ttft {
 		names = append(names, v)
 	}
 	sort.Strings(names)
+	var ts, ls []chart.Series
+	var summary []string
 	for _, v := range names {
-		series = append(series, chart.CDF(v, byVersion[v]))
-		summary = append(summary, fmt.Sprintf("%s: %d rows", v, len(byVersion[v])))
+		ts = append(ts, chart.CDF(v, ttft[v]))
+		ls = append(ls, chart.CDF(v, total[v]))
+		summary = append(summary, fmt.Sprintf("%s %d", v, len(ttft[v])))
 	}
-	say("telemetry in ClickHouse: %s", strings.Join(summary, ", "))
-	return writeChart(path, chart.Chart{Title: "Time to first token per version (from ClickHouse)", XLabel: "ms", YLabel: "% of requests at or below", Series: series, YMin: 0, YMax: 100})
+	say("telemetry rows in ClickHouse: %s", strings.Join(summary, ", "))
+	if err := writeChart(filepath.Join(out, "ttft-by-version.svg"), chart.Chart{Title: "Time to first token per version (from ClickHouse)",
+		XLabel: "ms", YLabel: "% of requests at or below", Series: ts, YMin: 0, YMax: 100}); err != nil {
+		return err
+	}
+	return writeChart(filepath.Join(out, "latency-by-version.svg"), chart.Chart{Title: "Total response time per version (from ClickHouse)",
+		XLabel: "ms", YLabel: "% of requests at or below", Series: ls, YMin: 0, YMax: 100})
 }

@@ -33,20 +33,18 @@ type upOptions struct {
 	dir           string
 	stableProfile string
 	canaryProfile string
-	canaryWeight  float64
-	capture       float64
-	log           *slog.Logger
+	// stable and canary, when set, are used instead of the named profiles.
+	stable, canary *sim.Profile
+	canaryWeight   float64
+	capture        float64
+	log            *slog.Logger
 }
 
 func startUp(ctx context.Context, o upOptions) (*upStack, error) {
 	if err := os.MkdirAll(o.dir, 0o755); err != nil {
 		return nil, err
 	}
-	stable, err := sim.LoadOrBuiltin(o.stableProfile)
-	if err != nil {
-		return nil, err
-	}
-	canary, err := sim.LoadOrBuiltin(o.canaryProfile)
+	stable, canary, err := o.profiles()
 	if err != nil {
 		return nil, err
 	}
@@ -106,6 +104,17 @@ func startUp(ctx context.Context, o upOptions) (*upStack, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+func (o upOptions) profiles() (stable, canary sim.Profile, err error) {
+	if o.stable != nil && o.canary != nil {
+		return *o.stable, *o.canary, nil
+	}
+	if stable, err = sim.LoadOrBuiltin(o.stableProfile); err != nil {
+		return
+	}
+	canary, err = sim.LoadOrBuiltin(o.canaryProfile)
+	return
 }
 
 func runUp(ctx context.Context, args []string) error {

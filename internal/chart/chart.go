@@ -38,7 +38,7 @@ var palette = []string{"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#
 
 const (
 	width, height          = 760, 380
-	left, right, top, bott = 70, 170, 40, 50
+	left, right, top, bott = 70, 200, 40, 50
 )
 
 // WriteSVG renders the chart.
