@@ -1,14 +1,12 @@
 package analyzer
 
 import (
-	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
-	"strings"
+
+	"github.com/llmcanary/llmcanary/internal/httpapi"
 )
 
 // API is the rollout API: HTTP/JSON, every /v1 call authorised by a bearer
@@ -51,12 +49,7 @@ func (a *API) Mount(pattern string, h http.Handler) {
 }
 
 // ErrorBody is every error response's body.
-type ErrorBody struct {
-	Error struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
+type ErrorBody = httpapi.ErrorBody
 
 // RolloutView is a rollout as the API shows it: the stored rollout and its
 // live progress.
@@ -90,17 +83,7 @@ func (a *API) Handler() http.Handler {
 	return mux
 }
 
-func (a *API) auth(h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || len(a.token) == 0 || subtle.ConstantTimeCompare([]byte(got), a.token) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="llmcanary"`)
-			writeError(w, http.StatusUnauthorized, "unauthorized", "a valid bearer token is required")
-			return
-		}
-		h(w, r)
-	}
-}
+func (a *API) auth(h http.HandlerFunc) http.HandlerFunc { return httpapi.Bearer(a.token, h) }
 
 func (a *API) start(experiment bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
@@ -198,38 +181,11 @@ func (a *API) fail(w http.ResponseWriter, what string, err error) {
 	writeError(w, status, code, err.Error())
 }
 
-// decode reads a JSON body strictly: unknown fields and trailing data are
-// errors, so a typo never passes as an empty request.
 func (a *API) decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	body := http.MaxBytesReader(w, r.Body, a.maxBody)
-	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
-	if err == nil && dec.Decode(&struct{}{}) != io.EOF {
-		err = errors.New("unexpected data after the JSON value")
-	}
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body is larger than %d bytes", a.maxBody))
-			return false
-		}
-		writeError(w, http.StatusBadRequest, "malformed", "malformed JSON body: "+err.Error())
-		return false
-	}
-	return true
+	return httpapi.Decode(w, r, v, a.maxBody)
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
-
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	var b ErrorBody
-	b.Error.Code, b.Error.Message = code, msg
-	writeJSON(w, status, b)
-}
+var (
+	writeJSON  = httpapi.WriteJSON
+	writeError = httpapi.WriteError
+)

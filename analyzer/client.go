@@ -1,14 +1,11 @@
 package analyzer
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"fmt"
-	"io"
 	"net/http"
 	"net/url"
-	"time"
+
+	"github.com/llmcanary/llmcanary/internal/httpapi"
 )
 
 // Client calls the rollout API. The CLI and the tests use it. Safe for
@@ -20,16 +17,8 @@ type Client struct {
 	HTTP    *http.Client
 }
 
-// APIError is a non-2xx answer of the rollout API.
-type APIError struct {
-	Status  int
-	Code    string
-	Message string
-}
-
-func (e *APIError) Error() string {
-	return fmt.Sprintf("rollout api: %d %s: %s", e.Status, e.Code, e.Message)
-}
+// APIError is a non-2xx answer of the API.
+type APIError = httpapi.APIError
 
 // Start starts a rollout, or an A/B test when req.Mode is abtest.
 func (c *Client) Start(ctx context.Context, req StartRequest) (*RolloutView, error) {
@@ -63,45 +52,6 @@ func (c *Client) Operate(ctx context.Context, id string, op Operation, note stri
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	req.Header.Set("Content-Type", "application/json")
-	if c.Actor != "" {
-		req.Header.Set("X-Llmcanary-Actor", c.Actor)
-	}
-	hc := c.HTTP
-	if hc == nil {
-		hc = &http.Client{Timeout: 30 * time.Second}
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("rollout api: %w", err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return fmt.Errorf("rollout api: %w", err)
-	}
-	if resp.StatusCode/100 != 2 {
-		var eb ErrorBody
-		_ = json.Unmarshal(b, &eb)
-		return &APIError{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
-	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("rollout api: decode answer: %w", err)
-		}
-	}
-	return nil
+	hc := httpapi.Client{API: "rollout api", BaseURL: c.BaseURL, Token: c.Token, Actor: c.Actor, HTTP: c.HTTP}
+	return hc.Do(ctx, method, path, in, out)
 }

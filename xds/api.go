@@ -1,15 +1,14 @@
 package xds
 
 import (
-	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/llmcanary/llmcanary/internal/httpapi"
 )
 
 // API is the management API: HTTP/JSON, every /v1 call authorised by a
@@ -40,12 +39,7 @@ type WeightsRequest struct {
 }
 
 // ErrorBody is every error response's body.
-type ErrorBody struct {
-	Error struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
+type ErrorBody = httpapi.ErrorBody
 
 // Handler returns the API's HTTP handler.
 func (a *API) Handler() http.Handler {
@@ -68,17 +62,7 @@ func (a *API) Handler() http.Handler {
 	return mux
 }
 
-func (a *API) auth(h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), a.token) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="llmcanary"`)
-			writeError(w, http.StatusUnauthorized, "unauthorized", "a valid bearer token is required")
-			return
-		}
-		h(w, r)
-	}
-}
+func (a *API) auth(h http.HandlerFunc) http.HandlerFunc { return httpapi.Bearer(a.token, h) }
 
 func (a *API) getState(w http.ResponseWriter, r *http.Request) {
 	st := a.store.State()
@@ -280,43 +264,16 @@ func (a *API) update(w http.ResponseWriter, r *http.Request, summary string, cha
 	writeJSON(w, http.StatusOK, st)
 }
 
-// decode reads a JSON body strictly: unknown fields and trailing data are
-// errors, so a typo never passes as an empty change.
 func (a *API) decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	body := http.MaxBytesReader(w, r.Body, a.maxBody)
-	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
-	if err == nil && dec.Decode(&struct{}{}) != io.EOF {
-		err = errors.New("unexpected data after the JSON value")
-	}
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body is larger than %d bytes", a.maxBody))
-			return false
-		}
-		writeError(w, http.StatusBadRequest, "malformed", "malformed JSON body: "+err.Error())
-		return false
-	}
-	return true
+	return httpapi.Decode(w, r, v, a.maxBody)
 }
 
 func etag(rev uint64) string { return `"` + strconv.FormatUint(rev, 10) + `"` }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
-
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	var b ErrorBody
-	b.Error.Code, b.Error.Message = code, msg
-	writeJSON(w, status, b)
-}
+var (
+	writeJSON  = httpapi.WriteJSON
+	writeError = httpapi.WriteError
+)
 
 func formatWeights(ws map[string]float64) string {
 	keys := make([]string, 0, len(ws))
