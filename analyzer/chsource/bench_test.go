@@ -9,6 +9,7 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/quality"
 	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/internal/stack/chtest"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -21,8 +22,8 @@ import (
 // rows/s, against about 10 ms for the count alone).
 func BenchmarkMeasure200k(b *testing.B) {
 	const perArm = 100_000
-	ch := sharedClickHouse(b)
-	db := newDatabase()
+	ch := chtest.Shared(b)
+	db := chtest.NewDatabase()
 	start := time.Date(2026, 4, 1, 12, 0, 0, 0, time.UTC)
 	span := time.Hour
 	w := analyzer.Window{Model: "m", Stable: "v1", Canary: "v2", From: start, To: start.Add(span)}
@@ -51,7 +52,7 @@ func BenchmarkMeasure200k(b *testing.B) {
 		}
 	}
 	writeRecords(b, ch, db, recs)
-	conn := connect(b, ch)
+	conn := chtest.Connect(b, ch)
 	store, err := quality.OpenStore(context.Background(), conn, db)
 	if err != nil {
 		b.Fatal(err)

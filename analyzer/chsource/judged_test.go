@@ -11,6 +11,7 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/quality"
 	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/internal/stack/chtest"
 	"github.com/llmcanary/llmcanary/sim"
 )
 
@@ -18,8 +19,8 @@ import (
 // responses, the real judge (the simulated pool in judge mode) and the
 // window's query, with a canary whose answers are bad half the time.
 func TestMeasureReadsWhatTheJudgeScored(t *testing.T) {
-	ch := sharedClickHouse(t)
-	db := newDatabase()
+	ch := chtest.Shared(t)
+	db := chtest.NewDatabase()
 	now := time.Now().UTC().Truncate(time.Second)
 	w := analyzer.Window{Model: "m", Stable: "v1", Canary: "v2", From: now.Add(-time.Minute), To: now}
 	var recs []extproc.Record
@@ -39,7 +40,7 @@ func TestMeasureReadsWhatTheJudgeScored(t *testing.T) {
 	recs = append(recs, forced)
 	writeRecords(t, ch, db, recs)
 
-	conn := connect(t, ch)
+	conn := chtest.Connect(t, ch)
 	store, err := quality.OpenStore(context.Background(), conn, db)
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/quality"
 	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/internal/stack/chtest"
 )
 
 // The fixture's window crosses midnight, so it spans two daily partitions.
@@ -90,11 +91,11 @@ func sorted(v []float64) []float64 {
 }
 
 func TestMeasureCountsTheRandomSplitInsideTheWindow(t *testing.T) {
-	ch := sharedClickHouse(t)
-	db := newDatabase()
+	ch := chtest.Shared(t)
+	db := chtest.NewDatabase()
 	recs := fixture()
 	writeRecords(t, ch, db, recs)
-	conn := connect(t, ch)
+	conn := chtest.Connect(t, ch)
 	store, err := quality.OpenStore(context.Background(), conn, db)
 	if err != nil {
 		t.Fatal(err)
@@ -151,8 +152,8 @@ func equal(a, b any) bool {
 }
 
 func TestMeasureWindowBoundsAreExactToTheMillisecond(t *testing.T) {
-	ch := sharedClickHouse(t)
-	db := newDatabase()
+	ch := chtest.Shared(t)
+	db := chtest.NewDatabase()
 	// Each request's latency names it: 1 before the window, 2 first, 3
 	// last, 4 at its end.
 	at := func(id string, d time.Duration, latency float64) extproc.Record {
@@ -166,7 +167,7 @@ func TestMeasureWindowBoundsAreExactToTheMillisecond(t *testing.T) {
 		at("end", span, 4),
 		ok("canary", "v2", from.Add(time.Second), true, 1, 1, 1, 2, 0),
 	})
-	src := New(connect(t, ch), db)
+	src := New(chtest.Connect(t, ch), db)
 	ms := time.Millisecond
 	cases := []struct {
 		name     string
@@ -195,14 +196,14 @@ func TestMeasureWindowBoundsAreExactToTheMillisecond(t *testing.T) {
 }
 
 func TestMeasureReportsNoData(t *testing.T) {
-	ch := sharedClickHouse(t)
-	db := newDatabase()
+	ch := chtest.Shared(t)
+	db := chtest.NewDatabase()
 	writeRecords(t, ch, db, []extproc.Record{
 		ok("s1", "v1", from, true, 100, 10, 5, 20, 0.001),
 		ok("s-forced-canary", "v2", from, true, 100, 10, 5, 20, 0.001),
 	})
 	writeRecords(t, ch, db, []extproc.Record{{RequestID: "forced", Model: "m", Version: "v2", Time: from, Forced: true}})
-	src := New(connect(t, ch), db)
+	src := New(chtest.Connect(t, ch), db)
 	cases := []struct {
 		name           string
 		w              analyzer.Window
@@ -227,10 +228,10 @@ func TestMeasureReportsNoData(t *testing.T) {
 }
 
 func TestMeasureWithoutQualityTableHasNoScores(t *testing.T) {
-	ch := sharedClickHouse(t)
-	db := newDatabase()
+	ch := chtest.Shared(t)
+	db := chtest.NewDatabase()
 	writeRecords(t, ch, db, fixture())
-	m, err := New(connect(t, ch), db).Measure(context.Background(), win)
+	m, err := New(chtest.Connect(t, ch), db).Measure(context.Background(), win)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,10 +264,10 @@ func TestMeasureRejectsInvalidWindows(t *testing.T) {
 }
 
 func TestMeasureFailsWhenClickHouseIsDown(t *testing.T) {
-	ch := startOwnClickHouse(t)
-	db := newDatabase()
+	ch := chtest.Own(t)
+	db := chtest.NewDatabase()
 	writeRecords(t, ch, db, fixture())
-	src := New(connect(t, ch), db)
+	src := New(chtest.Connect(t, ch), db)
 	if _, err := src.Measure(context.Background(), win); err != nil {
 		t.Fatalf("before the outage: %v", err)
 	}

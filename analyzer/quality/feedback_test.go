@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/internal/stack/chtest"
 )
 
 // reqTime is recent: feedback rates requests up to DefaultFeedbackMaxAge
@@ -46,7 +47,7 @@ func post(t *testing.T, url, method, body string) postResult {
 }
 
 func TestFeedbackHandler(t *testing.T) {
-	ch := sharedClickHouse(t)
+	ch := chtest.Shared(t)
 	store, conn := openStore(t, ch, feedbackFixture())
 	store.lookupWait = 300 * time.Millisecond
 	srv := httptest.NewServer(store.FeedbackHandler())
@@ -114,7 +115,7 @@ func TestFeedbackHandler(t *testing.T) {
 }
 
 func TestFeedbackWaitsForARequestRowStillOnItsWay(t *testing.T) {
-	ch := sharedClickHouse(t)
+	ch := chtest.Shared(t)
 	store, conn := openStore(t, ch, nil)
 	srv := httptest.NewServer(store.FeedbackHandler())
 	defer srv.Close()
@@ -133,7 +134,7 @@ func TestFeedbackWaitsForARequestRowStillOnItsWay(t *testing.T) {
 }
 
 func TestFeedbackConcurrentRatingsOfOneRequestStoreOne(t *testing.T) {
-	ch := sharedClickHouse(t)
+	ch := chtest.Shared(t)
 	store, conn := openStore(t, ch, feedbackFixture())
 	srv := httptest.NewServer(store.FeedbackHandler())
 	defer srv.Close()
@@ -168,7 +169,7 @@ func TestFeedbackConcurrentRatingsOfOneRequestStoreOne(t *testing.T) {
 }
 
 func TestFeedbackWhenClickHouseIsDownIsUnavailable(t *testing.T) {
-	ch := startOwnClickHouse(t)
+	ch := chtest.Own(t)
 	store, _ := openStore(t, ch, feedbackFixture())
 	srv := httptest.NewServer(store.FeedbackHandler())
 	defer srv.Close()

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/internal/stack/chtest"
 	"github.com/llmcanary/llmcanary/sim"
 )
 
@@ -115,7 +116,7 @@ func checkJudged(t *testing.T, got []Score, want map[string]Score) {
 }
 
 func TestJudgeGradesEachCaptureOnce(t *testing.T) {
-	ch := sharedClickHouse(t)
+	ch := chtest.Shared(t)
 	recs := judgeFixture(time.Now())
 	store, conn := openStore(t, ch, recs)
 	judge := startSimJudge(t, sim.Profile{Version: "judge", Judge: true})
@@ -146,7 +147,7 @@ func TestJudgeGradesEachCaptureOnce(t *testing.T) {
 }
 
 func TestJudgeDrainsABacklogInBatches(t *testing.T) {
-	ch := sharedClickHouse(t)
+	ch := chtest.Shared(t)
 	recs := judgeFixture(time.Now())
 	store, conn := openStore(t, ch, recs)
 	judge := startSimJudge(t, sim.Profile{Version: "judge", Judge: true})
@@ -167,7 +168,7 @@ func TestJudgeDrainsABacklogInBatches(t *testing.T) {
 }
 
 func TestJudgeDownStoresNothingAndLosesNothing(t *testing.T) {
-	ch := sharedClickHouse(t)
+	ch := chtest.Shared(t)
 	recs := judgeFixture(time.Now())
 	cases := []struct {
 		name     string
@@ -233,7 +234,7 @@ func (s *syncBuffer) String() string {
 }
 
 func TestJudgeRunRecoversWhenTheJudgeComesBackAndLogsOnce(t *testing.T) {
-	ch := sharedClickHouse(t)
+	ch := chtest.Shared(t)
 	recs := judgeFixture(time.Now())
 	store, conn := openStore(t, ch, recs)
 	judge := startSimJudge(t, sim.Profile{Version: "judge", Judge: true, ErrorRate: 1})
@@ -268,7 +269,7 @@ func TestJudgeRunRecoversWhenTheJudgeComesBackAndLogsOnce(t *testing.T) {
 }
 
 func TestJudgeSkipsRepliesWithoutAScore(t *testing.T) {
-	ch := sharedClickHouse(t)
+	ch := chtest.Shared(t)
 	recs := judgeFixture(time.Now())
 	store, conn := openStore(t, ch, recs)
 	// The simulated pool always answers in form; an unparsable judge is
@@ -299,7 +300,7 @@ func TestJudgeSkipsRepliesWithoutAScore(t *testing.T) {
 }
 
 func TestNewJudgeValidatesOptions(t *testing.T) {
-	conn := connect(t, sharedClickHouse(t))
+	conn := chtest.Connect(t, chtest.Shared(t))
 	store := &Store{conn: conn, db: "llmcanary"}
 	valid := JudgeOptions{Conn: conn, Store: store, Endpoint: "http://127.0.0.1:8100"}
 	if _, err := NewJudge(valid); err != nil {

@@ -3,9 +3,6 @@ package quality
 import (
 	"context"
 	"fmt"
-	"os"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,69 +11,10 @@ import (
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter"
 	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/stack/chtest"
 )
 
-// One ClickHouse serves the tests that do not kill it; each test uses its
-// own database.
-var (
-	sharedOnce sync.Once
-	sharedCH   *stack.ClickHouse
-	sharedDir  string
-	sharedErr  error
-	dbSeq      atomic.Int64
-)
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if sharedCH != nil {
-		sharedCH.Stop()
-	}
-	if sharedDir != "" {
-		os.RemoveAll(sharedDir)
-	}
-	os.Exit(code)
-}
-
-func sharedClickHouse(tb testing.TB) *stack.ClickHouse {
-	tb.Helper()
-	sharedOnce.Do(func() {
-		sharedDir, sharedErr = os.MkdirTemp("", "quality-clickhouse-")
-		if sharedErr != nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-		defer cancel()
-		sharedCH, sharedErr = stack.StartClickHouse(ctx, stack.ClickHouseOptions{Dir: sharedDir})
-	})
-	if sharedErr != nil {
-		tb.Fatalf("start clickhouse (install it with make deps): %v", sharedErr)
-	}
-	return sharedCH
-}
-
-func startOwnClickHouse(tb testing.TB) *stack.ClickHouse {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	ch, err := stack.StartClickHouse(ctx, stack.ClickHouseOptions{Dir: tb.TempDir()})
-	if err != nil {
-		tb.Fatalf("start clickhouse (install it with make deps): %v", err)
-	}
-	tb.Cleanup(func() { ch.Stop() })
-	return ch
-}
-
-func newDatabase() string { return fmt.Sprintf("t%d_%d", os.Getpid(), dbSeq.Add(1)) }
-
-func connect(tb testing.TB, ch *stack.ClickHouse) driver.Conn {
-	tb.Helper()
-	conn, err := ch.Conn(context.Background())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { conn.Close() })
-	return conn
-}
+func TestMain(m *testing.M) { chtest.Main(m) }
 
 // writeRecords stores recs with the real telemetry writer and returns once
 // every one is inserted.
@@ -104,9 +42,9 @@ func writeRecords(tb testing.TB, ch *stack.ClickHouse, db string, recs []extproc
 // quality table.
 func openStore(tb testing.TB, ch *stack.ClickHouse, recs []extproc.Record) (*Store, driver.Conn) {
 	tb.Helper()
-	db := newDatabase()
+	db := chtest.NewDatabase()
 	writeRecords(tb, ch, db, recs)
-	conn := connect(tb, ch)
+	conn := chtest.Connect(tb, ch)
 	s, err := OpenStore(context.Background(), conn, db)
 	if err != nil {
 		tb.Fatal(err)

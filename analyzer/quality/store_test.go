@@ -7,12 +7,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/llmcanary/llmcanary/internal/stack/chtest"
 )
 
 func TestOpenStoreCreatesTheDocumentedTableOnce(t *testing.T) {
-	ch := sharedClickHouse(t)
-	conn := connect(t, ch)
-	db := newDatabase()
+	ch := chtest.Shared(t)
+	conn := chtest.Connect(t, ch)
+	db := chtest.NewDatabase()
 	for i := range 2 {
 		if _, err := OpenStore(context.Background(), conn, db); err != nil {
 			t.Fatalf("open %d: %v", i+1, err)
@@ -48,7 +50,7 @@ func TestOpenStoreCreatesTheDocumentedTableOnce(t *testing.T) {
 
 func TestOpenStoreRejectsDatabaseNamesThatAreNotIdentifiers(t *testing.T) {
 	for _, db := range []string{"a b", "x;DROP TABLE y", "1db", "db.t"} {
-		if _, err := OpenStore(context.Background(), connect(t, sharedClickHouse(t)), db); err == nil {
+		if _, err := OpenStore(context.Background(), chtest.Connect(t, chtest.Shared(t)), db); err == nil {
 			t.Errorf("OpenStore(%q) succeeded", db)
 		}
 	}
@@ -67,7 +69,7 @@ func TestWriteRejectsInvalidScoresAndWritesNone(t *testing.T) {
 		{"no request id", func(s *Score) { s.RequestID = "" }},
 		{"no request time", func(s *Score) { s.Time = time.Time{} }},
 	}
-	ch := sharedClickHouse(t)
+	ch := chtest.Shared(t)
 	store, conn := openStore(t, ch, nil)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/llmcanary/llmcanary/internal/stack/chtest"
 )
 
 // BenchmarkWriterSustainedRows measures rows per second from Write to rows
@@ -20,9 +22,9 @@ func BenchmarkWriterSustainedRows(b *testing.B) {
 
 func benchSustained(b *testing.B, batchSize int) {
 	const rows = 100_000
-	ch := sharedClickHouse(b)
+	ch := chtest.Shared(b)
 	w, err := New(context.Background(), Options{
-		Addr: ch.Addr, Database: newDatabase(), SpoolDir: b.TempDir(), QueueSize: rows, BatchSize: batchSize,
+		Addr: ch.Addr, Database: chtest.NewDatabase(), SpoolDir: b.TempDir(), QueueSize: rows, BatchSize: batchSize,
 	})
 	if err != nil {
 		b.Fatal(err)

@@ -3,79 +3,16 @@ package chwriter
 import (
 	"context"
 	"fmt"
-	"os"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/llmcanary/llmcanary/extproc"
-	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/stack/chtest"
 )
 
-// One ClickHouse serves the tests that do not kill it; each test uses its
-// own database. It starts on first use, so spool unit tests need none.
-var (
-	sharedOnce sync.Once
-	sharedCH   *stack.ClickHouse
-	sharedDir  string
-	sharedErr  error
-	dbSeq      atomic.Int64
-)
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if sharedCH != nil {
-		sharedCH.Stop()
-	}
-	if sharedDir != "" {
-		os.RemoveAll(sharedDir)
-	}
-	os.Exit(code)
-}
-
-func sharedClickHouse(tb testing.TB) *stack.ClickHouse {
-	tb.Helper()
-	sharedOnce.Do(func() {
-		sharedDir, sharedErr = os.MkdirTemp("", "chwriter-clickhouse-")
-		if sharedErr != nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-		defer cancel()
-		sharedCH, sharedErr = stack.StartClickHouse(ctx, stack.ClickHouseOptions{Dir: sharedDir})
-	})
-	if sharedErr != nil {
-		tb.Fatalf("start clickhouse (install it with make deps): %v", sharedErr)
-	}
-	return sharedCH
-}
-
-func startOwnClickHouse(tb testing.TB) *stack.ClickHouse {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	ch, err := stack.StartClickHouse(ctx, stack.ClickHouseOptions{Dir: tb.TempDir()})
-	if err != nil {
-		tb.Fatalf("start clickhouse (install it with make deps): %v", err)
-	}
-	tb.Cleanup(func() { ch.Stop() })
-	return ch
-}
-
-func newDatabase() string { return fmt.Sprintf("t%d_%d", os.Getpid(), dbSeq.Add(1)) }
-
-func connect(tb testing.TB, ch *stack.ClickHouse) driver.Conn {
-	tb.Helper()
-	conn, err := ch.Conn(context.Background())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { conn.Close() })
-	return conn
-}
+func TestMain(m *testing.M) { chtest.Main(m) }
 
 func countRows(tb testing.TB, conn driver.Conn, db, tbl string) (rows, distinct uint64) {
 	tb.Helper()

@@ -12,6 +12,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/internal/stack/chtest"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -93,13 +94,13 @@ func queryFixture(now time.Time) []extproc.Record {
 }
 
 func TestDocumentedQueriesAnswerOnTheRealServer(t *testing.T) {
-	ch := sharedClickHouse(t)
+	ch := chtest.Shared(t)
 	w := newWriter(t, Options{Addr: ch.Addr, Database: wire.Database})
 	for _, r := range queryFixture(time.Now()) {
 		w.Write(r)
 	}
 	closeWriter(t, w)
-	conn := connect(t, ch)
+	conn := chtest.Connect(t, ch)
 
 	type want map[string][2]float64 // column → [min, max]
 	cases := []struct {

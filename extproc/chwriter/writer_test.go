@@ -14,6 +14,7 @@ import (
 
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/stack/chtest"
 )
 
 func newWriter(t *testing.T, o Options) *Writer {
@@ -135,9 +136,9 @@ func captured(rs []extproc.Record) []extproc.Record {
 }
 
 func TestWriterStoresEachRecordOnceWithEveryColumn(t *testing.T) {
-	ch := sharedClickHouse(t)
+	ch := chtest.Shared(t)
 	reg := prometheus.NewRegistry()
-	w := newWriter(t, Options{Addr: ch.Addr, Database: newDatabase(), BatchSize: 97, Registerer: reg})
+	w := newWriter(t, Options{Addr: ch.Addr, Database: chtest.NewDatabase(), BatchSize: 97, Registerer: reg})
 	recs := makeRecords(1000, time.Now().Add(-time.Hour))
 	for _, r := range recs {
 		w.Write(r)
@@ -155,8 +156,8 @@ func TestWriterStoresEachRecordOnceWithEveryColumn(t *testing.T) {
 }
 
 func TestWriterSurvivesClickHouseKilledMidStream(t *testing.T) {
-	ch := startOwnClickHouse(t)
-	db := newDatabase()
+	ch := chtest.Own(t)
+	db := chtest.NewDatabase()
 	w := newWriter(t, Options{Addr: ch.Addr, Database: db, BatchSize: 50, QueueSize: 10000})
 	recs := makeRecords(3000, time.Now())
 
@@ -198,7 +199,7 @@ func TestWriterSurvivesClickHouseKilledMidStream(t *testing.T) {
 	if st.Replayed == 0 {
 		t.Fatalf("nothing replayed: %+v", st)
 	}
-	conn := connect(t, ch)
+	conn := chtest.Connect(t, ch)
 	n, distinct := countRows(t, conn, db, "requests")
 	if n != 3000 || distinct != 3000 {
 		t.Fatalf("requests has %d rows (%d distinct ids), want 3000 exactly once; stats %+v", n, distinct, st)
@@ -243,8 +244,8 @@ func copyDir(t *testing.T, from, to string) {
 }
 
 func TestReplayAfterCrashBeforeOffsetWriteAddsNoDuplicates(t *testing.T) {
-	ch := sharedClickHouse(t)
-	db := newDatabase()
+	ch := chtest.Shared(t)
+	db := chtest.NewDatabase()
 	spoolDir, snapshot := t.TempDir(), t.TempDir()
 	recs := makeRecords(600, time.Now().Add(-30*time.Minute))
 	spoolWith(t, spoolDir, recs[:200], recs[200:450], recs[450:])
@@ -271,8 +272,8 @@ func TestReplayAfterCrashBeforeOffsetWriteAddsNoDuplicates(t *testing.T) {
 }
 
 func TestReplayOfTornSpoolKeepsEarlierBatches(t *testing.T) {
-	ch := sharedClickHouse(t)
-	db := newDatabase()
+	ch := chtest.Shared(t)
+	db := chtest.NewDatabase()
 	dir := t.TempDir()
 	recs := makeRecords(300, time.Now())
 	spoolWith(t, dir, recs[:100], recs[100:200])
@@ -305,7 +306,7 @@ func TestWriterDropsAndCountsBeyondSpoolCap(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	w := newWriter(t, Options{
-		Addr: fmt.Sprintf("127.0.0.1:%d", ports[0]), Database: newDatabase(),
+		Addr: fmt.Sprintf("127.0.0.1:%d", ports[0]), Database: chtest.NewDatabase(),
 		BatchSize: 10, SpoolMaxBytes: int64(3*len(frame) + len(frame)/2), Registerer: reg,
 	})
 	for _, r := range makeRecords(100, time.Now()) {
@@ -356,8 +357,8 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 }
 
 func TestNewSucceedsWhileClickHouseIsDownAndCreatesSchemaLater(t *testing.T) {
-	ch := startOwnClickHouse(t)
-	db := newDatabase()
+	ch := chtest.Own(t)
+	db := chtest.NewDatabase()
 	if err := ch.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -376,8 +377,8 @@ func TestNewSucceedsWhileClickHouseIsDownAndCreatesSchemaLater(t *testing.T) {
 }
 
 func TestCloseSpoolsWhatClickHouseDidNotTake(t *testing.T) {
-	ch := startOwnClickHouse(t)
-	db := newDatabase()
+	ch := chtest.Own(t)
+	db := chtest.NewDatabase()
 	dir := t.TempDir()
 	w := newWriter(t, Options{Addr: ch.Addr, Database: db, SpoolDir: dir, FlushInterval: time.Hour})
 	recs := makeRecords(40, time.Now())
@@ -401,9 +402,9 @@ func TestCloseSpoolsWhatClickHouseDidNotTake(t *testing.T) {
 }
 
 func TestMigrationAddsColumnsAnOlderTableLacks(t *testing.T) {
-	ch := sharedClickHouse(t)
-	db := newDatabase()
-	conn := connect(t, ch)
+	ch := chtest.Shared(t)
+	db := chtest.NewDatabase()
+	conn := chtest.Connect(t, ch)
 	ctx := context.Background()
 	old := table{requestsTable.name, requestsTable.cols[:10]}
 	for _, q := range []string{"CREATE DATABASE " + db, old.createSQL(db)} {
@@ -430,8 +431,8 @@ func TestMigrationAddsColumnsAnOlderTableLacks(t *testing.T) {
 }
 
 func TestDropPartitionsBeforeKeepsRecentDays(t *testing.T) {
-	ch := sharedClickHouse(t)
-	db := newDatabase()
+	ch := chtest.Shared(t)
+	db := chtest.NewDatabase()
 	w := newWriter(t, Options{Addr: ch.Addr, Database: db})
 	now := time.Now().UTC()
 	var recs []extproc.Record

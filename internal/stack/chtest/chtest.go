@@ -1,0 +1,84 @@
+// Package chtest gives tests a real ClickHouse: one shared server per test
+// binary for tests that leave it running (each in its own database), or a
+// server of their own for tests that kill or restart it.
+package chtest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/llmcanary/llmcanary/internal/stack"
+)
+
+var (
+	sharedOnce sync.Once
+	sharedCH   *stack.ClickHouse
+	sharedDir  string
+	sharedErr  error
+	dbSeq      atomic.Int64
+)
+
+// Main runs the tests, then stops the shared server. Call it from TestMain.
+func Main(m *testing.M) {
+	code := m.Run()
+	if sharedCH != nil {
+		sharedCH.Stop()
+	}
+	if sharedDir != "" {
+		os.RemoveAll(sharedDir)
+	}
+	os.Exit(code)
+}
+
+// Shared returns the test binary's shared server, starting it on first use.
+// A missing ClickHouse fails the test; it never skips.
+func Shared(tb testing.TB) *stack.ClickHouse {
+	tb.Helper()
+	sharedOnce.Do(func() {
+		sharedDir, sharedErr = os.MkdirTemp("", "llmcanary-clickhouse-")
+		if sharedErr != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		sharedCH, sharedErr = stack.StartClickHouse(ctx, stack.ClickHouseOptions{Dir: sharedDir})
+	})
+	if sharedErr != nil {
+		tb.Fatalf("start clickhouse (install it with make deps): %v", sharedErr)
+	}
+	return sharedCH
+}
+
+// Own starts a server for this test alone, stopped when it ends.
+func Own(tb testing.TB) *stack.ClickHouse {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	ch, err := stack.StartClickHouse(ctx, stack.ClickHouseOptions{Dir: tb.TempDir()})
+	if err != nil {
+		tb.Fatalf("start clickhouse (install it with make deps): %v", err)
+	}
+	tb.Cleanup(func() { ch.Stop() })
+	return ch
+}
+
+// NewDatabase returns a database name no other test of any process uses.
+func NewDatabase() string { return fmt.Sprintf("t%d_%d", os.Getpid(), dbSeq.Add(1)) }
+
+// Connect opens a native connection closed when the test ends.
+func Connect(tb testing.TB, ch *stack.ClickHouse) driver.Conn {
+	tb.Helper()
+	conn, err := ch.Conn(context.Background())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	return conn
+}
