@@ -61,6 +61,9 @@ type Runner struct {
 	QueryTimeout time.Duration
 	Now          func() time.Time
 	Log          *slog.Logger
+	// Stages, if set, records every stage's window (see StageLog) from
+	// the moment Run starts.
+	Stages StageLog
 
 	mu     sync.Mutex
 	locks  map[string]*sync.Mutex
@@ -119,6 +122,11 @@ func (r *Runner) setSynced(id string, ok bool) {
 func (r *Runner) Run(ctx context.Context) error {
 	if r.Interval <= 0 {
 		return errors.New("runner: interval must be positive")
+	}
+	if r.Stages != nil {
+		rec := newStageRecorder(ctx, r.Stages, r.log())
+		r.Store.OnChange(rec.changed)
+		defer r.Store.OnChange(nil)
 	}
 	t := time.NewTicker(r.Interval)
 	defer t.Stop()

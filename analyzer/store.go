@@ -35,6 +35,16 @@ type Store struct {
 	dir      string
 	mu       sync.Mutex
 	rollouts map[string]*Rollout
+	// onChange, if set, sees every persisted change (before is nil for a
+	// new rollout). It runs under the store's lock and must not block.
+	onChange func(before, after *Rollout)
+}
+
+// OnChange registers f to see every persisted change from now on.
+func (s *Store) OnChange(f func(before, after *Rollout)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onChange = f
 }
 
 // OpenStore reads every rollout in dir, creating dir if needed.
@@ -96,6 +106,9 @@ func (s *Store) Create(r *Rollout) error {
 		return err
 	}
 	s.rollouts[c.ID] = c
+	if s.onChange != nil {
+		s.onChange(nil, c)
+	}
 	return nil
 }
 
@@ -152,6 +165,9 @@ func (s *Store) Update(id string, change func(*Rollout) error) (*Rollout, error)
 		return nil, err
 	}
 	s.rollouts[id] = c
+	if s.onChange != nil {
+		s.onChange(cur, c)
+	}
 	return copyRollout(c)
 }
 

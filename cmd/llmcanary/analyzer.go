@@ -155,6 +155,10 @@ with POST /v1/feedback for user ratings. Rollouts are durable in --data-dir.`)
 	if err != nil {
 		return err
 	}
+	stages, err := chsource.NewStageLog(ctx, conn, o.Database)
+	if err != nil {
+		return err
+	}
 	store, err := analyzer.OpenStore(o.DataDir)
 	if err != nil {
 		return err
@@ -162,7 +166,7 @@ with POST /v1/feedback for user ratings. Rollouts are durable in --data-dir.`)
 	cp := analyzer.ControlPlane{Client: &xds.Client{BaseURL: strings.TrimRight(o.ControlPlane, "/"), Token: cpToken, Actor: "analyzer"}}
 	runner := &analyzer.Runner{
 		Store: store, Source: chsource.New(conn, o.Database), Traffic: cp, Models: cp,
-		Policy: policy, Interval: o.Interval, Log: log,
+		Policy: policy, Interval: o.Interval, Log: log, Stages: stages,
 	}
 	api := analyzer.NewAPI(runner, o.Token, log)
 	api.Mount("POST /v1/feedback", qstore.FeedbackHandler())

@@ -128,9 +128,13 @@ pictures of weight over time and latency per version go to --out.`)
 	if err != nil {
 		return err
 	}
+	stages, err := chsource.NewStageLog(ctx, conn, wire.Database)
+	if err != nil {
+		return err
+	}
 	cp := analyzer.ControlPlane{Client: s.API}
 	runner := &analyzer.Runner{Store: store, Source: chsource.New(conn, wire.Database), Traffic: cp, Models: cp,
-		Policy: demoPolicy(), Interval: 500 * time.Millisecond, Log: log}
+		Policy: demoPolicy(), Interval: 500 * time.Millisecond, Log: log, Stages: stages}
 
 	bg, stopBG := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -218,6 +222,9 @@ pictures of weight over time and latency per version go to --out.`)
 		return err
 	}
 	if err := latencyCharts(ctx, s, o.out); err != nil {
+		return err
+	}
+	if err := printStageErrorRates(ctx, s); err != nil {
 		return err
 	}
 
@@ -402,4 +409,31 @@ func latencyCharts(ctx context.Context, s *upStack, out string) error {
 	}
 	return writeChart(filepath.Join(out, "latency-by-version.svg"), chart.Chart{Title: "Total response time per version (from ClickHouse)",
 		XLabel: "ms", YLabel: "% of requests at or below", Series: ls, YMin: 0, YMax: 100})
+}
+
+// printStageErrorRates runs the README's "error rate per rollout stage"
+// query against the demo's ClickHouse.
+func printStageErrorRates(ctx context.Context, s *upStack) error {
+	conn, err := s.ClickHouse.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	rows, err := conn.Query(ctx, chsource.QueryErrorRateByStage)
+	if err != nil {
+		return fmt.Errorf("error rate per stage: %w", err)
+	}
+	defer rows.Close()
+	fmt.Printf("\nerror rate per rollout stage (ClickHouse, query in README)\n%-34s %6s %7s %-8s %9s %11s\n", "rollout", "stage", "weight", "version", "requests", "error rate")
+	for rows.Next() {
+		var id, version string
+		var stage uint16
+		var weight, rate float64
+		var n uint64
+		if err := rows.Scan(&id, &stage, &weight, &version, &n, &rate); err != nil {
+			return err
+		}
+		fmt.Printf("%-34s %6d %6.0f%% %-8s %9d %10.2f%%\n", id, stage+1, weight, version, n, 100*rate)
+	}
+	return rows.Err()
 }
