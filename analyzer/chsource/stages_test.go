@@ -50,7 +50,7 @@ func TestErrorRatePerRolloutStageFromRecordedStageWindows(t *testing.T) {
 	add(t0.Add(3*time.Minute), "v2", 20, 20, extproc.FailureHTTP5xx, true) // forced: not in any stage's figures
 	add(t1.Add(time.Minute), "v1", 50, 0, "", false)
 	add(t1.Add(2*time.Minute), "v2", 50, 10, extproc.FailureClientCancel, false) // the client's fault, not the version's
-	add(t0.Add(-time.Minute), "v1", 30, 30, extproc.FailureHTTP5xx, false)         // before the rollout
+	add(t0.Add(-time.Minute), "v1", 30, 30, extproc.FailureHTTP5xx, false)       // before the rollout
 	writeRecords(t, ch, db, recs)
 
 	rows, err := conn.Query(ctx, strings.ReplaceAll(QueryErrorRateByStage, "llmcanary.", db+"."))
