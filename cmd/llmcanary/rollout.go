@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -46,7 +47,7 @@ func runRollout(ctx context.Context, args []string) error {
 		if len(args) == 0 {
 			return errors.New("an action is required")
 		}
-		return nil
+		return flag.ErrHelp
 	}
 	action, args := args[0], args[1:]
 	fs := newFlagSet("rollout "+action, "Talks to the analyzer's rollout API.")
