@@ -37,6 +37,9 @@ func (c ControlPlane) SetWeights(ctx context.Context, model string, weights map[
 	return err
 }
 
+// WaitApplied waits until every connected Envoy runs the weights just set.
+func (c ControlPlane) WaitApplied(ctx context.Context) error { return c.Client.WaitApplied(ctx) }
+
 // Model returns the model as the control plane holds it.
 func (c ControlPlane) Model(ctx context.Context, name string) (*xds.Model, error) {
 	return c.Client.Model(ctx, name)
@@ -263,6 +266,13 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 	}
 	r.setSynced(ro.ID, true)
 	r.log().Info("rollout traffic moved", "rollout", ro.ID, "model", ro.Model, "action", a, "canary_weight", w)
+	if a == ActionAdvance {
+		// The next stage's window opens when the fleet serves its weights,
+		// not when they were asked for: an Envoy still reconnecting to a
+		// restarted control plane would otherwise fill the window with the
+		// old split.
+		now = r.waitApplied(ctx, ro.ID, now)
+	}
 	return r.Store.Update(ro.ID, func(x *Rollout) error {
 		x.Pending, x.Updated, x.LastError = "", now, ""
 		x.State = ro.State
@@ -283,6 +293,28 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 		}
 		return nil
 	})
+}
+
+// TrafficApplier is implemented by a TrafficSetter that can tell when a
+// change is in force everywhere (ControlPlane asks the control plane which
+// revision each Envoy has accepted).
+type TrafficApplier interface {
+	WaitApplied(ctx context.Context) error
+}
+
+// waitApplied waits, up to a minute, for the traffic change to be in force
+// and returns the time it was; without a TrafficApplier it returns now.
+func (r *Runner) waitApplied(ctx context.Context, id string, now time.Time) time.Time {
+	ta, ok := r.Traffic.(TrafficApplier)
+	if !ok {
+		return now
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := ta.WaitApplied(wctx); err != nil {
+		r.log().Warn("traffic change not confirmed by every Envoy; the stage starts anyway", "rollout", id, "error", err)
+	}
+	return r.now()
 }
 
 func (r *Runner) recordError(ro *Rollout, now time.Time, code Code, reason string, cause error) (*Rollout, error) {

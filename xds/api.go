@@ -49,6 +49,7 @@ func (a *API) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /v1/state", a.auth(a.getState))
 	mux.HandleFunc("GET /v1/changes", a.auth(a.getChanges))
+	mux.HandleFunc("GET /v1/fleet", a.auth(a.getFleet))
 	mux.HandleFunc("GET /v1/models", a.auth(a.listModels))
 	mux.HandleFunc("GET /v1/models/{model}", a.auth(a.getModel))
 	mux.HandleFunc("PUT /v1/models/{model}", a.auth(a.putModel))
@@ -68,6 +69,10 @@ func (a *API) getState(w http.ResponseWriter, r *http.Request) {
 	st := a.store.State()
 	w.Header().Set("ETag", etag(st.Revision))
 	writeJSON(w, http.StatusOK, st)
+}
+
+func (a *API) getFleet(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, FleetStatus{Revision: a.store.State().Revision, Nodes: a.pub.Fleet().Nodes()})
 }
 
 func (a *API) getChanges(w http.ResponseWriter, r *http.Request) {

@@ -2,8 +2,10 @@ package xds
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/llmcanary/llmcanary/internal/httpapi"
 )
@@ -48,6 +50,35 @@ func (c *Client) PutVersion(ctx context.Context, model string, v Version) (*Mode
 func (c *Client) SetWeights(ctx context.Context, model string, weights map[string]float64, stable string) (*Model, error) {
 	var out Model
 	return &out, c.do(ctx, "PUT", "/v1/models/"+url.PathEscape(model)+"/weights", WeightsRequest{Weights: weights, Stable: stable}, &out)
+}
+
+// Fleet returns the connected Envoys and the route revision each accepted.
+func (c *Client) Fleet(ctx context.Context) (*FleetStatus, error) {
+	var f FleetStatus
+	return &f, c.do(ctx, "GET", "/v1/fleet", nil, &f)
+}
+
+// WaitApplied waits until every connected Envoy (at least one) runs the
+// routes of the current revision or a later one.
+func (c *Client) WaitApplied(ctx context.Context) error {
+	rev, err := c.Revision(ctx)
+	if err != nil {
+		return err
+	}
+	for {
+		f, err := c.Fleet(ctx)
+		if err == nil && f.Applied(rev) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = fmt.Errorf("%d Envoys connected, not all at revision %d: %+v", len(f.Nodes), rev, f.Nodes)
+			}
+			return fmt.Errorf("wait for the fleet to apply revision %d: %w (%v)", rev, ctx.Err(), err)
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
 }
 
 // Revision returns the current revision of the desired state.

@@ -74,6 +74,7 @@ type Publisher struct {
 	mu        sync.Mutex
 	current   *State
 	published uint64
+	fleet     *Fleet
 	// gen counts gateway changes that happen without a state change (a
 	// rotated force key); it is part of the snapshot version so Envoys
 	// notice them.
@@ -91,6 +92,7 @@ func NewPublisher(g Gateway, log *slog.Logger) *Publisher {
 		cache:   cache.NewSnapshotCache(true, groupHash{}, nil),
 		log:     log,
 		groups:  map[string]ListenerOverride{"fleet": {}},
+		fleet:   newFleet(),
 	}
 }
 
@@ -190,6 +192,9 @@ func (p *Publisher) Publish(s *State) error {
 	return publish()
 }
 
+// Fleet returns what the connected Envoys have accepted.
+func (p *Publisher) Fleet() *Fleet { return p.fleet }
+
 // Published returns the revision of the last published snapshot.
 func (p *Publisher) Published() uint64 {
 	p.mu.Lock()
@@ -277,18 +282,28 @@ func snapshotOf(s *State, r *Resources, version string) (*cache.Snapshot, error)
 // delta) and the per-type discovery services on g.
 func RegisterServer(ctx context.Context, g *grpc.Server, p *Publisher, log *slog.Logger) {
 	cb := serverv3.CallbackFuncs{
-		StreamRequestFunc: func(_ int64, r *discoverygrpc.DiscoveryRequest) error {
+		StreamRequestFunc: func(id int64, r *discoverygrpc.DiscoveryRequest) error {
 			p.join(r.GetNode())
+			p.fleet.sotwRequest(id, r)
 			return nil
 		},
-		StreamDeltaRequestFunc: func(_ int64, r *discoverygrpc.DeltaDiscoveryRequest) error {
+		StreamResponseFunc: func(_ context.Context, id int64, _ *discoverygrpc.DiscoveryRequest, r *discoverygrpc.DiscoveryResponse) {
+			p.fleet.sotwResponse(id, r)
+		},
+		StreamDeltaRequestFunc: func(id int64, r *discoverygrpc.DeltaDiscoveryRequest) error {
 			p.join(r.GetNode())
+			p.fleet.deltaRequest(id, r)
 			return nil
+		},
+		StreamDeltaResponseFunc: func(id int64, _ *discoverygrpc.DeltaDiscoveryRequest, r *discoverygrpc.DeltaDiscoveryResponse) {
+			p.fleet.deltaResponse(id, r)
 		},
 		StreamClosedFunc: func(id int64, n *corev3.Node) {
+			p.fleet.closed(streamKey{false, id})
 			log.Info("xds stream closed", "stream", id, "node", n.GetId())
 		},
 		DeltaStreamClosedFunc: func(id int64, n *corev3.Node) {
+			p.fleet.closed(streamKey{true, id})
 			log.Info("delta xds stream closed", "stream", id, "node", n.GetId())
 		},
 	}

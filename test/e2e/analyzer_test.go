@@ -249,3 +249,87 @@ func TestAnalyzerRestartedMidRolloutResumesWhereItStood(t *testing.T) {
 		t.Fatalf("resumed rollout ended %s: %+v", done.Status, done.Last)
 	}
 }
+
+func TestControlPlaneRestartedMidRolloutLosesNothing(t *testing.T) {
+	f := telemetryFleet(t, analyzerProfile("v1", 0), analyzerProfile("v2", 0))
+	a := startAnalyzer(t, f, t.TempDir())
+	stop, _ := drive(t, f)
+	defer stop()
+	ctx := context.Background()
+	ro, err := a.runner.Start(ctx, analyzer.StartRequest{Model: model, Canary: "v2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Once the first stage's weights are in place, the control plane goes
+	// away, and stays away until the analyzer has decided to move traffic
+	// and been refused.
+	waitFor(t, 10*time.Second, "the first stage's weights", func() bool {
+		m, err := f.API.Model(ctx, model)
+		return err == nil && m.Weights["v2"] > 0
+	})
+	f.StopControlPlane()
+	waitFor(t, 60*time.Second, "a refused traffic change", func() bool {
+		x, err := a.runner.Store.Get(ro.ID)
+		if err != nil {
+			return false
+		}
+		for _, e := range x.History {
+			if e.Kind == "error" {
+				return true
+			}
+		}
+		return false
+	})
+	// Envoy keeps serving on its last configuration meanwhile.
+	for i, a := range f.parallel(t, 100, func(i int) request { return request{headers: user(2_000_000 + i)} }) {
+		if a.status != 200 {
+			t.Fatalf("request %d with the control plane down: %d %s", i, a.status, a.body)
+		}
+	}
+	mid, err := a.runner.Store.Get(ro.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mid.Status != analyzer.RolloutRunning {
+		t.Fatalf("with the control plane down the rollout became %s (%s); it must only wait", mid.Status, lastReasonOf(mid))
+	}
+	if err := f.StartControlPlane(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := waitStatus(t, a, ro.ID, 90*time.Second, analyzer.RolloutRolledBack, analyzer.RolloutPromoted, analyzer.RolloutPaused)
+	if done.Status != analyzer.RolloutPromoted {
+		t.Fatalf("rollout ended %s after the control plane came back: %s", done.Status, lastReasonOf(done))
+	}
+	failedMoves := 0
+	for _, e := range done.History {
+		if e.Kind == "error" {
+			failedMoves++
+		}
+	}
+	t.Logf("%d traffic changes were refused while the control plane was down and retried after", failedMoves)
+	if failedMoves == 0 {
+		t.Fatal("the history does not record the refused traffic change")
+	}
+	m, err := f.API.Model(ctx, model)
+	if err != nil || m.Stable != "v2" || m.Weights["v2"] != 100 {
+		t.Fatalf("control plane after the promotion: %+v, %v", m, err)
+	}
+}
+
+func lastReasonOf(ro *analyzer.Rollout) string {
+	if ro.Last == nil {
+		return ro.LastError
+	}
+	return ro.Last.Reason + " " + ro.LastError
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within %v", what, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

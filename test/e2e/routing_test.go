@@ -238,3 +238,48 @@ func TestStreamedTokensPassThroughEnvoyAsTheyAreGenerated(t *testing.T) {
 		t.Fatalf("tokens arrived together (first %v, last %v): the stream was buffered", first, last)
 	}
 }
+
+func TestFleetReportsTheRevisionEveryEnvoyAccepted(t *testing.T) {
+	f := startFleet(t, fleetOptions{envoys: 2, stableW: 90})
+	ctx := context.Background()
+	m, err := f.API.SetWeights(ctx, model, map[string]float64{"v1": 60, "v2": 40}, "")
+	if err != nil || m.Weights["v2"] != 40 {
+		t.Fatalf("set weights: %v", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := f.API.WaitApplied(wctx); err != nil {
+		t.Fatal(err)
+	}
+	fleet, err := f.API.Fleet(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fleet.Nodes) != 2 || fleet.Nodes[0].ID != "gw-0" || fleet.Nodes[1].ID != "gw-1" {
+		t.Fatalf("fleet: %+v", fleet.Nodes)
+	}
+	for _, n := range fleet.Nodes {
+		if n.RouteRevision != fleet.Revision {
+			t.Fatalf("%s (state of the world: gw-0, delta: gw-1) accepted revision %d, current is %d", n.ID, n.RouteRevision, fleet.Revision)
+		}
+	}
+	// What the fleet says it accepted is what it serves.
+	for i, e := range f.Envoys {
+		if v, err := e.RouteVersion(ctx); err != nil || v != fleet.Revision {
+			t.Fatalf("Envoy %d serves route revision %d (%v), the fleet status says %d", i, v, err, fleet.Revision)
+		}
+	}
+	// An Envoy that goes away leaves the fleet.
+	f.Envoys[1].Stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		fl, err := f.API.Fleet(ctx)
+		if err == nil && len(fl.Nodes) == 1 && fl.Nodes[0].ID == "gw-0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a stopped Envoy is still listed: %+v %v", fl, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
