@@ -433,6 +433,10 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	if err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), ro.Stable); err != nil {
 		return nil, fmt.Errorf("%w: set the first stage's weights: %w", ErrControlPlane, err)
 	}
+	// The first window opens when the fleet serves the first stage.
+	if applied := r.waitApplied(ctx, ro.ID, now); applied.After(now) {
+		ro.StageStarted, ro.State = applied, NewStageState(0, applied)
+	}
 	reason := fmt.Sprintf("started by %s: %s risk (%s), %s plan; canary %s at %g %%, stable %s at %g %%",
 		actor(req.Actor), plan.Risk, plan.RiskReason, ro.Plan.Strategy, ro.Canary, w, ro.Stable, 100-w)
 	ro.record(Event{At: now, Kind: "operator", Code: CodeOperator, Actor: actor(req.Actor), Reason: reason})
