@@ -14,9 +14,10 @@ const (
 	EndComplete End = iota
 	// EndUpstreamReset: the response had started (headers seen) and the
 	// stream went away before its end. Seen from ext_proc an upstream reset
-	// and a client hanging up mid-response look alike; the service counts
-	// them as upstream_reset so harm done by a version is never hidden
-	// under client behaviour.
+	// and a client hanging up mid-response look alike; the Server asks
+	// Envoy's access log (ResetCauses) which it was, and counts it as
+	// upstream_reset when the log does not say, so harm done by a version
+	// is never hidden under client behaviour.
 	EndUpstreamReset
 	// EndClientCancel: the stream went away before any response headers.
 	// An upstream failure before headers reaches ext_proc as Envoy's local

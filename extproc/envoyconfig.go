@@ -7,6 +7,9 @@ import (
 	"strconv"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
+
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -157,4 +160,32 @@ func Cluster(name, addr string) *clusterv3.Cluster {
 			}},
 		},
 	}
+}
+
+// AccessLog returns the HTTP access log that feeds ResetCauses: Envoy's
+// gRPC access logger to the same service (cluster clusterName), sending only
+// requests that ended with a connection-level response flag — the ones whose
+// ending ext_proc cannot attribute by itself.
+func AccessLog(clusterName string) (*accesslogv3.AccessLog, error) {
+	cfg, err := anypb.New(&grpcalsv3.HttpGrpcAccessLogConfig{
+		CommonConfig: &grpcalsv3.CommonGrpcAccessLogConfig{
+			LogName: "llmcanary-resets",
+			GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+				EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: clusterName},
+			}},
+			TransportApiVersion: corev3.ApiVersion_V3,
+			// Small and frequent: a cut-off request's record waits for it.
+			BufferFlushInterval: durationpb.New(100 * time.Millisecond),
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &accesslogv3.AccessLog{
+		Name: "envoy.access_loggers.http_grpc",
+		Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{
+			ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{Flags: ResetResponseFlags},
+		}},
+		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: cfg},
+	}, nil
 }

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	accesslogsvc "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +42,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now. Arrivals are timed with it.
 	Now func() time.Time
+	// ResetWait is how long the record of a request cut off after its
+	// response headers waits for Envoy's access log to say who cut it
+	// (client or upstream; see ResetCauses). Zero means 3 s; negative
+	// means do not wait (such requests count as upstream resets).
+	ResetWait time.Duration
 }
 
 // Server implements extprocv3.ExternalProcessorServer. Safe for concurrent
@@ -47,12 +54,14 @@ type Options struct {
 type Server struct {
 	extprocv3.UnimplementedExternalProcessorServer
 
-	sink    Sink
-	refusal *RefusalDetector
-	capture CaptureOptions
-	log     *slog.Logger
-	now     func() time.Time
-	metrics *metrics
+	sink      Sink
+	causes    *ResetCauses
+	resetWait time.Duration
+	refusal   *RefusalDetector
+	capture   CaptureOptions
+	log       *slog.Logger
+	now       func() time.Time
+	metrics   *metrics
 }
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
@@ -82,12 +91,14 @@ func NewServer(o Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		sink:    o.Sink,
-		refusal: refusal,
-		capture: o.Capture.withDefaults(),
-		log:     o.Logger,
-		now:     o.Now,
-		metrics: m,
+		sink:      o.Sink,
+		causes:    NewResetCauses(),
+		resetWait: o.ResetWait,
+		refusal:   refusal,
+		capture:   o.Capture.withDefaults(),
+		log:       o.Logger,
+		now:       o.Now,
+		metrics:   m,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -95,11 +106,21 @@ func NewServer(o Options) (*Server, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	if s.resetWait == 0 {
+		s.resetWait = 3 * time.Second
+	}
 	return s, nil
 }
 
-// Register adds the service to a gRPC server.
-func (s *Server) Register(g *grpc.Server) { extprocv3.RegisterExternalProcessorServer(g, s) }
+// Register adds the ext_proc service, and the access log service that
+// tells client cancellations from upstream resets, to a gRPC server.
+func (s *Server) Register(g *grpc.Server) {
+	extprocv3.RegisterExternalProcessorServer(g, s)
+	accesslogsvc.RegisterAccessLogServiceServer(g, s.causes)
+}
+
+// Causes returns the table the access log service fills.
+func (s *Server) Causes() *ResetCauses { return s.causes }
 
 // Process reads one HTTP request's messages from Envoy. It records the
 // request once the response ends, or, deferred, with whatever was seen when
@@ -271,9 +292,25 @@ func (st *stream) responseHeaders(hm *corev3.HeaderMap) {
 }
 
 // finish completes the record and hands it to the sink. It runs once per
-// stream, either when the response ends or when the stream goes away.
+// stream, either when the response ends or when the stream goes away. A
+// stream cut off after its response headers waits, off the stream's
+// goroutine, for the access log to say whether the client or the upstream
+// cut it.
 func (s *Server) finish(st *stream, end End, at time.Time) {
 	st.finished = true
+	if end == EndUpstreamReset && s.resetWait > 0 && st.rec.RequestID != "" {
+		go func() {
+			if cause, ok := s.causes.Wait(st.rec.RequestID, s.resetWait); ok {
+				end = cause
+			}
+			s.record(st, end, at)
+		}()
+		return
+	}
+	s.record(st, end, at)
+}
+
+func (s *Server) record(st *stream, end End, at time.Time) {
 	st.meter.end(at.Sub(st.start))
 	r := &st.rec
 	r.Time = st.start

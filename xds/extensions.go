@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 
@@ -166,6 +168,16 @@ func (e *extProcExtension) VerifiesForce() bool { return false }
 
 func (e *extProcExtension) HTTPFilter(*State) (*hcmv3.HttpFilter, error) {
 	return extproc.HTTPFilter(extproc.FilterOptions{ClusterName: extProcCluster, CaptureRequestBody: e.o.CaptureRequestBody})
+}
+
+// AccessLogs tells the telemetry service who cut off a request that ended
+// early (client or upstream), which ext_proc alone cannot see.
+func (e *extProcExtension) AccessLogs() ([]*accesslogv3.AccessLog, error) {
+	al, err := extproc.AccessLog(extProcCluster)
+	if err != nil {
+		return nil, err
+	}
+	return []*accesslogv3.AccessLog{al}, nil
 }
 
 func (e *extProcExtension) Clusters() []*clusterv3.Cluster {

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -137,7 +139,20 @@ func listener(s *State, g Gateway) (*listenerv3.Listener, error) {
 		Name:       "envoy.filters.http.router",
 		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})},
 	})
+	var logs []*accesslogv3.AccessLog
+	for _, ext := range g.Extensions {
+		if a, ok := ext.(interface {
+			AccessLogs() ([]*accesslogv3.AccessLog, error)
+		}); ok {
+			l, err := a.AccessLogs()
+			if err != nil {
+				return nil, fmt.Errorf("extension %s: %w", ext.Name(), err)
+			}
+			logs = append(logs, l...)
+		}
+	}
 	manager := &hcmv3.HttpConnectionManager{
+		AccessLog:  logs,
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
 		StatPrefix: "llmcanary",
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/internal/local"
 	"github.com/llmcanary/llmcanary/internal/wire"
 	"github.com/llmcanary/llmcanary/sim"
@@ -170,5 +171,61 @@ func TestEnvoyKeepsServingWhenTheTelemetryServiceDies(t *testing.T) {
 			t.Fatal("no row written within 20 s of the service's return")
 		}
 		time.Sleep(300 * time.Millisecond)
+	}
+}
+
+// TestClientCancelIsNotCountedAgainstTheVersion: a user who closes the
+// stream mid-answer is recorded as client_cancel (not the version's fault),
+// while a pool that cuts the stream is an upstream_reset. ext_proc alone
+// cannot tell them apart once headers went out; Envoy's access log can.
+func TestClientCancelIsNotCountedAgainstTheVersion(t *testing.T) {
+	slow := sim.Profile{Version: "v1", Model: model, TTFT: sim.Fixed(10), ITL: sim.Fixed(50), OutputTokens: sim.FixedCount(40)}
+	cutting := sim.Profile{Version: "v2", Model: model, TTFT: sim.Fixed(10), ITL: sim.Fixed(5), OutputTokens: sim.FixedCount(40), AbortRate: 1}
+	f := startFleet(t, fleetOptions{wasm: true, stableW: 100, stable: slow, canary: cutting, stack: local.Options{Telemetry: true}})
+	ctx := context.Background()
+	const n = 10
+	for i := 0; i < n; i++ { // read the first token, then hang up
+		cctx, cancel := context.WithCancel(ctx)
+		req, _ := http.NewRequestWithContext(cctx, "POST", "http://"+f.Gateway[0]+"/v1/chat/completions", strings.NewReader(streamBody))
+		req.Header.Set(wire.HeaderUserID, fmt.Sprint("canceller-", i))
+		resp, err := f.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 512)
+		if _, err := resp.Body.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		resp.Body.Close()
+	}
+	if _, err := f.API.SetWeights(ctx, model, map[string]float64{"v1": 0, "v2": 100}, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ { // the pool cuts these
+		_, _ = f.try(request{body: streamBody, headers: user(i)})
+	}
+	f.waitRows(t, 2*n, 30*time.Second)
+	conn, err := f.ClickHouse.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	count := func(version, failure string) uint64 {
+		var c uint64
+		q := fmt.Sprintf("SELECT count() FROM %s.%s WHERE model = ? AND version = ? AND failure = ?", wire.Database, wire.TableRequests)
+		if err := conn.QueryRow(ctx, q, model, version, failure).Scan(&c); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	if c := count("v1", extproc.FailureClientCancel); c != n {
+		t.Fatalf("%d of %d hung-up requests recorded as client_cancel (upstream_reset: %d)", c, n, count("v1", extproc.FailureUpstreamReset))
+	}
+	if c := count("v2", extproc.FailureUpstreamReset); c != n {
+		t.Fatalf("%d of %d requests the pool cut recorded as upstream_reset (client_cancel: %d)", c, n, count("v2", extproc.FailureClientCancel))
 	}
 }
