@@ -9,6 +9,7 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/quality"
 	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/extproc/chwriter/chwritertest"
 	"github.com/llmcanary/llmcanary/internal/stack/chtest"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
@@ -51,7 +52,7 @@ func BenchmarkMeasure200k(b *testing.B) {
 			recs = append(recs, other)
 		}
 	}
-	writeRecords(b, ch, db, recs)
+	chwritertest.WriteRecords(b, ch, db, recs)
 	conn := chtest.Connect(b, ch)
 	store, err := quality.OpenStore(context.Background(), conn, db)
 	if err != nil {

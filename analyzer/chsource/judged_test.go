@@ -11,6 +11,7 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/quality"
 	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/extproc/chwriter/chwritertest"
 	"github.com/llmcanary/llmcanary/internal/stack/chtest"
 	"github.com/llmcanary/llmcanary/sim"
 )
@@ -38,7 +39,7 @@ func TestMeasureReadsWhatTheJudgeScored(t *testing.T) {
 	forced := recs[1] // a canary request, pinned: judged but not counted
 	forced.RequestID, forced.Forced, forced.Completion = "forced", true, "Sure! "+sim.BadAnswerMarker
 	recs = append(recs, forced)
-	writeRecords(t, ch, db, recs)
+	chwritertest.WriteRecords(t, ch, db, recs)
 
 	conn := chtest.Connect(t, ch)
 	store, err := quality.OpenStore(context.Background(), conn, db)

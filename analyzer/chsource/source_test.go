@@ -10,6 +10,7 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/quality"
 	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/extproc/chwriter/chwritertest"
 	"github.com/llmcanary/llmcanary/internal/stack/chtest"
 )
 
@@ -94,7 +95,7 @@ func TestMeasureCountsTheRandomSplitInsideTheWindow(t *testing.T) {
 	ch := chtest.Shared(t)
 	db := chtest.NewDatabase()
 	recs := fixture()
-	writeRecords(t, ch, db, recs)
+	chwritertest.WriteRecords(t, ch, db, recs)
 	conn := chtest.Connect(t, ch)
 	store, err := quality.OpenStore(context.Background(), conn, db)
 	if err != nil {
@@ -160,7 +161,7 @@ func TestMeasureWindowBoundsAreExactToTheMillisecond(t *testing.T) {
 		return ok(id, "v1", from.Add(d), true, latency, 1, 1, 2, 0)
 	}
 	span := to.Sub(from)
-	writeRecords(t, ch, db, []extproc.Record{
+	chwritertest.WriteRecords(t, ch, db, []extproc.Record{
 		at("before", -time.Millisecond, 1),
 		at("first", 0, 2),
 		at("last", span-time.Millisecond, 3),
@@ -198,11 +199,11 @@ func TestMeasureWindowBoundsAreExactToTheMillisecond(t *testing.T) {
 func TestMeasureReportsNoData(t *testing.T) {
 	ch := chtest.Shared(t)
 	db := chtest.NewDatabase()
-	writeRecords(t, ch, db, []extproc.Record{
+	chwritertest.WriteRecords(t, ch, db, []extproc.Record{
 		ok("s1", "v1", from, true, 100, 10, 5, 20, 0.001),
 		ok("s-forced-canary", "v2", from, true, 100, 10, 5, 20, 0.001),
 	})
-	writeRecords(t, ch, db, []extproc.Record{{RequestID: "forced", Model: "m", Version: "v2", Time: from, Forced: true}})
+	chwritertest.WriteRecords(t, ch, db, []extproc.Record{{RequestID: "forced", Model: "m", Version: "v2", Time: from, Forced: true}})
 	src := New(chtest.Connect(t, ch), db)
 	cases := []struct {
 		name           string
@@ -230,7 +231,7 @@ func TestMeasureReportsNoData(t *testing.T) {
 func TestMeasureWithoutQualityTableHasNoScores(t *testing.T) {
 	ch := chtest.Shared(t)
 	db := chtest.NewDatabase()
-	writeRecords(t, ch, db, fixture())
+	chwritertest.WriteRecords(t, ch, db, fixture())
 	m, err := New(chtest.Connect(t, ch), db).Measure(context.Background(), win)
 	if err != nil {
 		t.Fatal(err)
@@ -266,7 +267,7 @@ func TestMeasureRejectsInvalidWindows(t *testing.T) {
 func TestMeasureFailsWhenClickHouseIsDown(t *testing.T) {
 	ch := chtest.Own(t)
 	db := chtest.NewDatabase()
-	writeRecords(t, ch, db, fixture())
+	chwritertest.WriteRecords(t, ch, db, fixture())
 	src := New(chtest.Connect(t, ch), db)
 	if _, err := src.Measure(context.Background(), win); err != nil {
 		t.Fatalf("before the outage: %v", err)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/extproc/chwriter/chwritertest"
 	"github.com/llmcanary/llmcanary/internal/stack/chtest"
 )
 
@@ -51,7 +52,7 @@ func TestErrorRatePerRolloutStageFromRecordedStageWindows(t *testing.T) {
 	add(t1.Add(time.Minute), "v1", 50, 0, "", false)
 	add(t1.Add(2*time.Minute), "v2", 50, 10, extproc.FailureClientCancel, false) // the client's fault, not the version's
 	add(t0.Add(-time.Minute), "v1", 30, 30, extproc.FailureHTTP5xx, false)       // before the rollout
-	writeRecords(t, ch, db, recs)
+	chwritertest.WriteRecords(t, ch, db, recs)
 
 	rows, err := conn.Query(ctx, strings.ReplaceAll(QueryErrorRateByStage, "llmcanary.", db+"."))
 	if err != nil {

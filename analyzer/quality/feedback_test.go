@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/extproc/chwriter/chwritertest"
 	"github.com/llmcanary/llmcanary/internal/stack/chtest"
 )
 
@@ -123,7 +124,7 @@ func TestFeedbackWaitsForARequestRowStillOnItsWay(t *testing.T) {
 	done := make(chan postResult, 1)
 	go func() { done <- post(t, srv.URL, "POST", `{"request_id": "late", "rating": "up"}`) }()
 	time.Sleep(700 * time.Millisecond)
-	writeRecords(t, ch, store.Database(), []extproc.Record{{RequestID: "late", Model: "m", Version: "v2", Time: time.Now(), Status: 200}})
+	chwritertest.WriteRecords(t, ch, store.Database(), []extproc.Record{{RequestID: "late", Model: "m", Version: "v2", Time: time.Now(), Status: 200}})
 
 	if got := <-done; got.status != http.StatusCreated {
 		t.Fatalf("status %d (%s), want 201 once the row arrived", got.status, got.body)

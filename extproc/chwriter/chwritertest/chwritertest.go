@@ -1,0 +1,35 @@
+// Package chwritertest writes telemetry rows for the tests of the packages
+// that read them (the analyzer's ClickHouse source and quality store), with
+// the real writer, so they read exactly what production writes.
+package chwritertest
+
+import (
+	"context"
+	"testing"
+
+	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/extproc/chwriter"
+	"github.com/llmcanary/llmcanary/internal/stack"
+)
+
+// WriteRecords stores recs in database db and returns once every one is
+// inserted.
+func WriteRecords(tb testing.TB, ch *stack.ClickHouse, db string, recs []extproc.Record) {
+	tb.Helper()
+	w, err := chwriter.New(context.Background(), chwriter.Options{
+		Addr: ch.Addr, Database: db, SpoolDir: tb.TempDir(),
+		BatchSize: 5000, QueueSize: len(recs) + 1,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, r := range recs {
+		w.Write(r)
+	}
+	if err := w.Close(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	if st := w.Stats(); st.Written != uint64(len(recs)) {
+		tb.Fatalf("writer stats %+v, want %d rows written", st, len(recs))
+	}
+}
