@@ -87,15 +87,7 @@ func Experiment(p Policy, s StageState, m Measurements, split float64, now time.
 			v := math.Max(e.variance, 1e-12)
 			tau2 := tol * tol
 			st.HarmP = math.Min(st.HarmP, math.Min(1, math.Exp(-stats.MixtureLogLR(e.effect, 0, v, tau2))))
-			rad := stats.MixtureRadius(v, tau2, alpha)
-			lo, hi := e.effect-rad, e.effect+rad
-			if st.CI != nil {
-				lo, hi = math.Max(lo, st.CI.Lo), math.Min(hi, st.CI.Hi)
-			}
-			if lo <= hi {
-				st.CI = &stats.Interval{Lo: lo, Hi: hi}
-			}
-			st.Looks++
+			st.look(e.effect, v, tau2, alpha)
 			ns.Metrics[metric] = st
 			em.Effect = e.effect
 			em.Status = "undecided"

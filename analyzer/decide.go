@@ -82,6 +82,21 @@ type MetricState struct {
 	CI *stats.Interval `json:"ci,omitempty"`
 }
 
+// look narrows the metric's confidence sequence with this look's interval
+// (the running intersection keeps it always valid and never wider) and
+// counts the look.
+func (st *MetricState) look(effect, variance, tau2, alpha float64) {
+	rad := stats.MixtureRadius(variance, tau2, alpha)
+	lo, hi := effect-rad, effect+rad
+	if st.CI != nil {
+		lo, hi = math.Max(lo, st.CI.Lo), math.Min(hi, st.CI.Hi)
+	}
+	if lo <= hi {
+		st.CI = &stats.Interval{Lo: lo, Hi: hi}
+	}
+	st.Looks++
+}
+
 // NewStageState returns the state of a stage that starts at started.
 func NewStageState(stage int, started time.Time) StageState {
 	return StageState{Stage: stage, Started: started, Metrics: map[Metric]MetricState{}}
@@ -406,15 +421,7 @@ func evaluate(p Policy, metric Metric, st MetricState, m Measurements, alpha flo
 		} else {
 			st.SafeP = math.Min(st.SafeP, pv)
 		}
-		rad := stats.MixtureRadius(v, tau2, alpha)
-		lo, hi := e.effect-rad, e.effect+rad
-		if st.CI != nil {
-			lo, hi = math.Max(lo, st.CI.Lo), math.Min(hi, st.CI.Hi)
-		}
-		if lo <= hi {
-			st.CI = &stats.Interval{Lo: lo, Hi: hi}
-		}
-		st.Looks++
+		st.look(e.effect, v, tau2, alpha)
 		r.Estimate = e.effect
 		r.StdErr = math.Sqrt(v)
 		r.Status = StatusUndecided

@@ -145,15 +145,7 @@ func (c *ClickHouse) Conn(ctx context.Context) (driver.Conn, error) {
 
 // ErrorLogTail returns the last n lines of the server's error log.
 func (c *ClickHouse) ErrorLogTail(n int) string {
-	b, err := os.ReadFile(filepath.Join(c.Dir, "log", "clickhouse-server.err.log"))
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return tailFile(filepath.Join(c.Dir, "log", "clickhouse-server.err.log"), n)
 }
 
 func (c *ClickHouse) configPath() string { return filepath.Join(c.Dir, "config.xml") }

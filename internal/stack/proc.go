@@ -167,8 +167,11 @@ func (p *Proc) Exited() bool {
 }
 
 // Tail returns the last n lines of the process log, for error messages.
-func (p *Proc) Tail(n int) string {
-	b, err := os.ReadFile(p.LogPath)
+func (p *Proc) Tail(n int) string { return tailFile(p.LogPath, n) }
+
+// tailFile returns the last n lines of a file, "" when it cannot be read.
+func tailFile(path string, n int) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return ""
 	}
