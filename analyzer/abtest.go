@@ -57,14 +57,24 @@ func Experiment(p Policy, s StageState, m Measurements, split float64, now time.
 	ns := s.clone()
 	ns.Looks++
 	rep := ExperimentReport{At: now, Split: split}
-	total := m.Canary.Requests + m.Stable.Requests
 	if m.Canary.Requests == 0 || m.Stable.Requests == 0 {
 		rep.Summary = fmt.Sprintf("no data yet: %d canary and %d stable requests", m.Canary.Requests, m.Stable.Requests)
 		return rep, ns
 	}
-	if srm, err := stats.SampleRatioMismatch([]int{m.Stable.Requests, m.Canary.Requests}, []float64{100 - split, split}, p.SRMAlpha); err == nil {
-		rep.SRM = &SRMCheck{CanaryRequests: m.Canary.Requests, StableRequests: m.Stable.Requests,
-			ObservedShare: 100 * float64(m.Canary.Requests) / float64(total), ConfiguredShare: split, PValue: srm.PValue, Mismatch: srm.Mismatch}
+	// The split check counts users, as a canary's does, with the running
+	// minimum of its always-valid p-value: a chi-square test re-run at
+	// every look would page on healthy experiments.
+	users := m.Canary.Users + m.Stable.Users
+	if users > 0 {
+		if ns.SRMLooks == 0 {
+			ns.SRMP = 1
+		}
+		ns.SRMLooks++
+		ns.SRMP = math.Min(ns.SRMP, stats.UsersSRM(m.Canary.Users, users, split/100))
+		rep.SRM = &SRMCheck{CanaryUsers: m.Canary.Users, StableUsers: m.Stable.Users,
+			CanaryRequests: m.Canary.Requests, StableRequests: m.Stable.Requests,
+			ObservedShare: 100 * float64(m.Canary.Users) / float64(users), ConfiguredShare: split,
+			PValue: ns.SRMP, Mismatch: ns.SRMP <= p.SRMAlpha}
 	}
 	metrics := sortedMetrics(p.Tolerances)
 	alpha := p.Alpha / float64(len(metrics))
@@ -72,7 +82,7 @@ func Experiment(p Policy, s StageState, m Measurements, split float64, now time.
 	for _, metric := range metrics {
 		kind, _ := MetricKind(metric)
 		tol := p.Tolerances[metric]
-		e := estimate(p, metric, m)
+		e := estimateWindow(metric, m)
 		st := ns.Metrics[metric]
 		if st.Looks == 0 {
 			st.HarmP, st.SafeP = 1, 1
@@ -81,7 +91,7 @@ func Experiment(p Policy, s StageState, m Measurements, split float64, now time.
 		switch {
 		case e.nCanary == 0 || e.nStable == 0 || !e.ok && e.nCanary >= p.MinTestSamples:
 			em.Status = "not_measured"
-		case e.nCanary < p.MinTestSamples || e.nStable < e.minStable(p) || !e.ok:
+		case e.nCanary < p.MinTestSamples || e.nStable < p.MinTestSamples || e.uCanary < p.MinTestUsers || e.uStable < p.MinTestUsers || !e.ok:
 			em.Status = "too_few"
 		default:
 			v := math.Max(e.variance, 1e-12)
@@ -166,7 +176,7 @@ func winRate(metric Metric, m Measurements) *float64 {
 // neededPerArm plans the fixed-horizon sample size per arm that detects a
 // difference of the tolerance; 0 when it cannot be planned yet.
 func neededPerArm(p Policy, metric Metric, kind Kind, tol float64, m Measurements, alpha float64) int {
-	e := estimate(p, metric, m)
+	e := estimateWindow(metric, m)
 	if e.nStable < 2 {
 		return 0
 	}

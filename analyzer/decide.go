@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -37,6 +36,7 @@ const (
 	CodeSRM             Code = "sample_ratio_mismatch"
 	CodeHarm            Code = "harm"
 	CodeWithinTolerance Code = "within_tolerance"
+	CodeGuarded         Code = "no_harm_shown"
 	CodeMinDuration     Code = "min_duration"
 	CodeMinSamples      Code = "min_samples"
 	CodeRequiredMissing Code = "required_metric_missing"
@@ -49,57 +49,96 @@ const (
 	CodeOperator      Code = "operator"
 )
 
-// StageState is what Decide carries from one look to the next within a
-// stage. A new stage starts from NewStageState.
+// StageState is what Decide carries from one look to the next. The
+// per-stage part starts afresh with each stage (NewStageState,
+// NextStageState); the schedule of weights and the event tests span the
+// whole rollout and are carried over.
 type StageState struct {
 	// Stage indexes Policy.EvaluatedStages.
 	Stage   int       `json:"stage"`
 	Started time.Time `json:"started"`
 	Looks   int       `json:"looks"`
 	// SRMP is the running minimum of the always-valid p-value of the
-	// sample-ratio check; SRMLooks counts its looks (1 before the first).
+	// users' sample-ratio check; SRMLooks counts its looks.
 	SRMP     float64 `json:"srm_p"`
 	SRMLooks int     `json:"srm_looks"`
 	// Metrics holds each metric's running always-valid p-values and
-	// confidence sequence.
+	// confidence sequence over the stage's window.
 	Metrics map[Metric]MetricState `json:"metrics,omitempty"`
+	// Schedule is the canary's weight over the rollout, one span per
+	// stage (and per resumed window); events outside every span (while
+	// the fleet was changing weights) are not counted.
+	Schedule []Span `json:"schedule,omitempty"`
+	// Events holds the rollout-wide event tests, one per event metric.
+	Events map[Metric]EventState `json:"events,omitempty"`
 }
 
-// MetricState is one metric's sequential test state within a stage.
+// Span is a time during which the canary's weight was Weight percent.
+type Span struct {
+	Stage  int       `json:"stage"`
+	Weight float64   `json:"weight"`
+	From   time.Time `json:"from"`
+	// To is when the span ended (a traffic change was decided); zero while
+	// it lasts.
+	To time.Time `json:"to,omitzero"`
+}
+
+// EventState is one event metric's test and which events it has folded:
+// the first Count events of the metric, the last at Through, whose
+// running fingerprint is Print. A look whose events still start with the same
+// prefix folds only the new ones; one whose prefix changed (a late row)
+// replays them all.
+type EventState struct {
+	stats.EventTest
+	Count   int       `json:"count"`
+	Through time.Time `json:"through"`
+	Print   int64     `json:"print"`
+}
+
+// MetricState is one metric's sequential tests within a stage.
 type MetricState struct {
 	// Looks counts the looks at which the metric had enough data.
 	Looks int `json:"looks"`
 	// HarmP is the running minimum of the always-valid p-value of "the
-	// canary is not worse than stable by more than the tolerance"; small
-	// means evidence of harm. 1 before the first look.
+	// canary is no worse than stable" (mean metrics; event metrics keep
+	// theirs in EventState). 1 before the first look.
 	HarmP float64 `json:"harm_p"`
 	// SafeP is the running minimum of the always-valid p-value of "the
-	// canary is worse by at least the tolerance"; small means the canary is
-	// shown within tolerance (non-inferior). 1 before the first look.
+	// canary is worse by at least the tolerance"; small means the canary
+	// is shown within tolerance (non-inferior). 1 before the first look.
 	SafeP float64 `json:"safe_p"`
 	// CI is the running intersection of the per-look intervals at the
 	// stage's level, in the metric's units (Kind). Nil before the first look.
 	CI *stats.Interval `json:"ci,omitempty"`
 }
 
-// look narrows the metric's confidence sequence with this look's interval
-// (the running intersection keeps it always valid and never wider) and
-// counts the look.
-func (st *MetricState) look(effect, variance, tau2, alpha float64) {
-	rad := stats.MixtureRadius(variance, tau2, alpha)
-	lo, hi := effect-rad, effect+rad
-	if st.CI != nil {
-		lo, hi = math.Max(lo, st.CI.Lo), math.Min(hi, st.CI.Hi)
-	}
-	if lo <= hi {
-		st.CI = &stats.Interval{Lo: lo, Hi: hi}
-	}
-	st.Looks++
-}
-
-// NewStageState returns the state of a stage that starts at started.
+// NewStageState returns the state of a rollout's first window: stage
+// starting at started, with nothing carried over.
 func NewStageState(stage int, started time.Time) StageState {
 	return StageState{Stage: stage, Started: started, Metrics: map[Metric]MetricState{}}
+}
+
+// NextStageState returns the state of the stage after s, whose window
+// opens at started; the traffic change was decided at decided, which
+// closes s's span. The schedule and the event tests carry over.
+func NextStageState(s StageState, decided, started time.Time) StageState {
+	return s.carry(s.Stage+1, decided, started)
+}
+
+// RestartStageState returns s's stage with a fresh window from started
+// (an operator resumed it); the schedule and the event tests carry over.
+func RestartStageState(s StageState, at time.Time) StageState {
+	return s.carry(s.Stage, at, at)
+}
+
+func (s StageState) carry(stage int, closed, started time.Time) StageState {
+	c := s.clone()
+	ns := NewStageState(stage, started)
+	ns.Schedule, ns.Events = c.Schedule, c.Events
+	if n := len(ns.Schedule); n > 0 && ns.Schedule[n-1].To.IsZero() {
+		ns.Schedule[n-1].To = closed
+	}
+	return ns
 }
 
 func (s StageState) clone() StageState {
@@ -112,6 +151,14 @@ func (s StageState) clone() StageState {
 		}
 		out.Metrics[k] = v
 	}
+	out.Schedule = slices.Clone(s.Schedule)
+	if s.Events != nil {
+		out.Events = make(map[Metric]EventState, len(s.Events))
+		for k, v := range s.Events {
+			v.LogLik = slices.Clone(v.LogLik)
+			out.Events[k] = v
+		}
+	}
 	return out
 }
 
@@ -119,7 +166,7 @@ func (s StageState) clone() StageState {
 type MetricStatus string
 
 const (
-	StatusHarm        MetricStatus = "harm"         // significantly worse than the tolerance
+	StatusHarm        MetricStatus = "harm"         // shown worse, beyond the tolerance
 	StatusWithin      MetricStatus = "within"       // shown within the tolerance
 	StatusUndecided   MetricStatus = "undecided"    // tested, neither yet
 	StatusTooFew      MetricStatus = "too_few"      // some data, below the test minimum
@@ -135,35 +182,47 @@ type MetricResult struct {
 	Status    MetricStatus `json:"status"`
 	Tolerance float64      `json:"tolerance"`
 	// CanaryValue and StableValue are the arms' means or rates over the
-	// window (for latency_p99: each arm's share above stable's p99).
+	// stage's window (for a tail metric: each arm's share above the
+	// threshold).
 	CanaryValue float64 `json:"canary_value"`
 	StableValue float64 `json:"stable_value"`
-	Estimate    float64 `json:"estimate"`
-	// StdErr is the estimate's standard error at this look.
+	// Estimate is the effect the harm rule compares with the tolerance:
+	// for an event metric the rollout's risk ratio turned into the metric's
+	// units at stable's rate, for a mean metric the window's estimate.
+	Estimate float64 `json:"estimate"`
+	// StdErr is the window estimate's user-clustered standard error.
 	StdErr float64 `json:"std_err"`
-	// CI is the always-valid interval of the stage so far; nil until the
-	// metric has been tested.
+	// CI is the always-valid interval of the stage's window so far; nil
+	// until the metric has been tested.
 	CI *stats.Interval `json:"ci,omitempty"`
-	// HarmP is the always-valid p-value of the harm test, HarmPAdjusted
-	// the same after the multiplicity correction across metrics; SafeP is
-	// the p-value of the non-inferiority test.
-	HarmP         float64 `json:"harm_p"`
-	HarmPAdjusted float64 `json:"harm_p_adjusted"`
-	SafeP         float64 `json:"safe_p"`
-	NCanary       int     `json:"n_canary"`
-	NStable       int     `json:"n_stable"`
-	Note          string  `json:"note,omitempty"`
+	// HarmP is the always-valid p-value of "no harm", HarmAlpha the level
+	// it is held to; SafeP is the p-value of the non-inferiority test,
+	// which promotion holds to the policy's Alpha.
+	HarmP     float64 `json:"harm_p"`
+	HarmAlpha float64 `json:"harm_alpha"`
+	SafeP     float64 `json:"safe_p"`
+	// RiskRatio, Events and CanaryEvents describe an event metric's
+	// rollout-wide test: the canary's event rate over stable's, and the
+	// users' first events counted.
+	RiskRatio    float64 `json:"risk_ratio,omitempty"`
+	Events       int     `json:"events,omitempty"`
+	CanaryEvents int     `json:"canary_events,omitempty"`
+	NCanary      int     `json:"n_canary"`
+	NStable      int     `json:"n_stable"`
+	Note         string  `json:"note,omitempty"`
 }
 
-// SRMCheck is the sample-ratio check of one look.
+// SRMCheck is the sample-ratio check of one look, on users.
 type SRMCheck struct {
+	CanaryUsers     int     `json:"canary_users"`
+	StableUsers     int     `json:"stable_users"`
 	CanaryRequests  int     `json:"canary_requests"`
 	StableRequests  int     `json:"stable_requests"`
-	ObservedShare   float64 `json:"observed_share"`   // percent
+	ObservedShare   float64 `json:"observed_share"`   // percent of users
 	ConfiguredShare float64 `json:"configured_share"` // percent
 	// PValue is the always-valid p-value the decision uses (running
 	// minimum over the stage's looks); ChiSquareP is Pearson's
-	// fixed-horizon p-value of this look alone, for reference.
+	// fixed-horizon p-value of the users at this look alone, for reference.
 	PValue     float64 `json:"p_value"`
 	ChiSquareP float64 `json:"chi_square_p"`
 	Mismatch   bool    `json:"mismatch"`
@@ -178,7 +237,8 @@ type Decision struct {
 	Reason string    `json:"reason"`
 	Stage  int       `json:"stage"`
 	Weight float64   `json:"weight"`
-	// Alpha is the stage's level (Policy.StageAlpha).
+	// Alpha is the policy's level: the false-rollback budget of the whole
+	// rollout and the level of the promotion's non-inferiority tests.
 	Alpha          float64        `json:"alpha"`
 	InStage        time.Duration  `json:"in_stage"`
 	MinDuration    time.Duration  `json:"min_duration"`
@@ -188,120 +248,117 @@ type Decision struct {
 	Metrics        []MetricResult `json:"metrics,omitempty"`
 }
 
-// Decide judges one look at a stage. It is pure: the same policy, state,
-// measurements and time give the same decision and next state. The rules,
-// in order:
+// Decide judges one look at a rollout. It is pure: the same policy,
+// state, measurements and time give the same decision and next state.
+// The rules, in order:
 //
-//  1. an arm without requests, or fewer than MinTestSamples, holds;
-//  2. a sample-ratio mismatch pauses for a human: the split is not the
-//     configured one, so no comparison can be trusted, and nothing shows
-//     harm either;
-//  3. a metric significantly worse than its tolerance (always-valid
-//     p-value after the multiplicity correction at or below the stage's
-//     alpha) rolls back;
-//  4. with the stage's minimum time and canary requests reached, the
-//     required metrics measured and every measured metric shown within its
-//     tolerance, the canary advances (promotes after the last stage);
-//  5. past the maximum stage time the policy's inconclusive action applies;
-//  6. otherwise hold, saying what is missing.
+//  1. the rollout-wide event tests fold in the events since the last look;
+//  2. a stage window without a request holds (no data);
+//  3. a sample-ratio mismatch on users pauses for a human: the split is
+//     not the configured one, so no comparison can be trusted;
+//  4. a metric shown worse than stable (always-valid p-value at or below
+//     its share of alpha) whose estimate is also beyond its tolerance
+//     rolls back;
+//  5. with the stage's minimum time and canary requests reached and the
+//     required metrics measured, an early stage advances (they guard
+//     against harm only); the last stage promotes once every measured
+//     metric is shown within its tolerance at the full alpha;
+//  6. past the maximum stage time the policy's inconclusive action applies;
+//  7. otherwise hold, saying what is missing.
 //
-// Measurements must cover the stage from its start (cumulative); each look
-// recomputes the mixture likelihood ratio of the cumulative estimate and
-// the state keeps the running minimum of the p-values and the running
-// intersection of the intervals, so p-values never rise and intervals never
-// widen within a stage.
+// Measurements must cover the stage from its start (cumulative), and the
+// events the rollout from its start. Within a stage p-values never rise
+// and intervals never narrow back out.
 func Decide(p Policy, s StageState, m Measurements, now time.Time) (Decision, StageState) {
 	stages := p.EvaluatedStages()
 	ns := s.clone()
 	ns.Looks++
-	d := Decision{At: now, Stage: s.Stage, Alpha: p.StageAlpha(), InStage: now.Sub(s.Started), CanaryRequests: m.Canary.Requests}
+	d := Decision{At: now, Stage: s.Stage, Alpha: p.Alpha, InStage: now.Sub(s.Started), CanaryRequests: m.Canary.Requests}
 	if s.Stage < 0 || s.Stage >= len(stages) {
 		d.Action, d.Code = ActionHold, CodeInvalidStage
 		d.Reason = fmt.Sprintf("hold: stage %d does not exist in a policy of %d evaluated stages", s.Stage+1, len(stages))
 		return d, ns
 	}
 	stage := stages[s.Stage]
+	last := s.Stage == len(stages)-1
 	d.Weight, d.MinDuration, d.MinSamples = stage.Weight, stage.MinDuration.D(), stage.MinSamples
 	hold := func(code Code, format string, a ...any) (Decision, StageState) {
 		d.Action, d.Code, d.Reason = ActionHold, code, "hold: "+fmt.Sprintf(format, a...)
 		return d, ns
 	}
 
-	// 1. No data, too few samples.
-	switch {
-	case m.Canary.Requests == 0 && m.Stable.Requests == 0:
-		return hold(CodeNoData, "no data: neither version has served a request since the stage began %s ago", roundDur(d.InStage))
-	case m.Canary.Requests == 0:
-		return hold(CodeNoData, "no data: the canary %s has served no request since the stage began %s ago", m.Canary.Version, roundDur(d.InStage))
-	case m.Stable.Requests == 0:
-		return hold(CodeNoData, "no data: the stable version %s has served no request since the stage began %s ago", m.Stable.Version, roundDur(d.InStage))
-	case m.Canary.Requests < p.MinTestSamples || m.Stable.Requests < p.MinTestSamples:
-		return hold(CodeTooFewSamples, "too few samples to test: %d canary and %d stable requests, each arm needs %d", m.Canary.Requests, m.Stable.Requests, p.MinTestSamples)
+	// 1. Events, as they arrived.
+	ns.openSpan(s.Stage, stage.Weight, s.Started)
+	for _, metric := range sortedMetrics(p.Tolerances) {
+		if IsEventMetric(metric) {
+			ev := ns.Events[metric]
+			if !ev.NullSet {
+				if base, ok := eventBase(p, metric, m); ok {
+					ev.SetNull(harmNull(p, metric, base))
+				}
+			}
+			ns.Events[metric] = foldEvents(ev, ns.Schedule, m.Events[metric])
+		}
 	}
 
-	// 2. Sample-ratio mismatch. The check runs at every look, so it is
-	// always-valid too: a fixed-horizon chi-square test re-run every
-	// interval at 0.001 pauses about 1.5 % of healthy rollouts (measured
-	// by the simulation), each a false page.
-	total := m.Canary.Requests + m.Stable.Requests
-	srmP := srmPValue(m.Canary.Requests, total, stage.Weight/100)
+	// 2. No data.
+	if m.Canary.Users == 0 && m.Stable.Users == 0 {
+		return hold(CodeNoData, "no data: neither version has served a request since the stage began %s ago", roundDur(d.InStage))
+	}
+
+	// 3. Sample-ratio mismatch, on users: routing assigns users, so each
+	// user is one draw of the split, whatever their number of requests.
+	// One empty arm is evidence here, not "no data".
+	users := m.Canary.Users + m.Stable.Users
+	srmP := stats.UsersSRM(m.Canary.Users, users, stage.Weight/100)
 	if ns.SRMLooks == 0 {
 		ns.SRMP = 1
 	}
 	ns.SRMLooks++
-	ns.SRMP = math.Min(ns.SRMP, srmP)
+	ns.SRMP = min(ns.SRMP, srmP)
 	d.SRM = &SRMCheck{
+		CanaryUsers: m.Canary.Users, StableUsers: m.Stable.Users,
 		CanaryRequests: m.Canary.Requests, StableRequests: m.Stable.Requests,
-		ObservedShare:   100 * float64(m.Canary.Requests) / float64(total),
+		ObservedShare:   100 * float64(m.Canary.Users) / float64(users),
 		ConfiguredShare: stage.Weight, PValue: ns.SRMP, Mismatch: ns.SRMP <= p.SRMAlpha,
 	}
-	if chi, err := stats.SampleRatioMismatch([]int{m.Stable.Requests, m.Canary.Requests}, []float64{100 - stage.Weight, stage.Weight}, p.SRMAlpha); err == nil {
-		d.SRM.ChiSquareP = chi.PValue
-	}
+	d.SRM.ChiSquareP = chiSquare1(m.Canary.Users, users, stage.Weight/100)
 	if d.SRM.Mismatch {
 		d.Action, d.Code = ActionPause, CodeSRM
-		d.Reason = fmt.Sprintf("pause: sample-ratio mismatch, the canary got %.2f %% of %d requests but %g %% is configured (always-valid p=%s); the split is not what the control plane set, so no comparison can be trusted and a human should look (routing, stickiness, a failing pool, or telemetry loss)",
-			d.SRM.ObservedShare, total, stage.Weight, fmtP(ns.SRMP))
+		d.Reason = fmt.Sprintf("pause: sample-ratio mismatch, the canary has %.2f %% of %d users but %g %% is configured (always-valid p=%s); the split is not what the control plane set, so no comparison can be trusted and a human should look (routing, stickiness, a failing pool, or telemetry loss)",
+			d.SRM.ObservedShare, users, stage.Weight, fmtP(ns.SRMP))
 		return d, ns
 	}
 
-	// 3. Harm, per metric.
-	alpha := p.StageAlpha()
+	// 4. Harm, per metric.
 	metrics := sortedMetrics(p.Tolerances)
 	d.Metrics = make([]MetricResult, len(metrics))
-	harmP := make([]float64, len(metrics))
+	var harmful []int
 	for i, metric := range metrics {
-		r, st := evaluate(p, metric, ns.Metrics[metric], m, alpha)
+		r, st := evaluate(p, metric, ns.Metrics[metric], ns.Events[metric], m)
 		d.Metrics[i] = r
 		if st.Looks > 0 {
 			ns.Metrics[metric] = st
 		}
-		harmP[i] = r.HarmP
-	}
-	adj := adjust(harmP, p.Multiplicity)
-	var harmful []int
-	for i := range d.Metrics {
-		d.Metrics[i].HarmPAdjusted = adj[i]
-		if d.Metrics[i].Status == StatusUndecided || d.Metrics[i].Status == StatusWithin {
-			if adj[i] <= alpha {
-				d.Metrics[i].Status = StatusHarm
-				harmful = append(harmful, i)
-			}
+		if r.Status == StatusHarm {
+			harmful = append(harmful, i)
 		}
 	}
 	if len(harmful) > 0 {
-		sort.SliceStable(harmful, func(a, b int) bool { return adj[harmful[a]] < adj[harmful[b]] })
 		parts := make([]string, len(harmful))
 		for k, i := range harmful {
 			parts[k] = describeHarm(d.Metrics[i])
 		}
 		d.Action, d.Code = ActionRollback, CodeHarm
-		d.Reason = fmt.Sprintf("rollback: the canary %s is worse than stable %s beyond tolerance on %s, over %d canary and %d stable requests",
-			m.Canary.Version, m.Stable.Version, strings.Join(parts, "; "), m.Canary.Requests, m.Stable.Requests)
+		d.Reason = fmt.Sprintf("rollback: the canary %s is worse than stable %s beyond tolerance on %s, at %d canary requests in this stage",
+			m.Canary.Version, m.Stable.Version, strings.Join(parts, "; "), m.Canary.Requests)
 		return d, ns
 	}
+	if m.Canary.Users == 0 {
+		return hold(CodeNoData, "no data: the canary %s has served no request since the stage began %s ago", m.Canary.Version, roundDur(d.InStage))
+	}
 
-	// 4. Advance or promote.
+	// 5. Advance or promote.
 	var missing, undecided, tooFew []string
 	for _, r := range d.Metrics {
 		switch r.Status {
@@ -318,15 +375,13 @@ func Decide(p Policy, s StageState, m Measurements, now time.Time) (Decision, St
 	}
 	timeOK := d.InStage >= stage.MinDuration.D()
 	samplesOK := m.Canary.Requests >= stage.MinSamples
-	if timeOK && samplesOK && len(missing) == 0 && len(undecided) == 0 {
-		d.Code = CodeWithinTolerance
-		within := withinSummary(d.Metrics)
-		if s.Stage == len(stages)-1 {
-			d.Action = ActionPromote
-			d.Reason = fmt.Sprintf("promote: after the last stage (%g %%), %s over %d canary requests in %s", stage.Weight, within, m.Canary.Requests, roundDur(d.InStage))
+	if timeOK && samplesOK && len(missing) == 0 && (!last || len(undecided) == 0) {
+		if last {
+			d.Action, d.Code = ActionPromote, CodeWithinTolerance
+			d.Reason = fmt.Sprintf("promote: after the last stage (%g %%), %s over %d canary requests in %s", stage.Weight, withinSummary(d.Metrics), m.Canary.Requests, roundDur(d.InStage))
 		} else {
-			d.Action = ActionAdvance
-			d.Reason = fmt.Sprintf("advance: %g %% to %g %%, %s over %d canary requests in %s", stage.Weight, stages[s.Stage+1].Weight, within, m.Canary.Requests, roundDur(d.InStage))
+			d.Action, d.Code = ActionAdvance, CodeGuarded
+			d.Reason = fmt.Sprintf("advance: %g %% to %g %%, no harm shown on %s over %d canary requests in %s", stage.Weight, stages[s.Stage+1].Weight, testedSummary(d.Metrics), m.Canary.Requests, roundDur(d.InStage))
 		}
 		return d, ns
 	}
@@ -334,7 +389,7 @@ func Decide(p Policy, s StageState, m Measurements, now time.Time) (Decision, St
 	// What is still missing, in one sentence.
 	var waits []string
 	code := CodeUndecided
-	if len(undecided) > 0 {
+	if last && len(undecided) > 0 {
 		waits = append(waits, "not yet shown within tolerance: "+strings.Join(undecided, "; "))
 	}
 	if len(missing) > 0 {
@@ -352,7 +407,7 @@ func Decide(p Policy, s StageState, m Measurements, now time.Time) (Decision, St
 		waits = append(waits, fmt.Sprintf("%s of the stage's minimum %s", roundDur(d.InStage), roundDur(stage.MinDuration.D())))
 	}
 
-	// 5. Past the maximum stage time.
+	// 6. Past the maximum stage time.
 	if d.InStage >= p.MaxStageDuration.D() {
 		d.Code = CodeInconclusive
 		why := fmt.Sprintf("stage %g %% is inconclusive after %s (maximum %s): %s", stage.Weight, roundDur(d.InStage), roundDur(p.MaxStageDuration.D()), strings.Join(waits, "; "))
@@ -367,357 +422,52 @@ func Decide(p Policy, s StageState, m Measurements, now time.Time) (Decision, St
 		return d, ns
 	}
 
-	// 6. Hold.
+	// 7. Hold.
 	return hold(code, "%s", strings.Join(waits, "; "))
 }
 
-// srmPValue is the always-valid p-value, at one look, of "each request goes
-// to the canary with probability w": the mixture SPRT of the observed share
-// against w with the variance known under the null, w(1-w)/n, and a mixing
-// scale of a quarter of the smaller arm's share (a 2 % canary getting 2.5 %
-// is the mismatch it is tuned for).
-func srmPValue(canary, total int, w float64) float64 {
-	if total == 0 || w <= 0 || w >= 1 {
+// chiSquare1 is Pearson's p-value for canary of total users against the
+// share w (one degree of freedom).
+func chiSquare1(canary, total int, w float64) float64 {
+	if total == 0 || !(w > 0 && w < 1) {
 		return 1
 	}
-	v := w * (1 - w) / float64(total)
-	tau := 0.25 * math.Min(w, 1-w)
-	return math.Min(1, math.Exp(-stats.MixtureLogLR(float64(canary)/float64(total), w, v, tau*tau)))
+	e := w * float64(total)
+	d := float64(canary) - e
+	chi := d*d/e + d*d/(float64(total)-e)
+	return math.Erfc(math.Sqrt(chi / 2))
 }
 
-// evaluate runs one look of one metric's sequential test on the window's
-// cumulative data. The test is the mixture SPRT of the estimate against the
-// null "worse by exactly the tolerance", with the mixing scale tau equal to
-// the tolerance: a look with the estimate beyond the tolerance lowers the
-// harm p-value, one inside it lowers the non-inferiority p-value.
-func evaluate(p Policy, metric Metric, st MetricState, m Measurements, alpha float64) (MetricResult, MetricState) {
-	kind, _ := MetricKind(metric)
-	tol := p.Tolerances[metric]
-	r := MetricResult{Metric: metric, Kind: kind, Tolerance: tol, HarmP: 1, SafeP: 1}
-	if st.Looks == 0 {
-		st.HarmP, st.SafeP = 1, 1
-	}
-	e := estimate(p, metric, m)
-	r.CanaryValue, r.StableValue, r.NCanary, r.NStable, r.Note = e.canary, e.stable, e.nCanary, e.nStable, e.note
-	switch {
-	case e.nCanary == 0 || e.nStable == 0:
-		r.Status = StatusNotMeasured
-	case e.nCanary < p.MinTestSamples || e.nStable < e.minStable(p):
-		r.Status = StatusTooFew
-	case !e.ok:
-		r.Status = StatusNotMeasured
-	default:
-		// Harm direction: +1 when higher is worse, -1 for scores.
-		sign := 1.0
-		if kind == KindScore {
-			sign = -1
+// openSpan makes sure the schedule's last span is the current stage's
+// window: a state from before schedules existed, or a new stage, gets one.
+func (s *StageState) openSpan(stage int, weight float64, from time.Time) {
+	if n := len(s.Schedule); n > 0 {
+		l := s.Schedule[n-1]
+		if l.Stage == stage && l.To.IsZero() && !from.Before(l.From) {
+			return
 		}
-		null := sign * tol
-		v := math.Max(e.variance, 1e-12)
-		tau2 := tol * tol
-		pv := math.Min(1, math.Exp(-stats.MixtureLogLR(e.effect, null, v, tau2)))
-		if sign*(e.effect-null) > 0 {
-			st.HarmP = math.Min(st.HarmP, pv)
-		} else {
-			st.SafeP = math.Min(st.SafeP, pv)
-		}
-		st.look(e.effect, v, tau2, alpha)
-		r.Estimate = e.effect
-		r.StdErr = math.Sqrt(v)
-		r.Status = StatusUndecided
-		if st.SafeP <= alpha {
-			r.Status = StatusWithin
+		if l.To.IsZero() {
+			s.Schedule[n-1].To = from
 		}
 	}
-	if st.Looks > 0 {
-		r.HarmP, r.SafeP = st.HarmP, st.SafeP
-		if st.CI != nil {
-			ci := *st.CI
-			r.CI = &ci
+	s.Schedule = append(s.Schedule, Span{Stage: stage, Weight: weight, From: from})
+	if s.Events == nil {
+		s.Events = map[Metric]EventState{}
+	}
+}
+
+// weightAt returns the canary's share in (0, 1) at t, false outside every
+// span.
+func weightAt(schedule []Span, t time.Time) (float64, bool) {
+	for i := len(schedule) - 1; i >= 0; i-- {
+		sp := schedule[i]
+		if t.Before(sp.From) {
+			continue
 		}
-		if r.Status != StatusUndecided && r.Status != StatusWithin {
-			// Earlier looks tested it; the running values stand.
-			r.Status = StatusUndecided
-			if st.SafeP <= alpha {
-				r.Status = StatusWithin
-			}
+		if !sp.To.IsZero() && !t.Before(sp.To) {
+			return 0, false
 		}
+		return sp.Weight / 100, true
 	}
-	return r, st
-}
-
-// metricEstimate is one metric's effect and its sampling variance over a
-// window.
-type metricEstimate struct {
-	ok               bool
-	effect, variance float64
-	canary, stable   float64
-	nCanary, nStable int
-	note             string
-	tailStable       int // stable observations a tail threshold needs
-}
-
-func (e metricEstimate) minStable(p Policy) int { return max(p.MinTestSamples, e.tailStable) }
-
-func estimate(p Policy, metric Metric, m Measurements) metricEstimate {
-	switch metric {
-	case MetricLatency:
-		return relativeMeans(m.Canary.LatencyMs, m.Stable.LatencyMs)
-	case MetricTTFT:
-		return relativeMeans(m.Canary.TTFTMs, m.Stable.TTFTMs)
-	case MetricITL:
-		return relativeMeans(m.Canary.ITLMs, m.Stable.ITLMs)
-	case MetricCostPerRequest:
-		return relativeMeans(m.Canary.CostUSD, m.Stable.CostUSD)
-	case MetricTokensPerAnswer:
-		return relativeMeans(m.Canary.CompletionTokens, m.Stable.CompletionTokens)
-	case MetricQuality:
-		c, s := summarize(m.Canary.Quality), summarize(m.Stable.Quality)
-		e := metricEstimate{nCanary: c.N, nStable: s.N, canary: c.Mean, stable: s.Mean}
-		if c.N >= 2 && s.N >= 2 {
-			e.ok, e.effect, e.variance = true, c.Mean-s.Mean, c.Variance()/float64(c.N)+s.Variance()/float64(s.N)
-		}
-		return e
-	case MetricErrorRate:
-		return rates(m.Canary.Failures, m.Canary.Requests, m.Stable.Failures, m.Stable.Requests)
-	case MetricRefusalRate:
-		return rates(m.Canary.Refusals, m.Canary.Successes, m.Stable.Refusals, m.Stable.Successes)
-	case MetricLatencyP99:
-		return tail(m.Canary.LatencyMs, m.Stable.LatencyMs, p.TailQuantile)
-	}
-	return metricEstimate{}
-}
-
-// relativeMeans estimates canary mean / stable mean - 1 with the delta
-// method's variance. Values must be positive on average (latencies,
-// tokens, costs); a zero stable mean leaves the metric not measured.
-func relativeMeans(canary, stable []float64) metricEstimate {
-	c, s := summarize(canary), summarize(stable)
-	e := metricEstimate{nCanary: c.N, nStable: s.N, canary: c.Mean, stable: s.Mean}
-	if c.N < 2 || s.N < 2 || !(s.Mean > 0) || c.Mean < 0 {
-		if c.N >= 2 && s.N >= 2 {
-			e.note = "stable mean is zero: no ratio"
-		}
-		return e
-	}
-	ratio := c.Mean / s.Mean
-	e.ok = true
-	e.effect = ratio - 1
-	// Delta method: Var(mc/ms) = Var(mc)/ms^2 + ratio^2 Var(ms)/ms^2.
-	e.variance = (c.Variance()/float64(c.N) + ratio*ratio*s.Variance()/float64(s.N)) / (s.Mean * s.Mean)
-	return e
-}
-
-// summarize returns the count, mean and sum of squared deviations of xs
-// in two passes (the same numbers as stats.Summarize, faster on the large
-// cumulative windows Decide reads at every look).
-func summarize(xs []float64) stats.Summary {
-	if len(xs) == 0 {
-		return stats.Summary{}
-	}
-	var sum float64
-	for _, x := range xs {
-		sum += x
-	}
-	mean := sum / float64(len(xs))
-	var m2, comp float64
-	for _, x := range xs {
-		d := x - mean
-		m2 += d * d
-		comp += d
-	}
-	// Corrected two-pass algorithm (Chan, Golub, LeVeque).
-	m2 -= comp * comp / float64(len(xs))
-	return stats.Summary{N: len(xs), Mean: mean, M2: m2}
-}
-
-// rates estimates the difference of two rates, with each rate smoothed to
-// (x+1)/(n+2) in the variance so that zero events do not make it vanish
-// (as stats.ProportionMSPRT).
-func rates(ce, cn, se, sn int) metricEstimate {
-	e := metricEstimate{nCanary: cn, nStable: sn}
-	if cn == 0 || sn == 0 {
-		return e
-	}
-	pc, ps := float64(ce)/float64(cn), float64(se)/float64(sn)
-	sc := (float64(ce) + 1) / (float64(cn) + 2)
-	ss := (float64(se) + 1) / (float64(sn) + 2)
-	e.ok, e.canary, e.stable = true, pc, ps
-	e.effect = pc - ps
-	e.variance = sc*(1-sc)/float64(cn) + ss*(1-ss)/float64(sn)
-	return e
-}
-
-// tail compares the shares of each arm above stable's q-quantile. Under the
-// null of equal distributions the canary's share is about 1-q and the
-// difference of shares has, asymptotically, the variance of a difference of
-// two independent rates (the threshold's own noise adds stable's binomial
-// term), so the rate test applies.
-func tail(canary, stable []float64, q float64) metricEstimate {
-	need := int(math.Ceil(10 / (1 - q)))
-	e := metricEstimate{nCanary: len(canary), nStable: len(stable), tailStable: need}
-	if len(canary) == 0 || len(stable) < need {
-		return e
-	}
-	thr := quantile(stable, q)
-	above := func(xs []float64) int {
-		n := 0
-		for _, x := range xs {
-			if x > thr {
-				n++
-			}
-		}
-		return n
-	}
-	r := rates(above(canary), len(canary), above(stable), len(stable))
-	r.tailStable = need
-	r.note = fmt.Sprintf("stable p%g is %.0f ms; %.1f %% of canary requests are above it", 100*q, thr, 100*r.canary)
-	return r
-}
-
-// quantile returns the q-quantile of xs as stats.QuantileSorted does
-// (linear interpolation between order statistics, R's type 7) without
-// sorting: two selections on a copy, O(n) on average.
-func quantile(xs []float64, q float64) float64 {
-	c := slices.Clone(xs)
-	h := q * float64(len(c)-1)
-	k := int(math.Floor(h))
-	lo := selectKth(c, k)
-	if k+1 >= len(c) {
-		return lo
-	}
-	// After selection every element right of k is >= c[k].
-	hi := slices.Min(c[k+1:])
-	return lo + (h-float64(k))*(hi-lo)
-}
-
-// selectKth partially orders xs so that xs[k] is its k-th smallest value,
-// smaller ones to its left and larger ones to its right, and returns it.
-func selectKth(xs []float64, k int) float64 {
-	lo, hi := 0, len(xs)-1
-	for lo < hi {
-		// Median of three as the pivot.
-		mid := lo + (hi-lo)/2
-		if xs[mid] < xs[lo] {
-			xs[mid], xs[lo] = xs[lo], xs[mid]
-		}
-		if xs[hi] < xs[lo] {
-			xs[hi], xs[lo] = xs[lo], xs[hi]
-		}
-		if xs[hi] < xs[mid] {
-			xs[hi], xs[mid] = xs[mid], xs[hi]
-		}
-		pivot := xs[mid]
-		i, j := lo, hi
-		for i <= j {
-			for xs[i] < pivot {
-				i++
-			}
-			for xs[j] > pivot {
-				j--
-			}
-			if i <= j {
-				xs[i], xs[j] = xs[j], xs[i]
-				i++
-				j--
-			}
-		}
-		switch {
-		case k <= j:
-			hi = j
-		case k >= i:
-			lo = i
-		default:
-			return xs[k]
-		}
-	}
-	return xs[k]
-}
-
-// adjust returns the multiplicity-adjusted p-values.
-func adjust(ps []float64, method Multiplicity) []float64 {
-	if method == MultiplicityBonferroni {
-		out := make([]float64, len(ps))
-		for i, p := range ps {
-			out[i] = math.Min(1, p*float64(len(ps)))
-		}
-		return out
-	}
-	out, err := stats.Adjust(ps, stats.Holm)
-	if err != nil {
-		return adjust(ps, MultiplicityBonferroni)
-	}
-	return out
-}
-
-func describeHarm(r MetricResult) string {
-	s := fmt.Sprintf("%s %s (", r.Metric, fmtEffect(r.Kind, r.Estimate))
-	if r.CI != nil {
-		s += fmt.Sprintf("interval %s to %s, ", fmtEffect(r.Kind, r.CI.Lo), fmtEffect(r.Kind, r.CI.Hi))
-	}
-	s += fmt.Sprintf("tolerance %s, p=%s adjusted for %s", fmtTolerance(r.Kind, r.Tolerance), fmtP(r.HarmPAdjusted), "every metric")
-	s += ")"
-	if r.Note != "" {
-		s += ": " + r.Note
-	}
-	return s
-}
-
-func describeUndecided(r MetricResult) string {
-	s := fmt.Sprintf("%s %s", r.Metric, fmtEffect(r.Kind, r.Estimate))
-	if r.CI != nil {
-		s += fmt.Sprintf(" (interval %s to %s vs tolerance %s)", fmtEffect(r.Kind, r.CI.Lo), fmtEffect(r.Kind, r.CI.Hi), fmtTolerance(r.Kind, r.Tolerance))
-	}
-	return s
-}
-
-func withinSummary(rs []MetricResult) string {
-	var in, out []string
-	for _, r := range rs {
-		if r.Status == StatusWithin {
-			in = append(in, fmt.Sprintf("%s %s", r.Metric, fmtEffect(r.Kind, r.Estimate)))
-		} else {
-			out = append(out, string(r.Metric))
-		}
-	}
-	s := "every measured metric is within tolerance (" + strings.Join(in, ", ") + ")"
-	if len(out) > 0 {
-		s += "; not measured: " + strings.Join(out, ", ")
-	}
-	return s
-}
-
-// fmtEffect writes an effect in its unit: "+12.3 %", "+4.10 pts", "-0.110".
-func fmtEffect(k Kind, x float64) string {
-	switch k {
-	case KindRelative:
-		return fmt.Sprintf("%+.1f %%", 100*x)
-	case KindPoints:
-		return fmt.Sprintf("%+.2f pts", 100*x)
-	}
-	return fmt.Sprintf("%+.3f", x)
-}
-
-func fmtTolerance(k Kind, tol float64) string {
-	if k == KindScore {
-		return fmtEffect(k, -tol)
-	}
-	return fmtEffect(k, tol)
-}
-
-func fmtP(p float64) string {
-	if p < 1e-4 {
-		return fmt.Sprintf("%.1e", p)
-	}
-	return fmt.Sprintf("%.4f", p)
-}
-
-func roundDur(d time.Duration) time.Duration {
-	switch {
-	case d >= time.Minute:
-		return d.Round(time.Second)
-	case d >= time.Second:
-		return d.Round(100 * time.Millisecond)
-	}
-	return d.Round(time.Millisecond)
+	return 0, false
 }

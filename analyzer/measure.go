@@ -12,6 +12,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/llmcanary/llmcanary/analyzer/stats"
 )
 
 // Metric names one measured quantity the policy can hold a canary to.
@@ -33,49 +35,101 @@ const (
 // ErrNoData reports that a window holds no usable requests for an arm.
 var ErrNoData = errors.New("no data")
 
-// Arm is what was measured for one version over a window. Forced requests
-// (x-llmcanary-force) and requests routed by a category override are never
-// included: they did not reach the version by the random split.
+// Arm is what was measured for one version over a stage's window.
+// Forced requests (x-llmcanary-force) and requests routed by a category
+// override are never included: they did not reach the version by the
+// random split.
 type Arm struct {
 	Version string `json:"version"`
-	// Requests counts every request of the window, failed or not; it is the
-	// count the sample-ratio check compares with the configured split.
+	// Users counts the distinct users (sticky buckets) with a request in
+	// the window: the count the sample-ratio check compares with the
+	// configured split, since routing assigns users, not requests.
+	Users int `json:"users"`
+	// Requests counts every request of the window, failed or not.
 	Requests int `json:"requests"`
 	// Failures counts failed requests (5xx, 429, upstream reset, truncated
 	// or empty answers); client cancellations are not the version's fault
 	// and are not counted.
 	Failures int `json:"failures"`
 	// Successes counts requests that completed; Refusals is how many of
-	// those were refusals.
+	// those were refusals, Judged how many have a quality score.
 	Successes int `json:"successes"`
 	Refusals  int `json:"refusals"`
-	// Per-request values of successful requests, in no particular order.
+	Judged    int `json:"judged"`
+	// Sums holds, per metric, each user's observations and their sum,
+	// summed over users (see stats.Clustered): enough for every estimate
+	// and its user-clustered variance. A tail metric counts successes
+	// after calibration and, as the sum, those above its threshold.
+	Sums map[Metric]stats.Clustered `json:"sums,omitempty"`
+	// Raw values of successful requests, in no particular order, kept only
+	// when the source is asked to (TallyOptions.KeepValues): A/B reports
+	// use them for win rates.
 	LatencyMs        []float64 `json:"latency_ms,omitempty"`
 	TTFTMs           []float64 `json:"ttft_ms,omitempty"`
 	ITLMs            []float64 `json:"itl_ms,omitempty"`
 	CostUSD          []float64 `json:"cost_usd,omitempty"`
 	CompletionTokens []float64 `json:"completion_tokens,omitempty"`
-	// Quality scores of the window's judged or rated requests.
-	Quality []float64 `json:"quality,omitempty"`
+	Quality          []float64 `json:"quality,omitempty"`
 }
 
-// Measurements compare a canary with the stable version over the same
-// window of time.
+// UserEvent is one user's first event of one kind since the rollout began:
+// a failure (MetricErrorRate), a refusal, an answer judged bad
+// (MetricQuality), or a request beyond a tail threshold (the tail
+// metrics).
+type UserEvent struct {
+	Metric Metric    `json:"metric"`
+	At     time.Time `json:"at"`
+	Canary bool      `json:"canary"`
+	// Ratio is the canary's exposure per request over stable's for this
+	// kind of event: 1 where every request can have it, the ratio of the
+	// arms' judging rates for quality events.
+	Ratio float64 `json:"ratio"`
+	// Print fingerprints the metric's events up to this one (a running
+	// sum, see Tally): a look checks that the events it folded before are
+	// still the same prefix in O(1).
+	Print int64 `json:"print"`
+}
+
+// Measurements compare a canary with the stable version: both arms over
+// the stage's window, and the events of the whole rollout.
 type Measurements struct {
 	Model  string    `json:"model"`
 	From   time.Time `json:"from"`
 	To     time.Time `json:"to"`
 	Stable Arm       `json:"stable"`
 	Canary Arm       `json:"canary"`
+	// Events are, per event metric, each user's first event since the
+	// rollout began, in time order (see Tally).
+	Events map[Metric][]UserEvent `json:"events,omitempty"`
+	// Baseline is stable's rate of each event metric over the rollout so
+	// far, per request (per judged answer for quality): what turns an
+	// event test's risk ratio into the metric's units.
+	Baseline map[Metric]Rate `json:"baseline,omitempty"`
+	// Thresholds are the tail metrics' thresholds, fixed by the first
+	// requests of the rollout; nil before.
+	Thresholds map[Metric]float64 `json:"thresholds,omitempty"`
 }
 
-// Window asks a MetricsSource for one comparison.
+// Rate counts events among observations.
+type Rate struct {
+	N      int `json:"n"`
+	Events int `json:"events"`
+}
+
+// Value is the rate, smoothed by half an event so that none is not zero.
+func (r Rate) Value() float64 { return (float64(r.Events) + 0.5) / (float64(r.N) + 1) }
+
+// Window asks a MetricsSource for one comparison: the rollout's requests
+// from RolloutFrom to To, the stage's window from From.
 type Window struct {
-	Model  string
-	Stable string // version names
-	Canary string
-	From   time.Time
-	To     time.Time
+	Model       string
+	Stable      string // version names
+	Canary      string
+	RolloutFrom time.Time
+	From        time.Time
+	To          time.Time
+	// TailQuantile is the quantile of the tail thresholds (Policy).
+	TailQuantile float64
 }
 
 // MetricsSource reads measurements. The ClickHouse implementation queries

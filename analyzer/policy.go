@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"slices"
@@ -21,6 +22,13 @@ import (
 // tolerance is in absolute points of that share (0.01: at most 2 % of canary
 // requests above stable's p99).
 const MetricLatencyP99 Metric = "latency_p99"
+
+// MetricTTFTP99 and MetricITLP99 are the same tail check for the time to
+// the first token and the mean inter-token latency of streamed answers.
+const (
+	MetricTTFTP99 Metric = "ttft_p99"
+	MetricITLP99  Metric = "itl_p99"
+)
 
 // Kind says how a metric's effect and tolerance are expressed.
 type Kind string
@@ -44,7 +52,7 @@ func MetricKind(m Metric) (Kind, bool) {
 	switch m {
 	case MetricLatency, MetricTTFT, MetricITL, MetricCostPerRequest, MetricTokensPerAnswer:
 		return KindRelative, true
-	case MetricErrorRate, MetricRefusalRate, MetricLatencyP99:
+	case MetricErrorRate, MetricRefusalRate, MetricLatencyP99, MetricTTFTP99, MetricITLP99:
 		return KindPoints, true
 	case MetricQuality:
 		return KindScore, true
@@ -55,8 +63,40 @@ func MetricKind(m Metric) (Kind, bool) {
 // AllMetrics lists every metric a policy can name, in the order decisions
 // report them.
 var AllMetrics = []Metric{
-	MetricErrorRate, MetricLatency, MetricLatencyP99, MetricTTFT, MetricITL,
-	MetricRefusalRate, MetricQuality, MetricCostPerRequest, MetricTokensPerAnswer,
+	MetricErrorRate, MetricQuality, MetricLatency, MetricLatencyP99, MetricTTFT, MetricTTFTP99,
+	MetricITL, MetricITLP99, MetricRefusalRate, MetricCostPerRequest, MetricTokensPerAnswer,
+}
+
+// IsEventMetric reports whether m is tested for harm by counting events
+// (stats.EventTest over each user's first event): failures, refusals, bad
+// answers and requests beyond a tail threshold. The other metrics compare
+// means.
+func IsEventMetric(m Metric) bool {
+	switch m {
+	case MetricErrorRate, MetricRefusalRate, MetricQuality, MetricLatencyP99, MetricTTFTP99, MetricITLP99:
+		return true
+	}
+	return false
+}
+
+// DefaultAlphaWeights share the false-rollback budget among the metrics:
+// errors and bad answers, the harms users notice first and the ones a bad
+// checkpoint shows, weigh most; the tails next; means and costs least. A
+// policy's weights are normalised over the metrics it tests.
+func DefaultAlphaWeights() map[Metric]float64 {
+	return map[Metric]float64{
+		MetricErrorRate:       0.35,
+		MetricQuality:         0.35,
+		MetricLatencyP99:      0.08,
+		MetricTTFTP99:         0.04,
+		MetricITLP99:          0.02,
+		MetricLatency:         0.04,
+		MetricTTFT:            0.04,
+		MetricITL:             0.02,
+		MetricRefusalRate:     0.03,
+		MetricCostPerRequest:  0.015,
+		MetricTokensPerAnswer: 0.015,
+	}
 }
 
 // Inconclusive is what a stage does when its maximum time passes without a
@@ -71,21 +111,6 @@ const (
 	// InconclusiveRollback rolls back. It is the only rollback without
 	// evidence of harm, and only when the operator chose it.
 	InconclusiveRollback Inconclusive = "rollback"
-)
-
-// Multiplicity is how the level alpha is shared among the metrics tested
-// for harm at one look.
-type Multiplicity string
-
-const (
-	// MultiplicityHolm applies Holm's step-down adjustment to the metrics'
-	// always-valid p-values: valid under any dependence between metrics
-	// (latency and cost are correlated) and never less powerful than
-	// Bonferroni.
-	MultiplicityHolm Multiplicity = "holm"
-	// MultiplicityBonferroni tests every metric at alpha divided by the
-	// number of metrics.
-	MultiplicityBonferroni Multiplicity = "bonferroni"
 )
 
 // Stage is one step of a rollout: the canary's share of traffic and how
@@ -110,18 +135,34 @@ type Policy struct {
 	MaxStageDuration config.Duration `json:"max_stage_duration"`
 	OnInconclusive   Inconclusive    `json:"on_inconclusive"`
 	// Alpha is the chance, over a whole rollout of a harmless canary, of a
-	// false rollback. It is split evenly among the evaluated stages (each
-	// stage's window is a fresh sequential test) and within a stage among
-	// the metrics by Multiplicity.
-	Alpha        float64      `json:"alpha"`
-	Multiplicity Multiplicity `json:"multiplicity"`
+	// false rollback. It is shared among the metrics by AlphaWeights. An
+	// event metric's test runs across the whole rollout and uses its share
+	// whole; a mean metric's test restarts with each stage's window, so its
+	// share is split evenly among the evaluated stages. Promotion tests
+	// non-inferiority at the last stage, each metric at the full Alpha
+	// (every metric must pass, so no correction is needed).
+	Alpha float64 `json:"alpha"`
+	// AlphaWeights are the metrics' relative shares of Alpha; metrics
+	// without a weight get the smallest one given. Default
+	// DefaultAlphaWeights.
+	AlphaWeights map[Metric]float64 `json:"alpha_weights,omitempty"`
 	// SRMAlpha is the level of the sample-ratio-mismatch check. Strict,
 	// because it runs at every look and a false mismatch halts a rollout.
 	SRMAlpha float64 `json:"srm_alpha"`
 	// MinTestSamples is the number of observations each arm needs before a
-	// metric is tested at all: the plug-in variances of the sequential
-	// tests are unreliable below it.
+	// mean or share is tested at all, and MinTestUsers the number of
+	// distinct users: the plug-in variances of the sequential tests are
+	// unreliable below them. The event tests are exact and need neither.
 	MinTestSamples int `json:"min_test_samples"`
+	MinTestUsers   int `json:"min_test_users"`
+	// HarmMargin places the event metrics' harm null at this fraction of
+	// the tolerance: a canary worse by less is never rolled back for it,
+	// however much data shows it. The default 0 tests "no worse at all",
+	// the fastest at catching a bad checkpoint; the size rule (the
+	// shrunk estimate must exceed the tolerance) keeps a canary worse by
+	// half the tolerance from being rolled back in more than about one
+	// rollout in ten (measured by the simulation).
+	HarmMargin float64 `json:"harm_margin"`
 	// Tolerances per metric (see Kind for the units). Only metrics listed
 	// here are tested.
 	Tolerances map[Metric]float64 `json:"tolerances"`
@@ -147,24 +188,31 @@ func DefaultPolicy() Policy {
 		return c
 	}
 	return Policy{
+		// Early stages only guard against harm, which the event tests
+		// catch within tens of canary requests; they need enough users and
+		// time to see the traffic mix. The last stage shows
+		// non-inferiority and runs as long as that takes.
 		Stages: []Stage{
-			{Weight: 2, MinDuration: dur("10m"), MinSamples: 2000},
-			{Weight: 5, MinDuration: dur("10m"), MinSamples: 2000},
-			{Weight: 10, MinDuration: dur("10m"), MinSamples: 2000},
-			{Weight: 25, MinDuration: dur("15m"), MinSamples: 4000},
-			{Weight: 50, MinDuration: dur("15m"), MinSamples: 4000},
+			{Weight: 2, MinDuration: dur("10m"), MinSamples: 200},
+			{Weight: 5, MinDuration: dur("10m"), MinSamples: 300},
+			{Weight: 10, MinDuration: dur("10m"), MinSamples: 500},
+			{Weight: 25, MinDuration: dur("15m"), MinSamples: 1000},
+			{Weight: 50, MinDuration: dur("15m"), MinSamples: 1000},
 			{Weight: 100},
 		},
 		MaxStageDuration: dur("2h"),
 		OnInconclusive:   InconclusivePause,
 		Alpha:            0.05,
-		Multiplicity:     MultiplicityHolm,
+		AlphaWeights:     DefaultAlphaWeights(),
 		SRMAlpha:         0.001,
 		MinTestSamples:   100,
+		MinTestUsers:     20,
+		HarmMargin:       0,
 		Tolerances: map[Metric]float64{
 			MetricErrorRate:       0.01,
 			MetricLatency:         0.10,
-			MetricLatencyP99:      0.01,
+			MetricLatencyP99:      0.0075,
+			MetricTTFTP99:         0.0075,
 			MetricTTFT:            0.10,
 			MetricITL:             0.10,
 			MetricRefusalRate:     0.01,
@@ -236,10 +284,8 @@ func (p Policy) clone() Policy {
 	out := p
 	out.Stages = slices.Clone(p.Stages)
 	out.Required = slices.Clone(p.Required)
-	out.Tolerances = make(map[Metric]float64, len(p.Tolerances))
-	for k, v := range p.Tolerances {
-		out.Tolerances[k] = v
-	}
+	out.Tolerances = maps.Clone(p.Tolerances)
+	out.AlphaWeights = maps.Clone(p.AlphaWeights)
 	return out
 }
 
@@ -286,10 +332,18 @@ func (p Policy) Validate() error {
 	if !(p.Alpha > 0 && p.Alpha < 0.5) {
 		bad("alpha %v must be in (0, 0.5)", p.Alpha)
 	}
-	switch p.Multiplicity {
-	case MultiplicityHolm, MultiplicityBonferroni:
-	default:
-		bad("multiplicity %q must be holm or bonferroni", p.Multiplicity)
+	for _, m := range sortedMetrics(p.AlphaWeights) {
+		if _, ok := MetricKind(m); !ok {
+			bad("alpha_weights: unknown metric %q", m)
+		} else if w := p.AlphaWeights[m]; !(w > 0) || math.IsInf(w, 0) {
+			bad("alpha_weights: %s weight %v must be positive", m, w)
+		}
+	}
+	if !(p.HarmMargin >= 0 && p.HarmMargin < 1) {
+		bad("harm_margin %v must be in [0, 1)", p.HarmMargin)
+	}
+	if p.MinTestUsers < 2 {
+		bad("min_test_users %d must be at least 2", p.MinTestUsers)
 	}
 	if !(p.SRMAlpha > 0 && p.SRMAlpha < 0.5) {
 		bad("srm_alpha %v must be in (0, 0.5)", p.SRMAlpha)
@@ -352,20 +406,53 @@ func (p Policy) EvaluatedStages() []Stage {
 	return out
 }
 
-// StageAlpha is the level of one stage's harm tests: Alpha split evenly
-// among the evaluated stages, so that the chance of a false rollback over a
-// whole rollout stays at Alpha.
-func (p Policy) StageAlpha() float64 {
-	n := len(p.EvaluatedStages())
-	if n == 0 {
+// MetricAlpha returns m's share of Alpha for its harm test over the whole
+// rollout: Alpha times m's weight over the sum of the weights of the
+// metrics the policy tests. A metric without a weight gets the smallest
+// weight given.
+func (p Policy) MetricAlpha(m Metric) float64 {
+	weights := p.AlphaWeights
+	if len(weights) == 0 {
+		weights = DefaultAlphaWeights()
+	}
+	floor := math.Inf(1)
+	for _, w := range weights {
+		floor = math.Min(floor, w)
+	}
+	weight := func(k Metric) float64 {
+		if w, ok := weights[k]; ok {
+			return w
+		}
+		return floor
+	}
+	var sum float64
+	for _, k := range sortedMetrics(p.Tolerances) { // in order: the same sum every time
+		sum += weight(k)
+	}
+	if sum <= 0 {
 		return p.Alpha
 	}
-	return p.Alpha / float64(n)
+	return p.Alpha * weight(m) / sum
+}
+
+// HarmAlpha is the level of m's harm test at one stage: MetricAlpha for
+// an event metric, whose test spans the rollout, and MetricAlpha split
+// evenly among the evaluated stages for a mean metric, whose test restarts
+// with each stage's window.
+func (p Policy) HarmAlpha(m Metric) float64 {
+	a := p.MetricAlpha(m)
+	if IsEventMetric(m) {
+		return a
+	}
+	if n := len(p.EvaluatedStages()); n > 0 {
+		return a / float64(n)
+	}
+	return a
 }
 
 // sortedMetrics returns the metrics of m in AllMetrics' order, unknown
 // ones last in name order.
-func sortedMetrics(m map[Metric]float64) []Metric {
+func sortedMetrics[V any](m map[Metric]V) []Metric {
 	out := make([]Metric, 0, len(m))
 	for _, k := range AllMetrics {
 		if _, ok := m[k]; ok {

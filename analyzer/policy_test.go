@@ -1,6 +1,7 @@
 package analyzer
 
 import (
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +17,21 @@ func TestDefaultPolicyIsValid(t *testing.T) {
 	if got := len(p.EvaluatedStages()); got != 5 {
 		t.Errorf("evaluated stages %d, want 5 (2, 5, 10, 25, 50; 100 is the promotion)", got)
 	}
-	if a := p.StageAlpha(); a != 0.01 {
-		t.Errorf("stage alpha %v, want 0.05/5", a)
+	var sum float64
+	for m := range p.Tolerances {
+		sum += p.MetricAlpha(m)
+	}
+	if math.Abs(sum-p.Alpha) > 1e-12 {
+		t.Errorf("the metrics' shares of alpha sum to %v, want the whole %v", sum, p.Alpha)
+	}
+	if p.MetricAlpha(MetricQuality) <= p.MetricAlpha(MetricLatency) || p.MetricAlpha(MetricErrorRate) <= p.MetricAlpha(MetricCostPerRequest) {
+		t.Error("errors and bad answers should weigh more than means and costs")
+	}
+	if a, b := p.HarmAlpha(MetricLatency), p.MetricAlpha(MetricLatency)/5; math.Abs(a-b) > 1e-15 {
+		t.Errorf("a mean metric's stage level %v, want its share split over 5 stages (%v)", a, b)
+	}
+	if p.HarmAlpha(MetricErrorRate) != p.MetricAlpha(MetricErrorRate) {
+		t.Error("an event metric's test spans the rollout and keeps its whole share")
 	}
 }
 

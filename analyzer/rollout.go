@@ -52,7 +52,9 @@ type Rollout struct {
 	// Pending is a decided traffic change (rollback, advance, promote)
 	// that the control plane has not yet accepted; the runner retries it
 	// before anything else.
-	Pending    Action            `json:"pending,omitempty"`
+	Pending Action `json:"pending,omitempty"`
+	// PendingAt is when the pending change was decided.
+	PendingAt  time.Time         `json:"pending_at,omitzero"`
 	Created    time.Time         `json:"created"`
 	Updated    time.Time         `json:"updated"`
 	Last       *Decision         `json:"last,omitempty"`

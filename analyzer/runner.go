@@ -45,10 +45,11 @@ func (c ControlPlane) Model(ctx context.Context, name string) (*xds.Model, error
 	return c.Client.Model(ctx, name)
 }
 
-// Runner looks at every running rollout once per Interval: it measures the
-// stage's window (stage start to now, both versions over the same window),
-// decides with Decide (or Experiment in A/B mode), moves traffic through
-// the TrafficSetter and records the outcome. A failed query or a failed
+// Runner looks at every running rollout once per Interval (every few
+// seconds, so that evidence is acted on as it arrives): it measures the
+// rollout from its start and the stage's window (both versions over the
+// same window), decides with Decide (or Experiment in A/B mode), moves
+// traffic through the TrafficSetter and records the outcome. A failed query or a failed
 // weight change is recorded and retried at the next look; neither ever
 // promotes. Operators act on rollouts through Start and Operate.
 type Runner struct {
@@ -68,9 +69,59 @@ type Runner struct {
 	// the moment Run starts.
 	Stages StageLog
 
+	// Refresh is the longest the runner goes without a look at a running
+	// rollout when the source reports no new data (time alone moves a
+	// stage past its minimum or maximum duration). Default 30 s.
+	Refresh time.Duration
+
 	mu     sync.Mutex
 	locks  map[string]*sync.Mutex
 	synced map[string]bool
+	marks  map[string]watermark
+}
+
+// Watermarker is implemented by a MetricsSource that can tell cheaply
+// whether a window has new data since a previous look: the runner then
+// looks every Interval at the rollouts whose data changed and every
+// Refresh at the others, so that evidence is acted on as it arrives
+// without re-reading unchanged windows.
+type Watermarker interface {
+	Watermark(ctx context.Context, w Window) (string, error)
+}
+
+type watermark struct {
+	mark string
+	at   time.Time
+}
+
+// changed reports whether the rollout needs a look now: always without a
+// Watermarker, after a failed watermark query, once Refresh has passed
+// since the last look, or when the source's watermark moved.
+func (r *Runner) changed(ctx context.Context, ro *Rollout, w Window, now time.Time) bool {
+	wm, ok := r.Source.(Watermarker)
+	if !ok {
+		return true
+	}
+	mark, err := wm.Watermark(ctx, w)
+	if err != nil {
+		return true
+	}
+	refresh := r.Refresh
+	if refresh <= 0 {
+		refresh = 30 * time.Second
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.marks == nil {
+		r.marks = map[string]watermark{}
+	}
+	key := ro.ID + "/" + ro.StageStarted.String()
+	last, seen := r.marks[key]
+	if seen && last.mark == mark && now.Sub(last.at) < refresh {
+		return false
+	}
+	r.marks[key] = watermark{mark: mark, at: now}
+	return true
 }
 
 func (r *Runner) now() time.Time {
@@ -180,18 +231,27 @@ func (r *Runner) Step(ctx context.Context, id string) (*Rollout, error) {
 	}
 	if !r.isSynced(id) {
 		w := ro.CanaryWeight()
-		if err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), ro.Stable); err != nil {
+		if err := r.setWeights(ctx, ro.Model, ro.Weights(w), ro.Stable); err != nil {
 			return r.recordError(ro, now, CodeTrafficFailed, fmt.Sprintf("hold: could not set the stage's weights (canary %g %%) on the control plane: %v; retrying at the next look", w, err), err)
 		}
 		r.setSynced(id, true)
 	}
+	w := Window{Model: ro.Model, Stable: ro.Stable, Canary: ro.Canary, RolloutFrom: ro.Created, From: ro.StageStarted, To: now, TailQuantile: ro.Plan.Policy.TailQuantile}
+	if !r.changed(ctx, ro, w, now) {
+		return ro, nil
+	}
 	qctx, cancel := context.WithTimeout(ctx, r.queryTimeout())
-	m, err := r.Source.Measure(qctx, Window{Model: ro.Model, Stable: ro.Stable, Canary: ro.Canary, From: ro.StageStarted, To: now})
+	m, err := r.Source.Measure(qctx, w)
 	cancel()
 	switch {
 	case errors.Is(err, ErrNoData):
-		m = Measurements{Model: ro.Model, From: ro.StageStarted, To: now, Stable: Arm{Version: ro.Stable}, Canary: Arm{Version: ro.Canary}}
+		// Nothing at all since the rollout began: Measure says so with
+		// whatever it measured (nothing), and Decide holds on it. A stage
+		// with one empty arm is not this: the sample-ratio check sees it.
+		m.Model, m.From, m.To = ro.Model, ro.StageStarted, now
 	case err != nil:
+		// A failed query holds. Partial measurements are not decided on:
+		// a half-read window could show harm that is not there.
 		return r.recordError(ro, now, CodeQueryFailed, fmt.Sprintf("hold: the measurement query failed: %v; retrying at the next look", err), err)
 	}
 	m.Stable.Version, m.Canary.Version = ro.Stable, ro.Canary
@@ -229,9 +289,19 @@ func (r *Runner) queryTimeout() time.Duration {
 }
 
 // act moves traffic for a rollback, advance or promotion and records the
-// outcome: first the control plane, then the record (a rollback takes the
-// canary out at once). If the control plane refuses, the action stays
-// pending and is retried at the next look.
+// outcome, in three durable steps so that no crash can undo a decision:
+//
+//  1. the intent (Pending, with the decision) is saved before traffic
+//     moves: write-ahead;
+//  2. the control plane gets the new weights, unless it has them already
+//     (a restarted runner finishing a move does not publish a second
+//     revision);
+//  3. the outcome is saved: the new stage, promoted or rolled back.
+//
+// A runner killed after step 1 finds Pending at its next look and finishes
+// the move; one killed after step 2 finds the weights in place and only
+// saves. If the control plane refuses, the action stays pending and is
+// retried at the next look, before anything else.
 func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, d *Decision) (*Rollout, error) {
 	stages := ro.Plan.Policy.EvaluatedStages()
 	var w float64
@@ -249,16 +319,26 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 	default:
 		return nil, fmt.Errorf("runner: %q is not a traffic action", a)
 	}
-	err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), stable)
-	if err != nil {
-		r.setSynced(ro.ID, false)
-		reason := fmt.Sprintf("%s decided but the control plane did not accept canary %g %%: %v; retrying at the next look", a, w, err)
-		out, serr := r.Store.Update(ro.ID, func(x *Rollout) error {
-			x.State, x.Pending, x.Updated, x.LastError = ro.State, a, now, reason
+	if ro.Pending != a {
+		state := ro.State
+		var err error
+		ro, err = r.Store.Update(ro.ID, func(x *Rollout) error {
+			x.State, x.Pending, x.PendingAt, x.Updated = state, a, now, now
 			if d != nil {
 				x.Last = d
 				x.record(Event{At: now, Kind: "decision", Action: d.Action, Code: d.Code, Reason: d.Reason, Decision: d})
 			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("runner: save the intent to %s %s: %w", a, ro.ID, err)
+		}
+	}
+	if err := r.setWeights(ctx, ro.Model, ro.Weights(w), stable); err != nil {
+		r.setSynced(ro.ID, false)
+		reason := fmt.Sprintf("%s decided but the control plane did not accept canary %g %%: %v; retrying at the next look", a, w, err)
+		out, serr := r.Store.Update(ro.ID, func(x *Rollout) error {
+			x.Updated, x.LastError = now, reason
 			x.record(Event{At: now, Kind: "error", Action: a, Code: CodeTrafficFailed, Reason: reason})
 			return nil
 		})
@@ -266,21 +346,21 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 	}
 	r.setSynced(ro.ID, true)
 	r.log().Info("rollout traffic moved", "rollout", ro.ID, "model", ro.Model, "action", a, "canary_weight", w)
+	started := now
 	if a == ActionAdvance {
 		// The next stage's window opens when the fleet serves its weights,
 		// not when they were asked for: an Envoy still reconnecting to a
 		// restarted control plane would otherwise fill the window with the
 		// old split.
-		now = r.waitApplied(ctx, ro.ID, now)
+		started = r.waitApplied(ctx, ro.ID, now)
 	}
 	return r.Store.Update(ro.ID, func(x *Rollout) error {
-		x.Pending, x.Updated, x.LastError = "", now, ""
-		x.State = ro.State
-		if d != nil {
-			x.Last = d
-			x.record(Event{At: now, Kind: "decision", Action: d.Action, Code: d.Code, Reason: d.Reason, Decision: d})
+		decided := x.PendingAt
+		if decided.IsZero() {
+			decided = now
 		}
-		x.record(Event{At: now, Kind: "action", Action: a, Reason: fmt.Sprintf("traffic moved: %s %g %%, %s %g %%", x.Stable, 100-w, x.Canary, w)})
+		x.Pending, x.PendingAt, x.Updated, x.LastError = "", time.Time{}, started, ""
+		x.record(Event{At: started, Kind: "action", Action: a, Reason: fmt.Sprintf("traffic moved: %s %g %%, %s %g %%", x.Stable, 100-w, x.Canary, w)})
 		switch a {
 		case ActionRollback:
 			x.Status = RolloutRolledBack
@@ -288,11 +368,37 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 			x.Status = RolloutPromoted
 		case ActionAdvance:
 			x.Stage++
-			x.StageStarted = now
-			x.State = NewStageState(x.Stage, now)
+			x.StageStarted = started
+			x.State = NextStageState(x.State, decided, started)
 		}
 		return nil
 	})
+}
+
+// setWeights sets a model's weights unless the control plane already has
+// exactly them: a look that only re-asserts the current split publishes
+// no new revision.
+func (r *Runner) setWeights(ctx context.Context, model string, weights map[string]float64, stable string) error {
+	if r.Models != nil {
+		if cur, err := r.Models.Model(ctx, model); err == nil && cur.Stable == stable && sameWeights(cur.Weights, weights) {
+			return nil
+		}
+	}
+	return r.Traffic.SetWeights(ctx, model, weights, stable)
+}
+
+func sameWeights(a, b map[string]float64) bool {
+	for k, v := range b {
+		if a[k] != v {
+			return false
+		}
+	}
+	for k, v := range a {
+		if v != 0 && b[k] != v {
+			return false
+		}
+	}
+	return true
 }
 
 // TrafficApplier is implemented by a TrafficSetter that can tell when a
@@ -530,7 +636,7 @@ func (r *Runner) Operate(ctx context.Context, id string, op Operation, actorName
 		x.Status, x.Updated, x.Pending = status, now, ""
 		if op == OpResume {
 			x.StageStarted = now
-			x.State = NewStageState(x.Stage, now)
+			x.State = RestartStageState(x.State, now)
 		}
 		x.record(Event{At: now, Kind: "operator", Action: Action(op), Code: CodeOperator, Actor: actor(actorName), Reason: reason})
 		return nil

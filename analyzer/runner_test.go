@@ -32,6 +32,9 @@ type fakeTraffic struct {
 	mu    sync.Mutex
 	err   error
 	calls []weightCall
+	// crash, if set, runs after a change is recorded: a test panics in it
+	// to kill the runner right after traffic moved.
+	crash func()
 }
 
 type weightCall struct {
@@ -47,6 +50,13 @@ func (f *fakeTraffic) SetWeights(_ context.Context, model string, w map[string]f
 		return f.err
 	}
 	f.calls = append(f.calls, weightCall{model, w, stable})
+	if f.crash != nil {
+		crash := f.crash
+		f.crash = nil
+		f.mu.Unlock()
+		defer f.mu.Lock()
+		crash()
+	}
 	return nil
 }
 
@@ -65,19 +75,34 @@ func (f *fakeTraffic) count() int {
 	return len(f.calls)
 }
 
-type fakeModels map[string]*xds.Model
+// fakeModels serves the models as the fake control plane holds them: the
+// weights and stable of the last change that reached it.
+type fakeModels struct {
+	models  map[string]*xds.Model
+	traffic *fakeTraffic
+}
 
 func (f fakeModels) Model(_ context.Context, name string) (*xds.Model, error) {
-	m, ok := f[name]
+	m, ok := f.models[name]
 	if !ok {
 		return nil, &xds.APIError{Status: 404, Code: "not_found", Message: "no model"}
 	}
-	return m, nil
+	out := *m
+	if f.traffic != nil {
+		f.traffic.mu.Lock()
+		for _, c := range f.traffic.calls {
+			if c.model == name {
+				out.Weights, out.Stable = c.weights, c.stable
+			}
+		}
+		f.traffic.mu.Unlock()
+	}
+	return &out, nil
 }
 
 var _ MetricsSource = (*fakeSource)(nil)
 var _ TrafficSetter = (*fakeTraffic)(nil)
-var _ ModelReader = fakeModels(nil)
+var _ ModelReader = fakeModels{}
 
 type clock struct {
 	mu sync.Mutex
@@ -112,14 +137,14 @@ func newRig(t *testing.T) *rig {
 }
 
 func (r *rig) newRunner(st *Store) *Runner {
-	models := fakeModels{"m": {
+	models := fakeModels{traffic: r.traffic, models: map[string]*xds.Model{"m": {
 		Name: "m", Stable: "v1",
 		Versions: []xds.Version{
 			{Name: "v1", Metadata: xds.VersionMetadata{BaseModel: "b", WeightsHash: "w1"}},
 			{Name: "v2", Metadata: xds.VersionMetadata{BaseModel: "b", WeightsHash: "w2"}},
 		},
 		Weights: map[string]float64{"v1": 100},
-	}}
+	}}}
 	return &Runner{Store: st, Source: r.source, Traffic: r.traffic, Models: models, Policy: testPolicy(), Interval: time.Minute, Now: r.clock.now}
 }
 
@@ -160,7 +185,7 @@ func TestRunnerActs(t *testing.T) {
 		wantCode   Code
 	}{
 		{"harm rolls back to stable at once", 0, window(1, 8000, 2000, healthy, erroring), nil, 2 * time.Minute, RolloutRolledBack, 0, 0, "v1", CodeHarm},
-		{"a healthy stage advances to the next weight", 0, window(1, 40000, 10000, healthy, healthy), nil, 11 * time.Minute, RolloutRunning, 1, 50, "v1", CodeWithinTolerance},
+		{"a healthy stage advances to the next weight", 0, window(1, 40000, 10000, healthy, healthy), nil, 11 * time.Minute, RolloutRunning, 1, 50, "v1", CodeGuarded},
 		{"the last stage promotes the canary to stable", 1, window(2, 10000, 10000, healthy, healthy), nil, 11 * time.Minute, RolloutPromoted, 1, 100, "v2", CodeWithinTolerance},
 		{"a failed query holds and moves nothing", 0, Measurements{}, errors.New("clickhouse: connection refused"), 11 * time.Minute, RolloutRunning, 0, -1, "", CodeQueryFailed},
 		{"no data holds", 0, Measurements{}, fmt.Errorf("window: %w", ErrNoData), 11 * time.Minute, RolloutRunning, 0, -1, "", CodeNoData},
@@ -277,6 +302,57 @@ func TestRunnerResumesAfterRestart(t *testing.T) {
 	w := r.source.windows[len(r.source.windows)-1]
 	if !w.From.Equal(adv.StageStarted) {
 		t.Errorf("window starts %v, want the stage start %v", w.From, adv.StageStarted)
+	}
+}
+
+// TestRunnerKilledAtAStageChangeFinishesTheMoveAndNeverReverts kills the
+// runner right after the control plane took the next stage's weights and
+// before the outcome was saved, then restarts it from its data directory.
+func TestRunnerKilledAtAStageChangeFinishesTheMoveAndNeverReverts(t *testing.T) {
+	r := newRig(t)
+	ro := r.start(t)
+	r.source.m = window(1, 40000, 10000, testArm(), testArm())
+	r.clock.add(11 * time.Minute)
+	r.traffic.crash = func() { panic("killed") }
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("the runner was not killed")
+			}
+		}()
+		r.runner.Step(context.Background(), ro.ID)
+	}()
+	st, err := OpenStore(r.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	killed, err := st.Get(ro.ID)
+	if err != nil || killed.Pending != ActionAdvance || killed.Stage != 0 {
+		t.Fatalf("after the kill the store holds %+v (%v); want the intent to advance, saved before traffic moved", killed, err)
+	}
+	moves := r.traffic.count()
+	r.runner = r.newRunner(st)
+	r.clock.add(30 * time.Second)
+	got, err := r.runner.Step(context.Background(), ro.ID)
+	if err != nil || got.Stage != 1 || got.Pending != "" || got.Status != RolloutRunning {
+		t.Fatalf("after the restart: %v %+v", err, got)
+	}
+	for _, c := range r.traffic.calls[moves:] {
+		if c.weights["v2"] != 50 {
+			t.Errorf("the restarted runner set canary %v %%: a reversal of the advance to 50 %%", c.weights["v2"])
+		}
+	}
+	if n := r.traffic.count() - moves; n != 0 {
+		t.Errorf("the restarted runner published %d changes for weights already in place, want none", n)
+	}
+	advances := 0
+	for _, e := range got.History {
+		if e.Kind == "action" && e.Action == ActionAdvance {
+			advances++
+		}
+	}
+	if advances != 1 {
+		t.Errorf("%d advances recorded, want exactly one", advances)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"sort"
 	"sync"
 	"time"
 
@@ -13,38 +14,66 @@ import (
 	"github.com/llmcanary/llmcanary/internal/config"
 )
 
-// ArmModel draws one version's simulated requests.
+// ArmModel draws one version's simulated answers for one user. Latencies
+// are multiplied by the user's persistent latency factor and by the
+// time-of-day drift; the bad-answer probability is shifted per user on the
+// logit scale.
 type ArmModel struct {
-	Version   string
-	LatencyMs stats.Sampler // required
+	Version string
+	// LatencyMs, TTFTMs and ITLMs draw a request's values for a user whose
+	// factor is 1, before drift. LatencyMs is required.
+	LatencyMs stats.Sampler
+	TTFTMs    stats.Sampler
+	ITLMs     stats.Sampler
 	ErrorRate float64
 	// RefusalRate is the share of successful requests that are refusals.
 	RefusalRate float64
-	// Quality draws a judged score; QualityShare is the share of
-	// successful requests that are judged. Nil Quality: none.
-	Quality      stats.Sampler
-	QualityShare float64
+	// BadRate is the chance that an answer is bad (judged 0, else 1) for
+	// a user of median propensity.
+	BadRate float64
+	// JudgeRate is the share of this arm's answers the judge grades.
+	JudgeRate float64
 	// Tokens draws completion tokens; cost is tokens times PricePerToken.
 	Tokens        stats.Sampler
 	PricePerToken float64
 }
 
+// Population is the simulated model's users.
+type Population struct {
+	Users int
+	// ActivitySigma is the log-normal spread of users' activity: 0 makes
+	// every user equally active; 1.5 gives a few users most requests.
+	ActivitySigma float64
+	// LatencySigma is the spread of each user's persistent log-latency
+	// factor (long prompts, big contexts).
+	LatencySigma float64
+	// QualitySigma is the spread of each user's persistent logit shift of
+	// the bad-answer probability (hard users).
+	QualitySigma float64
+}
+
 // RolloutSimConfig describes simulated rollouts that run through Decide
-// exactly as the runner does: one look per interval on the cumulative data
-// of the stage, advancing, promoting, rolling back or pausing as decided.
+// exactly as the runner does, with the runner's cadence: requests arrive
+// from users, routed by their sticky bucket at the stage's weight, and
+// every LookEvery the stage is decided on the tally of everything so far.
 type RolloutSimConfig struct {
 	Rollouts int    // default 1000
 	Seed     uint64 // rollout i uses PCG(Seed, i)
 	Policy   Policy
-	// Interval is the simulated time between looks; RequestsPerLook the
-	// requests (both arms) of one interval.
-	Interval        time.Duration
-	RequestsPerLook int
-	Stable, Canary  ArmModel
+	Users    Population
+	// RatePerSecond is the model's mean request rate; Drift is the
+	// relative amplitude of its time-of-day cycle (period DriftPeriod),
+	// which moves the latencies of both arms by Drift/3 as well.
+	RatePerSecond float64
+	Drift         float64
+	DriftPeriod   time.Duration
+	// LookEvery is the runner's cadence. Default 2 s.
+	LookEvery      time.Duration
+	Stable, Canary ArmModel
 	// Workers run rollouts in parallel. Default 2.
 	Workers int
 	// NaiveAtTolerance makes the naive comparison test "worse by more than
-	// the tolerance" (the null Decide uses) instead of "worse at all".
+	// the tolerance" instead of "worse at all".
 	NaiveAtTolerance bool
 }
 
@@ -54,43 +83,49 @@ type RolloutSimResult struct {
 	Promoted   int `json:"promoted"`
 	RolledBack int `json:"rolled_back"`
 	Paused     int `json:"paused"`
+	// SRMPaused counts the pauses caused by a sample-ratio mismatch.
+	SRMPaused int `json:"srm_paused"`
 	// RollbackRate is RolledBack / Rollouts: a false-rollback rate in an
 	// A/A simulation, a power otherwise.
 	RollbackRate float64 `json:"rollback_rate"`
 	// NaiveRollbacks counts rollouts in which a fixed-horizon one-sided
 	// z-test of "canary worse" per metric (Bonferroni over metrics, at the
-	// policy's alpha), re-run on the cumulative data at every look, would
-	// have rolled back at some look: the anti-pattern, measured on the same
-	// data and looks.
+	// policy's alpha, request-level variances), re-run on the stage's data
+	// at every look, would have rolled back at some look: the
+	// anti-pattern, on the same data and looks.
 	NaiveRollbacks int     `json:"naive_rollbacks"`
 	NaiveRate      float64 `json:"naive_rate"`
-	// MedianCanaryAtRollback is the median of the canary requests served
-	// (over the whole rollout) when the rollback was decided; NaN if none.
+	// CanaryAtRollback: the median and 95th percentile of the canary
+	// requests served over the rollout when the rollback was decided;
+	// NaN if none.
 	MedianCanaryAtRollback float64 `json:"median_canary_at_rollback"`
-	// MedianLooksToPromote is the median number of looks of promoted
-	// rollouts; NaN if none.
-	MedianLooksToPromote float64 `json:"median_looks_to_promote"`
-	// RollbackMetrics counts, per metric, the rollbacks it was part of.
+	P95CanaryAtRollback    float64 `json:"p95_canary_at_rollback"`
+	// MedianCanaryToPromote is the median of the canary requests served
+	// over promoted rollouts; NaN if none.
+	MedianCanaryToPromote float64 `json:"median_canary_to_promote"`
+	MaxCanaryToPromote    float64 `json:"max_canary_to_promote"`
+	// RollbackMetrics counts, per metric, the rollbacks it was part of;
+	// PauseMetrics the pauses at which it was not yet decided.
 	RollbackMetrics map[Metric]int `json:"rollback_metrics"`
+	PauseMetrics    map[Metric]int `json:"pause_metrics"`
 }
 
 // String is a one-line summary for logs and the closing report.
 func (r RolloutSimResult) String() string {
-	return fmt.Sprintf("%d rollouts: %d promoted, %d rolled back (%.2f %%), %d paused; naive per-look test would roll back %.2f %%; median canary requests at rollback %.0f; median looks to promote %.0f",
-		r.Rollouts, r.Promoted, r.RolledBack, 100*r.RollbackRate, r.Paused, 100*r.NaiveRate, r.MedianCanaryAtRollback, r.MedianLooksToPromote)
+	return fmt.Sprintf("%d rollouts: %d promoted, %d rolled back (%.1f %%), %d paused (%d SRM); naive per-look test %.1f %%; canary requests at rollback median %.0f p95 %.0f; to promote median %.0f max %.0f",
+		r.Rollouts, r.Promoted, r.RolledBack, 100*r.RollbackRate, r.Paused, r.SRMPaused, 100*r.NaiveRate,
+		r.MedianCanaryAtRollback, r.P95CanaryAtRollback, r.MedianCanaryToPromote, r.MaxCanaryToPromote)
 }
 
 type simOutcome struct {
 	action       Action
+	code         Code
 	naive        bool
-	looks        int
 	canaryServed int
 	metrics      []Metric
 }
 
-// SimulateRollouts runs cfg's rollouts through Decide. Each look draws
-// RequestsPerLook requests, each going to the canary with the stage's
-// weight, and appends them to the stage's window.
+// SimulateRollouts runs cfg's rollouts through Decide.
 func SimulateRollouts(cfg RolloutSimConfig) (RolloutSimResult, error) {
 	if cfg.Rollouts == 0 {
 		cfg.Rollouts = 1000
@@ -98,8 +133,14 @@ func SimulateRollouts(cfg RolloutSimConfig) (RolloutSimResult, error) {
 	if cfg.Workers == 0 {
 		cfg.Workers = 2
 	}
-	if cfg.Interval <= 0 || cfg.RequestsPerLook <= 0 {
-		return RolloutSimResult{}, errors.New("simulate: interval and requests per look must be positive")
+	if cfg.LookEvery == 0 {
+		cfg.LookEvery = 2 * time.Second
+	}
+	if cfg.DriftPeriod == 0 {
+		cfg.DriftPeriod = time.Hour
+	}
+	if !(cfg.RatePerSecond > 0) || cfg.Users.Users <= 0 {
+		return RolloutSimResult{}, errors.New("simulate: the request rate and the number of users must be positive")
 	}
 	if cfg.Stable.LatencyMs == nil || cfg.Canary.LatencyMs == nil {
 		return RolloutSimResult{}, errors.New("simulate: both arms need a latency sampler")
@@ -125,13 +166,13 @@ func SimulateRollouts(cfg RolloutSimConfig) (RolloutSimResult, error) {
 	close(next)
 	wg.Wait()
 
-	res := RolloutSimResult{Rollouts: cfg.Rollouts, RollbackMetrics: map[Metric]int{}}
-	var atRollback, looks []float64
+	res := RolloutSimResult{Rollouts: cfg.Rollouts, RollbackMetrics: map[Metric]int{}, PauseMetrics: map[Metric]int{}}
+	var atRollback, toPromote []float64
 	for _, o := range out {
 		switch o.action {
 		case ActionPromote:
 			res.Promoted++
-			looks = append(looks, float64(o.looks))
+			toPromote = append(toPromote, float64(o.canaryServed))
 		case ActionRollback:
 			res.RolledBack++
 			atRollback = append(atRollback, float64(o.canaryServed))
@@ -140,6 +181,12 @@ func SimulateRollouts(cfg RolloutSimConfig) (RolloutSimResult, error) {
 			}
 		case ActionPause:
 			res.Paused++
+			if o.code == CodeSRM {
+				res.SRMPaused++
+			}
+			for _, m := range o.metrics {
+				res.PauseMetrics[m]++
+			}
 		}
 		if o.naive {
 			res.NaiveRollbacks++
@@ -147,111 +194,188 @@ func SimulateRollouts(cfg RolloutSimConfig) (RolloutSimResult, error) {
 	}
 	res.RollbackRate = float64(res.RolledBack) / float64(res.Rollouts)
 	res.NaiveRate = float64(res.NaiveRollbacks) / float64(res.Rollouts)
-	res.MedianCanaryAtRollback = median(atRollback)
-	res.MedianLooksToPromote = median(looks)
+	res.MedianCanaryAtRollback = quantileOf(atRollback, 0.5)
+	res.P95CanaryAtRollback = quantileOf(atRollback, 0.95)
+	res.MedianCanaryToPromote = quantileOf(toPromote, 0.5)
+	res.MaxCanaryToPromote = quantileOf(toPromote, 1)
 	return res, nil
 }
 
-func median(xs []float64) float64 {
+func quantileOf(xs []float64, q float64) float64 {
 	if len(xs) == 0 {
 		return math.NaN()
 	}
 	slices.Sort(xs)
-	return stats.QuantileSorted(xs, 0.5)
+	return stats.QuantileSorted(xs, q)
+}
+
+// simUser is one simulated user.
+type simUser struct {
+	bucket  float64 // uniform: on the canary while bucket < weight
+	latency float64 // persistent latency factor
+	logit   float64 // persistent shift of the bad-answer logit
 }
 
 func simulateOne(cfg RolloutSimConfig, r *rand.Rand) simOutcome {
 	p := cfg.Policy
 	stages := p.EvaluatedStages()
-	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	pop := cfg.Users
+	users := make([]simUser, pop.Users)
+	cum := make([]float64, pop.Users)
+	var total float64
+	for i := range users {
+		users[i] = simUser{
+			bucket:  r.Float64(),
+			latency: math.Exp(pop.LatencySigma * r.NormFloat64()),
+			logit:   pop.QualitySigma * r.NormFloat64(),
+		}
+		total += math.Exp(pop.ActivitySigma * r.NormFloat64())
+		cum[i] = total
+	}
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	now := start
 	st := NewStageState(0, now)
-	var o simOutcome
-	m := Measurements{Stable: Arm{Version: "stable"}, Canary: Arm{Version: "canary"}}
+	tally := NewTally(TallyOptions{TailQuantile: p.TailQuantile})
+	nextLook := now.Add(cfg.LookEvery)
 	// Bound the simulated time: every stage at its maximum, plus slack.
-	maxLooks := len(stages) * (int(p.MaxStageDuration.D()/cfg.Interval) + 2)
-	for o.looks < maxLooks {
-		w := stages[st.Stage].Weight / 100
-		for range cfg.RequestsPerLook {
-			if r.Float64() < w {
-				draw(&m.Canary, cfg.Canary, r)
-				o.canaryServed++
-			} else {
-				draw(&m.Stable, cfg.Stable, r)
+	end := start.Add(time.Duration(len(stages)+1) * p.MaxStageDuration.D())
+	var o simOutcome
+	phase := r.Float64() * 2 * math.Pi
+	drift := func(t time.Time) float64 {
+		return math.Sin(phase + 2*math.Pi*t.Sub(start).Seconds()/cfg.DriftPeriod.Seconds())
+	}
+	for now.Before(end) {
+		// Arrivals: a Poisson process whose rate follows the drift.
+		rate := cfg.RatePerSecond * (1 + cfg.Drift*drift(now))
+		now = now.Add(time.Duration(r.ExpFloat64() / rate * float64(time.Second)))
+		for !now.Before(nextLook) {
+			m := tally.Measurements("m", "stable", "canary", nextLook)
+			var d Decision
+			d, st = Decide(p, st, m, nextLook)
+			if !o.naive && naiveHarm(p, m, cfg.NaiveAtTolerance) {
+				o.naive = true
 			}
-		}
-		now = now.Add(cfg.Interval)
-		o.looks++
-		var d Decision
-		d, st = Decide(p, st, m, now)
-		if !o.naive && naiveHarm(p, d, cfg.NaiveAtTolerance) {
-			o.naive = true
-		}
-		switch d.Action {
-		case ActionAdvance:
-			st = NewStageState(st.Stage+1, now)
-			m = Measurements{Stable: Arm{Version: "stable"}, Canary: Arm{Version: "canary"}}
-		case ActionRollback:
-			for _, mr := range d.Metrics {
-				if mr.Status == StatusHarm {
-					o.metrics = append(o.metrics, mr.Metric)
+			switch d.Action {
+			case ActionAdvance:
+				st = NextStageState(st, nextLook, nextLook)
+				tally.StartStage(nextLook)
+			case ActionRollback:
+				for _, mr := range d.Metrics {
+					if mr.Status == StatusHarm {
+						o.metrics = append(o.metrics, mr.Metric)
+					}
 				}
+				o.action, o.code = d.Action, d.Code
+				return o
+			case ActionPause:
+				for _, mr := range d.Metrics {
+					if mr.Status != StatusWithin {
+						o.metrics = append(o.metrics, mr.Metric)
+					}
+				}
+				o.action, o.code = d.Action, d.Code
+				return o
+			case ActionPromote:
+				o.action, o.code = d.Action, d.Code
+				return o
 			}
-			o.action = d.Action
-			return o
-		case ActionPromote, ActionPause:
-			o.action = d.Action
-			return o
+			nextLook = nextLook.Add(cfg.LookEvery)
 		}
+		u := sort.SearchFloat64s(cum, r.Float64()*total)
+		u = min(u, len(users)-1)
+		user := users[u]
+		w := stages[st.Stage].Weight / 100
+		req := Request{At: now, User: uint64(u), Canary: user.bucket < w}
+		model := cfg.Stable
+		if req.Canary {
+			model = cfg.Canary
+			o.canaryServed++
+		}
+		drawRequest(&req, model, user, 1+cfg.Drift/3*drift(now), r)
+		tally.Add(req)
 	}
 	o.action = ActionHold
 	return o
 }
 
-func draw(a *Arm, model ArmModel, r *rand.Rand) {
-	a.Requests++
+func drawRequest(req *Request, model ArmModel, u simUser, drift float64, r *rand.Rand) {
 	if r.Float64() < model.ErrorRate {
-		a.Failures++
+		req.Outcome = OutcomeFailure
 		return
 	}
-	a.Successes++
-	if r.Float64() < model.RefusalRate {
-		a.Refusals++
+	req.Outcome = OutcomeSuccess
+	req.Refusal = r.Float64() < model.RefusalRate
+	f := u.latency * drift
+	req.LatencyMs = model.LatencyMs(r) * f
+	if model.TTFTMs != nil {
+		req.Streamed = true
+		req.TTFTMs = model.TTFTMs(r) * f
+		if model.ITLMs != nil {
+			req.ITLMs = model.ITLMs(r) * f
+		}
 	}
-	a.LatencyMs = append(a.LatencyMs, model.LatencyMs(r))
 	if model.Tokens != nil {
-		t := math.Max(1, math.Round(model.Tokens(r)))
-		a.CompletionTokens = append(a.CompletionTokens, t)
-		a.CostUSD = append(a.CostUSD, t*model.PricePerToken)
+		req.Tokens = math.Max(1, math.Round(model.Tokens(r)))
+		req.CostUSD = req.Tokens * model.PricePerToken
 	}
-	if model.Quality != nil && r.Float64() < model.QualityShare {
-		a.Quality = append(a.Quality, model.Quality(r))
+	if r.Float64() < model.JudgeRate {
+		req.Judged = true
+		bad := 1 / (1 + math.Exp(-(logit(model.BadRate) + u.logit)))
+		req.Quality = 1
+		if r.Float64() < bad {
+			req.Quality = 0
+		}
 	}
 }
 
-// naiveHarm is the anti-pattern the simulation compares with: a
-// fixed-horizon one-sided z-test of "canary worse than stable" for each
-// metric on all data so far (the look's estimate over its standard error),
+func logit(p float64) float64 {
+	p = math.Min(math.Max(p, 1e-9), 1-1e-9)
+	return math.Log(p / (1 - p))
+}
+
+// naiveHarm is the anti-pattern the simulation compares with: for each
+// metric, a fixed-horizon one-sided z-test of "canary worse than stable"
+// on the stage's data so far, with the variance of independent requests,
 // Bonferroni over the metrics, at the policy's alpha, re-run at every look
 // as if each look were the only one. atTolerance moves its null from "no
 // difference" to "worse by exactly the tolerance".
-func naiveHarm(p Policy, d Decision, atTolerance bool) bool {
+func naiveHarm(p Policy, m Measurements, atTolerance bool) bool {
 	z := zQuantile(1 - p.Alpha/float64(len(p.Tolerances)))
-	for _, r := range d.Metrics {
-		if r.StdErr <= 0 || r.Status == StatusNotMeasured || r.Status == StatusTooFew {
+	for metric, tol := range p.Tolerances {
+		c, s := m.Canary.Sums[metric], m.Stable.Sums[metric]
+		if c.N < float64(p.MinTestSamples) || s.N < float64(p.MinTestSamples) {
 			continue
 		}
-		harm := r.Estimate
-		if r.Kind == KindScore {
+		kind, _ := MetricKind(metric)
+		// Request-level variance: every request its own cluster.
+		v := requestVariance(c)/c.N + requestVariance(s)/s.N
+		harm := c.Mean() - s.Mean()
+		if kind == KindRelative {
+			harm, v = harm/s.Mean(), v/(s.Mean()*s.Mean())
+		}
+		if kind == KindScore {
 			harm = -harm
 		}
 		if atTolerance {
-			harm -= r.Tolerance
+			harm -= tol
 		}
-		if harm/r.StdErr > z {
+		if v > 0 && harm/math.Sqrt(v) > z {
 			return true
 		}
 	}
 	return false
+}
+
+// requestVariance approximates the per-request variance from per-user
+// sums: exact for 0/1 outcomes, the between-user variance of user means
+// otherwise (a lower bound that errs, as the naive test does, towards
+// too little variance).
+func requestVariance(c stats.Clustered) float64 {
+	mean := c.Mean()
+	if c.SS <= c.S && mean <= 1 && mean >= 0 {
+		return mean * (1 - mean)
+	}
+	return math.Max(0, c.SS/c.NN-mean*mean)
 }
 
 // zQuantile is the standard normal quantile by bisection on Erfc.
@@ -271,86 +395,107 @@ func zQuantile(p float64) float64 {
 // Scenario is a named simulation with what it is expected to show.
 type Scenario struct {
 	Name   string
+	Target string
 	Config RolloutSimConfig
 }
 
 // SimPolicy is the policy the validation scenarios run: the default
-// policy with each stage's minimum time one look long, so that the stages
-// move as fast as their sample sizes allow, and a maximum of 60 looks.
-func SimPolicy(interval time.Duration) Policy {
+// policy with no minimum stage time, so that stages move as fast as their
+// sample sizes allow, and at most an hour per stage.
+func SimPolicy() Policy {
 	p := DefaultPolicy()
 	for i := range p.Stages {
 		if p.Stages[i].Weight < 100 {
 			p.Stages[i].MinDuration = 0
 		}
 	}
-	p.MaxStageDuration = config.Duration(60 * interval)
+	p.MaxStageDuration = config.Duration(time.Hour)
 	return p
 }
 
-// Scenarios returns the statistical validation of the decision rules:
-//
-//   - aa: stable against itself; every rollback is false;
-//   - quality: the documented case, bad answers from 3 % to 14 %
-//     (quality 0.97 to 0.86, every answer judged);
-//   - p99: a canary whose p99 latency is 30 % higher (its slowest 5 %
-//     of requests are 30 % slower) while its mean moves about 2 %;
-//   - healthy: a canary 5 % faster and otherwise the same, to be promoted;
-//   - boundary: a canary exactly at two tolerances (mean latency +10 %,
-//     errors +1 point), the worst case of the harm tests' null: every
-//     rollback is false, and the naive test here uses the same null. Its
-//     stages are inconclusive by design, so they end after 20 looks.
-//
-// Traffic is 10,000 requests per one-minute look; latency is log-normal
-// (median 800 ms, sigma 0.5), 1 % errors, 2 % refusals, about 250
-// completion tokens, 20 % of answers judged.
-func Scenarios(rollouts int, seed uint64) []Scenario {
-	interval := time.Minute
-	base := ArmModel{
+// BaseArm is the stable version of the scenarios: log-normal latency
+// (median 800 ms, sigma 0.5), TTFT (median 150 ms) and ITL (median 20 ms,
+// both sigma 0.5), 0.5 % errors, 2 % refusals, 3 % bad answers of which
+// 20 % are judged, about 250 completion tokens.
+func BaseArm() ArmModel {
+	return ArmModel{
 		Version:       "v1",
 		LatencyMs:     stats.LogNormal(math.Log(800), 0.5),
-		ErrorRate:     0.01,
+		TTFTMs:        stats.LogNormal(math.Log(150), 0.5),
+		ITLMs:         stats.LogNormal(math.Log(20), 0.3),
+		ErrorRate:     0.005,
 		RefusalRate:   0.02,
-		Quality:       stats.Bernoulli(0.97),
-		QualityShare:  0.2,
+		BadRate:       0.03,
+		JudgeRate:     0.2,
 		Tokens:        stats.Normal(250, 60),
 		PricePerToken: 2e-6,
 	}
-	mk := func(name string, canary ArmModel) Scenario {
-		canary.Version = "v2"
-		return Scenario{Name: name, Config: RolloutSimConfig{
-			Rollouts: rollouts, Seed: seed, Policy: SimPolicy(interval), Interval: interval,
-			RequestsPerLook: 10000, Stable: base, Canary: canary,
-		}}
-	}
-	quality := base
-	quality.Quality, quality.QualityShare = stats.Bernoulli(0.86), 1
-	stableQ := base
-	stableQ.QualityShare = 1
-	qs := mk("quality", quality)
-	qs.Config.Stable = stableQ
-	slowTail := base
-	q95 := math.Exp(math.Log(800) + 1.6448536269514722*0.5)
-	slowTail.LatencyMs = func(r *rand.Rand) float64 {
-		x := base.LatencyMs(r)
+}
+
+// slowTail returns s with its slowest 5 % of draws (beyond the log-normal's
+// 95th percentile) f times slower.
+func slowTail(s stats.Sampler, median, sigma, f float64) stats.Sampler {
+	q95 := math.Exp(math.Log(median) + 1.6448536269514722*sigma)
+	return func(r *rand.Rand) float64 {
+		x := s(r)
 		if x > q95 {
-			x *= 1.3
+			x *= f
 		}
 		return x
 	}
+}
+
+// Scenarios returns the statistical validation of the decision rules, each
+// with its target. Users are 5000 sticky users of log-normal activity
+// (sigma 1: the busiest 1 % send about a tenth of the requests), each
+// with a persistent latency factor (log-sd 0.5) and bad-answer propensity
+// (logit-sd 1); traffic is 20 requests per second with a ±30 % daily
+// cycle shared by both arms; the runner looks every 2 s.
+func Scenarios(rollouts int, seed uint64) []Scenario {
+	base := BaseArm()
+	pop := Population{Users: 5000, ActivitySigma: 1, LatencySigma: 0.5, QualitySigma: 1}
+	mk := func(name, target string, canary ArmModel) Scenario {
+		canary.Version = "v2"
+		return Scenario{Name: name, Target: target, Config: RolloutSimConfig{
+			Rollouts: rollouts, Seed: seed, Policy: SimPolicy(), Users: pop,
+			RatePerSecond: 20, Drift: 0.3, LookEvery: 2 * time.Second,
+			Stable: base, Canary: canary,
+		}}
+	}
+	aa := mk("aa", "false rollback <= 5 %, false SRM pause <= 1 %", base)
+	small := mk("aa-50-users", "false rollback <= 5 %, false SRM pause <= 1 %", base)
+	small.Config.Users.Users = 50
+	small.Config.RatePerSecond = 2
+
+	judgedStable := base
+	judgedStable.JudgeRate = 1
+	bad := judgedStable
+	bad.BadRate = 0.14
+	quality := mk("quality-3-to-14", "median <= 40 canary requests, p95 <= 100", bad)
+	quality.Config.Stable = judgedStable
+
+	errs := base
+	errs.ErrorRate = 0.05
+	p99 := base
+	p99.LatencyMs = slowTail(base.LatencyMs, 800, 0.5, 1.3)
+	ttft := base
+	ttft.TTFTMs = slowTail(base.TTFTMs, 150, 0.5, 1.3)
 	healthy := base
 	healthy.LatencyMs = stats.LogNormal(math.Log(760), 0.5)
-	atTol := base
-	atTol.LatencyMs = stats.LogNormal(math.Log(800*1.1), 0.5)
-	atTol.ErrorRate = base.ErrorRate + 0.01
-	boundary := mk("boundary", atTol)
-	boundary.Config.NaiveAtTolerance = true
-	boundary.Config.Policy.MaxStageDuration = config.Duration(20 * interval)
+	half := base
+	half.ErrorRate = base.ErrorRate + 0.005
+	half.LatencyMs = stats.LogNormal(math.Log(800*1.05), 0.5)
+	over := base
+	over.ErrorRate = base.ErrorRate + 0.015
 	return []Scenario{
-		mk("aa", base),
-		qs,
-		mk("p99", slowTail),
-		mk("healthy", healthy),
-		boundary,
+		aa,
+		small,
+		quality,
+		mk("errors-0.5-to-5", "median <= 60 canary requests", errs),
+		mk("p99-latency+30%", "median <= 300 canary requests", p99),
+		mk("ttft-p99+30%", "median <= 300 canary requests", ttft),
+		mk("healthy", "promoted with <= 10k canary requests; rolled back <= 5 %", healthy),
+		mk("half-tolerance", "rolled back <= 10 %", half),
+		mk("1.5x-tolerance", "promoted <= 5 %", over),
 	}
 }

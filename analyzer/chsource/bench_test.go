@@ -70,15 +70,15 @@ func BenchmarkMeasure200k(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if m.Stable.Requests != perArm || m.Canary.Requests != perArm || len(m.Canary.Quality) != perArm/10 {
+			if m.Stable.Requests != perArm || m.Canary.Requests != perArm || m.Canary.Judged != perArm/10 {
 				b.Fatalf("measured %d/%d requests and %d canary scores, want %d/%d and %d",
-					m.Stable.Requests, m.Canary.Requests, len(m.Canary.Quality), perArm, perArm, perArm/10)
+					m.Stable.Requests, m.Canary.Requests, m.Canary.Judged, perArm, perArm, perArm/10)
 			}
 		}
 		b.ReportMetric(float64(2*perArm)*float64(b.N)/time.Since(begin).Seconds(), "rows/s")
 	})
 	b.Run("baseline=count", func(b *testing.B) {
-		q := fmt.Sprintf("SELECT count() FROM %s.%s WHERE %s", db, wire.TableRequests, windowFilter(w).all)
+		q := fmt.Sprintf("SELECT count() FROM %s.%s WHERE %s", db, wire.TableRequests, windowFilter(w.From, w.To).all)
 		for b.Loop() {
 			var n uint64
 			if err := conn.QueryRow(context.Background(), q, w.Model, w.Stable, w.Canary).Scan(&n); err != nil {

@@ -60,7 +60,7 @@ func TestMeasureReadsWhatTheJudgeScored(t *testing.T) {
 		t.Fatalf("judged %d (%v), want %d", n, err, len(recs))
 	}
 
-	m, err := New(conn, db).Measure(context.Background(), w)
+	m, err := newSource(conn, db).Measure(context.Background(), w)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,17 +15,22 @@ import (
 
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/quality"
-	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
-var _ analyzer.MetricsSource = (*Source)(nil)
+var (
+	_ analyzer.MetricsSource = (*Source)(nil)
+	_ analyzer.Watermarker   = (*Source)(nil)
+)
 
 // Source measures windows in one ClickHouse database. Safe for concurrent
 // use; the caller keeps ownership of the connection.
 type Source struct {
 	conn driver.Conn
 	db   string
+	// KeepValues keeps each arm's raw values in the measurements, for the
+	// A/B reports' win rates.
+	KeepValues bool
 }
 
 // New returns a Source reading database ("" means wire.Database) over
@@ -39,9 +44,13 @@ func New(conn driver.Conn, database string) *Source {
 
 var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
-// Measure returns the stable and canary arms of w's model over the same
-// window [w.From, w.To), by the request time ts_ms, in two queries: one
-// over the requests table, one over the quality table.
+// Measure reads the rollout's requests of w's model and versions from
+// w.RolloutFrom (w.From when zero) to w.To, in time order, and counts them
+// through an analyzer.Tally: the stage's window [w.From, w.To) for both
+// arms, the users' first events since the rollout began, and the tail
+// thresholds. Every request is one row, joined with the average of its
+// quality scores, one per source (judge, user feedback; two judges racing
+// on one request count once), when it has any.
 //
 // Only requests that reached their version by the random split count:
 // forced requests (forced = 1) are left out, and so is every request with
@@ -50,47 +59,59 @@ var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 // so all categorised requests are left out rather than some of them
 // wrongly kept.
 //
-// Per arm: Requests counts every such request; Failures those whose
-// failure is set to anything but client_cancel; Successes those without
-// failure; Refusals the successes the model refused. The value lists are those
-// of successes: LatencyMs is total_ms; TTFTMs and ITLMs come from streamed
-// successes only, and ITLMs only from those with at least two completion
-// tokens and a measured gap (as the extproc metrics count them); CostUSD
-// and CompletionTokens from every success. Quality holds the judge and
-// feedback scores of exactly the requests counted, one per request and
-// source. A missing quality table means no scores.
+// A request whose failure is set to anything but client_cancel is a
+// failure; a client cancellation is counted as a request that neither
+// failed nor succeeded. TTFT and ITL come from streamed successes only,
+// and ITL only from those with at least two completion tokens and a
+// measured gap (as the extproc metrics count them). A missing quality
+// table means no scores.
 //
-// When an arm has no request in the window the error wraps
-// analyzer.ErrNoData, and the Measurements returned with it are filled as
-// far as they go; a failed query returns another wrapped error.
+// When the rollout has no request at all the error wraps
+// analyzer.ErrNoData; one empty arm is data (the sample-ratio check reads
+// it). A failed query returns another wrapped error.
 func (s *Source) Measure(ctx context.Context, w analyzer.Window) (analyzer.Measurements, error) {
+	if w.RolloutFrom.IsZero() || w.RolloutFrom.After(w.From) {
+		w.RolloutFrom = w.From
+	}
 	m := analyzer.Measurements{Model: w.Model, From: w.From, To: w.To,
 		Stable: analyzer.Arm{Version: w.Stable}, Canary: analyzer.Arm{Version: w.Canary}}
 	if err := s.check(w); err != nil {
 		return m, err
 	}
-	filter := windowFilter(w)
-	if err := s.readRequests(ctx, filter, w, &m.Stable, &m.Canary); err != nil {
+	t := analyzer.NewTally(analyzer.TallyOptions{TailQuantile: w.TailQuantile, KeepValues: s.KeepValues})
+	t.StartStage(w.From)
+	n, err := s.readRequests(ctx, w, t)
+	if err != nil {
 		return m, err
 	}
-	var empty []string
-	for _, a := range []*analyzer.Arm{&m.Stable, &m.Canary} {
-		if a.Requests == 0 {
-			empty = append(empty, a.Version)
-		}
-	}
-	if len(empty) == 2 {
+	m = t.Measurements(w.Model, w.Stable, w.Canary, w.To)
+	if n == 0 {
 		return m, fmt.Errorf("chsource: model %s, versions %s and %s, %s..%s: %w",
-			w.Model, w.Stable, w.Canary, w.From.UTC().Format(time.RFC3339Nano), w.To.UTC().Format(time.RFC3339Nano), analyzer.ErrNoData)
-	}
-	if err := s.readQuality(ctx, filter, w, &m.Stable, &m.Canary); err != nil {
-		return m, err
-	}
-	if len(empty) == 1 {
-		return m, fmt.Errorf("chsource: model %s, version %s has no requests in %s..%s: %w",
-			w.Model, empty[0], w.From.UTC().Format(time.RFC3339Nano), w.To.UTC().Format(time.RFC3339Nano), analyzer.ErrNoData)
+			w.Model, w.Stable, w.Canary, w.RolloutFrom.UTC().Format(time.RFC3339Nano), w.To.UTC().Format(time.RFC3339Nano), analyzer.ErrNoData)
 	}
 	return m, nil
+}
+
+// Watermark is a cheap fingerprint of the rollout's rows, requests and
+// quality scores: it changes when a row arrives.
+func (s *Source) Watermark(ctx context.Context, w analyzer.Window) (string, error) {
+	if w.RolloutFrom.IsZero() || w.RolloutFrom.After(w.From) {
+		w.RolloutFrom = w.From
+	}
+	if err := s.check(w); err != nil {
+		return "", err
+	}
+	filter := windowFilter(w.RolloutFrom, w.To)
+	var n, last, scores uint64
+	row := s.conn.QueryRow(ctx, fmt.Sprintf("SELECT count(), max(ts_ms) FROM %s.%s WHERE %s", s.db, wire.TableRequests, filter.key), w.Model, w.Stable, w.Canary)
+	if err := row.Scan(&n, &last); err != nil {
+		return "", fmt.Errorf("chsource: watermark: %w", err)
+	}
+	row = s.conn.QueryRow(ctx, fmt.Sprintf("SELECT count() FROM %s.%s WHERE %s", s.db, quality.Table, filter.key), w.Model, w.Stable, w.Canary)
+	if err := row.Scan(&scores); err != nil && !isUnknownTable(err) {
+		return "", fmt.Errorf("chsource: watermark: %w", err)
+	}
+	return fmt.Sprintf("%d/%d/%d", n, last, scores), nil
 }
 
 func (s *Source) check(w analyzer.Window) error {
@@ -121,8 +142,8 @@ func (s *Source) check(w analyzer.Window) error {
 // model and the two versions.
 type windowSQL struct{ key, all string }
 
-func windowFilter(w analyzer.Window) windowSQL {
-	fromMs, toMs := w.From.UnixMilli(), w.To.UnixMilli() // [fromMs, toMs)
+func windowFilter(from, to time.Time) windowSQL {
+	fromMs, toMs := from.UnixMilli(), to.UnixMilli() // [fromMs, toMs)
 	last := toMs - 1
 	key := fmt.Sprintf(`date >= %s AND date <= %s
   AND model = ? AND version IN (?, ?)
@@ -151,138 +172,81 @@ func isUnknownTable(err error) bool {
 	return errors.As(err, &ex) && ex.Code == 60
 }
 
-// requestRow is what Measure reads of one request of the window.
-type requestRow struct {
-	canary           uint8 // 1: the canary's, 0: the stable's
-	outcome          uint8 // outcomeSuccess, outcomeFailure or outcomeCancelled
-	refusal          uint8
-	streamed         uint8
-	totalMs          float64
-	ttftMs           float64
-	itlMs            float64
-	costUSD          float64
-	completionTokens uint32
-}
-
-// Outcomes of a request, computed by the query from its failure column.
-const (
-	outcomeSuccess   = 0 // failure = ''
-	outcomeFailure   = 1 // any failure but a client cancellation
-	outcomeCancelled = 2 // the client went away: not the version's fault
-)
-
-// add counts r into a as measure.go defines the arm's fields.
-func add(a *analyzer.Arm, r *requestRow) {
-	a.Requests++
-	switch r.outcome {
-	case outcomeFailure:
-		a.Failures++
-		return
-	case outcomeCancelled:
-		return
-	}
-	a.Successes++
-	if r.refusal == 1 {
-		a.Refusals++
-	}
-	a.LatencyMs = append(a.LatencyMs, r.totalMs)
-	a.CostUSD = append(a.CostUSD, r.costUSD)
-	a.CompletionTokens = append(a.CompletionTokens, float64(r.completionTokens))
-	if r.streamed == 1 {
-		a.TTFTMs = append(a.TTFTMs, r.ttftMs)
-		// One token has no gap; extproc stores 0 then, and its metrics
-		// skip it the same way.
-		if r.completionTokens > 1 && r.itlMs > 0 {
-			a.ITLMs = append(a.ITLMs, r.itlMs)
-		}
-	}
-}
-
-// readRequests streams the window's requests, one narrow row each, and
-// counts them into the arms. Rows of plain numbers scan without
-// reflection; arrays built by groupArray scan element by element through
-// reflection in clickhouse-go and were ten times slower.
-func (s *Source) readRequests(ctx context.Context, filter windowSQL, w analyzer.Window, stable, canary *analyzer.Arm) error {
-	q := fmt.Sprintf(`SELECT
+// readRequests streams the rollout's requests in time order, one narrow
+// row each with its quality score, into t, and returns how many it read.
+// Rows of plain numbers scan without reflection; arrays built by
+// groupArray scan element by element through reflection in clickhouse-go
+// and were ten times slower. Without a quality table it reads the requests
+// alone.
+func (s *Source) readRequests(ctx context.Context, w analyzer.Window, t *analyzer.Tally) (int, error) {
+	filter := windowFilter(w.RolloutFrom, w.To)
+	cols := fmt.Sprintf(`ts_ms,
+    bucket,
     version = ?,
-    multiIf(failure = '', %[3]d, failure = '%[5]s', %[4]d, 1),
+    multiIf(failure = '', %d, failure = '%s', %d, %d),
     refusal,
     streamed,
     total_ms,
     ttft_ms,
     itl_mean_ms,
     cost_usd,
-    completion_tokens
-FROM %[1]s.%[2]s
-WHERE %[6]s`, s.db, wire.TableRequests, outcomeSuccess, outcomeCancelled, extproc.FailureClientCancel, filter.all)
-	rows, err := s.conn.Query(ctx, q, w.Canary, w.Model, w.Stable, w.Canary)
+    completion_tokens`, analyzer.OutcomeSuccess, wire.FailureClientCancel, analyzer.OutcomeCancelled, analyzer.OutcomeFailure)
+	withScores := fmt.Sprintf(`SELECT %[1]s, judged, score
+FROM %[2]s.%[3]s
+ANY LEFT JOIN (
+    SELECT request_id, toUInt8(1) AS judged, avg(score) AS score
+    FROM (
+        SELECT request_id, source, any(score) AS score
+        FROM %[2]s.%[4]s
+        WHERE %[5]s AND forced = 0
+        GROUP BY request_id, source
+    )
+    GROUP BY request_id
+) USING request_id
+WHERE %[6]s
+ORDER BY ts_ms`, cols, s.db, wire.TableRequests, quality.Table, filter.key, filter.all)
+	args := []any{w.Canary, w.Model, w.Stable, w.Canary, w.Model, w.Stable, w.Canary}
+	rows, err := s.conn.Query(ctx, withScores, args...)
+	scored := true
+	if err != nil && isUnknownTable(err) {
+		scored = false
+		rows, err = s.conn.Query(ctx, fmt.Sprintf("SELECT %s, toUInt8(0), toFloat64(0)\nFROM %s.%s\nWHERE %s\nORDER BY ts_ms", cols, s.db, wire.TableRequests, filter.all),
+			w.Canary, w.Model, w.Stable, w.Canary)
+	}
 	if err != nil {
-		return fmt.Errorf("chsource: query requests: %w", err)
-	}
-	defer rows.Close()
-	var r requestRow
-	dest := []any{&r.canary, &r.outcome, &r.refusal, &r.streamed, &r.totalMs, &r.ttftMs, &r.itlMs, &r.costUSD, &r.completionTokens}
-	for rows.Next() {
-		if err := rows.Scan(dest...); err != nil {
-			return fmt.Errorf("chsource: read requests: %w", err)
-		}
-		if r.canary == 1 {
-			add(canary, &r)
-		} else {
-			add(stable, &r)
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("chsource: read requests: %w", err)
-	}
-	return nil
-}
-
-// readQuality fills each arm's Quality with the scores of the requests
-// readRequests counts. A request scored twice by one source (two judges
-// racing) counts once.
-//
-// A quality row carries its request's ts_ms, date, model, version and
-// forced flag (quality.Store and quality.Judge copy them from the requests
-// row), so the window's filter applies to the quality table as it is.
-// Only the category is not there: the subquery names the window's
-// categorised requests, normally few, to leave out. Naming the counted
-// requests instead would build a set of every request id in the window,
-// five times slower at 200 000 requests.
-func (s *Source) readQuality(ctx context.Context, filter windowSQL, w analyzer.Window, stable, canary *analyzer.Arm) error {
-	q := fmt.Sprintf(`SELECT version = ?, score
-FROM (
-    SELECT version, request_id, source, any(score) AS score
-    FROM %[1]s.%[2]s
-    WHERE %[4]s
-      AND forced = 0
-      AND request_id NOT IN (SELECT request_id FROM %[1]s.%[3]s WHERE %[4]s AND category != '')
-    GROUP BY version, request_id, source
-)`, s.db, quality.Table, wire.TableRequests, filter.key)
-	rows, err := s.conn.Query(ctx, q, w.Canary, w.Model, w.Stable, w.Canary, w.Model, w.Stable, w.Canary)
-	if err != nil {
-		if isUnknownTable(err) {
-			return nil
-		}
-		return fmt.Errorf("chsource: query quality: %w", err)
+		return 0, fmt.Errorf("chsource: query requests: %w", err)
 	}
 	defer rows.Close()
 	var (
-		isCanary uint8
-		score    float64
+		tsMs, bucket                 uint64
+		canary, outcome, refusal     uint8
+		streamed, judged             uint8
+		totalMs, ttftMs, itlMs, cost float64
+		tokens                       uint32
+		score                        float64
 	)
+	dest := []any{&tsMs, &bucket, &canary, &outcome, &refusal, &streamed, &totalMs, &ttftMs, &itlMs, &cost, &tokens, &judged, &score}
+	n := 0
 	for rows.Next() {
-		if err := rows.Scan(&isCanary, &score); err != nil {
-			return fmt.Errorf("chsource: read quality: %w", err)
+		if err := rows.Scan(dest...); err != nil {
+			return n, fmt.Errorf("chsource: read requests: %w", err)
 		}
-		if isCanary == 1 {
-			canary.Quality = append(canary.Quality, score)
-		} else {
-			stable.Quality = append(stable.Quality, score)
+		n++
+		r := analyzer.Request{At: time.UnixMilli(int64(tsMs)), User: bucket, Canary: canary == 1, Outcome: analyzer.Outcome(outcome),
+			Refusal: refusal == 1, Streamed: streamed == 1, LatencyMs: totalMs, CostUSD: cost, Tokens: float64(tokens),
+			Judged: scored && judged == 1, Quality: score}
+		if r.Streamed {
+			r.TTFTMs = ttftMs
+			// One token has no gap; extproc stores 0 then, and its
+			// metrics skip it the same way.
+			if tokens > 1 && itlMs > 0 {
+				r.ITLMs = itlMs
+			}
 		}
+		t.Add(r)
 	}
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("chsource: read quality: %w", err)
+		return n, fmt.Errorf("chsource: read requests: %w", err)
 	}
-	return nil
+	return n, nil
 }

@@ -3,9 +3,13 @@ package chsource
 import (
 	"context"
 	"errors"
+	"hash/fnv"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/quality"
@@ -21,14 +25,29 @@ var (
 	win  = analyzer.Window{Model: "m", Stable: "v1", Canary: "v2", From: from, To: to}
 )
 
+// Each fixture request comes from its own user (bucket) unless a test
+// says otherwise.
+func bucketOf(id string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(id))
+	return h.Sum64()
+}
+
 func ok(id, version string, at time.Time, streamed bool, totalMs, ttftMs, itlMs float64, tokens uint32, cost float64) extproc.Record {
 	return extproc.Record{RequestID: id, Model: "m", Version: version, Time: at, Path: "/v1/chat/completions",
 		Status: 200, Streamed: streamed, TotalMs: totalMs, TTFTMs: ttftMs, ITLMeanMs: itlMs,
-		CompletionTokens: tokens, CostUSD: cost, FinishReason: "stop"}
+		CompletionTokens: tokens, CostUSD: cost, FinishReason: "stop", Bucket: bucketOf(id)}
 }
 
 func failed(id, version string, at time.Time, failure string) extproc.Record {
-	return extproc.Record{RequestID: id, Model: "m", Version: version, Time: at, Status: 503, Failure: failure, TotalMs: 50}
+	return extproc.Record{RequestID: id, Model: "m", Version: version, Time: at, Status: 503, Failure: failure, TotalMs: 50, Bucket: bucketOf(id)}
+}
+
+// newSource returns a Source that keeps raw values, for assertions.
+func newSource(conn driver.Conn, db string) *Source {
+	s := New(conn, db)
+	s.KeepValues = true
+	return s
 }
 
 // fixture is a window's worth of requests of both arms, and around them
@@ -105,7 +124,7 @@ func TestMeasureCountsTheRandomSplitInsideTheWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	m, err := New(conn, db).Measure(context.Background(), win)
+	m, err := newSource(conn, db).Measure(context.Background(), win)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,8 +148,13 @@ func TestMeasureCountsTheRandomSplitInsideTheWindow(t *testing.T) {
 		{"itl lists streamed successes with a gap", [2][]float64{sorted(s.ITLMs), sorted(c.ITLMs)}, [2][]float64{{5}, {7}}},
 		{"cost lists successes", [2][]float64{sorted(s.CostUSD), sorted(c.CostUSD)}, [2][]float64{{0.001, 0.002, 0.003}, {0.01, 0.02}}},
 		{"completion tokens list successes", [2][]float64{sorted(s.CompletionTokens), sorted(c.CompletionTokens)}, [2][]float64{{1, 20, 30}, {10, 40}}},
-		{"quality joins scores of counted requests, one per request and source", sorted(s.Quality), []float64{0, 0.5, 1}},
+		{"quality averages each counted request's scores, one per source", sorted(s.Quality), []float64{0.5, 0.5}},
 		{"canary quality", c.Quality, []float64{0.25}},
+		{"users are distinct buckets", [2]int{s.Users, c.Users}, [2]int{5, 4}},
+		{"judged answers are counted", [2]int{s.Judged, c.Judged}, [2]int{2, 1}},
+		{"per-user sums hold the latency of successes", [2]float64{s.Sums[analyzer.MetricLatency].S, c.Sums[analyzer.MetricLatency].S}, [2]float64{600, 400}},
+		{"per-user sums hold failures among requests", [2]float64{s.Sums[analyzer.MetricErrorRate].S, c.Sums[analyzer.MetricErrorRate].N}, [2]float64{1, 4}},
+		{"each user's first failure is an event, in time order", eventsOf(m, analyzer.MetricErrorRate), "canary canary stable"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -141,10 +165,24 @@ func TestMeasureCountsTheRandomSplitInsideTheWindow(t *testing.T) {
 	}
 }
 
+func eventsOf(m analyzer.Measurements, metric analyzer.Metric) string {
+	var arms []string
+	for _, e := range m.Events[metric] {
+		arm := "stable"
+		if e.Canary {
+			arm = "canary"
+		}
+		arms = append(arms, arm)
+	}
+	return strings.Join(arms, " ")
+}
+
 func equal(a, b any) bool {
 	switch a := a.(type) {
 	case []float64:
 		return slices.Equal(a, b.([]float64))
+	case [2]float64:
+		return a == b.([2]float64)
 	case [2][]float64:
 		bb := b.([2][]float64)
 		return slices.Equal(a[0], bb[0]) && slices.Equal(a[1], bb[1])
@@ -168,7 +206,7 @@ func TestMeasureWindowBoundsAreExactToTheMillisecond(t *testing.T) {
 		at("end", span, 4),
 		ok("canary", "v2", from.Add(time.Second), true, 1, 1, 1, 2, 0),
 	})
-	src := New(chtest.Connect(t, ch), db)
+	src := newSource(chtest.Connect(t, ch), db)
 	ms := time.Millisecond
 	cases := []struct {
 		name     string
@@ -196,7 +234,7 @@ func TestMeasureWindowBoundsAreExactToTheMillisecond(t *testing.T) {
 	}
 }
 
-func TestMeasureReportsNoData(t *testing.T) {
+func TestMeasureReportsNoDataOnlyWhenNeitherArmHasARequest(t *testing.T) {
 	ch := chtest.Shared(t)
 	db := chtest.NewDatabase()
 	chwritertest.WriteRecords(t, ch, db, []extproc.Record{
@@ -208,23 +246,44 @@ func TestMeasureReportsNoData(t *testing.T) {
 	cases := []struct {
 		name           string
 		w              analyzer.Window
+		noData         bool
 		stable, canary int
 	}{
-		{"a window without requests", analyzer.Window{Model: "m", Stable: "v1", Canary: "v2", From: from.Add(-time.Hour), To: from}, 0, 0},
-		{"an unknown model", analyzer.Window{Model: "nope", Stable: "v1", Canary: "v2", From: from, To: to}, 0, 0},
-		{"a canary with only forced requests", analyzer.Window{Model: "m", Stable: "v1", Canary: "v9", From: from, To: to}, 1, 0},
-		{"a stable without requests", analyzer.Window{Model: "m", Stable: "v0", Canary: "v1", From: from, To: to}, 0, 1},
+		{"a window without requests", analyzer.Window{Model: "m", Stable: "v1", Canary: "v2", From: from.Add(-time.Hour), To: from}, true, 0, 0},
+		{"an unknown model", analyzer.Window{Model: "nope", Stable: "v1", Canary: "v2", From: from, To: to}, true, 0, 0},
+		{"a canary with only forced requests is one empty arm, not no data", analyzer.Window{Model: "m", Stable: "v1", Canary: "v9", From: from, To: to}, false, 1, 0},
+		{"a stable without requests is one empty arm, not no data", analyzer.Window{Model: "m", Stable: "v0", Canary: "v1", From: from, To: to}, false, 0, 1},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			m, err := src.Measure(context.Background(), tc.w)
-			if !errors.Is(err, analyzer.ErrNoData) {
-				t.Fatalf("err = %v, want ErrNoData", err)
+			if errors.Is(err, analyzer.ErrNoData) != tc.noData || err != nil && !tc.noData {
+				t.Fatalf("err = %v, want no data %v", err, tc.noData)
 			}
 			if m.Stable.Requests != tc.stable || m.Canary.Requests != tc.canary {
-				t.Errorf("requests %d/%d, want the arm with data filled: %d/%d", m.Stable.Requests, m.Canary.Requests, tc.stable, tc.canary)
+				t.Errorf("requests %d/%d, want %d/%d", m.Stable.Requests, m.Canary.Requests, tc.stable, tc.canary)
 			}
 		})
+	}
+}
+
+func TestWatermarkMovesWhenARowArrives(t *testing.T) {
+	ch := chtest.Shared(t)
+	db := chtest.NewDatabase()
+	chwritertest.WriteRecords(t, ch, db, []extproc.Record{ok("s1", "v1", from, true, 100, 10, 5, 20, 0.001)})
+	src := New(chtest.Connect(t, ch), db)
+	before, err := src.Watermark(context.Background(), win)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := src.Watermark(context.Background(), win)
+	if err != nil || again != before {
+		t.Fatalf("watermark %q then %q (%v) without a new row, want equal", before, again, err)
+	}
+	chwritertest.WriteRecords(t, ch, db, []extproc.Record{ok("c1", "v2", from.Add(time.Second), true, 100, 10, 5, 20, 0.001)})
+	after, err := src.Watermark(context.Background(), win)
+	if err != nil || after == before {
+		t.Fatalf("watermark %q after a new row (%v), want it to move from %q", after, err, before)
 	}
 }
 
@@ -232,7 +291,7 @@ func TestMeasureWithoutQualityTableHasNoScores(t *testing.T) {
 	ch := chtest.Shared(t)
 	db := chtest.NewDatabase()
 	chwritertest.WriteRecords(t, ch, db, fixture())
-	m, err := New(chtest.Connect(t, ch), db).Measure(context.Background(), win)
+	m, err := newSource(chtest.Connect(t, ch), db).Measure(context.Background(), win)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -52,4 +52,9 @@ const (
 const (
 	Database      = "llmcanary"
 	TableRequests = "requests"
+
+	// FailureClientCancel is the failure of a request whose client went
+	// away first: recorded by the telemetry service, never counted
+	// against the version by the analyzer.
+	FailureClientCancel = "client_cancel"
 )
