@@ -28,11 +28,16 @@ func TestRollbackAfterControlPlaneRestartReachesEnvoyWithinTheRetryBackoff(t *te
 		t.Fatal(err)
 	}
 	back := time.Now()
-	m, err := f.API.SetWeights(ctx, model, map[string]float64{"v1": 100, "v2": 0}, "")
+	// The answer waits for the fleet and says whether the rollback is in
+	// force.
+	m, applied, err := f.API.SetWeightsWait(ctx, model, map[string]float64{"v1": 100, "v2": 0}, "", 10*time.Second)
 	if err != nil || m.Weights["v2"] != 0 {
 		t.Fatalf("rollback: %+v, %v", m, err)
 	}
-	rev := f.CP.Store.State().Revision
+	if !applied.InForce() || applied.Connected != 1 {
+		t.Fatalf("the rollback's answer says %s, want it served by the one Envoy", applied)
+	}
+	rev := applied.Revision
 
 	// The bound: one backoff interval (Envoy draws the wait uniformly below
 	// the cap) plus the time to connect and exchange the snapshot over
