@@ -6,7 +6,7 @@ package wire
 
 // Request headers.
 const (
-	// HeaderUserID is the default identity source.
+	// HeaderUserID is the first default identity source.
 	HeaderUserID = "x-user-id"
 	// HeaderBucket carries the sticky uint64 bucket. The wasm filter always
 	// overwrites it; routes use it as WeightedCluster.header_name.
@@ -25,6 +25,10 @@ const (
 	// HeaderRequestID is Envoy's request id.
 	HeaderRequestID = "x-request-id"
 )
+
+// BodyFieldUser is the OpenAI request body's end-user field, the default
+// identity source after HeaderUserID.
+const BodyFieldUser = "user"
 
 // Response headers.
 const (
