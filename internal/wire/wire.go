@@ -40,6 +40,16 @@ const (
 	HeaderServedBy = "x-sim-served-by"
 )
 
+// Response code details (Envoy's %RESPONSE_CODE_DETAILS%) of the gateway's
+// own JSON answers. Envoy rewrites every other local reply, its plain-text
+// ones, into an OpenAI-style JSON error; these already are one.
+const (
+	// DetailsFilterReply names the wasm filter's local replies.
+	DetailsFilterReply = "llmcanary_filter"
+	// DetailsDirectResponse is Envoy's name for a route's direct response.
+	DetailsDirectResponse = "direct_response"
+)
+
 // MetadataNamespace is the filter_metadata key under which each version's
 // cluster carries its model, version and prices.
 const MetadataNamespace = "llmcanary"
