@@ -164,10 +164,12 @@ func listener(s *State, g Gateway) (*listenerv3.Listener, error) {
 		StreamIdleTimeout: durationpb.New(g.StreamIdleTimeout),
 		// No overall limit on a request: generations stream for minutes.
 		RequestTimeout: durationpb.New(0),
-		// Envoy owns x-request-id: the telemetry keys rows by it, so a
-		// client must not be able to reuse one.
+		// Every response carries its request id, the key for feedback. A
+		// client's own id is kept so it can correlate without reading our
+		// headers; the wasm filter replaces one that is not well-formed.
 		GenerateRequestId:            wrapperspb.Bool(true),
-		PreserveExternalRequestId:    false,
+		PreserveExternalRequestId:    true,
+		AlwaysSetRequestIdInResponse: true,
 		LocalReplyConfig:             localReplies(),
 		UseRemoteAddress:             wrapperspb.Bool(true),
 		NormalizePath:                wrapperspb.Bool(true),

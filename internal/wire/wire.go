@@ -22,7 +22,9 @@ const (
 	// HeaderCategory routes a request category to a version chosen by the
 	// operator (category overrides in the desired state).
 	HeaderCategory = "x-llmcanary-category"
-	// HeaderRequestID is Envoy's request id.
+	// HeaderRequestID is the request id: a client's own when well-formed,
+	// else Envoy's or the wasm filter's. Every response carries it; it keys
+	// the telemetry row and feedback.
 	HeaderRequestID = "x-request-id"
 )
 
