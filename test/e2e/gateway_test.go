@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
@@ -93,5 +96,55 @@ func TestForcedUnknownVersionIsRefusedNotServedByStable(t *testing.T) {
 	}
 	if a := f.do(t, request{headers: with(user(1), wire.HeaderForce, "v-nope")}); a.status != 200 || a.servedBy != "v1" {
 		t.Fatalf("an unverified force of an unknown version: %d served by %q, want stable", a.status, a.servedBy)
+	}
+}
+
+// Requests the gateway answers itself never reached a version: they must
+// not become telemetry rows, where they would count as that version's
+// failures (a models listing stored as failure "truncated" with no model).
+func TestRequestsTheGatewayAnswersLeaveNoTelemetryRow(t *testing.T) {
+	keys := filepath.Join(t.TempDir(), "force-keys")
+	if err := os.WriteFile(keys, []byte("operator-key-A\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	so := withWasm(t, keys)
+	so.Telemetry = true
+	f := startFleet(t, fleetOptions{stableW: 50, stack: so})
+	gatewayAnswers := []request{
+		{method: "GET", path: "/v1/models"},
+		{method: "GET", body: " "},
+		{body: `{"model":"gpt-9","messages":[]}`},
+		{body: `{"model":`},
+		{body: `{"model":"` + model + `","messages":[{"role":"user","content":"` + strings.Repeat("x", 1100<<10) + `"}]}`},
+		{headers: with(user(1), wire.HeaderForce, "v-nope", wire.HeaderKey, "operator-key-A")},
+	}
+	for i, r := range gatewayAnswers {
+		if a := f.do(t, r); a.status < 200 || a.servedBy != "" {
+			t.Fatalf("gateway answer %d: %d served by %q", i, a.status, a.servedBy)
+		}
+	}
+	// One request that reaches a pool marks when the rows above would have
+	// been written: ext_proc records each stream when it ends, in order.
+	served := f.do(t, request{headers: user(2)})
+	if served.status != 200 {
+		t.Fatalf("served request: %d %s", served.status, served.body)
+	}
+	if n := f.rowsWithRequestID(t, served.header.Get(wire.HeaderRequestID), 15*time.Second); n != 1 {
+		t.Fatalf("the served request has %d rows, want 1", n)
+	}
+	conn, err := f.ClickHouse.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var total, unserved uint64
+	row := conn.QueryRow(context.Background(), fmt.Sprintf(
+		"SELECT count(), countIf(version = '' OR model = '' OR path = '') FROM %s.%s", wire.Database, wire.TableRequests))
+	if err := row.Scan(&total, &unserved); err != nil {
+		t.Fatal(err)
+	}
+	if total != 1 || unserved != 0 {
+		t.Fatalf("%d rows (%d without a model, version or path) after %d gateway answers and 1 served request; want only the served one",
+			total, unserved, len(gatewayAnswers))
 	}
 }
