@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strconv"
 	"text/template"
+	"time"
 )
 
 //go:embed bootstrap.yaml.tmpl
@@ -69,10 +70,11 @@ func Bootstrap(o BootstrapOptions) ([]byte, error) {
 	var buf bytes.Buffer
 	err := tmpl.Execute(&buf, struct {
 		BootstrapOptions
-		XDSHost string
-		XDSPort int
-		XDSIsIP bool
-	}{o, host, port, ipErr == nil})
+		XDSHost             string
+		XDSPort             int
+		XDSIsIP             bool
+		RetryBase, RetryMax string
+	}{o, host, port, ipErr == nil, protoDuration(XDSRetryBaseInterval), protoDuration(XDSRetryMaxInterval)})
 	if err != nil {
 		return nil, fmt.Errorf("render bootstrap: %w", err)
 	}
@@ -89,4 +91,19 @@ func splitHostPort(addr string) (string, int, error) {
 		return "", 0, fmt.Errorf("%q is not host:port", addr)
 	}
 	return host, port, nil
+}
+
+// The backoff of the ADS stream's reconnects. Envoy waits a random time
+// below min(base·2ⁿ, max) before attempt n, so once the control plane is
+// back an Envoy reconnects within XDSRetryMaxInterval plus a connect. The
+// default (500 ms, 30 s) would leave a rollback unapplied for up to 30 s;
+// a reconnect attempt to a loopback or LAN control plane costs nothing.
+const (
+	XDSRetryBaseInterval = 100 * time.Millisecond
+	XDSRetryMaxInterval  = 500 * time.Millisecond
+)
+
+// protoDuration writes d as a protobuf JSON/YAML duration ("0.100s").
+func protoDuration(d time.Duration) string {
+	return strconv.FormatFloat(d.Seconds(), 'f', 3, 64) + "s"
 }

@@ -16,7 +16,9 @@ type metrics struct {
 	itl        *prometheus.HistogramVec
 	prompt     *prometheus.CounterVec
 	completion *prometheus.CounterVec
-	streams    prometheus.Gauge
+	// gatewayAnswers counts requests no version served (see reachedPool).
+	gatewayAnswers *prometheus.CounterVec
+	streams        prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -48,6 +50,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "llmcanary", Subsystem: "extproc", Name: "completion_tokens_total",
 			Help: "Completion tokens, from usage when reported else counted.",
 		}, mv),
+		gatewayAnswers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "llmcanary", Subsystem: "extproc", Name: "gateway_answers_total",
+			Help: "Requests the gateway answered itself (no version served them; not recorded as rows), by status.",
+		}, []string{"status"}),
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "llmcanary", Subsystem: "extproc", Name: "streams_open",
 			Help: "ext_proc streams Envoy currently holds open to the service.",
@@ -57,7 +63,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.requests, m.failures, m.ttft, m.itl, m.prompt, m.completion, m.streams} {
+	for _, c := range []prometheus.Collector{m.requests, m.failures, m.ttft, m.itl, m.prompt, m.completion, m.gatewayAnswers, m.streams} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}

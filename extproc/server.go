@@ -291,6 +291,17 @@ func (st *stream) responseHeaders(hm *corev3.HeaderMap) {
 	}
 }
 
+// reachedPool reports whether Envoy routed the request to a version's
+// cluster: the cluster's metadata names the version, or the weighted route
+// announced it. Requests the gateway answers itself (GET /v1/models, the
+// wasm filter's 400/404/413, 405, a forced unknown version, Envoy's own
+// 431) never did; they are no version's success or failure, so they are
+// counted in a metric and never become rows. A request routed to a pool
+// that could not be reached did reach its version and is recorded.
+func (st *stream) reachedPool() bool {
+	return st.metaVer != "" || st.rec.Version != ""
+}
+
 // finish completes the record and hands it to the sink. It runs once per
 // stream, either when the response ends or when the stream goes away. A
 // stream cut off after its response headers waits, off the stream's
@@ -311,6 +322,10 @@ func (s *Server) finish(st *stream, end End, at time.Time) {
 }
 
 func (s *Server) record(st *stream, end End, at time.Time) {
+	if !st.reachedPool() {
+		s.metrics.gatewayAnswers.WithLabelValues(strconv.Itoa(st.rec.Status)).Inc()
+		return
+	}
 	st.meter.end(at.Sub(st.start))
 	r := &st.rec
 	r.Time = st.start

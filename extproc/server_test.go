@@ -436,3 +436,61 @@ func TestServerExportsMetrics(t *testing.T) {
 		}
 	}
 }
+
+func TestServerDoesNotRecordRequestsTheGatewayAnswered(t *testing.T) {
+	noCluster := func(kv ...string) *extprocv3.ProcessingRequest {
+		return &extprocv3.ProcessingRequest{ObservabilityMode: true, Request: &extprocv3.ProcessingRequest_RequestHeaders{
+			RequestHeaders: &extprocv3.HttpHeaders{Headers: hdrs(kv...), EndOfStream: true}}}
+	}
+	gatewayResp := func(status string) *extprocv3.ProcessingRequest {
+		return &extprocv3.ProcessingRequest{ObservabilityMode: true, Request: &extprocv3.ProcessingRequest_ResponseHeaders{
+			ResponseHeaders: &extprocv3.HttpHeaders{Headers: hdrs(":status", status, "content-type", "application/json"), EndOfStream: false}}}
+	}
+	h := startHarness(t, CaptureOptions{})
+	for _, c := range []struct {
+		name string
+		msgs []*extprocv3.ProcessingRequest
+	}{
+		// GET /v1/models: a direct response, no cluster.
+		{"models listing", []*extprocv3.ProcessingRequest{noCluster(":method", "GET", ":path", "/v1/models", wire.HeaderRequestID, "r1"), gatewayResp("200"), respBody(`{"object":"list","data":[]}`, true)}},
+		// The wasm filter's 400: ext_proc sees only the response.
+		{"filter's local reply", []*extprocv3.ProcessingRequest{gatewayResp("400"), respBody(`{"error":{}}`, true)}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			stream, err := h.client.Process(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range c.msgs {
+				if err := stream.Send(m); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
+				t.Fatalf("the service must close the stream when the response ends: %v", err)
+			}
+			select {
+			case r := <-h.sink.ch:
+				t.Fatalf("a request no version served was recorded: %+v", r)
+			case <-time.After(200 * time.Millisecond):
+			}
+		})
+	}
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == "llmcanary_extproc_gateway_answers_total" {
+			for _, m := range mf.GetMetric() {
+				got += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if got != 2 {
+		t.Fatalf("llmcanary_extproc_gateway_answers_total = %v, want 2", got)
+	}
+}

@@ -1,12 +1,14 @@
 package xds
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/llmcanary/llmcanary/internal/httpapi"
 )
@@ -236,11 +238,17 @@ func (a *API) update(w http.ResponseWriter, r *http.Request, summary string, cha
 		}
 		expect = n
 	}
+	wait, err := waitParam(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+		return
+	}
 	actor := r.Header.Get("X-Llmcanary-Actor")
 	if actor == "" {
 		actor = "api"
 	}
 	st, err := a.store.Update(expect, actor, summary, change, a.pub.Prepare)
+	published := err == nil
 	if err != nil {
 		code, status := "internal", http.StatusInternalServerError
 		switch {
@@ -262,11 +270,70 @@ func (a *API) update(w http.ResponseWriter, r *http.Request, summary string, cha
 	}
 	a.log.Info("change accepted", "change", summary, "actor", actor, "revision", st.Revision)
 	w.Header().Set("ETag", etag(st.Revision))
+	var applied, connected int
+	if published {
+		applied, connected = a.waitFleet(r.Context(), st.Revision, wait)
+	} else {
+		connected = len(a.pub.Fleet().Nodes())
+	}
+	w.Header().Set(HeaderFleetConnected, strconv.Itoa(connected))
+	w.Header().Set(HeaderFleetApplied, strconv.Itoa(applied))
 	if m, ok := st.Models[model]; ok {
 		writeJSON(w, http.StatusOK, m)
 		return
 	}
 	writeJSON(w, http.StatusOK, st)
+}
+
+// The answer to every change says how much of the fleet serves it: a change
+// is saved and published when the API answers, but in force only once the
+// Envoys have accepted it, and none may be connected (a control plane that
+// just restarted, Envoys that cannot reach it).
+const (
+	// HeaderFleetConnected is the number of connected Envoys taking routes.
+	HeaderFleetConnected = "X-Llmcanary-Fleet-Connected"
+	// HeaderFleetApplied is how many of them serve the change's revision
+	// or a later one.
+	HeaderFleetApplied = "X-Llmcanary-Fleet-Applied"
+	// MaxWait caps the wait query parameter of a change.
+	MaxWait = 30 * time.Second
+)
+
+// waitParam reads the optional wait query parameter of a change: how long
+// the answer may wait for every connected Envoy to accept it.
+func waitParam(r *http.Request) (time.Duration, error) {
+	v := r.URL.Query().Get("wait")
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 || d > MaxWait {
+		return 0, fmt.Errorf("wait %q is not a duration between 0s and %v", v, MaxWait)
+	}
+	return d, nil
+}
+
+// waitFleet waits up to wait for every connected Envoy (at least one) to
+// accept revision rev and returns how many connected Envoys serve it.
+func (a *API) waitFleet(ctx context.Context, rev uint64, wait time.Duration) (applied, connected int) {
+	deadline := time.Now().Add(wait)
+	for {
+		nodes := a.pub.Fleet().Nodes()
+		applied, connected = 0, len(nodes)
+		for _, n := range nodes {
+			if n.RouteRevision >= rev {
+				applied++
+			}
+		}
+		if (connected > 0 && applied == connected) || !time.Now().Before(deadline) {
+			return applied, connected
+		}
+		select {
+		case <-ctx.Done():
+			return applied, connected
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 func (a *API) decode(w http.ResponseWriter, r *http.Request, v any) bool {

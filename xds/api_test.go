@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"sigs.k8s.io/yaml"
 )
@@ -213,5 +215,27 @@ func TestOpenAPIDocumentsEveryEndpointTheAPIServes(t *testing.T) {
 	}
 	if n < 10 {
 		t.Fatalf("only %d operations documented", n)
+	}
+}
+
+func TestAPIWeightChangeNoEnvoyServesYetSaysSoInTheAnswer(t *testing.T) {
+	srv, st, _ := newTestAPI(t, t.TempDir())
+	call(t, srv, "PUT", "/v1/models/llama", testToken, llamaModel)
+	c := &Client{BaseURL: srv.URL, Token: testToken}
+	start := time.Now()
+	m, applied, err := c.SetWeightsWait(context.Background(), "llama", map[string]float64{"v1": 100}, "", 200*time.Millisecond)
+	if err != nil || m.Weights["v1"] != 100 {
+		t.Fatalf("set weights: %+v %v", m, err)
+	}
+	// The change stands, but nothing serves it: the answer must not let a
+	// caller believe it is in force.
+	if applied.Revision != st.State().Revision || applied.Connected != 0 || applied.Applied != 0 || applied.InForce() {
+		t.Fatalf("answer says %+v (in force %v), want revision %d served by 0 of 0", applied, applied.InForce(), st.State().Revision)
+	}
+	if waited := time.Since(start); waited < 200*time.Millisecond {
+		t.Fatalf("answered after %v without an Envoy; it may wait up to the 200 ms asked", waited)
+	}
+	if code, body := call(t, srv, "PUT", "/v1/models/llama/weights?wait=1h", testToken, `{"weights":{"v1":100}}`); code != 400 || !strings.Contains(body, "wait") {
+		t.Fatalf("wait beyond the cap: %d %s", code, body)
 	}
 }

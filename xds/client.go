@@ -2,9 +2,12 @@ package xds
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/llmcanary/llmcanary/internal/httpapi"
@@ -52,6 +55,43 @@ func (c *Client) SetWeights(ctx context.Context, model string, weights map[strin
 	return &out, c.do(ctx, "PUT", "/v1/models/"+url.PathEscape(model)+"/weights", WeightsRequest{Weights: weights, Stable: stable}, &out)
 }
 
+// Applied is what the answer to a change says of the fleet: how many Envoys
+// were connected and how many of them served the change's revision.
+type Applied struct {
+	Revision  uint64
+	Connected int
+	Applied   int
+}
+
+// InForce reports whether at least one Envoy is connected and every
+// connected Envoy serves the change.
+func (a Applied) InForce() bool { return a.Connected > 0 && a.Applied == a.Connected }
+
+func (a Applied) String() string {
+	return fmt.Sprintf("revision %d served by %d of %d connected Envoys", a.Revision, a.Applied, a.Connected)
+}
+
+// SetWeightsWait sets a model's weights and lets the answer wait up to wait
+// (at most MaxWait) for every connected Envoy to accept them. The change
+// stands whether or not the fleet has it yet; Applied says which.
+func (c *Client) SetWeightsWait(ctx context.Context, model string, weights map[string]float64, stable string, wait time.Duration) (*Model, Applied, error) {
+	var out Model
+	path := "/v1/models/" + url.PathEscape(model) + "/weights?wait=" + url.QueryEscape(wait.String())
+	h, err := c.client().DoHeader(ctx, "PUT", path, WeightsRequest{Weights: weights, Stable: stable}, &out)
+	if err != nil {
+		return nil, Applied{}, err
+	}
+	var a Applied
+	var errs [3]error
+	a.Revision, errs[0] = strconv.ParseUint(strings.Trim(h.Get("ETag"), `"`), 10, 64)
+	a.Connected, errs[1] = strconv.Atoi(h.Get(HeaderFleetConnected))
+	a.Applied, errs[2] = strconv.Atoi(h.Get(HeaderFleetApplied))
+	if err := errors.Join(errs[:]...); err != nil {
+		return &out, a, fmt.Errorf("management api: the answer does not say what the fleet serves: %w", err)
+	}
+	return &out, a, nil
+}
+
 // Fleet returns the connected Envoys and the route revision each accepted.
 func (c *Client) Fleet(ctx context.Context) (*FleetStatus, error) {
 	var f FleetStatus
@@ -91,6 +131,9 @@ func (c *Client) Revision(ctx context.Context) (uint64, error) {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	hc := httpapi.Client{API: "management api", BaseURL: c.BaseURL, Token: c.Token, Actor: c.Actor, HTTP: c.HTTP}
-	return hc.Do(ctx, method, path, in, out)
+	return c.client().Do(ctx, method, path, in, out)
+}
+
+func (c *Client) client() *httpapi.Client {
+	return &httpapi.Client{API: "management api", BaseURL: c.BaseURL, Token: c.Token, Actor: c.Actor, HTTP: c.HTTP}
 }

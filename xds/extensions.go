@@ -24,7 +24,8 @@ import (
 type WasmOptions struct {
 	// Path of the filter module (bin/llmcanary-filter.wasm) on the Envoy hosts.
 	Path string `json:"path"`
-	// Identity sources in order; empty means the x-user-id header.
+	// Identity sources in order; empty means filterconfig.DefaultIdentity
+	// (the x-user-id header, then the body's "user").
 	Identity []filterconfig.Source `json:"identity,omitempty"`
 	// HashKey (or HashKeyFile) is the fleet-wide secret of the keyed hash
 	// that turns an identity into a bucket. Changing it reshuffles every

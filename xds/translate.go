@@ -9,6 +9,7 @@ import (
 	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	celv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -163,10 +164,13 @@ func listener(s *State, g Gateway) (*listenerv3.Listener, error) {
 		StreamIdleTimeout: durationpb.New(g.StreamIdleTimeout),
 		// No overall limit on a request: generations stream for minutes.
 		RequestTimeout: durationpb.New(0),
-		// Envoy owns x-request-id: the telemetry keys rows by it, so a
-		// client must not be able to reuse one.
+		// Every response carries its request id, the key for feedback. A
+		// client's own id is kept so it can correlate without reading our
+		// headers; the wasm filter replaces one that is not well-formed.
 		GenerateRequestId:            wrapperspb.Bool(true),
-		PreserveExternalRequestId:    false,
+		PreserveExternalRequestId:    true,
+		AlwaysSetRequestIdInResponse: true,
+		LocalReplyConfig:             localReplies(),
 		UseRemoteAddress:             wrapperspb.Bool(true),
 		NormalizePath:                wrapperspb.Bool(true),
 		MergeSlashes:                 true,
@@ -200,6 +204,10 @@ func routes(s *State, g Gateway) (*routev3.RouteConfiguration, error) {
 	}
 	var rs []*routev3.Route
 	rs = append(rs, modelsRoute(s))
+	rs = append(rs, methodNotAllowed("/v1/models", "GET"))
+	for _, p := range apiPaths {
+		rs = append(rs, methodNotAllowed(p, "POST"))
+	}
 	for _, name := range s.ModelNames() {
 		m := s.Models[name]
 		modelHdr := exactHeader(wire.HeaderModel, m.Name)
@@ -208,6 +216,7 @@ func routes(s *State, g Gateway) (*routev3.RouteConfiguration, error) {
 				rs = append(rs, versionRoute(m, v.Name, "force",
 					modelHdr, exactHeader(wire.HeaderForce, v.Name)))
 			}
+			rs = append(rs, unknownForcedVersion(m, modelHdr))
 		}
 		for _, cat := range sortedKeys(m.CategoryOverrides) {
 			rs = append(rs, versionRoute(m, m.CategoryOverrides[cat], "category:"+cat,
@@ -244,6 +253,50 @@ func routes(s *State, g Gateway) (*routev3.RouteConfiguration, error) {
 			RequestHeadersToRemove: []string{wire.HeaderKey},
 		}},
 	}, nil
+}
+
+// apiPaths are the OpenAI endpoints the gateway forwards to pools, all POST.
+var apiPaths = []string{"/v1/chat/completions", "/v1/completions"}
+
+// methodNotAllowed answers 405 with Allow for any other method on path, at
+// the gateway: a GET on a POST endpoint is the client's mistake, not a
+// missing model, and must never reach a pool.
+func methodNotAllowed(path, allow string) *routev3.Route {
+	m := exactHeader(":method", allow)
+	m.InvertMatch = true
+	return &routev3.Route{
+		Name:  "method-not-allowed:" + path,
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: path}, Headers: []*routev3.HeaderMatcher{m}},
+		Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
+			Status: 405,
+			Body: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: openAIError(
+				path+" accepts only "+allow+".", "invalid_request_error", "method_not_allowed")}},
+		}},
+		ResponseHeadersToAdd: []*corev3.HeaderValueOption{contentTypeJSON(), {
+			Header:       &corev3.HeaderValue{Key: "allow", Value: allow},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}},
+	}
+}
+
+// unknownForcedVersion answers a forced version the model does not have
+// with a 404 instead of letting the weighted route serve it: the operator
+// asked for one version and must not silently get another. It follows the
+// model's force routes, so only a verified force header that named none of
+// them gets here.
+func unknownForcedVersion(m *Model, modelHdr *routev3.HeaderMatcher) *routev3.Route {
+	return &routev3.Route{
+		Name: m.Name + "/force:unknown",
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: []*routev3.HeaderMatcher{
+			modelHdr, {Name: wire.HeaderForce, HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true}},
+		}},
+		Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
+			Status: 404,
+			Body: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: openAIError(
+				"The version named in "+wire.HeaderForce+" does not exist for model `"+m.Name+"`.", "invalid_request_error", "version_not_found")}},
+		}},
+		ResponseHeadersToAdd: []*corev3.HeaderValueOption{contentTypeJSON()},
+	}
 }
 
 // modelsRoute answers GET /v1/models at the gateway from the desired state,
@@ -407,6 +460,49 @@ func cluster(m *Model, v Version, g Gateway) (*clusterv3.Cluster, *endpointv3.Cl
 	c.DnsLookupFamily = clusterv3.Cluster_V4_PREFERRED
 	c.LoadAssignment = cla
 	return c, nil
+}
+
+// localReplies turns Envoy's own plain-text answers (a header block over
+// the limit, a malformed request, no healthy host in a pool, an upstream
+// timeout) into OpenAI-style JSON errors, their response code details as
+// the error code. The gateway's JSON answers (the routes' direct responses,
+// the wasm filter's errors) keep their bodies; they are told apart by their
+// response code details (response flags are not set yet when the reply is
+// rewritten).
+func localReplies() *hcmv3.LocalReplyConfig {
+	envoyText := &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{
+		ExtensionFilter: &accesslogv3.ExtensionFilter{
+			Name: "envoy.access_loggers.extension_filters.cel",
+			ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: mustAny(&celv3.ExpressionFilter{
+				Expression: fmt.Sprintf("!(response.code_details in [%q, %q])", wire.DetailsDirectResponse, wire.DetailsFilterReply),
+			})},
+		},
+	}}
+	below := func(code uint32) *accesslogv3.AccessLogFilter {
+		return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_StatusCodeFilter{
+			StatusCodeFilter: &accesslogv3.StatusCodeFilter{Comparison: &accesslogv3.ComparisonFilter{
+				Op:    accesslogv3.ComparisonFilter_LE,
+				Value: &corev3.RuntimeUInt32{DefaultValue: code - 1, RuntimeKey: "llmcanary.local_reply.client_error_max"},
+			}},
+		}}
+	}
+	mapper := func(f *accesslogv3.AccessLogFilter, typ string) *hcmv3.ResponseMapper {
+		body, _ := structpb.NewStruct(map[string]any{"error": map[string]any{
+			"message": "%LOCAL_REPLY_BODY%",
+			"type":    typ,
+			"code":    "%RESPONSE_CODE_DETAILS%",
+		}})
+		return &hcmv3.ResponseMapper{Filter: f, BodyFormatOverride: &corev3.SubstitutionFormatString{
+			Format:      &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: body},
+			ContentType: "application/json",
+		}}
+	}
+	return &hcmv3.LocalReplyConfig{Mappers: []*hcmv3.ResponseMapper{
+		mapper(&accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_AndFilter{AndFilter: &accesslogv3.AndFilter{
+			Filters: []*accesslogv3.AccessLogFilter{envoyText, below(500)},
+		}}}, "invalid_request_error"),
+		mapper(envoyText, "server_error"),
+	}}
 }
 
 func adsSource() *corev3.ConfigSource {

@@ -100,17 +100,23 @@ type Client struct {
 // Do sends in as JSON (if not nil) and decodes a 2xx answer into out (if
 // not nil); any other answer is an *APIError.
 func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+	_, err := c.DoHeader(ctx, method, path, in, out)
+	return err
+}
+
+// DoHeader is Do that also returns the headers of a 2xx answer.
+func (c *Client) DoHeader(ctx context.Context, method, path string, in, out any) (http.Header, error) {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		body = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.Token)
 	req.Header.Set("Content-Type", "application/json")
@@ -123,22 +129,22 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s: %w", c.API, err)
+		return nil, fmt.Errorf("%s: %w", c.API, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return fmt.Errorf("%s: %w", c.API, err)
+		return nil, fmt.Errorf("%s: %w", c.API, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		var eb ErrorBody
 		_ = json.Unmarshal(b, &eb)
-		return &APIError{API: c.API, Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
+		return nil, &APIError{API: c.API, Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
 	}
 	if out != nil {
 		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("%s: decode answer: %w", c.API, err)
+			return nil, fmt.Errorf("%s: decode answer: %w", c.API, err)
 		}
 	}
-	return nil
+	return resp.Header, nil
 }

@@ -6,7 +6,7 @@ package wire
 
 // Request headers.
 const (
-	// HeaderUserID is the default identity source.
+	// HeaderUserID is the first default identity source.
 	HeaderUserID = "x-user-id"
 	// HeaderBucket carries the sticky uint64 bucket. The wasm filter always
 	// overwrites it; routes use it as WeightedCluster.header_name.
@@ -22,9 +22,15 @@ const (
 	// HeaderCategory routes a request category to a version chosen by the
 	// operator (category overrides in the desired state).
 	HeaderCategory = "x-llmcanary-category"
-	// HeaderRequestID is Envoy's request id.
+	// HeaderRequestID is the request id: a client's own when well-formed,
+	// else Envoy's or the wasm filter's. Every response carries it; it keys
+	// the telemetry row and feedback.
 	HeaderRequestID = "x-request-id"
 )
+
+// BodyFieldUser is the OpenAI request body's end-user field, the default
+// identity source after HeaderUserID.
+const BodyFieldUser = "user"
 
 // Response headers.
 const (
@@ -34,6 +40,16 @@ const (
 	// HeaderServedBy is set by the simulated pool itself, so tests can check
 	// that the upstream that answered is the one Envoy announced.
 	HeaderServedBy = "x-sim-served-by"
+)
+
+// Response code details (Envoy's %RESPONSE_CODE_DETAILS%) of the gateway's
+// own JSON answers. Envoy rewrites every other local reply, its plain-text
+// ones, into an OpenAI-style JSON error; these already are one.
+const (
+	// DetailsFilterReply names the wasm filter's local replies.
+	DetailsFilterReply = "llmcanary_filter"
+	// DetailsDirectResponse is Envoy's name for a route's direct response.
+	DetailsDirectResponse = "direct_response"
 )
 
 // MetadataNamespace is the filter_metadata key under which each version's

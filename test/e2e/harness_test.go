@@ -116,10 +116,12 @@ type answer struct {
 	servedBy string // x-sim-served-by, as the pool said
 	saw      string // x-llmcanary-* request headers the pool received
 	body     string
+	header   http.Header
 }
 
 type request struct {
-	gateway int // which Envoy
+	method  string // default POST
+	gateway int    // which Envoy
 	bucket  string
 	headers map[string]string
 	body    string // default: a small chat completion for model
@@ -142,7 +144,10 @@ func (f *fleet) try(r request) (answer, error) {
 	if r.path == "" {
 		r.path = "/v1/chat/completions"
 	}
-	req, err := http.NewRequest("POST", "http://"+f.Gateway[r.gateway]+r.path, strings.NewReader(r.body))
+	if r.method == "" {
+		r.method = "POST"
+	}
+	req, err := http.NewRequest(r.method, "http://"+f.Gateway[r.gateway]+r.path, strings.NewReader(r.body))
 	if err != nil {
 		return answer{}, err
 	}
@@ -167,7 +172,7 @@ func (f *fleet) try(r request) (answer, error) {
 	if err != nil {
 		return answer{}, err
 	}
-	return answer{status: resp.StatusCode, version: resp.Header.Get(wire.HeaderVersion), servedBy: resp.Header.Get(wire.HeaderServedBy), saw: resp.Header.Get(sim.HeaderSawHeaders), body: string(b)}, nil
+	return answer{status: resp.StatusCode, version: resp.Header.Get(wire.HeaderVersion), servedBy: resp.Header.Get(wire.HeaderServedBy), saw: resp.Header.Get(sim.HeaderSawHeaders), body: string(b), header: resp.Header}, nil
 }
 
 // parallel runs n requests on 8 workers and returns the answers in order.

@@ -239,3 +239,34 @@ func with(h map[string]string, kv ...string) map[string]string {
 	}
 	return out
 }
+
+// With the default identity sources (x-user-id, then the body's "user"), a
+// client that names its user only the OpenAI way is still sticky.
+func TestUserNamedOnlyInTheOpenAIBodyFieldSeesOneVersion(t *testing.T) {
+	f := startFleet(t, fleetOptions{wasm: true, stableW: 50})
+	const users, each = 10, 20
+	answers := f.parallel(t, users*each, func(i int) request {
+		return request{body: fmt.Sprintf(`{"model":%q,"user":"openai-user-%d","messages":[{"role":"user","content":"hi"}],"max_tokens":2}`, model, i%users)}
+	})
+	seen := map[int]map[string]int{}
+	for i, a := range answers {
+		if a.status != 200 {
+			t.Fatalf("request %d: %d %s", i, a.status, a.body)
+		}
+		u := i % users
+		if seen[u] == nil {
+			seen[u] = map[string]int{}
+		}
+		seen[u][a.servedBy]++
+	}
+	both := 0
+	for u := 0; u < users; u++ {
+		if len(seen[u]) > 1 {
+			both++
+			t.Errorf("user %d (body field only) saw both versions: %v", u, seen[u])
+		}
+	}
+	if both > 0 {
+		t.Fatalf("%d of %d users saw both versions", both, users)
+	}
+}

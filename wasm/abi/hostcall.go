@@ -111,6 +111,12 @@ func ResumeHttpRequest() error {
 // gRPCStatus -1 means "not a gRPC response". Callbacks should return
 // ActionPause after it.
 func SendHttpResponse(statusCode uint32, headers [][2]string, body []byte, gRPCStatus int32) error {
+	return SendHttpResponseWithDetails(statusCode, "", headers, body, gRPCStatus)
+}
+
+// SendHttpResponseWithDetails is SendHttpResponse that names the reply in
+// Envoy's response code details (%RESPONSE_CODE_DETAILS%; no whitespace).
+func SendHttpResponseWithDetails(statusCode uint32, details string, headers [][2]string, body []byte, gRPCStatus int32) error {
 	hs := SerializeMap(headers)
 	var bodyPtr, hsPtr *byte
 	if len(body) > 0 {
@@ -119,7 +125,7 @@ func SendHttpResponse(statusCode uint32, headers [][2]string, body []byte, gRPCS
 	if len(hs) > 0 {
 		hsPtr = &hs[0]
 	}
-	st := proxySendLocalResponse(statusCode, "", bodyPtr, uint32(len(body)), hsPtr, uint32(len(hs)), gRPCStatus)
+	st := proxySendLocalResponse(statusCode, details, bodyPtr, uint32(len(body)), hsPtr, uint32(len(hs)), gRPCStatus)
 	return wrap("send local response", st)
 }
 

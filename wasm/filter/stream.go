@@ -201,13 +201,18 @@ func (s *Stream) finish() Action {
 
 // sanitise removes or rewrites what a client may not decide: the key is
 // never forwarded, force survives only with a valid key, the model header is
-// the filter's alone, and the category comes from the configured header.
+// the filter's alone, the category comes from the configured header, and a
+// request id (Envoy keeps a client's own) that is not well-formed is
+// replaced by a fresh one, which Envoy then returns in the response.
 func (s *Stream) sanitise() error {
 	var errs []error
 	remove := func(name string) {
 		if _, ok := s.req.Header(name); ok {
 			errs = append(errs, s.h.RemoveRequestHeader(name))
 		}
+	}
+	if id, ok := s.req.Header(wire.HeaderRequestID); !ok || !WellFormedRequestID(id) {
+		errs = append(errs, s.h.SetRequestHeader(wire.HeaderRequestID, newRequestID(s.p.random)))
 	}
 	key, _ := s.req.Header(wire.HeaderKey)
 	if _, forced := s.req.Header(wire.HeaderForce); forced && !s.p.keys.Accepts(key) {

@@ -37,7 +37,7 @@ type Source struct {
 // Config is the filter's plugin configuration.
 type Config struct {
 	// Identity lists the identity sources in order; the first present one
-	// wins. Empty means the x-user-id header.
+	// wins. Empty means DefaultIdentity.
 	Identity []Source `json:"identity,omitempty"`
 	// HashKey is the secret of the keyed hash that turns an identity into a
 	// bucket. Every Envoy of a fleet must share it so that a user lands in
@@ -58,10 +58,19 @@ type Config struct {
 	CategoryHeader string `json:"category_header,omitempty"`
 }
 
+// DefaultIdentity returns the identity sources used when none are
+// configured: the x-user-id header, then the body's "user" field, which is
+// how OpenAI clients name their end user. A client that only sets "user"
+// must still be sticky: otherwise each of its requests draws a random
+// bucket and one user sees both versions.
+func DefaultIdentity() []Source {
+	return []Source{{Header: wire.HeaderUserID}, {BodyField: wire.BodyFieldUser}}
+}
+
 // WithDefaults returns c with the documented defaults filled in.
 func (c Config) WithDefaults() Config {
 	if len(c.Identity) == 0 {
-		c.Identity = []Source{{Header: wire.HeaderUserID}}
+		c.Identity = DefaultIdentity()
 	}
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes

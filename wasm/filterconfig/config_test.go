@@ -14,8 +14,8 @@ func TestParseAppliesDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Identity) != 1 || c.Identity[0].Header != wire.HeaderUserID {
-		t.Errorf("identity %+v, want the %s header", c.Identity, wire.HeaderUserID)
+	if len(c.Identity) != 2 || c.Identity[0].Header != wire.HeaderUserID || c.Identity[1].BodyField != "user" {
+		t.Errorf("identity %+v, want the %s header, then the body's user", c.Identity, wire.HeaderUserID)
 	}
 	if c.MaxBodyBytes != DefaultMaxBodyBytes || c.CategoryHeader != wire.HeaderCategory {
 		t.Errorf("defaults not applied: %+v", c)

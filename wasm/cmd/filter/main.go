@@ -8,6 +8,7 @@
 package main
 
 import (
+	"github.com/llmcanary/llmcanary/internal/wire"
 	"github.com/llmcanary/llmcanary/wasm/abi"
 	"github.com/llmcanary/llmcanary/wasm/filter"
 	"github.com/llmcanary/llmcanary/wasm/filterconfig"
@@ -103,7 +104,7 @@ func (host) RemoveRequestHeader(name string) error { return abi.RemoveHttpReques
 func (host) RequestBody(size int) ([]byte, error) { return abi.GetHttpRequestBody(0, size) }
 
 func (host) SendLocalResponse(status int, headers [][2]string, body []byte) error {
-	return abi.SendHttpResponse(uint32(status), headers, body, -1)
+	return abi.SendHttpResponseWithDetails(uint32(status), wire.DetailsFilterReply, headers, body, -1)
 }
 
 func (host) Warn(msg string) { abi.LogWarn(msg) }
