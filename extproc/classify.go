@@ -23,6 +23,12 @@ const (
 	// An upstream failure before headers reaches ext_proc as Envoy's local
 	// 5xx reply, so a missing response means the client left first.
 	EndClientCancel
+	// EndShutdown: the service cut the stream itself, because its drain
+	// bound passed during a shutdown (Server.Drain). Neither the client nor
+	// the version ended it and its end was not seen, so it is classified
+	// like a client that left — client_cancel, the kind no version is
+	// blamed for — unless its status already shows a failure.
+	EndShutdown
 )
 
 // Outcome is what the finaliser knows when a request's stream ends.
@@ -48,7 +54,7 @@ func Classify(o Outcome) string {
 		return FailureHTTP4xx
 	}
 	switch o.End {
-	case EndClientCancel:
+	case EndClientCancel, EndShutdown:
 		return FailureClientCancel
 	case EndUpstreamReset:
 		return FailureUpstreamReset

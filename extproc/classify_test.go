@@ -63,6 +63,8 @@ func TestClassify(t *testing.T) {
 		{"400 is http_4xx", Outcome{Status: 400}, FailureHTTP4xx},
 		{"stream cut after headers is upstream_reset", with(func(o *Outcome) { o.End = EndUpstreamReset; o.SawDone = false; o.FinishReason = "" }), FailureUpstreamReset},
 		{"gone before any response is client_cancel", Outcome{End: EndClientCancel}, FailureClientCancel},
+		{"cut by the service's shutdown mid-answer is client_cancel, not the version's failure", with(func(o *Outcome) { o.End = EndShutdown; o.SawDone = false; o.FinishReason = "" }), FailureClientCancel},
+		{"5xx wins over a shutdown cut", with(func(o *Outcome) { o.Status = 503; o.End = EndShutdown }), FailureHTTP5xx},
 		{"no response yet complete is upstream_reset", Outcome{}, FailureUpstreamReset},
 		{"ended without DONE or finish reason is truncated", with(func(o *Outcome) { o.SawDone = false; o.FinishReason = "" }), FailureTruncated},
 		{"2xx with no tokens is empty", with(func(o *Outcome) { o.CompletionTokens = 0 }), FailureEmpty},

@@ -19,6 +19,7 @@ type metrics struct {
 	// gatewayAnswers counts requests no version served (see reachedPool).
 	gatewayAnswers *prometheus.CounterVec
 	streams        prometheus.Gauge
+	cut            prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -58,12 +59,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "llmcanary", Subsystem: "extproc", Name: "streams_open",
 			Help: "ext_proc streams Envoy currently holds open to the service.",
 		}),
+		cut: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "llmcanary", Subsystem: "extproc", Name: "streams_cut_total",
+			Help: "Streams a shutdown cut when its drain bound passed; each was recorded as client_cancel with what was seen.",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.requests, m.failures, m.ttft, m.itl, m.prompt, m.completion, m.gatewayAnswers, m.streams} {
+	for _, c := range []prometheus.Collector{m.requests, m.failures, m.ttft, m.itl, m.prompt, m.completion, m.gatewayAnswers, m.streams, m.cut} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}

@@ -9,7 +9,7 @@ const (
 	FailureHTTP429       = "http_429"       // rate limited
 	FailureHTTP4xx       = "http_4xx"       // other client errors (bad request, unknown model)
 	FailureUpstreamReset = "upstream_reset" // the upstream cut the stream
-	FailureClientCancel  = "client_cancel"  // the client went away first
+	FailureClientCancel  = "client_cancel"  // the client went away first, or the service's shutdown cut the stream (not the version's doing)
 	FailureTruncated     = "truncated"      // a stream that ended without [DONE] or a finish reason
 	FailureEmpty         = "empty"          // a successful response with no completion tokens
 )

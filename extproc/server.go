@@ -13,6 +13,8 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	accesslogsvc "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
@@ -62,9 +64,54 @@ type Server struct {
 	log       *slog.Logger
 	now       func() time.Time
 	metrics   *metrics
+
+	// open counts the streams being processed and the records still on
+	// their way to the sink (waiting for a reset cause); Drain waits on it.
+	open inflight
+	// cutting is set by Drain when its bound passed: streams ending from
+	// then on were cut by the shutdown.
+	cutting atomic.Bool
+	cut     atomic.Int64
 }
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
+
+// inflight counts work in progress and tells when none is left.
+type inflight struct {
+	mu   sync.Mutex
+	n    int
+	zero chan struct{} // closed while n == 0
+}
+
+func (f *inflight) add() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n == 0 {
+		f.zero = make(chan struct{})
+	}
+	f.n++
+}
+
+func (f *inflight) done() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n--
+	if f.n == 0 {
+		close(f.zero)
+	}
+}
+
+// idle returns a channel closed once nothing is in flight.
+func (f *inflight) idle() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n == 0 {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return f.zero
+}
 
 // NewServer checks o and returns a Server.
 func NewServer(o Options) (*Server, error) {
@@ -122,6 +169,29 @@ func (s *Server) Register(g *grpc.Server) {
 // Causes returns the table the access log service fills.
 func (s *Server) Causes() *ResetCauses { return s.causes }
 
+// Drain ends the service for a shutdown without losing a record. Call it
+// once the gRPC server takes no new streams (grpc.Server.GracefulStop
+// running): it waits until every open ext_proc stream has ended on its own
+// and its record has reached the sink, or until ctx ends. LLM answers
+// stream for minutes, so ctx should allow for the longest. When ctx ends
+// first it cuts the streams still open — each is recorded with what was
+// seen so far as EndShutdown — and it returns, with how many it cut, once
+// their records have reached the sink. Either way it calls stop
+// (grpc.Server.Stop) to end what remains, such as the access log streams
+// Envoy keeps open, which GracefulStop would wait for forever.
+func (s *Server) Drain(ctx context.Context, stop func()) (cut int) {
+	select {
+	case <-s.open.idle():
+		stop()
+		return 0
+	case <-ctx.Done():
+	}
+	s.cutting.Store(true)
+	stop() // every stream's Recv fails now, and Process records it
+	<-s.open.idle()
+	return int(s.cut.Load())
+}
+
 // Process reads one HTTP request's messages from Envoy. It records the
 // request once the response ends, or, deferred, with whatever was seen when
 // the stream goes away first. In observability mode it sends nothing back;
@@ -129,14 +199,23 @@ func (s *Server) Causes() *ResetCauses { return s.causes }
 // mode) it answers every message with "continue unchanged", so the request
 // is never held up by this service.
 func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
+	s.open.add()
+	defer s.open.done() // after the deferred finish below: Drain waits for the record
 	s.metrics.streams.Inc()
 	defer s.metrics.streams.Dec()
 
 	st := s.newStream(s.now())
 	defer func() {
-		if !st.finished {
-			s.finish(st, st.abandonedEnd(), s.now())
+		if st.finished {
+			return
 		}
+		end := st.abandonedEnd()
+		if s.cutting.Load() {
+			end = EndShutdown
+			s.cut.Add(1)
+			s.metrics.cut.Inc()
+		}
+		s.finish(st, end, s.now())
 	}()
 	for {
 		req, err := srv.Recv()
@@ -310,7 +389,9 @@ func (st *stream) reachedPool() bool {
 func (s *Server) finish(st *stream, end End, at time.Time) {
 	st.finished = true
 	if end == EndUpstreamReset && s.resetWait > 0 && st.rec.RequestID != "" {
+		s.open.add() // Drain waits for this record too
 		go func() {
+			defer s.open.done()
 			if cause, ok := s.causes.Wait(st.rec.RequestID, s.resetWait); ok {
 				end = cause
 			}
@@ -396,6 +477,8 @@ func (e End) String() string {
 		return "upstream_reset"
 	case EndClientCancel:
 		return "client_cancel"
+	case EndShutdown:
+		return "shutdown"
 	}
 	return fmt.Sprintf("End(%d)", int(e))
 }

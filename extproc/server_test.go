@@ -437,6 +437,84 @@ func TestServerExportsMetrics(t *testing.T) {
 	}
 }
 
+func TestDrainLetsOpenStreamsFinishAndRecordsThoseItCuts(t *testing.T) {
+	tests := []struct {
+		name       string
+		endsInTime bool
+		wantCut    int
+		wantFail   string
+		wantTokens uint32
+	}{
+		{"a stream that ends within the bound is recorded complete", true, 0, "", 2},
+		{"a stream still open at the bound is cut and recorded as client_cancel with what was seen", false, 1, FailureClientCancel, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sink := &memSink{ch: make(chan Record, 4)}
+			srv, err := NewServer(Options{Sink: sink, ResetWait: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			g := grpc.NewServer()
+			srv.Register(g)
+			go g.Serve(lis)
+			t.Cleanup(g.Stop)
+			conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { conn.Close() })
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			stream, err := extprocv3.NewExternalProcessorClient(conn).Process(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range []*extprocv3.ProcessingRequest{reqHeaders(t, time.Now()), respHeaders("200", "text/event-stream", false), respBody(delta("a"), false)} {
+				if err := stream.Send(m); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(50 * time.Millisecond) // the messages reach the service
+
+			// The shutdown: no new streams, then Drain with a 500 ms bound.
+			go g.GracefulStop()
+			drained := make(chan int)
+			go func() {
+				dctx, dcancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+				defer dcancel()
+				drained <- srv.Drain(dctx, g.Stop)
+			}()
+			start := time.Now()
+			if tc.endsInTime {
+				time.Sleep(100 * time.Millisecond)
+				if err := stream.Send(respBody(delta("b")+finishStop, true)); err != nil {
+					t.Fatalf("an open stream must still be served while draining: %v", err)
+				}
+			}
+			cut := <-drained
+			took := time.Since(start)
+			var r Record
+			select {
+			case r = <-sink.ch:
+			default:
+				t.Fatal("Drain returned before the stream's record reached the sink")
+			}
+			if cut != tc.wantCut || r.Failure != tc.wantFail || r.CompletionTokens != tc.wantTokens || r.Status != 200 {
+				t.Fatalf("cut %d, record failure %q tokens %d status %d; want cut %d, failure %q, tokens %d, status 200",
+					cut, r.Failure, r.CompletionTokens, r.Status, tc.wantCut, tc.wantFail, tc.wantTokens)
+			}
+			if tc.endsInTime && took >= 500*time.Millisecond {
+				t.Fatalf("Drain took %v: it must return once the streams ended, not at its bound", took)
+			}
+		})
+	}
+}
+
 func TestServerDoesNotRecordRequestsTheGatewayAnswered(t *testing.T) {
 	noCluster := func(kv ...string) *extprocv3.ProcessingRequest {
 		return &extprocv3.ProcessingRequest{ObservabilityMode: true, Request: &extprocv3.ProcessingRequest_RequestHeaders{

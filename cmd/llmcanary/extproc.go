@@ -11,11 +11,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
 	"github.com/llmcanary/llmcanary/extproc"
@@ -41,7 +43,15 @@ type extprocOptions struct {
 	CaptureRate   float64  // fraction of requests whose text is kept
 	CaptureMax    int      // bytes kept of each prompt and completion
 	Refusals      []string // refusal patterns; empty means the defaults
-	LogLevel      string
+	// DrainTimeout bounds how long a stop (SIGTERM, SIGINT) waits for the
+	// open streams to end before it cuts them; LLM answers stream for tens
+	// of seconds, so the default leaves room for the longest generations.
+	DrainTimeout time.Duration
+	// ReusePort lets a second replica listen on the same address
+	// (SO_REUSEPORT), so the kernel hands new connections to whichever
+	// still listens while the other drains.
+	ReusePort bool
+	LogLevel  string
 }
 
 func defaultExtprocOptions() extprocOptions {
@@ -50,6 +60,7 @@ func defaultExtprocOptions() extprocOptions {
 		MetricsListen: "127.0.0.1:9003",
 		SpoolDir:      filepath.Join(os.TempDir(), "llmcanary-extproc-spool"),
 		CaptureMax:    extproc.DefaultCaptureMaxBytes,
+		DrainTimeout:  5 * time.Minute,
 		LogLevel:      "info",
 	}
 }
@@ -75,6 +86,9 @@ func (o extprocOptions) Validate() error {
 	}
 	if o.RetentionDays < 0 {
 		errs = append(errs, errors.New("--retention-days must not be negative"))
+	}
+	if o.DrainTimeout < 0 {
+		errs = append(errs, errors.New("--drain-timeout must not be negative"))
 	}
 	if err := o.capture().Validate(); err != nil {
 		errs = append(errs, err)
@@ -109,6 +123,8 @@ func (o *extprocOptions) bind(fs *flag.FlagSet) {
 	fs.Float64Var(&o.CaptureRate, "capture-rate", o.CaptureRate, "fraction of requests whose prompt and completion are kept, redacted (0: off)")
 	fs.IntVar(&o.CaptureMax, "capture-max-bytes", o.CaptureMax, "bytes kept of each captured prompt and completion")
 	fs.Var((*stringList)(&o.Refusals), "refusal-pattern", "regular expression marking a refusal (repeatable; replaces the defaults)")
+	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "on SIGTERM, how long open streams may still run before they are cut (each still gets its row)")
+	fs.BoolVar(&o.ReusePort, "reuse-port", o.ReusePort, "listen with SO_REUSEPORT so a second replica can share --listen (rolling restarts)")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error")
 }
 
@@ -155,7 +171,11 @@ func runExtproc(ctx context.Context, args []string) error {
 		return err
 	}
 
-	lis, err := net.Listen("tcp", o.Listen)
+	var lc net.ListenConfig
+	if o.ReusePort {
+		lc.Control = reusePort
+	}
+	lis, err := lc.Listen(ctx, "tcp", o.Listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
@@ -187,14 +207,20 @@ func runExtproc(ctx context.Context, args []string) error {
 	case err = <-errc:
 	case <-ctx.Done():
 	}
-	// Envoy holds each stream until its request ends; give those in flight
-	// a moment to finish so their records are written.
-	done := make(chan struct{})
-	go func() { g.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		g.Stop()
+	// A stop loses no record: the listener closes and Envoy gets GOAWAY, so
+	// new requests go elsewhere (another replica) while the open streams,
+	// each an answer still streaming, run to their end; past the bound they
+	// are cut and recorded with what was seen. The sink then flushes.
+	log.Info("draining: taking no new streams, waiting for the open ones", "bound", o.DrainTimeout)
+	go g.GracefulStop()
+	dctx, cancel := context.WithTimeout(context.Background(), o.DrainTimeout)
+	start := time.Now()
+	cut := srv.Drain(dctx, g.Stop)
+	cancel()
+	if cut > 0 {
+		log.Warn("drain bound passed: cut the open streams, recorded as client_cancel with what was seen", "streams", cut, "bound", o.DrainTimeout)
+	} else {
+		log.Info("drained: every stream ended", "after", time.Since(start).Round(time.Millisecond))
 	}
 	if hs != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -202,6 +228,20 @@ func runExtproc(ctx context.Context, args []string) error {
 		cancel()
 	}
 	return err
+}
+
+// reusePort sets SO_REUSEPORT on a listening socket.
+func reusePort(network, address string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("set SO_REUSEPORT: %w", serr)
+	}
+	return nil
 }
 
 // openSink returns where records go: the ClickHouse writer when an address

@@ -11,12 +11,15 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/llmcanary/llmcanary/extproc"
 )
 
-// The spool is an append-only file of batches that could not be inserted,
-// plus a file holding how far replay has got. Its format, one batch per line:
+// The spool is the writer's write-ahead log: an append-only file of
+// batches, each appended and fsync'd before it is sent to ClickHouse, plus
+// a file holding how far ClickHouse has confirmed. Its format, one batch per
+// line:
 //
 //	<payload length, decimal> SP <CRC-32C of payload, 8 hex digits> SP <payload> LF
 //
@@ -25,15 +28,21 @@ import (
 // torn write (a crash mid-append): it and anything after it are discarded
 // when the spool is opened.
 //
-// The offset file holds the byte offset of the first batch not yet
-// replayed, replaced atomically (write, fsync, rename) after each replayed
-// batch. When replay reaches the end the log is truncated first and the
+// The offset file holds the byte offset of the first batch not yet in
+// ClickHouse, replaced atomically (write, fsync, rename) after each inserted
+// batch. When inserts reach the end the log is truncated first and the
 // offset reset second; an offset beyond the log's end therefore means "the
-// log was emptied" and reads as 0.
+// log was emptied" and reads as 0. A log that is appended to while it is
+// consumed never reaches its end under steady traffic, so once the log
+// outgrows compactMinBytes and the consumed head is three times the
+// unconsumed tail, the tail is copied into a new log that replaces the old
+// one (see compact).
 const (
 	spoolLogName    = "spool.log"
 	spoolOffsetName = "spool.offset"
+	spoolLockName   = "spool.lock"
 	maxFrameBytes   = 1 << 30
+	compactMinBytes = 4 << 20
 )
 
 // ErrSpoolFull reports that a batch would make the spool exceed its cap.
@@ -44,35 +53,63 @@ var errTorn = errors.New("torn spool frame")
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
+// ErrSpoolLocked reports that another process holds the spool directory.
+var ErrSpoolLocked = errors.New("spool directory in use by another process")
+
 // spool is not safe for concurrent use; the Writer serialises access.
+// Bytes before size never change until commit or truncate, so one reader
+// may read [offset, size) through readFrames while appends go on.
 type spool struct {
 	dir      string
+	lock     *os.File // holds an exclusive flock on spoolLockName
 	f        *os.File
 	size     int64 // bytes in the log
-	offset   int64 // first byte not yet replayed
+	offset   int64 // first byte not yet in ClickHouse
 	maxBytes int64 // cap on size; 0 means no cap
+	// uncertain ends the range of frames that may already be in ClickHouse
+	// although offset has not passed them: everything found at open (a
+	// crash may have struck between an insert and its offset write) and
+	// every frame of a failed insert (a timeout may hide a success). They
+	// are inserted with deduplication.
+	uncertain int64
+	// openRows counts the rows of the frames not yet replayed at open.
+	openRows int64
+	// compactAt is the least log size compact runs at; compactMinBytes
+	// unless a test sets it.
+	compactAt int64
 }
 
-// openSpool opens or creates the spool in dir. It validates every batch
-// not yet replayed and truncates a torn tail, returning how many bytes it
-// discarded.
+// openSpool opens or creates the spool in dir and locks it against other
+// processes (the lock ends with the process, crash or not). It validates
+// every batch not yet replayed and truncates a torn tail, returning how
+// many bytes it discarded.
 func openSpool(dir string, maxBytes int64) (*spool, int64, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, 0, fmt.Errorf("spool: %w", err)
 	}
+	lock, err := os.OpenFile(filepath.Join(dir, spoolLockName), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, 0, fmt.Errorf("spool: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, 0, fmt.Errorf("spool %s: %w (%v)", dir, ErrSpoolLocked, err)
+	}
 	f, err := os.OpenFile(filepath.Join(dir, spoolLogName), os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
+		lock.Close()
 		return nil, 0, fmt.Errorf("spool: %w", err)
 	}
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
+		lock.Close()
 		return nil, 0, fmt.Errorf("spool: %w", err)
 	}
-	s := &spool{dir: dir, f: f, size: st.Size(), maxBytes: maxBytes}
+	s := &spool{dir: dir, lock: lock, f: f, size: st.Size(), maxBytes: maxBytes, compactAt: compactMinBytes}
 	s.offset, err = readOffset(filepath.Join(dir, spoolOffsetName))
 	if err != nil {
-		f.Close()
+		s.close()
 		return nil, 0, err
 	}
 	if s.offset > s.size {
@@ -80,19 +117,21 @@ func openSpool(dir string, maxBytes int64) (*spool, int64, error) {
 	}
 	good := s.offset
 	for good < s.size {
-		_, end, err := s.readAt(good)
+		batch, end, err := s.readAt(good)
 		if err != nil {
 			break
 		}
 		good = end
+		s.openRows += int64(len(batch))
 	}
 	discarded := s.size - good
 	if discarded > 0 {
 		if err := s.truncate(good); err != nil {
-			f.Close()
+			s.close()
 			return nil, 0, err
 		}
 	}
+	s.uncertain = s.size
 	return s, discarded, nil
 }
 
@@ -161,7 +200,32 @@ func (s *spool) next() ([]extproc.Record, int64, error) {
 }
 
 func (s *spool) readAt(pos int64) ([]extproc.Record, int64, error) {
-	r := bufio.NewReader(io.NewSectionReader(s.f, pos, s.size-pos))
+	return readFrame(s.f, pos, s.size)
+}
+
+// readFrames reads whole frames of f from pos on, up to limit, until they
+// hold at least maxRows records; it returns them as one batch and the
+// offset just past the last frame read.
+func readFrames(f io.ReaderAt, pos, limit int64, maxRows int) ([]extproc.Record, int64, error) {
+	var batch []extproc.Record
+	for pos < limit && len(batch) < maxRows {
+		b, end, err := readFrame(f, pos, limit)
+		if err != nil {
+			return nil, pos, err
+		}
+		if batch == nil {
+			batch = b
+		} else {
+			batch = append(batch, b...)
+		}
+		pos = end
+	}
+	return batch, pos, nil
+}
+
+// readFrame reads the frame at pos of f, which must end by limit.
+func readFrame(f io.ReaderAt, pos, limit int64) ([]extproc.Record, int64, error) {
+	r := bufio.NewReader(io.NewSectionReader(f, pos, limit-pos))
 	lenField, err := r.ReadString(' ')
 	if err != nil || len(lenField) > 12 {
 		return nil, pos, errTorn
@@ -194,8 +258,9 @@ func (s *spool) readAt(pos int64) ([]extproc.Record, int64, error) {
 	return batch, end, nil
 }
 
-// commit records that every batch before end has been replayed. When that
-// is the whole log, the log is emptied.
+// commit records that every batch before end is in ClickHouse. When that
+// is the whole log, the log is emptied; when it is most of a large log,
+// the rest moves to a new log (compact).
 func (s *spool) commit(end int64) error {
 	if end >= s.size {
 		if err := s.truncate(0); err != nil {
@@ -203,11 +268,63 @@ func (s *spool) commit(end int64) error {
 		}
 		end = 0
 	}
-	if err := writeFileAtomic(filepath.Join(s.dir, spoolOffsetName), []byte(strconv.FormatInt(end, 10)+"\n")); err != nil {
-		return fmt.Errorf("spool: write offset: %w", err)
+	if err := s.writeOffset(end); err != nil {
+		return err
 	}
 	s.offset = end
+	// Compact when the unconsumed tail is at most a third of the consumed
+	// head: copying it then costs at most a third more disk writes over
+	// the log's life, and the offset on disk lies beyond the new log's end.
+	if s.size >= s.compactAt && s.offset >= 3*(s.size-s.offset) {
+		return s.compact()
+	}
 	return nil
+}
+
+func (s *spool) writeOffset(off int64) error {
+	if err := writeFileAtomic(filepath.Join(s.dir, spoolOffsetName), []byte(strconv.FormatInt(off, 10)+"\n")); err != nil {
+		return fmt.Errorf("spool: write offset: %w", err)
+	}
+	return nil
+}
+
+// compact replaces the log by one holding only its frames from the offset
+// on, and resets the offset to 0. It runs only when the offset on disk lies
+// beyond what is left of the log after it: a crash between the replacement and the
+// offset write then leaves an offset beyond the new log's end, which
+// openSpool reads as 0 — the right offset for the new log. Nothing is lost
+// or replayed twice.
+func (s *spool) compact() error {
+	path := filepath.Join(s.dir, spoolLogName)
+	tmp := path + ".tmp"
+	nf, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("spool: compact: %w", err)
+	}
+	end := s.offset
+	if _, err := io.Copy(nf, io.NewSectionReader(s.f, end, s.size-end)); err != nil {
+		nf.Close()
+		return fmt.Errorf("spool: compact: %w", err)
+	}
+	if err := nf.Sync(); err != nil {
+		nf.Close()
+		return fmt.Errorf("spool: compact: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		nf.Close()
+		return fmt.Errorf("spool: compact: %w", err)
+	}
+	// From here on the new log is the log, whatever fails next: the
+	// offset on disk, end, reads as 0 against it.
+	s.f.Close()
+	s.f = nf
+	s.size -= end
+	s.offset = 0
+	s.uncertain = max(0, s.uncertain-end)
+	if err := syncDir(s.dir); err != nil {
+		return fmt.Errorf("spool: compact: %w", err)
+	}
+	return s.writeOffset(0)
 }
 
 func (s *spool) truncate(size int64) error {
@@ -218,13 +335,13 @@ func (s *spool) truncate(size int64) error {
 		return fmt.Errorf("spool: sync: %w", err)
 	}
 	s.size = size
-	if s.offset > size {
-		s.offset = size
-	}
+	s.offset = min(s.offset, size)
+	s.uncertain = min(s.uncertain, size)
 	return nil
 }
 
-func (s *spool) close() error { return s.f.Close() }
+// close releases the log and the directory's lock.
+func (s *spool) close() error { return errors.Join(s.f.Close(), s.lock.Close()) }
 
 func writeFileAtomic(path string, data []byte) error {
 	tmp := path + ".tmp"
@@ -246,7 +363,12 @@ func writeFileAtomic(path string, data []byte) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
-	d, err := os.Open(filepath.Dir(path))
+	return syncDir(filepath.Dir(path))
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
 	if err != nil {
 		return err
 	}

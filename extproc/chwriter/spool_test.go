@@ -235,3 +235,96 @@ func TestSpoolRefusesBatchBeyondCap(t *testing.T) {
 		t.Fatalf("spool size %d after a refused append, want %d", s.size, 2*len(frame))
 	}
 }
+
+func TestSpoolCompactionKeepsTheUnconsumedTailAcrossACrash(t *testing.T) {
+	dir := t.TempDir()
+	s, _, err := openSpool(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := time.Now()
+	batches := [][]extproc.Record{makeRecords(40, base), makeRecords(40, base.Add(time.Minute)), makeRecords(5, base.Add(2*time.Minute))}
+	var ends []int64
+	for _, b := range batches {
+		if err := s.append(b); err != nil {
+			t.Fatal(err)
+		}
+		ends = append(ends, s.size)
+	}
+	tail, err := os.ReadFile(filepath.Join(dir, spoolLogName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail = tail[ends[1]:]
+
+	// A crash between the log's replacement and the offset's reset leaves
+	// the old offset (three quarters into the old log, so beyond the end of
+	// the new one) beside the new log.
+	s.compactAt = 1 << 40 // no compaction yet: only the offset moves
+	if err := s.commit(ends[1]); err != nil {
+		t.Fatal(err)
+	}
+	snapshot := t.TempDir()
+	s.close()
+	if err := os.WriteFile(filepath.Join(snapshot, spoolLogName), tail, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	off, err := os.ReadFile(filepath.Join(dir, spoolOffsetName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(snapshot, spoolOffsetName), off, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	crashed, _, err := openSpool(snapshot, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := lens(readAll(t, crashed)); !reflect.DeepEqual(got, []int{5}) {
+		t.Fatalf("after a crash mid-compaction the spool holds batches of %v, want [5]", got)
+	}
+	crashed.close()
+
+	// The compaction itself.
+	s, _, err = openSpool(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	s.compactAt = 1
+	if err := s.commit(ends[1]); err != nil {
+		t.Fatal(err)
+	}
+	if s.offset != 0 || s.size != int64(len(tail)) {
+		t.Fatalf("after compaction offset %d size %d, want 0 and %d", s.offset, s.size, len(tail))
+	}
+	if err := s.append(makeRecords(2, base)); err != nil {
+		t.Fatal(err)
+	}
+	s.close()
+	s, _, err = openSpool(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	if got := lens(readAll(t, s)); !reflect.DeepEqual(got, []int{5, 2}) {
+		t.Fatalf("compacted spool holds batches of %v, want [5 2]", got)
+	}
+}
+
+func TestSpoolDirectoryServesOneProcessAtATime(t *testing.T) {
+	dir := t.TempDir()
+	s, _, err := openSpool(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := openSpool(dir, 0); !errors.Is(err, ErrSpoolLocked) {
+		t.Fatalf("second open of a spool in use: %v, want ErrSpoolLocked", err)
+	}
+	s.close()
+	s, _, err = openSpool(dir, 0)
+	if err != nil {
+		t.Fatalf("open after the first closed: %v", err)
+	}
+	s.close()
+}

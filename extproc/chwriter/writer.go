@@ -1,9 +1,13 @@
 // Package chwriter writes extproc.Records into ClickHouse in batches. Write
-// never blocks: records wait in a bounded queue, a background loop inserts
-// them by size and time, and while ClickHouse is away batches go to an
-// on-disk spool that is replayed, in order and without duplicates, when it
-// comes back. What cannot be kept (queue full, spool at its cap) is dropped
-// and counted.
+// never blocks: records wait in a bounded queue; a logger goroutine appends
+// them to an on-disk spool and fsyncs it, a group of records per disk write
+// (group commit), so a record is durable within a disk write of Write; an
+// inserter goroutine then sends the spooled records to ClickHouse by size
+// and time and records how far ClickHouse has them. A crash therefore loses
+// only records still in the queue; the next Writer on the same spool
+// inserts the rest, in order and without duplicates, as it does after a
+// ClickHouse outage. What cannot be kept (queue full, spool at its cap) is
+// dropped and counted.
 package chwriter
 
 import (
@@ -12,7 +16,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
 	"regexp"
@@ -41,16 +44,19 @@ type Options struct {
 	Database string
 	// BatchSize is the most rows per insert; default 500.
 	BatchSize int
-	// FlushInterval is the longest a record waits in a partial batch;
-	// default 1 s.
+	// FlushInterval is the longest a spooled record waits for a full batch
+	// before it is inserted; default 1 s. It does not delay durability:
+	// records reach the spool's disk as soon as the logger gets them.
 	FlushInterval time.Duration
-	// QueueSize bounds the records waiting in memory; default 20×BatchSize.
-	// Write drops (and counts) records beyond it.
+	// QueueSize bounds the records waiting in memory for the logger;
+	// default 20×BatchSize. Write drops (and counts) records beyond it.
 	QueueSize int
-	// SpoolDir holds the spool of batches ClickHouse did not take. Required.
+	// SpoolDir holds the spool, the write-ahead log of records not yet in
+	// ClickHouse. Required; one Writer (one process) per directory, which
+	// New enforces with a lock.
 	SpoolDir string
-	// SpoolMaxBytes caps the spool file; default 1 GiB. Batches beyond it
-	// are dropped and counted.
+	// SpoolMaxBytes caps the spool file; default 1 GiB. Records beyond it
+	// (ClickHouse away for long) are dropped and counted.
 	SpoolMaxBytes int64
 	// RetryMin and RetryMax bound the backoff between attempts to reach
 	// ClickHouse during an outage; defaults 200 ms and 10 s.
@@ -120,16 +126,18 @@ func (o Options) Validate() error {
 }
 
 // Stats counts rows by what happened to them. Written and Replayed are
-// rows inserted into wire.TableRequests, directly or from the spool.
+// rows inserted into wire.TableRequests, in the normal course or by
+// replaying what an outage or a crash left in the spool.
 type Stats struct {
+	Logged         uint64 // rows appended to the spool (every row kept)
 	Written        uint64
-	Spooled        uint64
+	Spooled        uint64 // rows logged while ClickHouse was away: they wait for replay
 	Dropped        uint64
 	Replayed       uint64
 	ReplaySkipped  uint64 // spooled rows already in ClickHouse, not inserted again
 	SpoolBytes     int64  // size of the spool file
-	SpoolPending   int64  // bytes of the spool not yet replayed
-	ClickHouseLive bool   // the last insert succeeded and the spool is empty
+	SpoolPending   int64  // bytes of the spool not yet in ClickHouse
+	ClickHouseLive bool   // the last insert succeeded and no outage backlog waits
 }
 
 // Writer is an extproc.Sink that stores records in ClickHouse. Write is
@@ -142,31 +150,44 @@ type Writer struct {
 	in       chan extproc.Record
 	closeMu  sync.RWMutex
 	closed   bool
-	closeCtx context.Context // read by the loop after in is closed
+	closeCtx context.Context // read by the inserter after the logger is done
 
-	base     context.Context // cancelled by Close to stop the replayer
-	cancel   context.CancelFunc
-	wake     chan struct{}
-	loopDone chan struct{}
-	repDone  chan struct{}
+	base    context.Context // cancelled by Close to stop the inserter
+	cancel  context.CancelFunc
+	wake    chan struct{} // the logger tells the inserter a full batch waits
+	logDone chan struct{} // closed when the logger has spooled the last record
+	insDone chan struct{}
 
-	mu          sync.Mutex // guards spool, healthy, schemaReady, version
+	// mu guards the spool, healthy, schemaReady, version, pendingRows and
+	// mem. The logger is the spool's only appender and the inserter its
+	// only reader and committer.
+	mu          sync.Mutex
 	spool       *spool
 	healthy     bool
 	schemaReady bool
 	version     serverVersion
+	pendingRows int64 // rows in the spool not yet in ClickHouse
+	// mem keeps the records of the spool's last frames as the logger
+	// appended them, so the inserter need not read and decode them back:
+	// always a suffix of the log (the frames ending at its end), its
+	// oldest frames given up beyond QueueSize rows. Being a suffix, it
+	// needs no offsets and survives truncation and compaction.
+	mem      []memFrame
+	memBytes int64
+	memRows  int
 
-	written, spooled, dropped, replayed, skipped atomic.Uint64
-	droppedLogged                                atomic.Uint64
-	lastDropLog                                  atomic.Int64
-	spoolBytes, spoolPending                     atomic.Int64
+	logged, written, spooled, dropped, replayed, skipped atomic.Uint64
+	droppedLogged                                        atomic.Uint64
+	lastDropLog                                          atomic.Int64
+	spoolBytes, spoolPending                             atomic.Int64
 
 	collectors []prometheus.Collector
 }
 
 // New opens the spool, connects to ClickHouse and creates or migrates the
 // schema. It succeeds when ClickHouse is down: records are then spooled and
-// the schema is created once the server answers.
+// the schema is created once the server answers. Rows a previous Writer
+// left in the spool (an outage, a crash) are inserted first, each once.
 func New(ctx context.Context, o Options) (*Writer, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
@@ -196,10 +217,11 @@ func New(ctx context.Context, o Options) (*Writer, error) {
 		o: o, log: o.Logger, conn: conn,
 		in:   make(chan extproc.Record, o.QueueSize),
 		base: base, cancel: cancel,
-		wake:     make(chan struct{}, 1),
-		loopDone: make(chan struct{}),
-		repDone:  make(chan struct{}),
-		spool:    sp,
+		wake:        make(chan struct{}, 1),
+		logDone:     make(chan struct{}),
+		insDone:     make(chan struct{}),
+		spool:       sp,
+		pendingRows: sp.openRows,
 	}
 	w.updateSpoolGauges()
 	if err := w.registerMetrics(); err != nil {
@@ -217,11 +239,8 @@ func New(ctx context.Context, o Options) (*Writer, error) {
 	} else if !sp.pending() {
 		w.healthy = true
 	}
-	go w.loop()
-	go w.replayer()
-	if !w.healthy {
-		w.kick()
-	}
+	go w.logger()
+	go w.inserter()
 	return w, nil
 }
 
@@ -251,10 +270,10 @@ func (w *Writer) Write(r extproc.Record) {
 	}
 }
 
-// Close stops accepting records, inserts what is queued (or spools it when
-// ClickHouse is away or ctx ends first) and releases the connection and the
-// spool. Spooled batches are replayed by the next Writer on the same
-// SpoolDir.
+// Close stops accepting records, spools what is queued, inserts what the
+// spool holds while ClickHouse is live and ctx lasts, and releases the
+// connection and the spool. What ClickHouse did not take is inserted by the
+// next Writer on the same SpoolDir.
 func (w *Writer) Close(ctx context.Context) error {
 	w.closeMu.Lock()
 	if w.closed {
@@ -266,9 +285,18 @@ func (w *Writer) Close(ctx context.Context) error {
 	close(w.in)
 	w.closeMu.Unlock()
 
-	<-w.loopDone
+	stop := make(chan struct{})
+	go func() { // ctx bounds an insert already under way, too
+		select {
+		case <-ctx.Done():
+			w.cancel()
+		case <-stop:
+		}
+	}()
+	<-w.logDone
+	<-w.insDone
+	close(stop)
 	w.cancel()
-	<-w.repDone
 	for _, c := range w.collectors {
 		w.o.Registerer.Unregister(c)
 	}
@@ -283,6 +311,7 @@ func (w *Writer) Stats() Stats {
 	live := w.healthy
 	w.mu.Unlock()
 	return Stats{
+		Logged:         w.logged.Load(),
 		Written:        w.written.Load(),
 		Spooled:        w.spooled.Load(),
 		Dropped:        w.dropped.Load(),
@@ -301,70 +330,75 @@ func (w *Writer) DropPartitionsBefore(ctx context.Context, before time.Time) (in
 	return dropPartitionsBefore(ctx, w.conn, w.o.Database, before)
 }
 
-// loop batches queued records by size and time. It is the only appender to
-// the spool, which keeps batches in arrival order.
-func (w *Writer) loop() {
-	defer close(w.loopDone)
-	batch := make([]extproc.Record, 0, w.o.BatchSize)
-	tick := time.NewTicker(w.o.FlushInterval)
-	defer tick.Stop()
+// logger is the write-ahead step. It takes a record from the queue, with
+// every record queued behind it (up to BatchSize), appends them to the
+// spool as one frame and fsyncs it: group commit, so while one disk write
+// runs the next group gathers and a burst costs a few disk writes, not one
+// each. Only then are the records left to the inserter. It runs on its own
+// goroutine because Write must not wait for the disk, nor a slow disk for
+// ClickHouse.
+func (w *Writer) logger() {
+	defer close(w.logDone)
 	for {
-		select {
-		case r, ok := <-w.in:
-			if !ok {
-				if len(batch) > 0 {
-					w.flush(w.closeCtx, batch)
+		r, ok := <-w.in
+		if !ok {
+			return
+		}
+		group := append(make([]extproc.Record, 0, 16), r) // kept in mem: never reused
+		open := true
+	gather:
+		for len(group) < w.o.BatchSize {
+			select {
+			case r, ok := <-w.in:
+				if !ok {
+					open = false
+					break gather
 				}
-				return
+				group = append(group, r)
+			default:
+				break gather
 			}
-			batch = append(batch, r)
-			if len(batch) >= w.o.BatchSize {
-				w.flush(w.base, batch)
-				batch = make([]extproc.Record, 0, w.o.BatchSize)
-			}
-		case <-tick.C:
-			if len(batch) > 0 {
-				w.flush(w.base, batch)
-				batch = make([]extproc.Record, 0, w.o.BatchSize)
-			}
+		}
+		w.spoolGroup(group)
+		if !open {
+			return
 		}
 	}
 }
 
-// flush inserts batch directly when ClickHouse is live and nothing older
-// waits in the spool; otherwise, or when the insert fails, it spools batch
-// behind the older ones and wakes the replayer.
-func (w *Writer) flush(ctx context.Context, batch []extproc.Record) {
+// spoolGroup appends one group to the spool and wakes the inserter when a
+// full batch waits.
+func (w *Writer) spoolGroup(group []extproc.Record) {
 	w.mu.Lock()
-	direct := w.healthy && !w.spool.pending()
-	w.mu.Unlock()
-	if direct && ctx.Err() == nil {
-		ictx, cancel := context.WithTimeout(ctx, w.o.InsertTimeout)
-		n, _, err := w.insert(ictx, batch, false)
-		cancel()
-		if err == nil {
-			w.written.Add(uint64(n))
-			return
-		}
-		w.log.Warn("clickhouse insert failed: spooling telemetry until it answers", "rows", len(batch), "err", err)
-		w.mu.Lock()
-		w.healthy = false
-		w.mu.Unlock()
+	size := w.spool.size
+	err := w.spool.append(group)
+	live := w.healthy
+	full := false
+	if err == nil {
+		w.pendingRows += int64(len(group))
+		full = w.pendingRows >= int64(w.o.BatchSize)
+		w.mem = append(w.mem, memFrame{recs: group, bytes: w.spool.size - size})
+		w.memBytes += w.spool.size - size
+		w.memRows += len(group)
+		w.trimMemLocked()
 	}
-	w.mu.Lock()
-	err := w.spool.append(batch)
 	w.updateSpoolGaugesLocked()
 	w.mu.Unlock()
 	switch {
 	case errors.Is(err, ErrSpoolFull):
-		w.drop(len(batch), "spool full")
+		w.drop(len(group), "spool full")
 	case err != nil:
 		w.log.Error("telemetry spool append failed", "err", err)
-		w.drop(len(batch), "spool error")
+		w.drop(len(group), "spool error")
 	default:
-		w.spooled.Add(uint64(len(batch)))
+		w.logged.Add(uint64(len(group)))
+		if !live {
+			w.spooled.Add(uint64(len(group)))
+		}
+		if full {
+			w.kick()
+		}
 	}
-	w.kick()
 }
 
 func (w *Writer) kick() {
@@ -374,72 +408,176 @@ func (w *Writer) kick() {
 	}
 }
 
-// replayer brings ClickHouse back into use after an outage: it retries with
-// backoff, creates the schema if needed, replays the spool oldest first and
-// then marks ClickHouse live. It also runs partition retention.
-func (w *Writer) replayer() {
-	defer close(w.repDone)
-	backoff := w.o.RetryMin
+// inserter moves the spool into ClickHouse, oldest first: a full batch as
+// soon as the logger reports one, whatever waits every FlushInterval. When
+// an insert fails it retries with backoff, creates the schema if needed and
+// replays the backlog with deduplication before it calls ClickHouse live
+// again. When the logger is done (Close) it inserts what is left if
+// ClickHouse is live. It also runs partition retention.
+func (w *Writer) inserter() {
+	defer close(w.insDone)
+	tick := time.NewTicker(w.o.FlushInterval)
+	defer tick.Stop()
 	var retention <-chan time.Time
 	if w.o.RetentionDays > 0 {
 		t := time.NewTicker(time.Hour)
 		defer t.Stop()
 		retention = t.C
 	}
+	backoff := w.o.RetryMin
+	var retry <-chan time.Time
+	if !w.live() {
+		retry = time.After(0)
+	}
 	for {
-		w.mu.Lock()
-		live := w.healthy
-		w.mu.Unlock()
-		var retry <-chan time.Time
-		if !live {
-			err := w.recover(w.base)
-			if err == nil {
-				backoff = w.o.RetryMin
-				continue
+		mode := insertDue
+		select {
+		case <-w.base.Done():
+			return
+		case <-w.logDone:
+			if w.live() {
+				if err := w.insertPending(w.closeCtx, insertAll); err != nil {
+					w.log.Warn("telemetry left in the spool for the next start", "err", err, "dir", w.o.SpoolDir)
+				}
 			}
+			return
+		case <-retention:
+			w.applyRetention()
+			continue
+		case <-w.wake:
+			mode = insertFull
+		case <-tick.C:
+		case <-retry:
+			retry = nil
+		}
+		if retry != nil {
+			continue // ClickHouse is away: only the backoff timer tries again
+		}
+		if err := w.insertPending(w.base, mode); err != nil {
 			if w.base.Err() != nil {
 				return
 			}
 			w.log.Debug("clickhouse still unavailable", "err", err, "retry_in", backoff)
 			retry = time.After(backoff)
 			backoff = min(2*backoff, w.o.RetryMax)
+			continue
 		}
-		select {
-		case <-w.base.Done():
-			return
-		case <-w.wake:
-		case <-retry:
-		case <-retention:
-			w.applyRetention()
-		}
+		backoff = w.o.RetryMin
 	}
 }
 
-// recover replays the whole spool and marks ClickHouse live, or returns the
-// first error. Progress is committed after each batch, so an error or a
-// crash resumes at the batch that failed.
-func (w *Writer) recover(ctx context.Context) error {
-	sctx, cancel := context.WithTimeout(ctx, w.o.InsertTimeout)
-	err := w.ensureSchema(sctx)
-	cancel()
-	if err != nil {
-		return err
+// memFrame is one spooled frame's records and its length in the log.
+type memFrame struct {
+	recs  []extproc.Record
+	bytes int64
+}
+
+// takeMemLocked returns, when the frames from byte from of the log are
+// still in mem, as many of them as hold maxRows records, and the offset
+// after them; ok is false when from lies before mem.
+func (w *Writer) takeMemLocked(from int64, maxRows int) (batch []extproc.Record, end int64, ok bool) {
+	pos := w.spool.size - w.memBytes
+	i := 0
+	for ; i < len(w.mem) && pos < from; i++ {
+		pos += w.mem[i].bytes
+	}
+	if pos != from || i == len(w.mem) {
+		return nil, from, false
+	}
+	for ; i < len(w.mem) && len(batch) < maxRows; i++ {
+		batch = append(batch, w.mem[i].recs...)
+		pos += w.mem[i].bytes
+	}
+	return batch, pos, true
+}
+
+// trimMemLocked gives up frames of mem that are no longer (or never were
+// kept) beyond the spool's unconsumed bytes, or beyond QueueSize rows.
+func (w *Writer) trimMemLocked() {
+	pending := w.spool.pendingBytes()
+	for len(w.mem) > 0 && (w.memBytes > pending || w.memRows > w.o.QueueSize) {
+		w.memBytes -= w.mem[0].bytes
+		w.memRows -= len(w.mem[0].recs)
+		w.mem[0] = memFrame{}
+		w.mem = w.mem[1:]
+	}
+}
+
+func (w *Writer) live() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.healthy
+}
+
+// insertMode says how much of the spool one call of insertPending inserts.
+type insertMode int
+
+const (
+	// insertFull inserts full batches only: the logger reported one.
+	insertFull insertMode = iota
+	// insertDue inserts what was spooled when the call began (the flush
+	// tick), so steady traffic is not chased in small batches: each insert
+	// costs ClickHouse a new part.
+	insertDue
+	// insertAll inserts until the spool is empty (Close).
+	insertAll
+)
+
+// insertPending inserts the spool's records batch by batch, as mode says,
+// and commits each batch's end. It returns the first error; the batch that
+// failed stays in the spool, marked for deduplication. A crash anywhere
+// resumes at the batch not yet committed, and deduplication makes its
+// second insert a no-op, so each row lands once. When ClickHouse was away it
+// first makes sure of the schema, replays the whole backlog whatever the
+// mode, and then calls ClickHouse live.
+func (w *Writer) insertPending(ctx context.Context, mode insertMode) error {
+	live := w.live()
+	budget := int64(math.MaxInt64)
+	if live && mode == insertDue {
+		w.mu.Lock()
+		budget = max(w.pendingRows, 1) // a miscount must not strand rows
+		w.mu.Unlock()
+	}
+	if !live {
+		sctx, cancel := context.WithTimeout(ctx, w.o.InsertTimeout)
+		err := w.ensureSchema(sctx)
+		cancel()
+		if err != nil {
+			return err
+		}
 	}
 	for {
+		// The inserter alone commits, so the frames in [from, to) stay as
+		// they are while it reads them without the lock.
 		w.mu.Lock()
-		batch, end, err := w.spool.next()
-		if err == io.EOF {
-			w.healthy = true
-			w.mu.Unlock()
-			w.log.Info("clickhouse live: telemetry spool replayed", "addr", w.o.Addr)
+		f, from, to, pending, uncertain := w.spool.f, w.spool.offset, w.spool.size, w.pendingRows, w.spool.uncertain
+		batch, end, inMem := w.takeMemLocked(from, w.o.BatchSize)
+		w.mu.Unlock()
+		if from >= to {
+			if !live {
+				w.mu.Lock()
+				w.healthy = true
+				w.mu.Unlock()
+				w.log.Info("clickhouse live: telemetry spool replayed", "addr", w.o.Addr)
+			}
 			return nil
+		}
+		if budget <= 0 || (live && mode == insertFull && pending < int64(w.o.BatchSize)) {
+			return nil
+		}
+		var err error
+		if !inMem {
+			batch, end, err = readFrames(f, from, to, w.o.BatchSize)
 		}
 		if err != nil {
 			// Frames are validated when the spool opens and written whole,
 			// so this is corruption under a running process: keep what
-			// ClickHouse has, count nothing twice, and start a fresh spool.
-			w.log.Error("telemetry spool corrupt: discarding its unreplayed rest", "err", err, "bytes", w.spool.pendingBytes())
-			err = w.spool.commit(w.spool.size)
+			// ClickHouse has, count nothing twice, and go on after it.
+			w.log.Error("telemetry spool corrupt: discarding its unreplayed rest", "err", err, "bytes", to-from)
+			w.mu.Lock()
+			err = w.spool.commit(to)
+			w.pendingRows = 0
+			w.trimMemLocked()
 			w.updateSpoolGaugesLocked()
 			w.mu.Unlock()
 			if err != nil {
@@ -447,23 +585,41 @@ func (w *Writer) recover(ctx context.Context) error {
 			}
 			continue
 		}
-		w.mu.Unlock()
-
+		budget -= int64(len(batch))
+		dedup := !live || from < uncertain
 		ictx, cancel := context.WithTimeout(ctx, w.o.InsertTimeout)
-		n, skipped, err := w.insert(ictx, batch, true)
+		n, skipped, err := w.insert(ictx, batch, dedup)
 		cancel()
 		if err != nil {
+			w.mu.Lock()
+			w.healthy = false
+			w.spool.uncertain = max(w.spool.uncertain, end)
+			w.mu.Unlock()
+			if live {
+				w.log.Warn("clickhouse insert failed: telemetry waits in the spool until it answers", "rows", len(batch), "err", err)
+			}
 			return err
 		}
 		w.mu.Lock()
 		err = w.spool.commit(end)
+		if err != nil {
+			w.healthy = false // the offset did not move: replay, with deduplication
+			w.spool.uncertain = max(w.spool.uncertain, end)
+		}
+		w.pendingRows = max(0, w.pendingRows-int64(len(batch)))
+		w.trimMemLocked()
 		w.updateSpoolGaugesLocked()
 		w.mu.Unlock()
+		if dedup {
+			w.replayed.Add(uint64(n))
+			w.skipped.Add(uint64(skipped))
+		} else {
+			w.written.Add(uint64(n))
+		}
 		if err != nil {
+			w.log.Error("telemetry spool commit failed", "err", err)
 			return err
 		}
-		w.replayed.Add(uint64(n))
-		w.skipped.Add(uint64(skipped))
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -644,8 +800,9 @@ func (w *Writer) registerMetrics() error {
 			func() float64 { return float64(v.Load()) })
 	}
 	w.collectors = []prometheus.Collector{
-		counter("llmcanary_telemetry_written_total", "Request rows inserted into ClickHouse directly.", &w.written),
-		counter("llmcanary_telemetry_spooled_total", "Request rows written to the on-disk spool while ClickHouse was away.", &w.spooled),
+		counter("llmcanary_telemetry_logged_total", "Request rows made durable in the on-disk spool before they are inserted.", &w.logged),
+		counter("llmcanary_telemetry_written_total", "Request rows inserted into ClickHouse in the normal course.", &w.written),
+		counter("llmcanary_telemetry_spooled_total", "Request rows spooled while ClickHouse was away, to be replayed.", &w.spooled),
 		counter("llmcanary_telemetry_dropped_total", "Request rows lost: queue full, spool full or writer closed.", &w.dropped),
 		counter("llmcanary_telemetry_replayed_total", "Request rows inserted into ClickHouse from the spool.", &w.replayed),
 		counter("llmcanary_telemetry_replay_skipped_total", "Spooled request rows found already in ClickHouse on replay.", &w.skipped),

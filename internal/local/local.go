@@ -61,6 +61,10 @@ type Options struct {
 	// ext_proc service writing to it and adds the ext_proc filter.
 	ClickHouse bool
 	Telemetry  bool
+	// ExtProcAddr points the gateway's ext_proc filter at a telemetry
+	// service running elsewhere (a `llmcanary extproc` process) instead of
+	// the in-process one; it needs ClickHouse and excludes Telemetry.
+	ExtProcAddr string
 	// Capture configures the telemetry's sampled text capture.
 	Capture extproc.CaptureOptions
 	Log     *slog.Logger
@@ -131,6 +135,9 @@ func Start(ctx context.Context, o Options) (*Local, error) {
 		l.Telemetry = t
 		l.OnStop(t.Stop)
 		cpo.ExtProc = &xds.ExtProcOptions{Address: t.Addr, CaptureRequestBody: o.Capture.Rate > 0}
+		l.opts = cpo
+	} else if o.ExtProcAddr != "" {
+		cpo.ExtProc = &xds.ExtProcOptions{Address: o.ExtProcAddr, CaptureRequestBody: o.Capture.Rate > 0}
 		l.opts = cpo
 	}
 	if err := l.StartControlPlane(ctx); err != nil {
