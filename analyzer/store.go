@@ -193,3 +193,20 @@ func copyRollout(r *Rollout) (*Rollout, error) {
 	}
 	return &c, nil
 }
+
+// Canaries returns the canary versions of the active rollouts, for the
+// judge to grade first (quality.JudgeOptions.Priority). A store that
+// cannot be read gives none: the judge then grades newest first.
+func (s *Store) Canaries() []string {
+	all, err := s.List()
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, r := range all {
+		if r.Status.Active() {
+			out = append(out, r.Canary)
+		}
+	}
+	return out
+}

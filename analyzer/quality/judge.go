@@ -52,6 +52,11 @@ type JudgeOptions struct {
 	// Lookback is how old a capture may be and still be graded; it bounds
 	// the partitions a round reads. Default 24 h.
 	Lookback time.Duration
+	// Priority, when set, names the versions whose answers are graded
+	// first: the canaries of running rollouts. A canary's bad answers are
+	// the evidence that rolls it back, and the rollout waits for them;
+	// stable's answers are graded with what the budget leaves.
+	Priority func() []string
 	// HTTP calls the judge; default a client with a 60 s timeout.
 	HTTP *http.Client
 	// Logger defaults to slog.Default().
@@ -267,9 +272,10 @@ func (j *Judge) giveUp(id string) {
 	j.givenUp[id] = true
 }
 
-// pending reads the newest captures of successful requests that have no
-// judge score, newest first: the analyzer's windows are recent, so under
-// a backlog the freshest captures matter most.
+// pending reads the captures of successful requests that have no judge
+// score: the priority versions' first, then the newest first (the
+// analyzer's windows are recent, so under a backlog the freshest captures
+// matter most).
 func (j *Judge) pending(ctx context.Context) ([]capture, error) {
 	db := j.o.Database
 	since := time.Now().Add(-j.o.Lookback)
@@ -285,7 +291,14 @@ func (j *Judge) pending(ctx context.Context) ([]capture, error) {
 		args = append(args, clickhouse.GroupSet{Value: ids})
 	}
 	j.mu.Unlock()
-	args = append(args, j.o.BatchSize)
+	var priority []string
+	if j.o.Priority != nil {
+		priority = j.o.Priority()
+	}
+	if len(priority) == 0 {
+		priority = []string{""} // an empty array has no type on ClickHouse 18.16; no version is named ""
+	}
+	args = append(args, priority, j.o.BatchSize)
 	// A capture is graded only when its request succeeded: a failed one
 	// is counted as a failure, and its partial text says nothing about
 	// the version's answers.
@@ -294,7 +307,7 @@ FROM %[1]s.%[2]s
 WHERE date >= %[3]s AND ts >= toDateTime(%[4]d)
   AND request_id NOT IN (SELECT request_id FROM %[1]s.%[5]s WHERE date >= %[3]s AND source = ?)
   AND request_id IN (SELECT request_id FROM %[1]s.%[6]s WHERE date >= %[3]s AND ts >= toDateTime(%[4]d) AND failure = '')%[7]s
-ORDER BY ts DESC
+ORDER BY has(?, version) DESC, ts DESC
 LIMIT ?`, db, chwriter.TableCaptures, dateLit(since), since.Unix(), Table, wire.TableRequests, skip)
 	rows, err := j.o.Conn.Query(ctx, q, args...)
 	if err != nil {

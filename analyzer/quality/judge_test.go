@@ -167,6 +167,30 @@ func TestJudgeDrainsABacklogInBatches(t *testing.T) {
 	checkJudged(t, storedScores(t, conn, store.Database()), wantJudged(recs))
 }
 
+func TestJudgeGradesTheCanaryFirst(t *testing.T) {
+	ch := chtest.Shared(t)
+	recs := judgeFixture(time.Now())
+	store, conn := openStore(t, ch, recs)
+	judge := startSimJudge(t, sim.Profile{Version: "judge", Judge: true})
+	// v2's captures are older than v1's newest: newest-first alone would
+	// grade v1 first.
+	j := newJudge(t, store, judge.srv.URL, func(o *JudgeOptions) {
+		o.BatchSize = 3
+		o.Priority = func() []string { return []string{"v2"} }
+	})
+	if n, err := j.RunOnce(context.Background()); err != nil || n != 3 {
+		t.Fatalf("first round judged %d (%v), want 3", n, err)
+	}
+	versions := map[string]int{}
+	for _, s := range storedScores(t, conn, store.Database()) {
+		versions[s.Version]++
+	}
+	// v2 has three captures of successful requests (good-2, bad-1, forced-bad).
+	if versions["v2"] != 3 || versions["v1"] != 0 {
+		t.Errorf("first round graded %v, want the canary v2's 3 captures before any of v1", versions)
+	}
+}
+
 func TestJudgeDownStoresNothingAndLosesNothing(t *testing.T) {
 	ch := chtest.Shared(t)
 	recs := judgeFixture(time.Now())

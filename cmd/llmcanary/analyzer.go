@@ -42,6 +42,7 @@ type analyzerOptions struct {
 	ClickHouse            string
 	Database              string
 	Interval              time.Duration
+	Refresh               time.Duration
 	PolicyFile            string
 	JudgeEndpoint         string
 	JudgeModel            string
@@ -56,7 +57,8 @@ func defaultAnalyzerOptions() analyzerOptions {
 		ControlPlane:   "http://127.0.0.1:18080",
 		ClickHouse:     "127.0.0.1:9000",
 		Database:       wire.Database,
-		Interval:       30 * time.Second,
+		Interval:       time.Second,
+		Refresh:        30 * time.Second,
 		JudgeModel:     quality.DefaultJudgeModel,
 		JudgeAPIKeyEnv: "LLMCANARY_JUDGE_API_KEY",
 		JudgeInterval:  30 * time.Second,
@@ -87,6 +89,9 @@ func (o analyzerOptions) Validate() error {
 	if o.Interval <= 0 {
 		errs = append(errs, fmt.Errorf("--interval %v must be positive", o.Interval))
 	}
+	if o.Refresh < o.Interval {
+		errs = append(errs, fmt.Errorf("--refresh %v must be at least --interval %v", o.Refresh, o.Interval))
+	}
 	if o.JudgeEndpoint != "" && o.JudgeInterval <= 0 {
 		errs = append(errs, fmt.Errorf("--judge-interval %v must be positive", o.JudgeInterval))
 	}
@@ -101,7 +106,8 @@ func (o *analyzerOptions) bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.ControlPlaneTokenFile, "control-plane-token-file", o.ControlPlaneTokenFile, "file holding the management API's token (default: the rollout API's token)")
 	fs.StringVar(&o.ClickHouse, "clickhouse", o.ClickHouse, "ClickHouse native-protocol address")
 	fs.StringVar(&o.Database, "database", o.Database, "ClickHouse database of the telemetry")
-	fs.DurationVar(&o.Interval, "interval", o.Interval, "time between looks at each rollout")
+	fs.DurationVar(&o.Interval, "interval", o.Interval, "how often each running rollout is checked for new rows; a look decides as soon as evidence arrives")
+	fs.DurationVar(&o.Refresh, "refresh", o.Refresh, "the longest a running rollout goes without a look when no new rows arrive")
 	fs.StringVar(&o.PolicyFile, "policy", o.PolicyFile, "YAML policy file (default: the built-in policy)")
 	fs.StringVar(&o.JudgeEndpoint, "judge-endpoint", o.JudgeEndpoint, "OpenAI-compatible base URL of the judge model; empty: no judge (user feedback only)")
 	fs.StringVar(&o.JudgeModel, "judge-model", o.JudgeModel, "model name of the judge")
@@ -164,9 +170,11 @@ with POST /v1/feedback for user ratings. Rollouts are durable in --data-dir.`)
 		return err
 	}
 	cp := analyzer.ControlPlane{Client: &xds.Client{BaseURL: strings.TrimRight(o.ControlPlane, "/"), Token: cpToken, Actor: "analyzer"}}
+	source := chsource.New(conn, o.Database)
+	source.KeepValues = true // A/B reports' win rates
 	runner := &analyzer.Runner{
-		Store: store, Source: chsource.New(conn, o.Database), Traffic: cp, Models: cp,
-		Policy: policy, Interval: o.Interval, Log: log, Stages: stages,
+		Store: store, Source: source, Traffic: cp, Models: cp,
+		Policy: policy, Interval: o.Interval, Refresh: o.Refresh, Log: log, Stages: stages,
 	}
 	api := analyzer.NewAPI(runner, o.Token, log)
 	api.Mount("POST /v1/feedback", qstore.FeedbackHandler())
@@ -183,6 +191,7 @@ with POST /v1/feedback for user ratings. Rollouts are durable in --data-dir.`)
 		j, err := quality.NewJudge(quality.JudgeOptions{
 			Conn: conn, Database: o.Database, Store: qstore, Endpoint: o.JudgeEndpoint,
 			Model: o.JudgeModel, APIKey: os.Getenv(o.JudgeAPIKeyEnv), Interval: o.JudgeInterval, Logger: log,
+			Priority: store.Canaries,
 		})
 		if err != nil {
 			return err

@@ -119,12 +119,12 @@ pictures of weight over time and latency per version go to --out.`)
 	if err != nil {
 		return err
 	}
-	judge, err := quality.NewJudge(quality.JudgeOptions{Conn: conn, Store: qstore, Endpoint: "http://" + s.Judge.Addr,
-		Interval: 500 * time.Millisecond, BatchSize: 200, Concurrency: 8, Logger: log})
+	store, err := analyzer.OpenStore(filepath.Join(o.dir, "analyzer"))
 	if err != nil {
 		return err
 	}
-	store, err := analyzer.OpenStore(filepath.Join(o.dir, "analyzer"))
+	judge, err := quality.NewJudge(quality.JudgeOptions{Conn: conn, Store: qstore, Endpoint: "http://" + s.Judge.Addr,
+		Interval: 250 * time.Millisecond, BatchSize: 200, Concurrency: 8, Logger: log, Priority: store.Canaries})
 	if err != nil {
 		return err
 	}

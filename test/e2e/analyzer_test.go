@@ -153,8 +153,9 @@ func TestAnalyzerRollsBackARegressionAndEnvoyServesStableWithinOneSecond(t *test
 		t.Fatalf("rollout ended %s: %+v", done.Status, done.Last)
 	}
 	t.Logf("decision: %s", done.Last.Reason)
-	// The weights moved before the decision was recorded; one second after
-	// the decision every Envoy must route every user to stable.
+	// The decision is saved, then the weights move (write-ahead); one
+	// second after the decision every Envoy must route every user to
+	// stable.
 	time.Sleep(time.Until(done.Last.At.Add(time.Second)))
 	got := served(t, f, 200)
 	if got["v1"] != 200 {
