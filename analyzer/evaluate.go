@@ -124,7 +124,11 @@ func evaluate(p Policy, metric Metric, st MetricState, ev EventState, m Measurem
 		r.StableValue = 0
 	}
 	if th, ok := m.Thresholds[metric]; ok {
-		r.Note = fmt.Sprintf("threshold %.0f ms, the first requests' p%g", th, 100*p.TailQuantile)
+		if m.TailPerUser {
+			r.Note = fmt.Sprintf("threshold %.2f times each user's usual value, the first requests' p%g", th, 100*p.TailQuantile)
+		} else {
+			r.Note = fmt.Sprintf("threshold %.0f ms, the first requests' p%g", th, 100*p.TailQuantile)
+		}
 	}
 	sign := 1.0 // +1 when higher is worse, -1 for scores
 	if kind == KindScore {

@@ -108,6 +108,9 @@ type Measurements struct {
 	// Thresholds are the tail metrics' thresholds, fixed by the first
 	// requests of the rollout; nil before.
 	Thresholds map[Metric]float64 `json:"thresholds,omitempty"`
+	// TailPerUser says the thresholds are ratios to each user's usual
+	// level (a baseline from before the rollout), not milliseconds.
+	TailPerUser bool `json:"tail_per_user,omitempty"`
 }
 
 // Rate counts events among observations.
@@ -130,6 +133,10 @@ type Window struct {
 	To          time.Time
 	// TailQuantile is the quantile of the tail thresholds (Policy).
 	TailQuantile float64
+	// BaselineFrom, when before RolloutFrom, asks for each user's stable
+	// latencies from then to RolloutFrom: the tail metrics then compare
+	// requests with their user's usual level (Tally.AddBaseline).
+	BaselineFrom time.Time
 }
 
 // MetricsSource reads measurements. The ClickHouse implementation queries

@@ -170,9 +170,13 @@ type Policy struct {
 	// when they have data and reported as not measured otherwise (quality
 	// has data only where a judge or users rate answers).
 	Required []Metric `json:"required"`
-	// TailQuantile is the stable quantile latency_p99 counts canary
-	// requests above. Default 0.99.
+	// TailQuantile is the quantile of the tail thresholds. Default 0.99.
 	TailQuantile float64 `json:"tail_quantile"`
+	// Baseline is how much of stable's traffic before the rollout gives
+	// each user's usual latency, TTFT and inter-token latency, so that the
+	// tail metrics compare a request with its own user's level (users
+	// differ far more than versions do). Default 1h; 0 turns it off.
+	Baseline config.Duration `json:"baseline"`
 	// Power is the power the A/B mode plans samples for. Default 0.8.
 	Power float64 `json:"power"`
 	// Models overrides fields for one model: only the fields given change
@@ -222,6 +226,7 @@ func DefaultPolicy() Policy {
 		},
 		Required:     []Metric{MetricErrorRate, MetricLatency},
 		TailQuantile: 0.99,
+		Baseline:     dur("1h"),
 		Power:        0.8,
 	}
 }
@@ -370,6 +375,9 @@ func (p Policy) Validate() error {
 		if _, ok := p.Tolerances[m]; !ok {
 			bad("required metric %q has no tolerance", m)
 		}
+	}
+	if p.Baseline < 0 {
+		bad("baseline %v must not be negative", p.Baseline.D())
 	}
 	if !(p.TailQuantile >= 0.5 && p.TailQuantile < 1) {
 		bad("tail_quantile %v must be in [0.5, 1)", p.TailQuantile)

@@ -236,7 +236,8 @@ func (r *Runner) Step(ctx context.Context, id string) (*Rollout, error) {
 		}
 		r.setSynced(id, true)
 	}
-	w := Window{Model: ro.Model, Stable: ro.Stable, Canary: ro.Canary, RolloutFrom: ro.Created, From: ro.StageStarted, To: now, TailQuantile: ro.Plan.Policy.TailQuantile}
+	w := Window{Model: ro.Model, Stable: ro.Stable, Canary: ro.Canary, RolloutFrom: ro.Created, From: ro.StageStarted, To: now,
+		TailQuantile: ro.Plan.Policy.TailQuantile, BaselineFrom: ro.Created.Add(-ro.Plan.Policy.Baseline.D())}
 	if !r.changed(ctx, ro, w, now) {
 		return ro, nil
 	}

@@ -68,7 +68,11 @@ type RolloutSimConfig struct {
 	Drift         float64
 	DriftPeriod   time.Duration
 	// LookEvery is the runner's cadence. Default 2 s.
-	LookEvery      time.Duration
+	LookEvery time.Duration
+	// Baseline is how long the model served stable alone before the
+	// rollout: its requests give each user's usual latency (see
+	// Tally.AddBaseline). 0: no baseline.
+	Baseline       time.Duration
 	Stable, Canary ArmModel
 	// Workers run rollouts in parallel. Default 2.
 	Workers int
@@ -236,6 +240,24 @@ func simulateOne(cfg RolloutSimConfig, r *rand.Rand) simOutcome {
 	now := start
 	st := NewStageState(0, now)
 	tally := NewTally(TallyOptions{TailQuantile: p.TailQuantile})
+	if cfg.Baseline > 0 {
+		// Before the rollout every request goes to stable; only the users'
+		// levels are kept.
+		n := int(cfg.RatePerSecond * cfg.Baseline.Seconds())
+		for range n {
+			u := min(sort.SearchFloat64s(cum, r.Float64()*total), len(users)-1)
+			req := Request{User: uint64(u)}
+			drawRequest(&req, cfg.Stable, users[u], 1, r)
+			if req.Outcome != OutcomeSuccess {
+				continue
+			}
+			for k, v := range rawTailValues(req) {
+				if !math.IsNaN(v) {
+					tally.AddBaseline(uint64(u), k, 1, math.Log(v))
+				}
+			}
+		}
+	}
 	nextLook := now.Add(cfg.LookEvery)
 	// Bound the simulated time: every stage at its maximum, plus slack.
 	end := start.Add(time.Duration(len(stages)+1) * p.MaxStageDuration.D())
@@ -450,7 +472,8 @@ func slowTail(s stats.Sampler, median, sigma, f float64) stats.Sampler {
 // (sigma 1: the busiest 1 % send about a tenth of the requests), each
 // with a persistent latency factor (log-sd 0.5) and bad-answer propensity
 // (logit-sd 1); traffic is 20 requests per second with a ±30 % daily
-// cycle shared by both arms; the runner looks every 2 s.
+// cycle shared by both arms; the runner looks every 2 s, and has the hour
+// before the rollout as each user's latency baseline.
 func Scenarios(rollouts int, seed uint64) []Scenario {
 	base := BaseArm()
 	pop := Population{Users: 5000, ActivitySigma: 1, LatencySigma: 0.5, QualitySigma: 1}
@@ -458,7 +481,7 @@ func Scenarios(rollouts int, seed uint64) []Scenario {
 		canary.Version = "v2"
 		return Scenario{Name: name, Target: target, Config: RolloutSimConfig{
 			Rollouts: rollouts, Seed: seed, Policy: SimPolicy(), Users: pop,
-			RatePerSecond: 20, Drift: 0.3, LookEvery: 2 * time.Second,
+			RatePerSecond: 20, Drift: 0.3, LookEvery: 2 * time.Second, Baseline: time.Hour,
 			Stable: base, Canary: canary,
 		}}
 	}

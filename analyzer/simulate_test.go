@@ -12,7 +12,7 @@ import (
 // rate lies above alpha, or that of the false sample-ratio pauses above
 // 1 %. `make bench` prints every scenario with 1000 rollouts each.
 func TestAATrafficRarelyRollsBackOrPauses(t *testing.T) {
-	n := map[string]int{"aa": 300, "aa-50-users": 150}
+	n := map[string]int{"aa": 200, "aa-50-users": 100}
 	if testing.Short() {
 		n = map[string]int{"aa": 40, "aa-50-users": 20}
 	}

@@ -83,6 +83,11 @@ var _ = [1]struct{}{}[len(AllMetrics)-numMetrics]
 type Tally struct {
 	o TallyOptions
 
+	// Baseline: each user's log tail values before the rollout, and
+	// everyone's.
+	levels map[uint64]*[3]logSums
+	pop    [3]logSums
+
 	// Calibration: the pooled values of the first successes.
 	calib      [3][]float64
 	calibrated bool
@@ -177,7 +182,7 @@ func (t *Tally) Add(r Request) {
 			}
 		}
 		if t.calibrated && r.At.After(t.calibAt) {
-			v := tailValues(r)
+			v := t.tailValues(r)
 			for k, m := range tailMetrics {
 				if !math.IsNaN(v[k]) && !math.IsNaN(t.thresholds[k]) {
 					obs(m, 1, b2f(v[k] > t.thresholds[k]))
@@ -212,9 +217,9 @@ func (t *Tally) Add(r Request) {
 	}
 }
 
-// tailValues returns the values the tail metrics threshold, NaN where a
-// request has none.
-func tailValues(r Request) [3]float64 {
+// rawTailValues returns the values the tail metrics threshold, NaN where
+// a request has none.
+func rawTailValues(r Request) [3]float64 {
 	v := [3]float64{r.LatencyMs, math.NaN(), math.NaN()}
 	if r.Streamed {
 		v[1] = r.TTFTMs
@@ -223,6 +228,67 @@ func tailValues(r Request) [3]float64 {
 		}
 	}
 	return v
+}
+
+// tailValues returns r's tail values relative to its user's usual level
+// when the tally has a baseline (see AddBaseline), else as they are.
+func (t *Tally) tailValues(r Request) [3]float64 {
+	v := rawTailValues(r)
+	if t.levels == nil {
+		return v
+	}
+	u := t.levels[r.User]
+	for k := range v {
+		if math.IsNaN(v[k]) || t.pop[k].n == 0 {
+			continue
+		}
+		// The user's mean log value, shrunk towards everyone's by
+		// baselineShrink pseudo-requests: a user seen once is mostly
+		// taken as typical, a user seen often as themselves.
+		n, s := 0.0, 0.0
+		if u != nil {
+			n, s = u[k].n, u[k].s
+		}
+		level := (s + baselineShrink*t.pop[k].s/t.pop[k].n) / (n + baselineShrink)
+		v[k] /= math.Exp(level)
+	}
+	return v
+}
+
+// baselineShrink is how many typical requests a user's own baseline is
+// blended with. Users' persistent latency differs about as much as one
+// user's requests do (log-sd 0.5 both, in the simulation's model), which
+// makes two a plain empirical-Bayes weight.
+const baselineShrink = 2
+
+// logSums sums observations of a log value.
+type logSums struct{ n, s float64 }
+
+// AddBaseline records a user's requests from before the rollout, when
+// every user was on stable: n successful requests whose tail value k (0
+// latency, 1 TTFT, 2 inter-token latency) has logarithms summing to
+// sumLog. With a baseline, the tail metrics compare each request with its
+// user's usual level instead of with everyone's: a user with long prompts
+// is slow on both versions, and only the change in their own latency is
+// the canary's doing. The baseline predates the split, so it is the same
+// whichever arm a user is on, and the event tests stay exact. Call it
+// before Add.
+func (t *Tally) AddBaseline(user uint64, k int, n, sumLog float64) {
+	if n <= 0 || k < 0 || k >= 3 || math.IsNaN(sumLog) || math.IsInf(sumLog, 0) {
+		return
+	}
+	if t.levels == nil {
+		t.levels = map[uint64]*[3]logSums{}
+	}
+	u := t.levels[user]
+	if u == nil {
+		u = &[3]logSums{}
+		t.levels[user] = u
+	}
+	u[k].n += n
+	u[k].s += sumLog
+	t.pop[k].n += n
+	t.pop[k].s += sumLog
 }
 
 // calibrate collects the first successes' values until each tail metric
@@ -235,7 +301,7 @@ func (t *Tally) calibrate(r Request) {
 		return
 	}
 	need := CalibrationSize(t.o.TailQuantile)
-	v := tailValues(r)
+	v := t.tailValues(r)
 	for k := range v {
 		if !math.IsNaN(v[k]) && len(t.calib[k]) < need {
 			t.calib[k] = append(t.calib[k], v[k])
@@ -285,7 +351,7 @@ func (t *Tally) event(r Request) {
 		count(MetricErrorRate, false)
 		count(MetricRefusalRate, r.Refusal)
 		if t.calibrated && r.At.After(t.calibAt) {
-			v := tailValues(r)
+			v := t.tailValues(r)
 			for k, m := range tailMetrics {
 				if !math.IsNaN(v[k]) && !math.IsNaN(t.thresholds[k]) {
 					count(m, v[k] > t.thresholds[k])
@@ -334,6 +400,7 @@ func (t *Tally) Measurements(model, stable, canary string, to time.Time) Measure
 	}
 	m.Stable, m.Canary = t.arms[0].clone(), t.arms[1].clone()
 	m.Stable.Version, m.Canary.Version = stable, canary
+	m.TailPerUser = t.levels != nil
 	if t.calibrated {
 		m.Thresholds = map[Metric]float64{}
 		for k, mt := range tailMetrics {

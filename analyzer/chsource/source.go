@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"sync"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -31,6 +32,21 @@ type Source struct {
 	// KeepValues keeps each arm's raw values in the measurements, for the
 	// A/B reports' win rates.
 	KeepValues bool
+
+	mu        sync.Mutex
+	baselines map[baselineKey][]baselineRow // the past does not change: read once
+}
+
+type baselineKey struct {
+	model, stable string
+	from, to      int64
+}
+
+// baselineRow is one user's stable traffic before a rollout: per tail
+// value (latency, TTFT, ITL), the count and the sum of logarithms.
+type baselineRow struct {
+	bucket uint64
+	n, s   [3]float64
 }
 
 // New returns a Source reading database ("" means wire.Database) over
@@ -79,6 +95,17 @@ func (s *Source) Measure(ctx context.Context, w analyzer.Window) (analyzer.Measu
 		return m, err
 	}
 	t := analyzer.NewTally(analyzer.TallyOptions{TailQuantile: w.TailQuantile, KeepValues: s.KeepValues})
+	if !w.BaselineFrom.IsZero() && w.BaselineFrom.Before(w.RolloutFrom) {
+		rows, err := s.baseline(ctx, w)
+		if err != nil {
+			return m, err
+		}
+		for _, b := range rows {
+			for k := range b.n {
+				t.AddBaseline(b.bucket, k, b.n[k], b.s[k])
+			}
+		}
+	}
 	t.StartStage(w.From)
 	n, err := s.readRequests(ctx, w, t)
 	if err != nil {
@@ -90,6 +117,55 @@ func (s *Source) Measure(ctx context.Context, w analyzer.Window) (analyzer.Measu
 			w.Model, w.Stable, w.Canary, w.RolloutFrom.UTC().Format(time.RFC3339Nano), w.To.UTC().Format(time.RFC3339Nano), analyzer.ErrNoData)
 	}
 	return m, nil
+}
+
+// baseline reads each user's successful stable requests from
+// w.BaselineFrom to w.RolloutFrom, by the same rules as the rollout's
+// (no forced or categorised requests): per user, the count and the sum of
+// the logarithms of latency, TTFT and inter-token latency. It is read once
+// per rollout and kept: the past does not change.
+func (s *Source) baseline(ctx context.Context, w analyzer.Window) ([]baselineRow, error) {
+	key := baselineKey{w.Model, w.Stable, w.BaselineFrom.UnixMilli(), w.RolloutFrom.UnixMilli()}
+	s.mu.Lock()
+	rows, ok := s.baselines[key]
+	s.mu.Unlock()
+	if ok {
+		return rows, nil
+	}
+	filter := windowFilter(w.BaselineFrom, w.RolloutFrom)
+	q := fmt.Sprintf(`SELECT bucket,
+    countIf(total_ms > 0), sumIf(log(total_ms), total_ms > 0),
+    countIf(streamed = 1 AND ttft_ms > 0), sumIf(log(ttft_ms), streamed = 1 AND ttft_ms > 0),
+    countIf(streamed = 1 AND completion_tokens > 1 AND itl_mean_ms > 0), sumIf(log(itl_mean_ms), streamed = 1 AND completion_tokens > 1 AND itl_mean_ms > 0)
+FROM %s.%s
+WHERE %s AND version = ? AND failure = ''
+GROUP BY bucket`, s.db, wire.TableRequests, filter.all)
+	res, err := s.conn.Query(ctx, q, w.Model, w.Stable, w.Canary, w.Stable)
+	if err != nil {
+		return nil, fmt.Errorf("chsource: query baseline: %w", err)
+	}
+	defer res.Close()
+	var (
+		b          baselineRow
+		n0, n1, n2 uint64
+	)
+	for res.Next() {
+		if err := res.Scan(&b.bucket, &n0, &b.s[0], &n1, &b.s[1], &n2, &b.s[2]); err != nil {
+			return nil, fmt.Errorf("chsource: read baseline: %w", err)
+		}
+		b.n = [3]float64{float64(n0), float64(n1), float64(n2)}
+		rows = append(rows, b)
+	}
+	if err := res.Err(); err != nil {
+		return nil, fmt.Errorf("chsource: read baseline: %w", err)
+	}
+	s.mu.Lock()
+	if s.baselines == nil || len(s.baselines) > 64 {
+		s.baselines = map[baselineKey][]baselineRow{}
+	}
+	s.baselines[key] = rows
+	s.mu.Unlock()
+	return rows, nil
 }
 
 // Watermark is a cheap fingerprint of the rollout's rows, requests and

@@ -3,6 +3,7 @@ package chsource
 import (
 	"context"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"slices"
 	"strings"
@@ -339,5 +340,61 @@ func TestMeasureFailsWhenClickHouseIsDown(t *testing.T) {
 	_, err := src.Measure(ctx, win)
 	if err == nil || errors.Is(err, analyzer.ErrNoData) {
 		t.Fatalf("err = %v, want a query error that is not ErrNoData", err)
+	}
+}
+
+// TestMeasureComparesTailsWithEachUsersOwnBaseline: a user whose
+// requests were always slow (long prompts) is slow on the canary too. With
+// the hour before the rollout as baseline, that is no tail event; without
+// it, every one of their requests is beyond the threshold.
+func TestMeasureComparesTailsWithEachUsersOwnBaseline(t *testing.T) {
+	ch := chtest.Shared(t)
+	db := chtest.NewDatabase()
+	start := from.Add(time.Hour)
+	var recs []extproc.Record
+	at := func(i int) time.Time { return start.Add(time.Duration(i) * 10 * time.Millisecond) }
+	user := func(r extproc.Record, b uint64) extproc.Record { r.Bucket = b; return r }
+	for u := range 20 {
+		latency, n := 100.0, 20
+		if u == 0 {
+			latency, n = 2000, 200 // the slow user, who is busy
+		}
+		for i := range n {
+			recs = append(recs, user(ok(fmt.Sprintf("pre-%d-%d", u, i), "v1", start.Add(-time.Duration(1+i)*time.Second-time.Duration(u)*time.Millisecond), false, latency, 0, 0, 20, 0), uint64(u)))
+		}
+	}
+	for i := range 200 { // calibration: the first 100 successes fix the p90
+		recs = append(recs, user(ok(fmt.Sprintf("cal-%d", i), "v1", at(i), false, 80+float64(i%41), 0, 0, 20, 0), uint64(1+i%19)))
+	}
+	for i := range 5 { // then the slow user, now on the canary, as slow as ever
+		recs = append(recs, user(ok(fmt.Sprintf("slow-%d", i), "v2", at(300+i), false, 2000, 0, 0, 20, 0), 0))
+	}
+	chwritertest.WriteRecords(t, ch, db, recs)
+	src := New(chtest.Connect(t, ch), db)
+	w := analyzer.Window{Model: "m", Stable: "v1", Canary: "v2", RolloutFrom: start, From: start, To: at(400), TailQuantile: 0.9}
+
+	plain, err := src.Measure(context.Background(), w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.BaselineFrom = start.Add(-time.Hour)
+	relative, err := src.Measure(context.Background(), w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	canaryEvents := func(m analyzer.Measurements) int {
+		n := 0
+		for _, e := range m.Events[analyzer.MetricLatencyP99] {
+			if e.Canary {
+				n++
+			}
+		}
+		return n
+	}
+	if n := canaryEvents(plain); n != 1 || plain.TailPerUser {
+		t.Errorf("without a baseline: %d canary latency tail events (per user %v), want the slow user's one", n, plain.TailPerUser)
+	}
+	if n := canaryEvents(relative); n != 0 || !relative.TailPerUser {
+		t.Errorf("with the baseline: %d canary latency tail events (per user %v), want none: the user is as slow as usual", n, relative.TailPerUser)
 	}
 }
