@@ -66,6 +66,14 @@ func startHarness(t *testing.T, capture CaptureOptions) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	_, h.client = serve(t, srv)
+	return h
+}
+
+// serve runs srv on a loopback gRPC server, stopped when the test ends,
+// and returns the server and a client of it.
+func serve(t *testing.T, srv *Server) (*grpc.Server, extprocv3.ExternalProcessorClient) {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -79,8 +87,7 @@ func startHarness(t *testing.T, capture CaptureOptions) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	h.client = extprocv3.NewExternalProcessorClient(conn)
-	return h
+	return g, extprocv3.NewExternalProcessorClient(conn)
 }
 
 // How the simulated Envoy ends a stream after its messages.
@@ -455,22 +462,10 @@ func TestDrainLetsOpenStreamsFinishAndRecordsThoseItCuts(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			lis, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			g := grpc.NewServer()
-			srv.Register(g)
-			go g.Serve(lis)
-			t.Cleanup(g.Stop)
-			conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { conn.Close() })
+			g, client := serve(t, srv)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			stream, err := extprocv3.NewExternalProcessorClient(conn).Process(ctx)
+			stream, err := client.Process(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
