@@ -32,7 +32,6 @@ type Code string
 
 const (
 	CodeNoData          Code = "no_data"
-	CodeTooFewSamples   Code = "too_few_samples"
 	CodeSRM             Code = "sample_ratio_mismatch"
 	CodeHarm            Code = "harm"
 	CodeWithinTolerance Code = "within_tolerance"

@@ -223,6 +223,19 @@ func printStatus(w io.Writer, ro *analyzer.RolloutView) {
 		fmt.Fprintf(w, "samples  %d of %d canary requests  %s\n", p.Samples, p.MinSamples, bar(ratio(float64(p.Samples), float64(p.MinSamples))))
 		fmt.Fprintf(w, "time     %s of %s minimum (%s maximum)  %s\n", p.InStage.Round(time.Second), p.MinDuration, p.MaxDuration, bar(ratio(float64(p.InStage), float64(p.MinDuration))))
 		fmt.Fprintf(w, "metrics  %d of %d tested metrics within tolerance\n", p.Within, p.Tested)
+		if ro.Last != nil && ro.Last.SRM != nil {
+			s := ro.Last.SRM
+			fmt.Fprintf(w, "split    canary %.1f %% of %d users (%g %% configured, p=%.4f)\n", s.ObservedShare, s.CanaryUsers+s.StableUsers, s.ConfiguredShare, s.PValue)
+		}
+		if ro.Last != nil {
+			for _, m := range ro.Last.Metrics {
+				events := ""
+				if m.Events > 0 {
+					events = fmt.Sprintf("  %d of %d users' first events on the canary, risk ratio %.2f", m.CanaryEvents, m.Events, m.RiskRatio)
+				}
+				fmt.Fprintf(w, "  %-18s %-12s %+.4f  harm p=%.4f (level %.4f)  within p=%.4f%s\n", m.Metric, m.Status, m.Estimate, m.HarmP, m.HarmAlpha, m.SafeP, events)
+			}
+		}
 	}
 	if ro.Last != nil {
 		fmt.Fprintf(w, "decision %s\n", ro.Last.Reason)
