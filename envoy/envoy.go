@@ -12,6 +12,10 @@ import (
 	"strconv"
 	"text/template"
 	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/llmcanary/llmcanary/internal/mtls"
 )
 
 //go:embed bootstrap.yaml.tmpl
@@ -34,6 +38,13 @@ type BootstrapOptions struct {
 	ListenerPort    int
 	// MaxConnections caps active downstream connections (default 50000).
 	MaxConnections int
+	// TLSDir, when set, makes Envoy reach the control plane over mTLS: it
+	// is a directory on this host holding the SDS files of Envoy's client
+	// certificate and of the CA (`llmcanary certs` writes them). Envoy
+	// rereads the certificates when they are replaced. Empty: plaintext,
+	// for development only — anyone who reaches the xDS port could then
+	// pose as an Envoy.
+	TLSDir string
 }
 
 // Validate reports every problem with the options.
@@ -67,6 +78,21 @@ func Bootstrap(o BootstrapOptions) ([]byte, error) {
 	}
 	host, port, _ := splitHostPort(o.XDS)
 	_, ipErr := netip.ParseAddr(host)
+	// The transport socket is the one the control plane publishes for the
+	// ext_proc cluster, rendered as JSON (a YAML flow mapping): one
+	// definition of how Envoy reaches an llmcanary service.
+	var socket string
+	if o.TLSDir != "" {
+		ts, err := mtls.UpstreamTLS(o.TLSDir)
+		if err != nil {
+			return nil, err
+		}
+		j, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ts)
+		if err != nil {
+			return nil, fmt.Errorf("render bootstrap: %w", err)
+		}
+		socket = string(j)
+	}
 	var buf bytes.Buffer
 	err := tmpl.Execute(&buf, struct {
 		BootstrapOptions
@@ -74,7 +100,8 @@ func Bootstrap(o BootstrapOptions) ([]byte, error) {
 		XDSPort             int
 		XDSIsIP             bool
 		RetryBase, RetryMax string
-	}{o, host, port, ipErr == nil, protoDuration(XDSRetryBaseInterval), protoDuration(XDSRetryMaxInterval)})
+		TransportSocket     string
+	}{o, host, port, ipErr == nil, protoDuration(XDSRetryBaseInterval), protoDuration(XDSRetryMaxInterval), socket})
 	if err != nil {
 		return nil, fmt.Errorf("render bootstrap: %w", err)
 	}

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,10 +13,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"sigs.k8s.io/yaml"
 
 	"github.com/llmcanary/llmcanary/internal/config"
+	"github.com/llmcanary/llmcanary/internal/mtls"
 )
 
 // Options configure `llmcanary control`. A YAML config file uses the same
@@ -31,6 +34,11 @@ type Options struct {
 	// file instead (preferred: it stays out of process listings).
 	Token     string `json:"token,omitempty"`
 	TokenFile string `json:"token_file,omitempty"`
+	// TLS is the control plane's certificate, served on both ports, and
+	// the CA of the Envoys' client certificates, required on the xDS port
+	// only (the API authorises by token). The files are reread when they
+	// change. Unset: plaintext, for development only.
+	TLS mtls.ServerFiles `json:"tls,omitempty"`
 
 	ListenerAddress   string          `json:"listener_address"`
 	ListenerPort      uint32          `json:"listener_port"`
@@ -90,6 +98,12 @@ func (o *Options) Validate() error {
 	if o.ExtProc != nil && o.ExtProc.Address == "" {
 		errs = append(errs, errors.New("extproc.address is required when ext_proc is configured"))
 	}
+	if err := o.TLS.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if o.Wasm != nil && o.Wasm.CategoryHeader != "" && !o.Wasm.CategoryHeaderTrusted {
+		errs = append(errs, errors.New("wasm.category_header is read only from a trusted hop: set wasm.category_header_trusted once the hop in front of Envoy sets it and drops the client's own"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -113,9 +127,11 @@ func (o *Options) token() (string, error) {
 type ControlPlane struct {
 	Store     *Store
 	Publisher *Publisher
-	// XDSAddr and APIAddr are the bound addresses (useful with port 0).
+	// XDSAddr and APIAddr are the bound addresses (useful with port 0);
+	// APIURL is the API's base URL, https when it serves TLS.
 	XDSAddr string
 	APIAddr string
+	APIURL  string
 
 	grpc   *grpc.Server
 	http   *http.Server
@@ -150,6 +166,23 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*ControlPlane, err
 	if err := pub.Publish(store.State()); err != nil {
 		return nil, fmt.Errorf("publish stored state: %w", err)
 	}
+	gopts := []grpc.ServerOption{
+		grpc.MaxConcurrentStreams(1000000),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	}
+	var certs *mtls.Reloader
+	if o.TLS.Enabled() {
+		if certs, err = mtls.NewReloader(o.TLS, log); err != nil {
+			return nil, err
+		}
+		gopts = append(gopts, grpc.Creds(credentials.NewTLS(certs.Config([]string{"h2"}, true))))
+		if !certs.RequiresClientCert() {
+			log.Warn("xDS over TLS without a client CA: anyone who reaches the port can pose as an Envoy (set tls.client_ca, --tls-client-ca)")
+		}
+	} else {
+		log.Warn("xDS and the management API in plaintext: for development only (set --tls-cert, --tls-key, --tls-client-ca)")
+	}
 	xl, err := net.Listen("tcp", o.XDSListen)
 	if err != nil {
 		return nil, fmt.Errorf("xds listen: %w", err)
@@ -159,17 +192,20 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*ControlPlane, err
 		xl.Close()
 		return nil, fmt.Errorf("api listen: %w", err)
 	}
+	scheme := "http"
+	if certs != nil {
+		// The API asks for no client certificate: the bearer token
+		// authorises its callers, as over plaintext.
+		al, scheme = tls.NewListener(al, certs.Config([]string{"h2", "http/1.1"}, false)), "https"
+	}
 	ctx, cancel := context.WithCancel(ctx)
-	gs := grpc.NewServer(
-		grpc.MaxConcurrentStreams(1000000),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-	)
+	gs := grpc.NewServer(gopts...)
 	RegisterServer(ctx, gs, pub, log)
-	hs := &http.Server{Handler: NewAPI(store, pub, token, log).Handler(), ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: NewAPI(store, pub, token, log).Handler(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)} // refused TLS handshakes, among others
 	cp := &ControlPlane{
 		Store: store, Publisher: pub,
-		XDSAddr: xl.Addr().String(), APIAddr: al.Addr().String(),
+		XDSAddr: xl.Addr().String(), APIAddr: al.Addr().String(), APIURL: scheme + "://" + al.Addr().String(),
 		grpc: gs, http: hs, cancel: cancel, done: make(chan struct{}),
 	}
 	errc := make(chan error, 2)

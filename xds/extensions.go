@@ -13,8 +13,10 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/internal/mtls"
 	"github.com/llmcanary/llmcanary/wasm/filterconfig"
 )
 
@@ -39,7 +41,10 @@ type WasmOptions struct {
 	// ForceKeyDigests are digests given directly (llmcanary forcekey).
 	ForceKeyDigests []string `json:"force_key_digests,omitempty"`
 	MaxBodyBytes    int      `json:"max_body_bytes,omitempty"`
-	CategoryHeader  string   `json:"category_header,omitempty"`
+	// CategoryHeader and CategoryHeaderTrusted: see filterconfig.Config.
+	// Category overrides route only with CategoryHeaderTrusted.
+	CategoryHeader        string `json:"category_header,omitempty"`
+	CategoryHeaderTrusted bool   `json:"category_header_trusted,omitempty"`
 }
 
 // ExtProcOptions configure the ext_proc telemetry filter on the gateway.
@@ -49,6 +54,12 @@ type ExtProcOptions struct {
 	// CaptureRequestBody streams request bodies to the service, needed for
 	// sampled prompt capture (quality judging).
 	CaptureRequestBody bool `json:"capture_request_body,omitempty"`
+	// TLSDir is a directory on the Envoy hosts holding the SDS files of
+	// Envoy's client certificate and the CA (`llmcanary certs` writes
+	// them): Envoy then reaches the service, ext_proc and its access log
+	// stream alike, over mTLS. Empty: plaintext, for development only —
+	// anyone who reaches the service could then stream made-up timings.
+	TLSDir string `json:"tls_dir,omitempty"`
 }
 
 // Extensions builds the gateway's optional filters, wasm first so that the
@@ -63,10 +74,11 @@ func Extensions(w *WasmOptions, e *ExtProcOptions) ([]Extension, error) {
 		exts = append(exts, we)
 	}
 	if e != nil {
-		if e.Address == "" {
-			return nil, errors.New("extproc: address is required")
+		ee, err := newExtProcExtension(*e)
+		if err != nil {
+			return nil, err
 		}
-		exts = append(exts, &extProcExtension{o: *e})
+		exts = append(exts, ee)
 	}
 	return exts, nil
 }
@@ -119,12 +131,13 @@ func (w *wasmExtension) config(s *State) filterconfig.Config {
 	keys := append([]string(nil), w.keys...)
 	w.mu.Unlock()
 	c := filterconfig.Config{
-		Identity:       w.o.Identity,
-		HashKey:        w.hashKey,
-		ForceKeys:      keys,
-		MaxBodyBytes:   w.o.MaxBodyBytes,
-		CategoryHeader: w.o.CategoryHeader,
-		Models:         []string{},
+		Identity:              w.o.Identity,
+		HashKey:               w.hashKey,
+		ForceKeys:             keys,
+		MaxBodyBytes:          w.o.MaxBodyBytes,
+		CategoryHeader:        w.o.CategoryHeader,
+		CategoryHeaderTrusted: w.o.CategoryHeaderTrusted,
+		Models:                []string{},
 	}
 	if s != nil {
 		c.Models = s.ModelNames()
@@ -162,7 +175,25 @@ func (w *wasmExtension) ReloadKeys() (bool, error) {
 // extProcCluster names the cluster of the telemetry service.
 const extProcCluster = "llmcanary_extproc"
 
-type extProcExtension struct{ o ExtProcOptions }
+type extProcExtension struct {
+	o       ExtProcOptions
+	cluster *clusterv3.Cluster
+}
+
+func newExtProcExtension(o ExtProcOptions) (*extProcExtension, error) {
+	if o.Address == "" {
+		return nil, errors.New("extproc: address is required")
+	}
+	c := extproc.Cluster(extProcCluster, o.Address)
+	if o.TLSDir != "" {
+		ts, err := mtls.UpstreamTLS(o.TLSDir)
+		if err != nil {
+			return nil, fmt.Errorf("extproc: %w", err)
+		}
+		c.TransportSocket = ts
+	}
+	return &extProcExtension{o: o, cluster: c}, nil
+}
 
 func (e *extProcExtension) Name() string        { return "extproc" }
 func (e *extProcExtension) VerifiesForce() bool { return false }
@@ -182,5 +213,6 @@ func (e *extProcExtension) AccessLogs() ([]*accesslogv3.AccessLog, error) {
 }
 
 func (e *extProcExtension) Clusters() []*clusterv3.Cluster {
-	return []*clusterv3.Cluster{extproc.Cluster(extProcCluster, e.o.Address)}
+	// A copy: each snapshot owns its resources.
+	return []*clusterv3.Cluster{proto.Clone(e.cluster).(*clusterv3.Cluster)}
 }

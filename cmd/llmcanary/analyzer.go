@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/chsource"
 	"github.com/llmcanary/llmcanary/analyzer/quality"
+	"github.com/llmcanary/llmcanary/internal/mtls"
 	"github.com/llmcanary/llmcanary/internal/wire"
 	"github.com/llmcanary/llmcanary/xds"
 )
@@ -48,6 +50,10 @@ type analyzerOptions struct {
 	JudgeModel            string
 	JudgeAPIKeyEnv        string
 	JudgeInterval         time.Duration
+	// TLS is the rollout API's certificate; ControlPlaneCA verifies an
+	// https control plane (empty: the system's roots).
+	TLS            mtls.ServerFiles
+	ControlPlaneCA string
 }
 
 func defaultAnalyzerOptions() analyzerOptions {
@@ -95,6 +101,9 @@ func (o analyzerOptions) Validate() error {
 	if o.JudgeEndpoint != "" && o.JudgeInterval <= 0 {
 		errs = append(errs, fmt.Errorf("--judge-interval %v must be positive", o.JudgeInterval))
 	}
+	if err := o.TLS.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -113,6 +122,8 @@ func (o *analyzerOptions) bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.JudgeModel, "judge-model", o.JudgeModel, "model name of the judge")
 	fs.StringVar(&o.JudgeAPIKeyEnv, "judge-api-key-env", o.JudgeAPIKeyEnv, "environment variable holding the judge's API key, if any")
 	fs.DurationVar(&o.JudgeInterval, "judge-interval", o.JudgeInterval, "pause between judge rounds when there is no backlog")
+	fs.StringVar(&o.ControlPlaneCA, "control-plane-ca", o.ControlPlaneCA, "PEM CA certificate that verifies an https --control-plane (default: the system's roots)")
+	bindServerTLS(fs, &o.TLS, false, "--listen")
 }
 
 func runAnalyzer(ctx context.Context, args []string) error {
@@ -169,7 +180,11 @@ with POST /v1/feedback for user ratings. Rollouts are durable in --data-dir.`)
 	if err != nil {
 		return err
 	}
-	cp := analyzer.ControlPlane{Client: &xds.Client{BaseURL: strings.TrimRight(o.ControlPlane, "/"), Token: cpToken, Actor: "analyzer"}}
+	cpHTTP, err := mtls.HTTPClient(o.ControlPlaneCA)
+	if err != nil {
+		return fmt.Errorf("--control-plane-ca: %w", err)
+	}
+	cp := analyzer.ControlPlane{Client: &xds.Client{BaseURL: strings.TrimRight(o.ControlPlane, "/"), Token: cpToken, Actor: "analyzer", HTTP: cpHTTP}}
 	source := chsource.New(conn, o.Database)
 	source.KeepValues = true // A/B reports' win rates
 	runner := &analyzer.Runner{
@@ -183,7 +198,17 @@ with POST /v1/feedback for user ratings. Rollouts are durable in --data-dir.`)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	if o.TLS.Enabled() {
+		certs, err := mtls.NewReloader(o.TLS, log)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		// The token authorises; TLS keeps it and the feedback private.
+		lis = tls.NewListener(lis, certs.Config([]string{"h2", "http/1.1"}, false))
+	}
+	srv := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)} // refused TLS handshakes, among others
 	errc := make(chan error, 3)
 	go func() { errc <- srv.Serve(lis) }()
 	go func() { errc <- runner.Run(ctx) }()
@@ -198,7 +223,7 @@ with POST /v1/feedback for user ratings. Rollouts are durable in --data-dir.`)
 		}
 		go func() { errc <- j.Run(ctx) }()
 	}
-	log.Info("analyzer running", "api", lis.Addr().String(), "control_plane", o.ControlPlane, "clickhouse", o.ClickHouse, "interval", o.Interval, "judge", o.JudgeEndpoint)
+	log.Info("analyzer running", "api", lis.Addr().String(), "tls", o.TLS.Enabled(), "control_plane", o.ControlPlane, "clickhouse", o.ClickHouse, "interval", o.Interval, "judge", o.JudgeEndpoint)
 	select {
 	case <-ctx.Done():
 	case err = <-errc:

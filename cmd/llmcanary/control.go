@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"log/slog"
 	"os"
 
+	"github.com/llmcanary/llmcanary/internal/mtls"
 	"github.com/llmcanary/llmcanary/xds"
 )
 
@@ -23,7 +25,10 @@ func runControl(ctx context.Context, args []string) error {
 (state of the world and delta) and changes it through the management API
 (HTTP/JSON, bearer token, see xds/openapi.yaml). The state is durable in
 --data-dir: a restart resumes where it stood. The token is read from
---token-file, else the LLMCANARY_API_TOKEN environment variable.`)
+--token-file, else the LLMCANARY_API_TOKEN environment variable. With
+--tls-cert and --tls-key both ports serve TLS (the files are reread when they
+change); --tls-client-ca makes the xDS port refuse any client without a
+certificate from that CA: only the fleet's Envoys get or ACK configuration.`)
 	configFile := fs.String("config", "", "YAML config file (same field names as the flags, e.g. xds_listen); flags override it")
 	xdsListen := fs.String("xds-listen", o.XDSListen, "gRPC address Envoys dial for ADS")
 	apiListen := fs.String("api-listen", o.APIListen, "management API address")
@@ -35,6 +40,9 @@ func runControl(ctx context.Context, args []string) error {
 	fs.Var(&idle, "stream-idle-timeout", "end a stream silent this long (no overall request timeout)")
 	wasmPath := fs.String("wasm", "", "path of the proxy-wasm filter module on the Envoy hosts; empty: no wasm filter")
 	extprocAddr := fs.String("extproc", "", "address of the llmcanary extproc service; empty: no telemetry filter")
+	extprocTLSDir := fs.String("extproc-tls-dir", "", "directory on the Envoy hosts with the SDS files of Envoy's client certificate and CA (llmcanary certs): Envoy reaches --extproc over mTLS")
+	var tlsFiles mtls.ServerFiles
+	bindServerTLS(fs, &tlsFiles, true, "--xds-listen and --api-listen")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -73,7 +81,18 @@ func runControl(ctx context.Context, args []string) error {
 		o.Wasm = &xds.WasmOptions{Path: *wasmPath}
 	}
 	if *extprocAddr != "" {
-		o.ExtProc = &xds.ExtProcOptions{Address: *extprocAddr}
+		o.ExtProc = &xds.ExtProcOptions{Address: *extprocAddr, TLSDir: *extprocTLSDir}
+	} else if *extprocTLSDir != "" {
+		if o.ExtProc == nil {
+			return errors.New("--extproc-tls-dir needs --extproc (or extproc.address in --config)")
+		}
+		o.ExtProc.TLSDir = *extprocTLSDir
+	}
+	// The TLS flags override the config file's tls one by one.
+	for _, f := range []struct{ flag, dst *string }{{&tlsFiles.Cert, &o.TLS.Cert}, {&tlsFiles.Key, &o.TLS.Key}, {&tlsFiles.ClientCA, &o.TLS.ClientCA}} {
+		if *f.flag != "" {
+			*f.dst = *f.flag
+		}
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	cp, err := xds.Start(ctx, o, log)

@@ -101,7 +101,7 @@ pictures of weight over time and latency per version go to --out.`)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	begin := time.Now()
 
-	say("starting ClickHouse, Envoy (wasm + ext_proc filters), the control plane, telemetry, the pools and a judge")
+	say("starting ClickHouse, Envoy (wasm + ext_proc filters), the control plane, telemetry (both reached over mTLS), the pools and a judge")
 	stablePool, badPool := demoProfile("v1", 1, 1, 0.03), demoProfile("v2-ft", 2, 1.3, 0.14)
 	s, err := startUp(ctx, upOptions{dir: o.dir, stable: &stablePool, canary: &badPool, capture: 1, log: log})
 	if err != nil {

@@ -19,9 +19,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter"
+	"github.com/llmcanary/llmcanary/internal/mtls"
 )
 
 func init() {
@@ -52,6 +54,10 @@ type extprocOptions struct {
 	// still listens while the other drains.
 	ReusePort bool
 	LogLevel  string
+	// TLS is the service's certificate and the CA of Envoy's client
+	// certificates: with them nobody but an Envoy of the fleet can stream
+	// timings that steer a rollout.
+	TLS mtls.ServerFiles
 }
 
 func defaultExtprocOptions() extprocOptions {
@@ -100,6 +106,9 @@ func (o extprocOptions) Validate() error {
 	if err := lvl.UnmarshalText([]byte(o.LogLevel)); err != nil {
 		errs = append(errs, fmt.Errorf("--log-level: %w", err))
 	}
+	if err := o.TLS.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -126,6 +135,7 @@ func (o *extprocOptions) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "on SIGTERM, how long open streams may still run before they are cut (each still gets its row)")
 	fs.BoolVar(&o.ReusePort, "reuse-port", o.ReusePort, "listen with SO_REUSEPORT so a second replica can share --listen (rolling restarts)")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error")
+	bindServerTLS(fs, &o.TLS, true, "--listen")
 }
 
 func runExtproc(ctx context.Context, args []string) error {
@@ -179,11 +189,25 @@ func runExtproc(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	g := grpc.NewServer()
+	var gopts []grpc.ServerOption
+	if o.TLS.Enabled() {
+		certs, err := mtls.NewReloader(o.TLS, log)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		gopts = append(gopts, grpc.Creds(credentials.NewTLS(certs.Config([]string{"h2"}, true))))
+		if !certs.RequiresClientCert() {
+			log.Warn("TLS without a client CA: anyone who reaches --listen can stream telemetry (set --tls-client-ca)")
+		}
+	} else {
+		log.Warn("plaintext gRPC: anyone who reaches --listen can stream made-up telemetry; for development only (set --tls-cert, --tls-key, --tls-client-ca)")
+	}
+	g := grpc.NewServer(gopts...)
 	srv.Register(g)
 	errc := make(chan error, 2)
 	go func() { errc <- g.Serve(lis) }()
-	log.Info("ext_proc service listening", "grpc", lis.Addr().String(), "clickhouse", o.ClickHouse)
+	log.Info("ext_proc service listening", "grpc", lis.Addr().String(), "tls", o.TLS.Enabled(), "clickhouse", o.ClickHouse)
 
 	var hs *http.Server
 	if o.MetricsListen != "" {

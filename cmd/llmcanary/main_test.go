@@ -15,7 +15,7 @@ import (
 func TestHelpListsEverySubcommand(t *testing.T) {
 	var buf bytes.Buffer
 	usage(&buf)
-	for _, name := range []string{"control", "extproc", "analyzer", "rollout", "sim", "bootstrap", "up", "demo", "version", "weights"} {
+	for _, name := range []string{"control", "extproc", "analyzer", "rollout", "sim", "bootstrap", "up", "demo", "version", "weights", "certs"} {
 		if _, ok := commands[name]; !ok {
 			t.Fatalf("subcommand %s is not registered", name)
 		}

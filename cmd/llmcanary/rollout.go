@@ -38,7 +38,8 @@ Actions:
   abort     <id> [--note text]
 
 Every action takes --analyzer (default $LLMCANARY_ANALYZER or
-http://127.0.0.1:18090) and --token-file (default $LLMCANARY_API_TOKEN).
+http://127.0.0.1:18090), --token-file (default $LLMCANARY_API_TOKEN) and
+--ca (default $LLMCANARY_CA), the CA that verifies an https analyzer.
 `
 
 func runRollout(ctx context.Context, args []string) error {
@@ -53,6 +54,7 @@ func runRollout(ctx context.Context, args []string) error {
 	fs := newFlagSet("rollout "+action, "Talks to the analyzer's rollout API.")
 	addr := fs.String("analyzer", envOr("LLMCANARY_ANALYZER", "http://127.0.0.1:18090"), "base URL of the analyzer's API")
 	tokenFile := fs.String("token-file", "", "file holding the API bearer token (default: $LLMCANARY_API_TOKEN)")
+	ca := fs.String("ca", os.Getenv("LLMCANARY_CA"), "PEM CA certificate that verifies an https --analyzer (default $LLMCANARY_CA, else the system's roots)")
 	actorName := fs.String("actor", envOr("USER", "cli"), "name recorded in the rollout's history")
 	var (
 		model, canary, stable, policyFile, note *string
@@ -87,7 +89,11 @@ func runRollout(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	c := &analyzer.Client{BaseURL: strings.TrimRight(*addr, "/"), Token: token, Actor: *actorName}
+	hc, err := apiHTTPClient(*ca)
+	if err != nil {
+		return err
+	}
+	c := &analyzer.Client{BaseURL: strings.TrimRight(*addr, "/"), Token: token, Actor: *actorName, HTTP: hc}
 	id := fs.Arg(0)
 	needID := action != "start" && action != "list"
 	if needID && id == "" {

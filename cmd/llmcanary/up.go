@@ -121,7 +121,9 @@ func runUp(ctx context.Context, args []string) error {
 	fs := newFlagSet("up", `Starts a complete local llmcanary on loopback and keeps it running until
 Ctrl-C: ClickHouse, one Envoy with the wasm and ext_proc filters, the control
 plane, the telemetry service, a stable and a canary simulated pool, and a
-simulated judge. Prints how to reach each part.`)
+simulated judge. Envoy reaches the control plane and the telemetry over mTLS
+with certificates from a CA it creates in --dir/tls (llmcanary certs); the
+management API serves TLS. Prints how to reach each part.`)
 	o := upOptions{}
 	fs.StringVar(&o.dir, "dir", "llmcanary-local", "directory for state, logs and ClickHouse data")
 	fs.StringVar(&o.stableProfile, "stable", "stable", "stable pool profile: a built-in name or a YAML file")
@@ -140,7 +142,8 @@ simulated judge. Prints how to reach each part.`)
 	fmt.Printf(`llmcanary is up (Ctrl-C stops everything)
 
   gateway (OpenAI API)   http://%s/v1/chat/completions   model %q
-  management API         http://%s   token %s
+  management API         %s   token %s   CA %s
+  xDS, telemetry         mTLS: Envoy's client certificate and the services' certificates in %s
   ClickHouse (native)    %s   database llmcanary
   telemetry metrics      http://%s/metrics
   Envoy admin            http://%s
@@ -148,9 +151,10 @@ simulated judge. Prints how to reach each part.`)
 
   curl -s http://%s/v1/chat/completions -H 'x-user-id: alice' \
        -d '{"model":%q,"messages":[{"role":"user","content":"hi"}]}'
-`, s.Gateway[0], s.Model, s.CP.APIAddr, local.DevToken, s.ClickHouse.Addr, s.Telemetry.MetricsAddr,
+  LLMCANARY_CA=%s LLMCANARY_API_TOKEN=%s llmcanary weights --api %s --model %s ...
+`, s.Gateway[0], s.Model, s.CP.APIURL, local.DevToken, s.Certs.CA(), s.Certs, s.ClickHouse.Addr, s.Telemetry.MetricsAddr,
 		s.Envoys[0].AdminAddr, s.Stable.Profile.Version, s.Stable.Addr, s.Canary.Profile.Version, s.Canary.Addr, s.Judge.Addr,
-		s.Gateway[0], s.Model)
+		s.Gateway[0], s.Model, s.Certs.CA(), local.DevToken, s.CP.APIURL, s.Model)
 	<-ctx.Done()
 	fmt.Println("\nstopping")
 	return nil

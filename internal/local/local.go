@@ -1,6 +1,7 @@
 // Package local runs a whole llmcanary stack on one machine: the control
 // plane and the ext_proc service in process, Envoy and ClickHouse as real
-// processes, simulated pools on loopback. `llmcanary up`, the demo and the
+// processes, simulated pools on loopback, the links between Envoy and the
+// services over mTLS with a CA of its own. `llmcanary up`, the demo and the
 // end-to-end tests use it.
 package local
 
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/internal/mtls"
 	"github.com/llmcanary/llmcanary/sim"
 	"github.com/llmcanary/llmcanary/xds"
 )
@@ -68,6 +70,11 @@ type Options struct {
 	// Capture configures the telemetry's sampled text capture.
 	Capture extproc.CaptureOptions
 	Log     *slog.Logger
+	// Plaintext runs the control plane, the telemetry and Envoy's links to
+	// them without TLS. By default the stack issues a CA and certificates
+	// in Dir/tls (mtls.Generate) and runs as production does: xDS and
+	// ext_proc over mTLS, the management API over TLS with its token.
+	Plaintext bool
 }
 
 // Local is a running local stack: the control plane (in process), Envoy
@@ -79,6 +86,10 @@ type Local struct {
 	Envoys     []*stack.Envoy
 	Gateway    []string // listener address of each Envoy
 	API        *xds.Client
+	// Certs is the stack's certificate directory; empty when Plaintext.
+	// A telemetry service started elsewhere (ExtProcAddr) serves
+	// Certs.ServerFiles().
+	Certs mtls.Dir
 
 	opts   xds.Options
 	log    *slog.Logger
@@ -116,6 +127,13 @@ func Start(ctx context.Context, o Options) (*Local, error) {
 	cpo.ListenerPort = uint32(ports[2])
 	cpo.Wasm = o.Wasm
 	l := &Local{opts: cpo, log: o.Log}
+	if !o.Plaintext {
+		if l.Certs, err = mtls.Generate(mtls.GenerateOptions{Dir: filepath.Join(o.Dir, "tls")}); err != nil {
+			return nil, err
+		}
+		cpo.TLS = l.Certs.ServerFiles()
+		l.opts = cpo
+	}
 	if o.ClickHouse || o.Telemetry {
 		ch, err := stack.StartClickHouse(ctx, stack.ClickHouseOptions{Dir: filepath.Join(o.Dir, "clickhouse")})
 		if err != nil {
@@ -125,28 +143,36 @@ func Start(ctx context.Context, o Options) (*Local, error) {
 		l.OnStop(func() { ch.Stop() })
 	}
 	if o.Telemetry {
-		t, err := StartTelemetry(ctx, TelemetryOptions{
-			ClickHouse: l.ClickHouse.Addr, SpoolDir: filepath.Join(o.Dir, "spool"), Capture: o.Capture, Log: o.Log,
-		})
+		to := TelemetryOptions{ClickHouse: l.ClickHouse.Addr, SpoolDir: filepath.Join(o.Dir, "spool"), Capture: o.Capture, Log: o.Log}
+		if l.Certs != "" {
+			to.TLS = l.Certs.ServerFiles()
+		}
+		t, err := StartTelemetry(ctx, to)
 		if err != nil {
 			l.Stop()
 			return nil, err
 		}
 		l.Telemetry = t
 		l.OnStop(t.Stop)
-		cpo.ExtProc = &xds.ExtProcOptions{Address: t.Addr, CaptureRequestBody: o.Capture.Rate > 0}
+		cpo.ExtProc = &xds.ExtProcOptions{Address: t.Addr, CaptureRequestBody: o.Capture.Rate > 0, TLSDir: string(l.Certs)}
 		l.opts = cpo
 	} else if o.ExtProcAddr != "" {
-		cpo.ExtProc = &xds.ExtProcOptions{Address: o.ExtProcAddr, CaptureRequestBody: o.Capture.Rate > 0}
+		cpo.ExtProc = &xds.ExtProcOptions{Address: o.ExtProcAddr, CaptureRequestBody: o.Capture.Rate > 0, TLSDir: string(l.Certs)}
 		l.opts = cpo
 	}
 	if err := l.StartControlPlane(ctx); err != nil {
 		l.Stop()
 		return nil, err
 	}
-	l.API = &xds.Client{BaseURL: "http://" + cpo.APIListen, Token: o.Token, Actor: "local"}
+	l.API = &xds.Client{BaseURL: l.CP.APIURL, Token: o.Token, Actor: "local"}
+	if l.Certs != "" {
+		if l.API.HTTP, err = mtls.HTTPClient(l.Certs.CA()); err != nil {
+			l.Stop()
+			return nil, err
+		}
+	}
 	for i := 0; i < o.Envoys; i++ {
-		eo := stack.EnvoyOptions{Dir: filepath.Join(o.Dir, "envoy"), NodeID: "gw-" + strconv.Itoa(i), XDS: cpo.XDSListen, Delta: i%2 == 1}
+		eo := stack.EnvoyOptions{Dir: filepath.Join(o.Dir, "envoy"), NodeID: "gw-" + strconv.Itoa(i), XDS: cpo.XDSListen, Delta: i%2 == 1, TLSDir: string(l.Certs)}
 		if i > 0 {
 			eo.ListenerPort = ports[2+i]
 		}

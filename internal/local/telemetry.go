@@ -11,9 +11,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter"
+	"github.com/llmcanary/llmcanary/internal/mtls"
 )
 
 // TelemetryOptions describe an in-process ext_proc service writing to
@@ -24,6 +26,9 @@ type TelemetryOptions struct {
 	SpoolDir   string
 	Capture    extproc.CaptureOptions
 	Log        *slog.Logger
+	// TLS, when set, serves gRPC over TLS and, with a client CA, accepts
+	// only clients (Envoys) with a certificate from it.
+	TLS mtls.ServerFiles
 }
 
 // Telemetry is a running ext_proc service.
@@ -34,6 +39,7 @@ type Telemetry struct {
 	Registry    *prometheus.Registry
 
 	o       TelemetryOptions
+	certs   *mtls.Reloader
 	grpc    *grpc.Server
 	metrics *http.Server
 }
@@ -50,6 +56,12 @@ func StartTelemetry(ctx context.Context, o TelemetryOptions) (*Telemetry, error)
 		return nil, err
 	}
 	t.Writer, t.Registry = w, reg
+	if o.TLS.Enabled() {
+		if t.certs, err = mtls.NewReloader(o.TLS, o.Log); err != nil {
+			w.Close(context.Background())
+			return nil, err
+		}
+	}
 	if err := t.serve("127.0.0.1:0"); err != nil {
 		w.Close(context.Background())
 		return nil, err
@@ -72,7 +84,11 @@ func (t *Telemetry) serve(addr string) error {
 	if err != nil {
 		return fmt.Errorf("extproc listen: %w", err)
 	}
-	t.grpc = grpc.NewServer()
+	var gopts []grpc.ServerOption
+	if t.certs != nil {
+		gopts = append(gopts, grpc.Creds(credentials.NewTLS(t.certs.Config([]string{"h2"}, true))))
+	}
+	t.grpc = grpc.NewServer(gopts...)
 	srv.Register(t.grpc)
 	go t.grpc.Serve(l)
 	t.Addr = l.Addr().String()

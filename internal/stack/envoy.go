@@ -27,6 +27,8 @@ type EnvoyOptions struct {
 	// two cores with everything else).
 	Concurrency int
 	LogLevel    string // default "warning"
+	// TLSDir holds Envoy's SDS files (mtls.Generate): the xDS link is mTLS.
+	TLSDir string
 }
 
 // Envoy is a running Envoy process.
@@ -81,7 +83,7 @@ func (e *Envoy) start(ctx context.Context) error {
 	}
 	b, err := envoy.Bootstrap(envoy.BootstrapOptions{
 		NodeID: o.NodeID, Cluster: "llmcanary", XDS: o.XDS, AdminPort: admin,
-		Delta: o.Delta, ListenerPort: o.ListenerPort,
+		Delta: o.Delta, ListenerPort: o.ListenerPort, TLSDir: o.TLSDir,
 	})
 	if err != nil {
 		return err

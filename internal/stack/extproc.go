@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/llmcanary/llmcanary/internal/mtls"
 )
 
 var (
@@ -64,6 +66,8 @@ type ExtprocOptions struct {
 	SpoolDir   string // default Dir/spool
 	// Args are extra flags, e.g. --drain-timeout.
 	Args []string
+	// TLS, when set, is passed as --tls-cert, --tls-key, --tls-client-ca.
+	TLS mtls.ServerFiles
 }
 
 // Extproc is a running `llmcanary extproc` process: a real process, so
@@ -107,6 +111,12 @@ func (e *Extproc) start(ctx context.Context) error {
 	e.runs++
 	args := append([]string{"extproc", "--listen", e.Addr, "--metrics-listen", e.MetricsAddr,
 		"--clickhouse", e.o.ClickHouse, "--spool-dir", e.o.SpoolDir, "--log-level", "debug"}, e.o.Args...)
+	if f := e.o.TLS; f.Enabled() {
+		args = append(args, "--tls-cert", f.Cert, "--tls-key", f.Key)
+		if f.ClientCA != "" {
+			args = append(args, "--tls-client-ca", f.ClientCA)
+		}
+	}
 	p, err := StartProc("extproc", filepath.Join(e.o.Dir, fmt.Sprintf("extproc-%d.log", e.runs)), e.bin, args...)
 	if err != nil {
 		return err

@@ -30,6 +30,7 @@ func extprocFleet(t *testing.T, stable, canary sim.Profile, args ...string) (*fl
 		stack: local.Options{ClickHouse: true, ExtProcAddr: addr}})
 	ep, err := stack.StartExtproc(context.Background(), stack.ExtprocOptions{
 		Dir: filepath.Join(t.TempDir(), "extproc"), Listen: addr, ClickHouse: f.ClickHouse.Addr, Args: args,
+		TLS: f.Certs.ServerFiles(),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -205,8 +205,12 @@ func TestTwoEnvoysRouteEachUserIdentically(t *testing.T) {
 	}
 }
 
+// The test client plays the trusted hop in front of Envoy that sets the
+// category (category_header_trusted).
 func TestCategoryOverrideSendsACategoryToTheChosenVersion(t *testing.T) {
-	f := startFleet(t, fleetOptions{wasm: true, stableW: 100})
+	f := startFleet(t, fleetOptions{stableW: 100, stack: local.Options{Wasm: &xds.WasmOptions{
+		Path: wasmModule(t), HashKey: "e2e-fleet-hash-key-0123456789", CategoryHeaderTrusted: true,
+	}}})
 	ctx := context.Background()
 	m, err := f.API.Model(ctx, model)
 	if err != nil {
@@ -224,6 +228,34 @@ func TestCategoryOverrideSendsACategoryToTheChosenVersion(t *testing.T) {
 		chat := f.do(t, request{headers: with(user(i), wire.HeaderCategory, "chat")})
 		if code.servedBy != "v2" || chat.servedBy != "v1" {
 			t.Fatalf("user %d: category code → %q (want v2), chat → %q (want v1)", i, code.servedBy, chat.servedBy)
+		}
+	}
+}
+
+// Without category_header_trusted (the default) a category routes nothing:
+// the filter drops a client's x-llmcanary-category, so naming the category
+// of an override does not pick its version.
+func TestClientCannotPickAVersionByNamingACategory(t *testing.T) {
+	f := startFleet(t, fleetOptions{wasm: true, stableW: 100})
+	ctx := context.Background()
+	m, err := f.API.Model(ctx, model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.CategoryOverrides = map[string]string{"code": "v2"}
+	if _, err := f.API.PutModel(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		a := f.do(t, request{headers: with(user(i), wire.HeaderCategory, "code")})
+		if a.status != 200 || a.servedBy != "v1" {
+			t.Fatalf("user %d naming category code: %d served by %q, want v1 (stable at 100 %%)", i, a.status, a.servedBy)
+		}
+		if strings.Contains(a.saw, wire.HeaderCategory) {
+			t.Fatalf("user %d: the pool received %s (%s)", i, wire.HeaderCategory, a.saw)
 		}
 	}
 }

@@ -201,8 +201,9 @@ func (s *Stream) finish() Action {
 
 // sanitise removes or rewrites what a client may not decide: the key is
 // never forwarded, force survives only with a valid key, the model header is
-// the filter's alone, the category comes from the configured header, and a
-// request id (Envoy keeps a client's own) that is not well-formed is
+// the filter's alone, the category comes from the configured header only
+// when the operator trusts the hop that sets it (else it is dropped), and
+// a request id (Envoy keeps a client's own) that is not well-formed is
 // replaced by a fresh one, which Envoy then returns in the response.
 func (s *Stream) sanitise() error {
 	var errs []error
@@ -220,7 +221,10 @@ func (s *Stream) sanitise() error {
 	}
 	remove(wire.HeaderKey)
 	remove(wire.HeaderModel)
-	if ch := s.p.cfg.CategoryHeader; ch != wire.HeaderCategory {
+	switch ch := s.p.cfg.CategoryHeader; {
+	case !s.p.cfg.CategoryHeaderTrusted:
+		remove(wire.HeaderCategory)
+	case ch != wire.HeaderCategory:
 		if v, ok := s.req.Header(ch); ok && v != "" {
 			errs = append(errs, s.h.SetRequestHeader(wire.HeaderCategory, v))
 		} else {

@@ -57,6 +57,8 @@ func testPlugin(t *testing.T) *Plugin {
 		MaxBodyBytes:   100,
 		Models:         []string{"m1"},
 		CategoryHeader: "x-task",
+
+		CategoryHeaderTrusted: true,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -166,5 +168,43 @@ func TestStreamBuffersUntilEndOfBody(t *testing.T) {
 	}
 	if v, _ := h.get(wire.HeaderModel); v != "m1" {
 		t.Fatalf("model %q, want m1", v)
+	}
+}
+
+// The category routes a request to the version an operator chose, so only
+// the operator's own hop may set it: without category_header_trusted a
+// client's category is dropped whatever header it comes in.
+func TestCategoryHeaderIsHonouredOnlyFromATrustedHop(t *testing.T) {
+	cases := []struct {
+		name    string
+		header  string // category_header ("" = x-llmcanary-category)
+		trusted bool
+		sent    [][2]string
+		want    string // x-llmcanary-category forwarded ("" = none)
+	}{
+		{"untrusted: a client's category is dropped", "", false, [][2]string{{wire.HeaderCategory, "code"}}, ""},
+		{"untrusted: the configured header is not read either", "x-task", false, [][2]string{{"x-task", "code"}, {wire.HeaderCategory, "code"}}, ""},
+		{"trusted: the category header set by the hop is kept", "", true, [][2]string{{wire.HeaderCategory, "code"}}, "code"},
+		{"trusted: the configured header becomes the category", "x-task", true, [][2]string{{"x-task", "code"}, {wire.HeaderCategory, "spoof"}}, "code"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p, err := NewPlugin(filterconfig.Config{
+				HashKey: string(testKey), Models: []string{"m1"},
+				CategoryHeader: c.header, CategoryHeaderTrusted: c.trusted,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := &fakeHost{headers: append([][2]string{{":method", "POST"}, {":path", "/v1/chat/completions"}}, c.sent...), body: []byte(`{"model":"m1"}`)}
+			s := p.NewStream(h)
+			s.OnRequestHeaders(false)
+			if got := s.OnRequestBody(len(h.body), true); got != Continue || h.status != 0 {
+				t.Fatalf("request not forwarded: %v, local response %d %s", got, h.status, h.reply)
+			}
+			if got, _ := h.get(wire.HeaderCategory); got != c.want {
+				t.Fatalf("%s forwarded as %q, want %q", wire.HeaderCategory, got, c.want)
+			}
+		})
 	}
 }

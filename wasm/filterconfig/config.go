@@ -54,8 +54,15 @@ type Config struct {
 	// Models are the model names served; a body naming another gets 404.
 	Models []string `json:"models"`
 	// CategoryHeader is the request header whose value becomes
-	// x-llmcanary-category. Empty means x-llmcanary-category itself.
+	// x-llmcanary-category, which routes a request to the version a model's
+	// category_overrides name. Empty means x-llmcanary-category itself.
 	CategoryHeader string `json:"category_header,omitempty"`
+	// CategoryHeaderTrusted says that the operator runs a hop in front of
+	// Envoy (an auth proxy, an API gateway) that sets CategoryHeader itself
+	// and never passes on a client's own. Only then is the header read.
+	// Off (the default), every client's x-llmcanary-category is dropped:
+	// a client must not pick its version by naming a category.
+	CategoryHeaderTrusted bool `json:"category_header_trusted,omitempty"`
 }
 
 // DefaultIdentity returns the identity sources used when none are
