@@ -55,10 +55,14 @@ func startAnalyzerProcess(t *testing.T, f *fleet, policyYAML string) *analyzerPr
 func (a *analyzerProcess) start() {
 	a.t.Helper()
 	a.runs++
-	p, err := stack.StartProc("analyzer", filepath.Join(a.dir, fmt.Sprintf("analyzer-%d.log", a.runs)), a.bin, "analyzer",
+	args := []string{"analyzer",
 		"--listen", a.addr, "--data-dir", filepath.Join(a.dir, "data"), "--token-file", a.token,
 		"--control-plane", a.f.API.BaseURL, "--clickhouse", a.f.ClickHouse.Addr, "--policy", a.policy,
-		"--interval", "200ms")
+		"--interval", "200ms"}
+	if a.f.Certs != "" {
+		args = append(args, "--control-plane-ca", a.f.Certs.CA())
+	}
+	p, err := stack.StartProc("analyzer", filepath.Join(a.dir, fmt.Sprintf("analyzer-%d.log", a.runs)), a.bin, args...)
 	if err != nil {
 		a.t.Fatal(err)
 	}
