@@ -2,10 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -14,68 +10,25 @@ import (
 	"github.com/llmcanary/llmcanary/internal/stack"
 )
 
-// analyzerProcess runs `llmcanary analyzer` as a real process over the
-// fleet, so a test can SIGKILL it at the moment that matters.
-type analyzerProcess struct {
-	t      *testing.T
-	f      *fleet
-	bin    string
-	dir    string
-	addr   string
-	policy string
-	token  string
-	runs   int
-	proc   *stack.Proc
-}
-
-func startAnalyzerProcess(t *testing.T, f *fleet, policyYAML string) *analyzerProcess {
+// startAnalyzerProcess runs `llmcanary analyzer` as a real process over
+// the fleet, so a test can SIGKILL it at the moment that matters.
+func startAnalyzerProcess(t *testing.T, f *fleet, policyYAML string) *stack.Analyzer {
 	t.Helper()
-	bin, err := stack.LlmcanaryBinary()
+	o := stack.AnalyzerOptions{Dir: t.TempDir(), ControlPlane: f.API.BaseURL, Token: local.DevToken,
+		ClickHouse: f.ClickHouse.Addr, PolicyYAML: policyYAML, Args: []string{"--interval", "200ms"}}
+	if f.Certs != "" {
+		o.CA = f.Certs.CA()
+	}
+	a, err := stack.StartAnalyzer(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	port, err := stack.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	a := &analyzerProcess{t: t, f: f, bin: bin, dir: dir, addr: "127.0.0.1:" + strconv.Itoa(port),
-		policy: filepath.Join(dir, "policy.yaml"), token: filepath.Join(dir, "token")}
-	if err := os.WriteFile(a.policy, []byte(policyYAML), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(a.token, []byte(local.DevToken), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	a.start()
-	t.Cleanup(func() { a.proc.Stop(5 * time.Second) })
+	t.Cleanup(func() { a.Proc.Stop(5 * time.Second) })
 	return a
 }
 
-func (a *analyzerProcess) start() {
-	a.t.Helper()
-	a.runs++
-	args := []string{"analyzer",
-		"--listen", a.addr, "--data-dir", filepath.Join(a.dir, "data"), "--token-file", a.token,
-		"--control-plane", a.f.API.BaseURL, "--clickhouse", a.f.ClickHouse.Addr, "--policy", a.policy,
-		"--interval", "200ms"}
-	if a.f.Certs != "" {
-		args = append(args, "--control-plane-ca", a.f.Certs.CA())
-	}
-	p, err := stack.StartProc("analyzer", filepath.Join(a.dir, fmt.Sprintf("analyzer-%d.log", a.runs)), a.bin, args...)
-	if err != nil {
-		a.t.Fatal(err)
-	}
-	a.proc = p
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := stack.WaitTCP(ctx, a.addr); err != nil {
-		a.t.Fatalf("analyzer did not start: %v\n%s", err, p.Tail(30))
-	}
-}
-
-func (a *analyzerProcess) client() *analyzer.Client {
-	return &analyzer.Client{BaseURL: "http://" + a.addr, Token: local.DevToken, Actor: "e2e"}
+func analyzerClient(a *stack.Analyzer) *analyzer.Client {
+	return &analyzer.Client{BaseURL: "http://" + a.Addr, Token: local.DevToken, Actor: "e2e"}
 }
 
 // TestAnalyzerKilledAtAStageChangeNeverRevertsTheRollout polls the control
@@ -100,7 +53,7 @@ required: [error_rate, latency]
 	stop, _ := drive(t, f)
 	defer stop()
 	ctx := context.Background()
-	ro, err := a.client().Start(ctx, analyzer.StartRequest{Model: model, Canary: "v2"})
+	ro, err := analyzerClient(a).Start(ctx, analyzer.StartRequest{Model: model, Canary: "v2"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,18 +61,18 @@ required: [error_rate, latency]
 	for {
 		m, err := f.API.Model(ctx, model)
 		if err == nil && m.Weights["v2"] == 50 {
-			if err := a.proc.Kill(); err != nil {
+			if err := a.Proc.Kill(); err != nil {
 				t.Fatal(err)
 			}
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the canary never reached 50 %%: %+v %v\n%s", m, err, a.proc.Tail(20))
+			t.Fatalf("the canary never reached 50 %%: %+v %v\n%s", m, err, a.Proc.Tail(20))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	<-a.proc.Done()
-	if st, err := analyzer.OpenStore(filepath.Join(a.dir, "data")); err == nil {
+	<-a.Proc.Done()
+	if st, err := analyzer.OpenStore(a.DataDir()); err == nil {
 		if killed, err := st.Get(ro.ID); err == nil {
 			t.Logf("killed at stage %d with %q pending (pending: between the traffic move and the saved outcome)", killed.Stage+1, killed.Pending)
 		}
@@ -129,7 +82,9 @@ required: [error_rate, latency]
 		t.Fatal(err)
 	}
 	time.Sleep(3 * time.Second)
-	a.start()
+	if err := a.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
 	watch := time.Now().Add(5 * time.Second)
 	for time.Now().Before(watch) {
 		m, err := f.API.Model(ctx, model)
@@ -144,7 +99,7 @@ required: [error_rate, latency]
 	if now, err := f.API.Revision(ctx); err != nil || now != rev {
 		t.Errorf("the restart moved the control plane from revision %d to %d (%v): it re-sent weights already in place", rev, now, err)
 	}
-	got, err := a.client().Get(ctx, ro.ID)
+	got, err := analyzerClient(a).Get(ctx, ro.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,6 +111,6 @@ required: [error_rate, latency]
 	}
 	if got.Stage != 1 || got.Pending != "" || got.Status != analyzer.RolloutRunning || advances != 1 {
 		t.Fatalf("after the restart the rollout is %s at stage %d (pending %q) with %d advances recorded, want running at stage 2 of 2 with one advance\n%s",
-			got.Status, got.Stage+1, got.Pending, advances, a.proc.Tail(20))
+			got.Status, got.Stage+1, got.Pending, advances, a.Proc.Tail(20))
 	}
 }
