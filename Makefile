@@ -7,7 +7,7 @@ GO      ?= go
 PKGS    := ./...
 E2E     := ./test/e2e/...
 
-.PHONY: help deps build wasm test test-unit test-e2e bench demo fmt vet clean
+.PHONY: help deps build wasm test test-unit test-e2e bench soak demo fmt vet clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z0-9-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,6 +38,9 @@ test-e2e: deps build ## end-to-end tests against real Envoy and ClickHouse
 bench: deps build ## measure gateway overhead, xDS propagation, filter and ext_proc cost, ClickHouse rates
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench/ ./wasm/envoytest/ ./extproc/envoytest/ ./extproc/chwriter/ ./analyzer/chsource/
 	$(GO) test -run '^$$' -bench . ./analyzer/stats/ ./sim/
+
+soak: deps build ## run the whole stack for 10 minutes at 50 streamed req/s with a rollout advancing; memory per process and lost rows (LLMCANARY_SOAK_DURATION, LLMCANARY_SOAK_RATE)
+	$(GO) test -run '^$$' -bench BenchmarkSoak -benchtime 1x -timeout 40m ./test/e2e/
 
 demo: deps build ## run a real local rollout with Envoy, ClickHouse and the simulated pool
 	./bin/llmcanary demo

@@ -12,7 +12,7 @@ import (
 
 // startAnalyzerProcess runs `llmcanary analyzer` as a real process over
 // the fleet, so a test can SIGKILL it at the moment that matters.
-func startAnalyzerProcess(t *testing.T, f *fleet, policyYAML string) *stack.Analyzer {
+func startAnalyzerProcess(t testing.TB, f *fleet, policyYAML string) *stack.Analyzer {
 	t.Helper()
 	o := stack.AnalyzerOptions{Dir: t.TempDir(), ControlPlane: f.API.BaseURL, Token: local.DevToken,
 		ClickHouse: f.ClickHouse.Addr, PolicyYAML: policyYAML, Args: []string{"--interval", "200ms"}}

@@ -16,7 +16,7 @@ import (
 // extprocFleet starts a fleet whose telemetry service is a real
 // `llmcanary extproc` process (built from this module), so the tests can
 // stop it with real signals.
-func extprocFleet(t *testing.T, stable, canary sim.Profile, args ...string) (*fleet, *stack.Extproc) {
+func extprocFleet(t testing.TB, stable, canary sim.Profile, args ...string) (*fleet, *stack.Extproc) {
 	t.Helper()
 	if _, err := stack.LlmcanaryBinary(); err != nil {
 		t.Fatalf("these tests run the real llmcanary binary: %v", err)

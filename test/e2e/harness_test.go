@@ -46,7 +46,7 @@ type fleetOptions struct {
 	wasm bool
 }
 
-func startFleet(t *testing.T, o fleetOptions) *fleet {
+func startFleet(t testing.TB, o fleetOptions) *fleet {
 	t.Helper()
 	if _, err := stack.EnvoyBinary(); err != nil {
 		t.Fatalf("end-to-end tests need a real Envoy: %v", err)
@@ -248,7 +248,7 @@ func sseTokens(r io.Reader) (tokens []string, at []time.Time, err error) {
 func jsonDecode(resp *http.Response, v any) error { return json.NewDecoder(resp.Body).Decode(v) }
 
 // wasmModule returns the filter module (see stack.WasmModule).
-func wasmModule(t *testing.T) string {
+func wasmModule(t testing.TB) string {
 	t.Helper()
 	p, err := stack.WasmModule()
 	if err != nil {
