@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -95,11 +96,13 @@ type envoy struct {
 	url       string // listener with the filter
 	plainURL  string // listener without it
 	noopURL   string // listener with the no-op module (noopModule)
+	goNoopURL string // listener with the Go no-op module (wasm/cmd/noop)
 	adminURL  string
 	ports     []int
 	wasm      string
 	noopWasm  string
-	only      string    // the one listener served, "" for all
+	goNoop    string
+	serve     []string  // the listeners served (see startEnvoyWith)
 	started   time.Time // when the process was started
 	stableAdr string
 	canaryAdr string
@@ -127,19 +130,19 @@ func testConfig() filterconfig.Config {
 // filter configuration the way an xDS update does, without a restart.
 func startEnvoy(t testing.TB, cfg filterconfig.Config) *envoy {
 	t.Helper()
-	return startEnvoyWith(t, cfg, "")
+	return startEnvoyWith(t, cfg, "filtered", "plain", "noop")
 }
 
-// startEnvoyWith is startEnvoy serving only the listener named only
-// ("filtered", "plain" or "noop"), or all three when only is "".
-func startEnvoyWith(t testing.TB, cfg filterconfig.Config, only string) *envoy {
+// startEnvoyWith is startEnvoy serving the listeners named in serve:
+// "filtered", "plain", "noop" (noopModule) and "gonoop" (wasm/cmd/noop).
+func startEnvoyWith(t testing.TB, cfg filterconfig.Config, serve ...string) *envoy {
 	t.Helper()
 	bin, err := stack.LookBinary("LLMCANARY_ENVOY", "envoy", "run `make deps`, or put Envoy ≥ 1.36 on PATH")
 	if err != nil {
 		t.Fatalf("envoy is required for this test: %v", err)
 	}
 	stable, canary := startEcho(t, stableVersion), startEcho(t, canaryVersion)
-	ports, err := stack.FreePorts(4)
+	ports, err := stack.FreePorts(5)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,9 +152,13 @@ func startEnvoyWith(t testing.TB, cfg filterconfig.Config, only string) *envoy {
 		plainURL:  fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
 		adminURL:  fmt.Sprintf("http://127.0.0.1:%d", ports[2]),
 		noopURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[3]),
-		stableAdr: stable.addr, canaryAdr: canary.addr, only: only,
+		goNoopURL: fmt.Sprintf("http://127.0.0.1:%d", ports[4]),
+		stableAdr: stable.addr, canaryAdr: canary.addr, serve: serve,
 	}
 	e.noopWasm = noopModule(t, e.dir)
+	if slices.Contains(serve, "gonoop") {
+		e.goNoop = goNoopModule(t)
+	}
 	if err := os.MkdirAll(filepath.Join(e.dir, "lds"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -296,35 +303,36 @@ func (e *envoy) writeListenersWith(t testing.TB, wasmFilter *hcmv3.HttpFilter, m
 	}
 }
 
-// listeners returns the listeners e serves: with wasmFilter, without any
-// filter, and with the no-op module (or only the one e.only names).
+// listeners returns the listeners e serves (e.serve), the "filtered" one
+// with wasmFilter.
 func (e *envoy) listeners(t testing.TB, wasmFilter *hcmv3.HttpFilter, maxBody ...uint32) []*listenerv3.Listener {
 	t.Helper()
 	var limit uint32
 	if len(maxBody) > 0 {
 		limit = maxBody[0]
 	}
-	all := []*listenerv3.Listener{
-		listener("filtered", e.ports[0], wasmFilter, limit),
-		listener("plain", e.ports[1], nil, 0),
-		listener("noop", e.ports[3], noopFilter(t, e.noopWasm), 0),
-	}
-	if e.only == "" {
-		return all
-	}
-	for _, l := range all {
-		if l.Name == e.only {
-			return []*listenerv3.Listener{l}
+	var ls []*listenerv3.Listener
+	for _, name := range e.serve {
+		switch name {
+		case "filtered":
+			ls = append(ls, listener(name, e.ports[0], wasmFilter, limit))
+		case "plain":
+			ls = append(ls, listener(name, e.ports[1], nil, 0))
+		case "noop":
+			ls = append(ls, listener(name, e.ports[3], noopFilter(t, e.noopWasm, name), 0))
+		case "gonoop":
+			ls = append(ls, listener(name, e.ports[4], noopFilter(t, e.goNoop, name), 0))
+		default:
+			t.Fatalf("no listener %q", name)
 		}
 	}
-	t.Fatalf("no listener %q", e.only)
-	return nil
+	return ls
 }
 
-// noopFilter is an envoy.filters.http.wasm filter running the no-op module
-// at path in a VM of its own, configured like the llmcanary filter
-// otherwise (V8, fail closed).
-func noopFilter(t testing.TB, path string) *hcmv3.HttpFilter {
+// noopFilter is an envoy.filters.http.wasm filter running a no-op module
+// at path in a VM of its own named name, configured like the llmcanary
+// filter otherwise (V8, fail closed).
+func noopFilter(t testing.TB, path, name string) *hcmv3.HttpFilter {
 	t.Helper()
 	f, err := filterconfig.HTTPFilter(testConfig(), path)
 	if err != nil {
@@ -334,8 +342,8 @@ func noopFilter(t testing.TB, path string) *hcmv3.HttpFilter {
 	if err := f.GetTypedConfig().UnmarshalTo(&w); err != nil {
 		t.Fatal(err)
 	}
-	w.Config.Name, w.Config.RootId, w.Config.Configuration = "noop", "noop", nil
-	w.Config.GetVmConfig().VmId = "noop"
+	w.Config.Name, w.Config.RootId, w.Config.Configuration = name, name, nil
+	w.Config.GetVmConfig().VmId = name
 	if f.ConfigType.(*hcmv3.HttpFilter_TypedConfig).TypedConfig, err = anypb.New(&w); err != nil {
 		t.Fatal(err)
 	}
@@ -562,5 +570,8 @@ func TestMain(m *testing.M) {
 	}
 	pkgMu.Unlock()
 	stack.RemoveBuiltWasmModule()
+	if goNoopPath != "" {
+		os.RemoveAll(filepath.Dir(goNoopPath))
+	}
 	os.Exit(code)
 }

@@ -1,10 +1,43 @@
 package envoytest
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 )
+
+var (
+	goNoopOnce sync.Once
+	goNoopPath string
+	goNoopErr  error
+)
+
+// goNoopModule builds wasm/cmd/noop, the Go module whose streams do nothing,
+// once per test binary, and returns its path. It is the reference for what
+// the Go runtime and the ABI binding cost apart from the filter's logic.
+func goNoopModule(t testing.TB) string {
+	t.Helper()
+	goNoopOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "llmcanary-noop-")
+		if err != nil {
+			goNoopErr = err
+			return
+		}
+		goNoopPath = filepath.Join(dir, "noop.wasm")
+		cmd := exec.Command("go", "build", "-buildmode=c-shared", "-o", goNoopPath, "github.com/llmcanary/llmcanary/wasm/cmd/noop")
+		cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			goNoopErr = fmt.Errorf("build the go no-op module: %v\n%s", err, out)
+		}
+	})
+	if goNoopErr != nil {
+		t.Fatal(goNoopErr)
+	}
+	return goNoopPath
+}
 
 // noopModule writes a proxy-wasm module that does nothing and returns its
 // path. It is the benchmarks' reference for what any wasm filter costs
