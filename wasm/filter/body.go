@@ -3,7 +3,7 @@ package filter
 import (
 	"errors"
 
-	"github.com/llmcanary/llmcanary/wasm/jsonscan"
+	"github.com/llmcanary/llmcanary/internal/jsonscan"
 )
 
 // Errors of ParseBody; the filter answers each with a 400.
