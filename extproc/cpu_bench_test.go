@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -59,6 +60,15 @@ func serveForBenchmark() {
 	g := grpc.NewServer()
 	srv.Register(g)
 	go g.Serve(lis)
+	// LLMCANARY_EXTPROC_BENCH_CPUPROFILE names a file for the service's CPU
+	// profile over its whole run.
+	if path := os.Getenv("LLMCANARY_EXTPROC_BENCH_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			defer f.Close()
+			defer pprof.StopCPUProfile()
+		}
+	}
 	fmt.Println(lis.Addr().String())
 	io.Copy(io.Discard, os.Stdin)
 	g.Stop()
