@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -127,6 +128,42 @@ func FuzzDecodeChunkAgreesWithEncodingJSON(f *testing.F) {
 		want, wantErr := decodeChunkWithEncodingJSON(data)
 		if (err == nil) != (wantErr == nil) || !sameChunk(got, want) {
 			t.Fatalf("DecodeChunk(%q) = %+v, %v; encoding/json %+v, %v", data, got, err, want, wantErr)
+		}
+	})
+}
+
+// BenchmarkDecodeChunk compares DecodeChunk with the encoding/json version
+// it replaced on a typical chat.completion.chunk event.
+func BenchmarkDecodeChunk(b *testing.B) {
+	data := []byte(`{"id":"chatcmpl-9f8e7d6c5b4a","object":"chat.completion.chunk","created":1767225600,"model":"llama","choices":[{"index":0,"delta":{"content":" word"},"logprobs":null,"finish_reason":null}]}`)
+	b.Run("scanner", func(b *testing.B) {
+		for range b.N {
+			DecodeChunk(data)
+		}
+	})
+	b.Run("encoding-json", func(b *testing.B) {
+		for range b.N {
+			decodeChunkWithEncodingJSON(data)
+		}
+	})
+}
+
+// BenchmarkRefusal compares the refusal detector with its word filter and
+// the regular expression alone on a completion that is no refusal.
+func BenchmarkRefusal(b *testing.B) {
+	d, err := NewRefusalDetector(DefaultRefusalPatterns)
+	if err != nil {
+		b.Fatal(err)
+	}
+	text := strings.Repeat("Here is a careful answer to the question, in several sentences. ", 32)[:RefusalWindow]
+	b.Run("filtered", func(b *testing.B) {
+		for range b.N {
+			d.Refusal(text)
+		}
+	})
+	b.Run("regexp", func(b *testing.B) {
+		for range b.N {
+			d.re.MatchString(text)
 		}
 	})
 }
