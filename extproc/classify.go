@@ -1,8 +1,10 @@
 package extproc
 
 import (
+	"bytes"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -90,10 +92,24 @@ var DefaultRefusalPatterns = []string{
 // request fixed.
 const RefusalWindow = 2048
 
+// defaultRefusalKeys are words of which every match of
+// DefaultRefusalPatterns contains at least one, in ASCII lower case:
+// "orry" (sorry), "help with", "ist with" (assist with), "able to" (not
+// able to, unable to), "an ai" (As an AI), "i mu" (I must). They avoid
+// the letters k and s, whose case-insensitive matches include the
+// non-ASCII K (Kelvin sign) and ſ (long s), so a byte-wise lower-casing
+// search finds them wherever a pattern could match. A text without any of
+// them is no refusal and the regular expression never runs on it — which
+// is almost every completion.
+var defaultRefusalKeys = []string{"orry", "help with", "ist with", "able to", "an ai", "i mu"}
+
 // RefusalDetector tells refusals by regular expressions on the completion
 // text. Safe for concurrent use.
 type RefusalDetector struct {
 	re *regexp.Regexp
+	// keys, when set, are words without one of which the text cannot
+	// match re (see defaultRefusalKeys).
+	keys []string
 }
 
 // NewRefusalDetector compiles patterns (case-insensitive, any one matches).
@@ -113,7 +129,11 @@ func NewRefusalDetector(patterns []string) (*RefusalDetector, error) {
 	if err != nil {
 		return nil, fmt.Errorf("refusal patterns: %w", err)
 	}
-	return &RefusalDetector{re: re}, nil
+	d := &RefusalDetector{re: re}
+	if slices.Equal(patterns, DefaultRefusalPatterns) {
+		d.keys = defaultRefusalKeys
+	}
+	return d, nil
 }
 
 // Refusal reports whether text (its first RefusalWindow bytes) is a refusal.
@@ -124,7 +144,30 @@ func (d *RefusalDetector) Refusal(text string) bool {
 	if len(text) > RefusalWindow {
 		text = text[:RefusalWindow]
 	}
+	if d.keys != nil && !containsAnyFolded(text, d.keys) {
+		return false
+	}
 	return d.re.MatchString(text)
+}
+
+// containsAnyFolded reports whether text, its ASCII letters lower-cased,
+// contains one of keys (lower-case ASCII).
+func containsAnyFolded(text string, keys []string) bool {
+	var buf [RefusalWindow]byte
+	low := buf[:0]
+	for i := 0; i < len(text); i++ {
+		c := text[i]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		low = append(low, c)
+	}
+	for _, k := range keys {
+		if bytes.Contains(low, []byte(k)) {
+			return true
+		}
+	}
+	return false
 }
 
 // Prices are a version's list prices in USD per 1000 tokens, from its

@@ -152,3 +152,28 @@ func TestCapturePrepareCapsOnRuneBoundary(t *testing.T) {
 		t.Fatal("rate above 1 must be rejected")
 	}
 }
+
+// FuzzRefusalKeysNeverHideAMatch checks that the default patterns' word
+// filter only skips texts the regular expression would not match.
+func FuzzRefusalKeysNeverHideAMatch(f *testing.F) {
+	for _, s := range []string{
+		"I'm sorry, but I can't do that.", "I’M SORRY BUT I CANNOT", "I cannot assist with this",
+		"I'm unable to comply", "As an AI language model", "I must decline.", "Aſ an AI", "I muſt refuse",
+		"I ca\u212a't", "Sure! Here is the answer.",
+	} {
+		f.Add(s)
+	}
+	d, err := NewRefusalDetector(DefaultRefusalPatterns)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, text string) {
+		window := text
+		if len(window) > RefusalWindow {
+			window = window[:RefusalWindow]
+		}
+		if got, want := d.Refusal(text), d.re.MatchString(window); got != want {
+			t.Fatalf("Refusal(%q) = %v, the patterns alone %v", text, got, want)
+		}
+	})
+}

@@ -2,9 +2,11 @@ package extproc
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+
+	"github.com/llmcanary/llmcanary/internal/jsonscan"
 )
 
 // SSEParser splits a text/event-stream body into events as its bytes arrive
@@ -127,25 +129,9 @@ type Chunk struct {
 // object.
 var ErrNotJSON = errors.New("event data is not a JSON object")
 
-type wireChoice struct {
-	Text  *string `json:"text"`
-	Delta *struct {
-		Content          *string         `json:"content"`
-		ReasoningContent *string         `json:"reasoning_content"`
-		ToolCalls        json.RawMessage `json:"tool_calls"`
-	} `json:"delta"`
-	Message *struct {
-		Content   *string         `json:"content"`
-		ToolCalls json.RawMessage `json:"tool_calls"`
-	} `json:"message"`
-	FinishReason *string `json:"finish_reason"`
-}
-
-type wireChunk struct {
-	Choices []wireChoice    `json:"choices"`
-	Usage   *Usage          `json:"usage"`
-	Error   json.RawMessage `json:"error"`
-}
+// errChunkType reports a chunk that is JSON but whose known fields have
+// other types than OpenAI's (a string where an object belongs, say).
+var errChunkType = errors.New("chunk field of the wrong type")
 
 var doneSentinel = []byte("[DONE]")
 
@@ -153,6 +139,14 @@ var doneSentinel = []byte("[DONE]")
 // chat.completion.chunk (choices[].delta), text_completion (choices[].text),
 // chat.completion (choices[].message), the usage-only chunk (choices: [] +
 // usage), an error object, or the "[DONE]" sentinel.
+//
+// It runs for every event of every measured response, so it reads the
+// chunk in one validating pass (jsonscan) and decodes only the fields it
+// reports, with the rules encoding/json applied before: the whole chunk
+// must be valid JSON; keys match case-insensitively, the last of duplicate
+// keys wins; a known field of the wrong type (choices not an array, a
+// non-integer token count, …) makes the chunk an error; unknown fields
+// are ignored.
 func DecodeChunk(data []byte) (Chunk, error) {
 	data = bytes.TrimSpace(data)
 	if bytes.Equal(data, doneSentinel) {
@@ -161,46 +155,197 @@ func DecodeChunk(data []byte) (Chunk, error) {
 	if len(data) == 0 || data[0] != '{' {
 		return Chunk{}, ErrNotJSON
 	}
-	var w wireChunk
-	if err := json.Unmarshal(data, &w); err != nil {
+	var choices, usage jsonscan.Value
+	var c Chunk
+	err := jsonscan.Members(data, func(k []byte, v jsonscan.Value) {
+		switch {
+		case bytes.EqualFold(k, keyChoices):
+			choices = v
+		case bytes.EqualFold(k, keyUsage):
+			usage = v
+		case bytes.EqualFold(k, keyError):
+			c.Error = v.Kind != jsonscan.Null
+		}
+	})
+	if err != nil {
 		return Chunk{}, fmt.Errorf("decode chunk: %w", err)
 	}
-	c := Chunk{Usage: w.Usage, Error: len(w.Error) > 0 && string(w.Error) != "null"}
-	for _, ch := range w.Choices {
-		if ch.FinishReason != nil && *ch.FinishReason != "" && c.FinishReason == "" {
-			c.FinishReason = *ch.FinishReason
-		}
-		switch {
-		case ch.Delta != nil:
-			if ch.Delta.Content != nil && *ch.Delta.Content != "" {
-				c.Content += *ch.Delta.Content
-				c.HasContent = true
+	var bad bool
+	switch usage.Kind {
+	case jsonscan.Invalid, jsonscan.Null:
+	case jsonscan.Object:
+		c.Usage, bad = decodeUsage(usage.Raw)
+	default:
+		bad = true
+	}
+	switch choices.Kind {
+	case jsonscan.Invalid, jsonscan.Null:
+	case jsonscan.Array:
+		jsonscan.Elements(choices.Raw, func(v jsonscan.Value) {
+			if !bad {
+				bad = !c.addChoice(v)
 			}
-			if ch.Delta.ReasoningContent != nil && *ch.Delta.ReasoningContent != "" {
-				c.HasContent = true
-			}
-			if hasJSONValue(ch.Delta.ToolCalls) {
-				c.HasContent = true
-			}
-		case ch.Message != nil:
-			if ch.Message.Content != nil && *ch.Message.Content != "" {
-				c.Content += *ch.Message.Content
-				c.HasContent = true
-			}
-			if hasJSONValue(ch.Message.ToolCalls) {
-				c.HasContent = true
-			}
-		case ch.Text != nil:
-			if *ch.Text != "" {
-				c.Content += *ch.Text
-				c.HasContent = true
-			}
-		}
+		})
+	default:
+		bad = true
+	}
+	if bad {
+		return Chunk{}, fmt.Errorf("decode chunk: %w", errChunkType)
 	}
 	return c, nil
 }
 
-func hasJSONValue(raw json.RawMessage) bool {
-	s := string(bytes.TrimSpace(raw))
+var (
+	keyChoices          = []byte("choices")
+	keyUsage            = []byte("usage")
+	keyError            = []byte("error")
+	keyText             = []byte("text")
+	keyDelta            = []byte("delta")
+	keyMessage          = []byte("message")
+	keyFinishReason     = []byte("finish_reason")
+	keyContent          = []byte("content")
+	keyReasoningContent = []byte("reasoning_content")
+	keyToolCalls        = []byte("tool_calls")
+	keyPromptTokens     = []byte("prompt_tokens")
+	keyCompletionTokens = []byte("completion_tokens")
+)
+
+// decodeUsage reads a usage object; ok is false when a count is not a
+// uint32 (or null).
+func decodeUsage(raw []byte) (u *Usage, bad bool) {
+	u = &Usage{}
+	jsonscan.Members(raw, func(k []byte, v jsonscan.Value) {
+		var dst *uint32
+		switch {
+		case bytes.EqualFold(k, keyPromptTokens):
+			dst = &u.PromptTokens
+		case bytes.EqualFold(k, keyCompletionTokens):
+			dst = &u.CompletionTokens
+		default:
+			return
+		}
+		switch v.Kind {
+		case jsonscan.Null:
+		case jsonscan.Number:
+			n, err := strconv.ParseUint(string(v.Raw), 10, 32)
+			if err != nil {
+				bad = true
+				return
+			}
+			*dst = uint32(n)
+		default:
+			bad = true
+		}
+	})
+	return u, bad
+}
+
+// choice is one element of choices as the chunk states it; a field is
+// Invalid when absent.
+type choice struct {
+	text, delta, message, finishReason jsonscan.Value
+}
+
+// addChoice adds one element of choices to c and reports whether its
+// fields have the expected types.
+func (c *Chunk) addChoice(v jsonscan.Value) bool {
+	switch v.Kind {
+	case jsonscan.Null:
+		return true
+	case jsonscan.Object:
+	default:
+		return false
+	}
+	var ch choice
+	jsonscan.Members(v.Raw, func(k []byte, v jsonscan.Value) {
+		switch {
+		case bytes.EqualFold(k, keyText):
+			ch.text = v
+		case bytes.EqualFold(k, keyDelta):
+			ch.delta = v
+		case bytes.EqualFold(k, keyMessage):
+			ch.message = v
+		case bytes.EqualFold(k, keyFinishReason):
+			ch.finishReason = v
+		}
+	})
+	finish, ok := optString(ch.finishReason)
+	if !ok {
+		return false
+	}
+	if finish != "" && c.FinishReason == "" {
+		c.FinishReason = finish
+	}
+	// The first of delta, message and text that is present and not null
+	// is read, as the wire structs' pointers were; the others must still
+	// have their types.
+	text, ok := optString(ch.text)
+	if !ok || !objectOrNull(ch.delta) || !objectOrNull(ch.message) {
+		return false
+	}
+	switch {
+	case ch.delta.Kind == jsonscan.Object:
+		return c.addMessage(ch.delta.Raw, true)
+	case ch.message.Kind == jsonscan.Object:
+		return c.addMessage(ch.message.Raw, false)
+	case text != "":
+		c.Content += text
+		c.HasContent = true
+	}
+	return true
+}
+
+// addMessage adds a delta (or a whole message) to c.
+func (c *Chunk) addMessage(raw []byte, delta bool) bool {
+	var content, reasoning, tools jsonscan.Value
+	jsonscan.Members(raw, func(k []byte, v jsonscan.Value) {
+		switch {
+		case bytes.EqualFold(k, keyContent):
+			content = v
+		case delta && bytes.EqualFold(k, keyReasoningContent):
+			reasoning = v
+		case bytes.EqualFold(k, keyToolCalls):
+			tools = v
+		}
+	})
+	text, ok := optString(content)
+	if !ok {
+		return false
+	}
+	r, ok := optString(reasoning)
+	if !ok {
+		return false
+	}
+	if text != "" {
+		c.Content += text
+		c.HasContent = true
+	}
+	if r != "" || hasJSONValue(tools) {
+		c.HasContent = true
+	}
+	return true
+}
+
+// optString decodes a string field that may be absent or null; ok is false
+// for any other type.
+func optString(v jsonscan.Value) (string, bool) {
+	switch v.Kind {
+	case jsonscan.Invalid, jsonscan.Null:
+		return "", true
+	case jsonscan.String:
+		s, _ := jsonscan.Unquote(v.Raw)
+		return s, true
+	}
+	return "", false
+}
+
+func objectOrNull(v jsonscan.Value) bool {
+	return v.Kind == jsonscan.Invalid || v.Kind == jsonscan.Null || v.Kind == jsonscan.Object
+}
+
+// hasJSONValue reports whether a field holds something: present, not
+// null, not an empty array.
+func hasJSONValue(v jsonscan.Value) bool {
+	s := string(v.Raw)
 	return s != "" && s != "null" && s != "[]"
 }

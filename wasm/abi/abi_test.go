@@ -37,6 +37,17 @@ func TestMapSerialization(t *testing.T) {
 	}
 }
 
+func TestDeserializedMapSharesTheBuffer(t *testing.T) {
+	b := SerializeMap([][2]string{{"x-user-id", "alice"}})
+	pairs, err := DeserializeMap(b)
+	if err != nil || pairs[0] != [2]string{"x-user-id", "alice"} {
+		t.Fatalf("DeserializeMap = %v, %v", pairs, err)
+	}
+	if n := testing.AllocsPerRun(100, func() { DeserializeMap(b) }); n > 1 {
+		t.Errorf("%v allocations per map of one pair, want 1 (the pair slice)", n)
+	}
+}
+
 func TestAllocationsStayUntilTaken(t *testing.T) {
 	a := allocate(4)
 	b := allocate(0)
@@ -82,7 +93,10 @@ func (h recHTTP) OnHttpRequestHeaders(int, bool) Action {
 	return ActionPause
 }
 
-func (h recHTTP) OnHttpStreamDone() { *h.log = append(*h.log, "done") }
+func (h recHTTP) OnHttpRequestBody(int, bool) Action {
+	*h.log = append(*h.log, "body")
+	return ActionContinue
+}
 
 func TestDispatchRoutesCallbacksToContexts(t *testing.T) {
 	var log []string
@@ -102,16 +116,18 @@ func TestDispatchRoutesCallbacksToContexts(t *testing.T) {
 	if got := onRequestHeaders(3, 3, false); got != ActionContinue {
 		t.Errorf("unknown stream: %v, want continue", got)
 	}
-	if !onDone(2) {
-		t.Error("done: want true")
+	if got := onRequestBody(2, 10, true); got != ActionContinue {
+		t.Errorf("request body: %v, want continue", got)
 	}
-	onLog(2)
 	onDelete(2)
+	if got := onRequestBody(2, 10, true); got != ActionContinue {
+		t.Errorf("deleted stream: %v, want continue", got)
+	}
 	onDelete(1)
 	if len(httpContexts) != 0 || len(pluginContexts) != 0 {
 		t.Errorf("contexts left after delete: %d http, %d plugin", len(httpContexts), len(pluginContexts))
 	}
-	want := []string{"configure", "configure", "headers", "done"}
+	want := []string{"configure", "configure", "headers", "body"}
 	if !reflect.DeepEqual(log, want) {
 		t.Errorf("callbacks %v, want %v", log, want)
 	}

@@ -73,46 +73,7 @@ func onRequestTrailers(id, numTrailers uint32) Action {
 	return c.OnHttpRequestTrailers(int(numTrailers))
 }
 
-func onResponseHeaders(id, numHeaders uint32, eos bool) Action {
-	c := httpContext(id)
-	if c == nil {
-		return ActionContinue
-	}
-	return c.OnHttpResponseHeaders(int(numHeaders), eos)
-}
-
-func onResponseBody(id, bodySize uint32, eos bool) Action {
-	c := httpContext(id)
-	if c == nil {
-		return ActionContinue
-	}
-	return c.OnHttpResponseBody(int(bodySize), eos)
-}
-
-func onResponseTrailers(id, numTrailers uint32) Action {
-	c := httpContext(id)
-	if c == nil {
-		return ActionContinue
-	}
-	return c.OnHttpResponseTrailers(int(numTrailers))
-}
-
-// onDone reports whether the host may finalise the context; the filter
-// never defers finalisation.
-func onDone(id uint32) bool {
-	if root, ok := pluginContexts[id]; ok {
-		return root.OnPluginDone()
-	}
-	return true
-}
-
-// onLog is the HTTP stream's last callback before deletion.
-func onLog(id uint32) {
-	if c := httpContext(id); c != nil {
-		c.OnHttpStreamDone()
-	}
-}
-
+// onDelete forgets a context; it is the one callback at a stream's end.
 func onDelete(id uint32) {
 	delete(httpContexts, id)
 	delete(pluginContexts, id)

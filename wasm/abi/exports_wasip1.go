@@ -3,6 +3,9 @@
 package abi
 
 // Exports of proxy-wasm ABI 0.2.1. Booleans cross the boundary as i32.
+// Only the request's callbacks are exported: Envoy skips a callback the
+// module does not export, so responses, and stream ends but for
+// proxy_on_delete, never enter the VM (see HttpContext).
 
 //go:wasmexport proxy_abi_version_0_2_1
 func proxyABIVersion021() {}
@@ -31,25 +34,6 @@ func proxyOnRequestBody(id, size, eos uint32) uint32 {
 
 //go:wasmexport proxy_on_request_trailers
 func proxyOnRequestTrailers(id, n uint32) uint32 { return uint32(onRequestTrailers(id, n)) }
-
-//go:wasmexport proxy_on_response_headers
-func proxyOnResponseHeaders(id, n, eos uint32) uint32 {
-	return uint32(onResponseHeaders(id, n, eos != 0))
-}
-
-//go:wasmexport proxy_on_response_body
-func proxyOnResponseBody(id, size, eos uint32) uint32 {
-	return uint32(onResponseBody(id, size, eos != 0))
-}
-
-//go:wasmexport proxy_on_response_trailers
-func proxyOnResponseTrailers(id, n uint32) uint32 { return uint32(onResponseTrailers(id, n)) }
-
-//go:wasmexport proxy_on_done
-func proxyOnDone(id uint32) uint32 { return b2u(onDone(id)) }
-
-//go:wasmexport proxy_on_log
-func proxyOnLog(id uint32) { onLog(id) }
 
 //go:wasmexport proxy_on_delete
 func proxyOnDelete(id uint32) { onDelete(id) }

@@ -1,7 +1,7 @@
 package abi
 
 import (
-	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -48,7 +48,7 @@ func getBuffer(bt BufferType, start, maxSize int) ([]byte, error) {
 	st := proxyGetBufferBytes(uint32(bt), uint32(start), uint32(maxSize), &addr, &size)
 	if err := StatusToError(st); err != nil {
 		takeAllocation(addr, 0)
-		return nil, fmt.Errorf("get buffer %d: %w", bt, err)
+		return nil, wrapError("get buffer "+strconv.Itoa(int(bt)), err)
 	}
 	return takeAllocation(addr, size), nil
 }
@@ -134,9 +134,9 @@ func getMapValue(mt MapType, key string) (string, error) {
 	st := proxyGetHeaderMapValue(uint32(mt), key, &addr, &size)
 	if err := StatusToError(st); err != nil {
 		takeAllocation(addr, 0)
-		return "", fmt.Errorf("get header %q: %w", key, err)
+		return "", wrapError("get header "+strconv.Quote(key), err)
 	}
-	return string(takeAllocation(addr, size)), nil
+	return aliasString(takeAllocation(addr, size)), nil
 }
 
 func getMapPairs(mt MapType) ([][2]string, error) {
@@ -144,14 +144,14 @@ func getMapPairs(mt MapType) ([][2]string, error) {
 	st := proxyGetHeaderMapPairs(uint32(mt), &addr, &size)
 	if err := StatusToError(st); err != nil {
 		takeAllocation(addr, 0)
-		return nil, fmt.Errorf("get header map %d: %w", mt, err)
+		return nil, wrapError("get header map "+strconv.Itoa(int(mt)), err)
 	}
 	return DeserializeMap(takeAllocation(addr, size))
 }
 
 func wrap(op string, st Status) error {
 	if err := StatusToError(st); err != nil {
-		return fmt.Errorf("%s: %w", op, err)
+		return wrapError(op, err)
 	}
 	return nil
 }

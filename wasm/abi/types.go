@@ -16,7 +16,8 @@ package abi
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
+	"strconv"
+	"unsafe"
 )
 
 // Action is what a callback tells the host to do with the stream.
@@ -119,9 +120,22 @@ func StatusToError(s Status) error {
 	case StatusUnimplemented:
 		return ErrUnimplemented
 	default:
-		return fmt.Errorf("%w %d", ErrUnexpectedStatus, uint32(s))
+		return wrapError(strconv.FormatUint(uint64(s), 10), ErrUnexpectedStatus)
 	}
 }
+
+// opError is err in the context of op: "op: err". The module keeps fmt out
+// of its code (V8 compiles every function of the module before Envoy
+// serves), so errors are wrapped by hand.
+type opError struct {
+	op  string
+	err error
+}
+
+func (e *opError) Error() string { return e.op + ": " + e.err.Error() }
+func (e *opError) Unwrap() error { return e.err }
+
+func wrapError(op string, err error) error { return &opError{op: op, err: err} }
 
 // VMContext is the module-wide context. The host creates it once per VM;
 // it creates a PluginContext per plugin configuration.
@@ -134,29 +148,29 @@ type VMContext interface {
 
 // PluginContext is a plugin's root context. It receives the plugin
 // configuration, each time the host (re)configures the plugin, and creates
-// one HttpContext per HTTP stream.
+// one HttpContext per HTTP stream. A retired plugin is deleted without
+// notice (proxy_on_done is not exported; Envoy then takes it as done).
 type PluginContext interface {
 	// OnPluginStart is called with the size of the plugin configuration;
 	// returning false rejects the configuration.
 	OnPluginStart(pluginConfigurationSize int) bool
-	// OnPluginDone is called when the host retires the plugin.
-	OnPluginDone() bool
 	// NewHttpContext creates the context of one HTTP stream.
 	NewHttpContext(contextID uint32) HttpContext
 }
 
-// HttpContext handles one HTTP request/response pair. Callbacks for one
-// stream never run concurrently: a VM is single-threaded.
+// HttpContext handles one HTTP request. Callbacks for one stream never run
+// concurrently: a VM is single-threaded.
+//
+// Only the request's callbacks are bound. The module does not export the
+// response callbacks (proxy_on_response_*) nor proxy_on_log and
+// proxy_on_done, so Envoy does not enter the VM for each response chunk or
+// at a stream's end: every entry costs Envoy CPU, and llmcanary's response
+// headers come from the route. A filter that needs them binds them here
+// and in exports_wasip1.go.
 type HttpContext interface {
 	OnHttpRequestHeaders(numHeaders int, endOfStream bool) Action
 	OnHttpRequestBody(bodySize int, endOfStream bool) Action
 	OnHttpRequestTrailers(numTrailers int) Action
-	OnHttpResponseHeaders(numHeaders int, endOfStream bool) Action
-	OnHttpResponseBody(bodySize int, endOfStream bool) Action
-	OnHttpResponseTrailers(numTrailers int) Action
-	// OnHttpStreamDone is called once, after the stream ends, before the
-	// context is deleted.
-	OnHttpStreamDone()
 }
 
 // DefaultVMContext accepts any VM configuration and creates
@@ -176,9 +190,6 @@ type DefaultPluginContext struct{}
 // OnPluginStart implements PluginContext.
 func (DefaultPluginContext) OnPluginStart(int) bool { return true }
 
-// OnPluginDone implements PluginContext.
-func (DefaultPluginContext) OnPluginDone() bool { return true }
-
 // NewHttpContext implements PluginContext.
 func (DefaultPluginContext) NewHttpContext(uint32) HttpContext { return DefaultHttpContext{} }
 
@@ -193,18 +204,6 @@ func (DefaultHttpContext) OnHttpRequestBody(int, bool) Action { return ActionCon
 
 // OnHttpRequestTrailers implements HttpContext.
 func (DefaultHttpContext) OnHttpRequestTrailers(int) Action { return ActionContinue }
-
-// OnHttpResponseHeaders implements HttpContext.
-func (DefaultHttpContext) OnHttpResponseHeaders(int, bool) Action { return ActionContinue }
-
-// OnHttpResponseBody implements HttpContext.
-func (DefaultHttpContext) OnHttpResponseBody(int, bool) Action { return ActionContinue }
-
-// OnHttpResponseTrailers implements HttpContext.
-func (DefaultHttpContext) OnHttpResponseTrailers(int) Action { return ActionContinue }
-
-// OnHttpStreamDone implements HttpContext.
-func (DefaultHttpContext) OnHttpStreamDone() {}
 
 var (
 	_ VMContext     = DefaultVMContext{}
@@ -243,17 +242,21 @@ func SerializeMap(pairs [][2]string) []byte {
 }
 
 // DeserializeMap decodes the ABI's map layout. An empty input, or a single
-// NUL byte, is the empty map.
+// NUL byte, is the empty map. The strings share b's memory rather than
+// copying it (a request's headers are read once per request, and copying
+// each name and value was a large part of the filter's work), so b must
+// never change afterwards: pass it memory the caller owns and drops, like
+// a host allocation.
 func DeserializeMap(b []byte) ([][2]string, error) {
 	if len(b) == 0 || (len(b) == 1 && b[0] == 0) {
 		return nil, nil
 	}
 	if len(b) < 4 {
-		return nil, fmt.Errorf("%w: %d bytes", ErrMalformedMap, len(b))
+		return nil, wrapError(strconv.Itoa(len(b))+" bytes", ErrMalformedMap)
 	}
 	n := int(binary.LittleEndian.Uint32(b))
 	if n < 0 || n > (len(b)-4)/8 {
-		return nil, fmt.Errorf("%w: %d pairs in %d bytes", ErrMalformedMap, n, len(b))
+		return nil, wrapError(strconv.Itoa(n)+" pairs in "+strconv.Itoa(len(b))+" bytes", ErrMalformedMap)
 	}
 	sizes := b[4 : 4+8*n]
 	data := b[4+8*n:]
@@ -262,12 +265,21 @@ func DeserializeMap(b []byte) ([][2]string, error) {
 		kl := int(binary.LittleEndian.Uint32(sizes[8*i:]))
 		vl := int(binary.LittleEndian.Uint32(sizes[8*i+4:]))
 		if kl < 0 || vl < 0 || kl+vl+2 > len(data) || kl+vl+2 < 0 {
-			return nil, fmt.Errorf("%w: pair %d overruns the buffer", ErrMalformedMap, i)
+			return nil, wrapError("pair "+strconv.Itoa(i)+" overruns the buffer", ErrMalformedMap)
 		}
-		k := string(data[:kl])
-		v := string(data[kl+1 : kl+1+vl])
+		k := aliasString(data[:kl])
+		v := aliasString(data[kl+1 : kl+1+vl])
 		data = data[kl+1+vl+1:]
 		pairs = append(pairs, [2]string{k, v})
 	}
 	return pairs, nil
+}
+
+// aliasString returns b as a string without copying it; b must not change
+// afterwards.
+func aliasString(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -94,9 +95,15 @@ type envoy struct {
 	dir       string
 	url       string // listener with the filter
 	plainURL  string // listener without it
+	noopURL   string // listener with the no-op module (noopModule)
+	goNoopURL string // listener with the Go no-op module (wasm/cmd/noop)
 	adminURL  string
 	ports     []int
 	wasm      string
+	noopWasm  string
+	goNoop    string
+	serve     []string  // the listeners served (see startEnvoyWith)
+	started   time.Time // when the process was started
 	stableAdr string
 	canaryAdr string
 }
@@ -123,12 +130,19 @@ func testConfig() filterconfig.Config {
 // filter configuration the way an xDS update does, without a restart.
 func startEnvoy(t testing.TB, cfg filterconfig.Config) *envoy {
 	t.Helper()
+	return startEnvoyWith(t, cfg, "filtered", "plain", "noop")
+}
+
+// startEnvoyWith is startEnvoy serving the listeners named in serve:
+// "filtered", "plain", "noop" (noopModule) and "gonoop" (wasm/cmd/noop).
+func startEnvoyWith(t testing.TB, cfg filterconfig.Config, serve ...string) *envoy {
+	t.Helper()
 	bin, err := stack.LookBinary("LLMCANARY_ENVOY", "envoy", "run `make deps`, or put Envoy ≥ 1.36 on PATH")
 	if err != nil {
 		t.Fatalf("envoy is required for this test: %v", err)
 	}
 	stable, canary := startEcho(t, stableVersion), startEcho(t, canaryVersion)
-	ports, err := stack.FreePorts(3)
+	ports, err := stack.FreePorts(5)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +151,13 @@ func startEnvoy(t testing.TB, cfg filterconfig.Config) *envoy {
 		url:       fmt.Sprintf("http://127.0.0.1:%d", ports[0]),
 		plainURL:  fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
 		adminURL:  fmt.Sprintf("http://127.0.0.1:%d", ports[2]),
-		stableAdr: stable.addr, canaryAdr: canary.addr,
+		noopURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[3]),
+		goNoopURL: fmt.Sprintf("http://127.0.0.1:%d", ports[4]),
+		stableAdr: stable.addr, canaryAdr: canary.addr, serve: serve,
+	}
+	e.noopWasm = noopModule(t, e.dir)
+	if slices.Contains(serve, "gonoop") {
+		e.goNoop = goNoopModule(t)
 	}
 	if err := os.MkdirAll(filepath.Join(e.dir, "lds"), 0o755); err != nil {
 		t.Fatal(err)
@@ -151,6 +171,7 @@ func startEnvoy(t testing.TB, cfg filterconfig.Config) *envoy {
 	if err := os.WriteFile(bootPath, boot, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	e.started = time.Now()
 	e.proc, err = stack.StartProc("envoy", filepath.Join(e.dir, "envoy.log"), bin,
 		"-c", bootPath, "--base-id-path", filepath.Join(e.dir, "base-id"), "--use-dynamic-base-id",
 		"--log-level", "warn", "--component-log-level", "wasm:info", "--concurrency", "1")
@@ -163,9 +184,13 @@ func startEnvoy(t testing.TB, cfg filterconfig.Config) *envoy {
 			t.Logf("envoy log tail:\n%s", e.proc.Tail(40))
 		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	// A Go module takes V8 many seconds of CPU to compile on a loaded
+	// machine; the bound is generous so that slowness shows in the
+	// benchmarks rather than as a failure here.
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	for _, p := range ports[:2] {
+	for _, l := range e.listeners(t, nil) {
+		p := int(l.GetAddress().GetSocketAddress().GetPortValue())
 		if err := stack.WaitTCP(ctx, fmt.Sprintf("127.0.0.1:%d", p)); err != nil {
 			t.Fatalf("envoy did not open its listeners: %v\n%s", err, e.proc.Tail(40))
 		}
@@ -254,10 +279,8 @@ func (e *envoy) writeRawFilterConfig(t testing.TB, raw string) {
 
 func (e *envoy) writeListenersWith(t testing.TB, wasmFilter *hcmv3.HttpFilter, maxBody uint32) {
 	t.Helper()
-	withFilter := listener("filtered", e.ports[0], wasmFilter, maxBody)
-	plain := listener("plain", e.ports[1], nil, 0)
 	resp := &discoveryv3.DiscoveryResponse{TypeUrl: "type.googleapis.com/envoy.config.listener.v3.Listener"}
-	for _, l := range []*listenerv3.Listener{withFilter, plain} {
+	for _, l := range e.listeners(t, wasmFilter, maxBody) {
 		if err := l.ValidateAll(); err != nil {
 			t.Fatal(err)
 		}
@@ -278,6 +301,53 @@ func (e *envoy) writeListenersWith(t testing.TB, wasmFilter *hcmv3.HttpFilter, m
 	if err := os.Rename(tmp, filepath.Join(e.dir, "lds", "listeners.json")); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// listeners returns the listeners e serves (e.serve), the "filtered" one
+// with wasmFilter.
+func (e *envoy) listeners(t testing.TB, wasmFilter *hcmv3.HttpFilter, maxBody ...uint32) []*listenerv3.Listener {
+	t.Helper()
+	var limit uint32
+	if len(maxBody) > 0 {
+		limit = maxBody[0]
+	}
+	var ls []*listenerv3.Listener
+	for _, name := range e.serve {
+		switch name {
+		case "filtered":
+			ls = append(ls, listener(name, e.ports[0], wasmFilter, limit))
+		case "plain":
+			ls = append(ls, listener(name, e.ports[1], nil, 0))
+		case "noop":
+			ls = append(ls, listener(name, e.ports[3], noopFilter(t, e.noopWasm, name), 0))
+		case "gonoop":
+			ls = append(ls, listener(name, e.ports[4], noopFilter(t, e.goNoop, name), 0))
+		default:
+			t.Fatalf("no listener %q", name)
+		}
+	}
+	return ls
+}
+
+// noopFilter is an envoy.filters.http.wasm filter running a no-op module
+// at path in a VM of its own named name, configured like the llmcanary
+// filter otherwise (V8, fail closed).
+func noopFilter(t testing.TB, path, name string) *hcmv3.HttpFilter {
+	t.Helper()
+	f, err := filterconfig.HTTPFilter(testConfig(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var w wasmhttpv3.Wasm
+	if err := f.GetTypedConfig().UnmarshalTo(&w); err != nil {
+		t.Fatal(err)
+	}
+	w.Config.Name, w.Config.RootId, w.Config.Configuration = name, name, nil
+	w.Config.GetVmConfig().VmId = name
+	if f.ConfigType.(*hcmv3.HttpFilter_TypedConfig).TypedConfig, err = anypb.New(&w); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
 
 // routes is the test's route table: forced versions first (a surviving
@@ -500,5 +570,8 @@ func TestMain(m *testing.M) {
 	}
 	pkgMu.Unlock()
 	stack.RemoveBuiltWasmModule()
+	if goNoopPath != "" {
+		os.RemoveAll(filepath.Dir(goNoopPath))
+	}
 	os.Exit(code)
 }

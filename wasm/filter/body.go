@@ -1,9 +1,9 @@
 package filter
 
 import (
-	"encoding/json"
 	"errors"
-	"fmt"
+
+	"github.com/llmcanary/llmcanary/internal/jsonscan"
 )
 
 // Errors of ParseBody; the filter answers each with a 400.
@@ -23,35 +23,70 @@ type Body struct {
 
 // ParseBody parses an OpenAI request body, returning its model and the
 // top-level string fields named in fields (fields of other types are
-// ignored). The body must be one JSON object with a non-empty string model.
+// ignored). The body must be one valid JSON object with a non-empty string
+// model.
+//
+// It reads the body in one pass without decoding it (jsonscan) and
+// decodes only the values it returns, with encoding/json's rules, which
+// decided before: keys match exactly after unescaping, and of duplicate
+// keys the last one wins ({"model":"a","model":"b"} names "b"), also when
+// the last one is null or not a string.
 func ParseBody(data []byte, fields ...string) (Body, error) {
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(data, &top); err != nil || top == nil {
+	var model jsonscan.Value
+	var found []jsonscan.Value // by index in fields
+	err := jsonscan.Members(data, func(key []byte, v jsonscan.Value) {
+		if string(key) == "model" {
+			model = v
+		}
+		for i, f := range fields {
+			if string(key) == f {
+				if found == nil {
+					found = make([]jsonscan.Value, len(fields))
+				}
+				found[i] = v
+			}
+		}
+	})
+	if err != nil {
 		return Body{}, ErrMalformedBody
 	}
-	raw, ok := top["model"]
-	if !ok || string(raw) == "null" {
+	switch model.Kind {
+	case jsonscan.Invalid, jsonscan.Null:
 		return Body{}, ErrMissingModel
+	case jsonscan.String:
+	default:
+		raw := string(model.Raw)
+		n := 0
+		for i := range raw { // the first 40 runes, as fmt's %.40s
+			if n == 40 {
+				raw = raw[:i]
+				break
+			}
+			n++
+		}
+		return Body{}, modelNotText{raw: raw}
 	}
 	var b Body
-	if err := json.Unmarshal(raw, &b.Model); err != nil {
-		return Body{}, fmt.Errorf("%w, got %.40s", ErrModelNotText, raw)
-	}
+	b.Model, _ = jsonscan.Unquote(model.Raw)
 	if b.Model == "" {
 		return Body{}, ErrMissingModel
 	}
-	for _, f := range fields {
-		raw, ok := top[f]
-		if !ok {
+	for i, v := range found {
+		if v.Kind != jsonscan.String {
 			continue
 		}
-		var s string
-		if json.Unmarshal(raw, &s) == nil && s != "" {
+		if s, _ := jsonscan.Unquote(v.Raw); s != "" {
 			if b.Fields == nil {
 				b.Fields = map[string]string{}
 			}
-			b.Fields[f] = s
+			b.Fields[fields[i]] = s
 		}
 	}
 	return b, nil
 }
+
+// modelNotText is ErrModelNotText with the start of the value found.
+type modelNotText struct{ raw string }
+
+func (e modelNotText) Error() string { return ErrModelNotText.Error() + ", got " + e.raw }
+func (e modelNotText) Unwrap() error { return ErrModelNotText }

@@ -9,6 +9,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
+	"hash"
 )
 
 // Bucket returns the sticky bucket of identity under hashKey: the first
@@ -17,9 +18,31 @@ import (
 // state; without the key a client cannot choose an identity that lands in a
 // given version.
 func Bucket(hashKey []byte, identity string) uint64 {
-	m := hmac.New(sha256.New, hashKey)
-	m.Write([]byte(identity))
-	return binary.BigEndian.Uint64(m.Sum(nil))
+	return NewBucketer(hashKey).Bucket(identity)
+}
+
+// Bucketer computes Bucket under one key, reusing one keyed HMAC state:
+// hmac.New hashes the key into fresh inner and outer states and allocates
+// them, which was most of the filter's work per request; Reset restores the
+// keyed state instead. Not safe for concurrent use — a proxy-wasm VM runs
+// one callback at a time.
+type Bucketer struct {
+	mac hash.Hash
+	buf []byte // the identity's bytes
+	sum [sha256.Size]byte
+}
+
+// NewBucketer returns a Bucketer for hashKey.
+func NewBucketer(hashKey []byte) *Bucketer {
+	return &Bucketer{mac: hmac.New(sha256.New, hashKey)}
+}
+
+// Bucket returns Bucket(hashKey, identity).
+func (b *Bucketer) Bucket(identity string) uint64 {
+	b.mac.Reset()
+	b.buf = append(b.buf[:0], identity...)
+	b.mac.Write(b.buf)
+	return binary.BigEndian.Uint64(b.mac.Sum(b.sum[:0]))
 }
 
 // PickCluster returns the index of the cluster Envoy's weighted_clusters

@@ -137,3 +137,12 @@ func TestCanaryShareMatchesWeight(t *testing.T) {
 		}
 	}
 }
+
+func TestBucketerReusedGivesBucketsOfFreshHMACs(t *testing.T) {
+	b := NewBucketer(testKey)
+	for _, id := range []string{"alice", "", "bob", "alice", "a-much-longer-identity-than-one-sha256-block-of-sixty-four-bytes-0123456789"} {
+		if got, want := b.Bucket(id), Bucket(testKey, id); got != want {
+			t.Fatalf("reused Bucketer gives %d for %q, a fresh HMAC %d", got, id, want)
+		}
+	}
+}

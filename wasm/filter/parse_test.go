@@ -1,7 +1,9 @@
 package filter
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 
@@ -85,6 +87,17 @@ func TestParseBody(t *testing.T) {
 		{"null model", `{"model":null}`, nil, Body{}, ErrMissingModel},
 		{"empty model", `{"model":""}`, nil, Body{}, ErrMissingModel},
 		{"numeric model", `{"model":7}`, nil, Body{}, ErrModelNotText},
+		{"duplicate model: the last wins, as encoding/json", `{"model":"a","model":"m1"}`, nil, Body{Model: "m1"}, nil},
+		{"duplicate model: a last null means no model", `{"model":"m1","model":null}`, nil, Body{}, ErrMissingModel},
+		{"duplicate model: a last number is not text", `{"model":"m1","model":[1]}`, nil, Body{}, ErrModelNotText},
+		{"duplicate user: the last wins", `{"user":"u1","model":"m1","user":"u2"}`, []string{"user"}, Body{Model: "m1", Fields: map[string]string{"user": "u2"}}, nil},
+		{"a nested model is not the model", `{"messages":[{"model":"x"}],"meta":{"model":"y"}}`, nil, Body{}, ErrMissingModel},
+		{"nested model before the top-level one", `{"meta":{"model":"y","user":"z"},"model":"m1"}`, []string{"user"}, Body{Model: "m1"}, nil},
+		{"escaped key names the model", `{"mod\u0065l":"m1"}`, nil, Body{Model: "m1"}, nil},
+		{"key case matters", `{"Model":"m1"}`, nil, Body{}, ErrMissingModel},
+		{"whitespace around everything", " \n{ \"model\" :\t\"m1\" ,\r\n\"user\" : \"u\" } \n", []string{"user"}, Body{Model: "m1", Fields: map[string]string{"user": "u"}}, nil},
+		{"strings with quotes and braces inside", `{"messages":[{"content":"\"model\":\"x\"}{"}],"model":"m1"}`, nil, Body{Model: "m1"}, nil},
+		{"invalid JSON after the model is malformed", `{"model":"m1","messages":[}`, nil, Body{}, ErrMalformedBody},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -127,6 +140,53 @@ func TestForceKeysAccepts(t *testing.T) {
 	if _, err := ParseForceKeys([]string{"not-hex"}); err == nil {
 		t.Error("ParseForceKeys accepted a non-digest")
 	}
+}
+
+// parseBodyWithEncodingJSON is ParseBody as it was written with
+// encoding/json, the reference for the one-pass scanner.
+func parseBodyWithEncodingJSON(data []byte, fields ...string) (Body, error) {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(data, &top); err != nil || top == nil {
+		return Body{}, ErrMalformedBody
+	}
+	raw, ok := top["model"]
+	if !ok || string(raw) == "null" {
+		return Body{}, ErrMissingModel
+	}
+	var b Body
+	if err := json.Unmarshal(raw, &b.Model); err != nil {
+		return Body{}, fmt.Errorf("%w, got %.40s", ErrModelNotText, raw)
+	}
+	if b.Model == "" {
+		return Body{}, ErrMissingModel
+	}
+	for _, f := range fields {
+		raw, ok := top[f]
+		if !ok {
+			continue
+		}
+		var s string
+		if json.Unmarshal(raw, &s) == nil && s != "" {
+			if b.Fields == nil {
+				b.Fields = map[string]string{}
+			}
+			b.Fields[f] = s
+		}
+	}
+	return b, nil
+}
+
+func FuzzParseBodyAgreesWithEncodingJSON(f *testing.F) {
+	f.Add([]byte(`{"model":"m1","user":"u"}`))
+	f.Add([]byte(`{"model":"m\u0031","model":7,"user":"\ud83d"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		got, err := ParseBody(data, "user")
+		want, wantErr := parseBodyWithEncodingJSON(data, "user")
+		if !reflect.DeepEqual(got, want) || (err == nil) != (wantErr == nil) ||
+			(err != nil && err.Error() != wantErr.Error()) {
+			t.Fatalf("ParseBody(%q) = %+v, %v; encoding/json %+v, %v", data, got, err, want, wantErr)
+		}
+	})
 }
 
 func FuzzParseBody(f *testing.F) {

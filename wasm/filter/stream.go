@@ -51,10 +51,12 @@ var BodyPaths = map[string]bool{
 }
 
 // Plugin is one validated filter configuration, shared by the streams it
-// creates. It is immutable.
+// creates. Its configuration is immutable; its hashing state is reused by
+// every stream, so a Plugin's streams must run one callback at a time, as
+// they do in a proxy-wasm VM.
 type Plugin struct {
 	cfg        filterconfig.Config
-	hashKey    []byte
+	bucketer   *Bucketer
 	keys       ForceKeys
 	models     map[string]bool
 	bodyFields []string
@@ -71,7 +73,7 @@ func NewPlugin(cfg filterconfig.Config) (*Plugin, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Plugin{cfg: cfg, hashKey: []byte(cfg.HashKey), keys: keys, models: map[string]bool{}, random: rand.Uint64}
+	p := &Plugin{cfg: cfg, bucketer: NewBucketer([]byte(cfg.HashKey)), keys: keys, models: map[string]bool{}, random: rand.Uint64}
 	for _, m := range cfg.Models {
 		p.models[m] = true
 	}
@@ -188,7 +190,7 @@ func (s *Stream) bodyDone() Action {
 func (s *Stream) finish() Action {
 	var bucket uint64
 	if id, ok := Identity(s.p.cfg.Identity, s.req); ok {
-		bucket = Bucket(s.p.hashKey, id)
+		bucket = s.p.bucketer.Bucket(id)
 	} else {
 		bucket = s.p.random()
 	}

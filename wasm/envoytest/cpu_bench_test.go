@@ -1,0 +1,207 @@
+package envoytest
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/llmcanary/llmcanary/internal/wire"
+)
+
+// procCPU returns the CPU time (user + system) process pid has used, its
+// exited threads included, from /proc/<pid>/stat. The kernel counts it in
+// clock ticks (10 ms), so a phase must use far more than that.
+func procCPU(t testing.TB, pid int) time.Duration {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the parenthesised command name (which may hold spaces):
+	// state is field 3, utime 14, stime 15.
+	rest := string(data[strings.LastIndexByte(string(data), ')')+2:])
+	f := strings.Fields(rest)
+	var utime, stime int64
+	fmt.Sscan(f[11], &utime)
+	fmt.Sscan(f[12], &stime)
+	return time.Duration(utime+stime) * (time.Second / 100) // USER_HZ is 100 on Linux
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// threadsCPU returns the CPU time the live threads of process pid have
+// used, in nanoseconds, from /proc/<pid>/task/*/schedstat. Envoy's threads
+// live as long as it does, so between two readings in steady state this is
+// the process's CPU, with a precision procCPU's clock ticks lack.
+func threadsCPU(t testing.TB, pid int) time.Duration {
+	t.Helper()
+	dirs, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum int64
+	for _, d := range dirs {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, d.Name()))
+		if err != nil {
+			continue // the thread exited
+		}
+		var ns int64
+		fmt.Sscan(string(data), &ns)
+		sum += ns
+	}
+	return time.Duration(sum)
+}
+
+// cpuPhase sends n requests through url with c in flight and returns Envoy's
+// CPU per request in µs.
+func cpuPhase(b *testing.B, e *envoy, url string, hdr func(i int) map[string]string, body string, n, c int) float64 {
+	b.Helper()
+	next := make(chan int)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var bad error
+	c0 := threadsCPU(b, e.proc.Pid())
+	for w := 0; w < c; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				r, err := doErr("POST", url+"/v1/chat/completions", hdr(i), body)
+				if err == nil && r.status != http.StatusOK {
+					err = fmt.Errorf("status %d: %s", r.status, r.body)
+				}
+				if err != nil {
+					mu.Lock()
+					bad = err
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if bad != nil {
+		b.Fatal(bad)
+	}
+	return float64(threadsCPU(b, e.proc.Pid())-c0) / float64(time.Microsecond) / float64(n)
+}
+
+// BenchmarkFilterCPU measures Envoy's own CPU (from /proc, so the load
+// generator and upstreams in this process do not count) per body-routed
+// chat request through three listeners of one Envoy with one worker: no
+// filter, the no-op proxy-wasm module (noopModule), the Go no-op module
+// (wasm/cmd/noop: the Go runtime and ABI binding alone) and the llmcanary
+// filter. The phases are interleaved, rotating their order, for 3 rounds;
+// it reports the medians, each module's CPU added to Envoy alone, and the
+// filter's added CPU as a multiple of each no-op module's: over what any
+// wasm filter costs, and over what any Go module costs.
+//
+//	go test -run '^$' -bench FilterCPU -benchtime 1x ./wasm/envoytest/
+func BenchmarkFilterCPU(b *testing.B) {
+	const (
+		rounds   = 3
+		perPhase = 3000
+		inFlight = 4
+	)
+	e := startEnvoyWith(b, testConfig(), "filtered", "plain", "noop", "gonoop")
+	body := chatBody(model, "")
+	routed := func(int) map[string]string { // what the filter would set
+		return map[string]string{wire.HeaderModel: model, wire.HeaderBucket: "1"}
+	}
+	user := func(i int) map[string]string { return map[string]string{wire.HeaderUserID: fmt.Sprintf("u%d", i)} }
+	phases := []struct {
+		name string
+		url  string
+		hdr  func(int) map[string]string
+	}{
+		{"plain", e.plainURL, routed},
+		{"noop", e.noopURL, routed},
+		{"gonoop", e.goNoopURL, routed},
+		{"filter", e.url, user},
+	}
+	for _, p := range phases { // warm the connection pools and the VMs
+		cpuPhase(b, e, p.url, p.hdr, body, 300, inFlight)
+	}
+	for range b.N {
+		got := map[string][]float64{}
+		for r := 0; r < rounds; r++ {
+			for i := range phases {
+				p := phases[(i+r)%len(phases)]
+				got[p.name] = append(got[p.name], cpuPhase(b, e, p.url, p.hdr, body, perPhase, inFlight))
+			}
+		}
+		plain, noop, goNoop, filter := median(got["plain"]), median(got["noop"]), median(got["gonoop"]), median(got["filter"])
+		b.ReportMetric(plain, "envoy-µs/req")
+		b.ReportMetric(noop-plain, "noop-added-µs/req")
+		b.ReportMetric(goNoop-plain, "gonoop-added-µs/req")
+		b.ReportMetric(filter-plain, "filter-added-µs/req")
+		b.ReportMetric((filter-plain)/(noop-plain), "filter/noop")
+		b.ReportMetric((filter-plain)/(goNoop-plain), "filter/gonoop")
+		b.Logf("Envoy CPU per request, µs, %d rounds: plain %.1f, noop %.1f, gonoop %.1f, filter %.1f",
+			rounds, got["plain"], got["noop"], got["gonoop"], got["filter"])
+	}
+}
+
+// BenchmarkEnvoyReady measures how long Envoy (one worker) takes to serve
+// its first request, and the CPU it used until then, with a listener
+// without a wasm filter, with the no-op module, the Go no-op module and
+// with the llmcanary filter: Envoy compiles a module before its listener serves, so a large
+// module delays every start and every autoscaled replica. 3 interleaved
+// rounds; medians and the ratios to Envoy without a module are reported.
+//
+//	go test -run '^$' -bench EnvoyReady -benchtime 1x ./wasm/envoytest/
+func BenchmarkEnvoyReady(b *testing.B) {
+	const rounds = 3
+	kinds := []struct{ listener, name string }{{"plain", "none"}, {"noop", "noop"}, {"gonoop", "gonoop"}, {"filtered", "filter"}}
+	for range b.N {
+		wall, cpu := map[string][]float64{}, map[string][]float64{}
+		for r := 0; r < rounds; r++ {
+			for i := range kinds {
+				k := kinds[(i+r)%len(kinds)]
+				w, c := readyOnce(b, k.listener)
+				wall[k.name] = append(wall[k.name], w.Seconds())
+				cpu[k.name] = append(cpu[k.name], c.Seconds())
+			}
+		}
+		for _, k := range kinds {
+			b.ReportMetric(median(wall[k.name]), "ready-s-"+k.name)
+			b.ReportMetric(median(cpu[k.name]), "cpu-s-"+k.name)
+		}
+		b.ReportMetric(median(wall["filter"])/median(wall["none"]), "ready-ratio-filter")
+		b.ReportMetric(median(cpu["filter"])/median(cpu["none"]), "cpu-ratio-filter")
+		b.Logf("ready wall s: %v; CPU s: %v", wall, cpu)
+	}
+}
+
+// readyOnce starts an Envoy serving only the named listener and returns
+// the time from its start to its first 200 and the CPU it used until then.
+func readyOnce(b *testing.B, only string) (time.Duration, time.Duration) {
+	b.Helper()
+	e := startEnvoyWith(b, testConfig(), only)
+	defer e.proc.Stop(5 * time.Second)
+	url := map[string]string{"plain": e.plainURL, "noop": e.noopURL, "gonoop": e.goNoopURL, "filtered": e.url}[only]
+	hdr := map[string]string{wire.HeaderModel: model, wire.HeaderBucket: "1", wire.HeaderUserID: "u"}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		r, err := doErr("POST", url+"/v1/chat/completions", hdr, chatBody(model, ""))
+		if err == nil && r.status == http.StatusOK {
+			return time.Since(e.started), procCPU(b, e.proc.Pid())
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("envoy (%s) not serving after 90 s: %v %+v\n%s", only, err, r, e.proc.Tail(20))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
