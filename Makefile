@@ -36,7 +36,7 @@ test-e2e: deps build ## end-to-end tests against real Envoy and ClickHouse
 	$(GO) test -count=1 -p 1 -v -timeout 25m $(E2E)
 
 bench: deps build ## measure gateway overhead, xDS propagation, filter and ext_proc cost, ClickHouse rates
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench/ ./wasm/envoytest/ ./extproc/envoytest/ ./extproc/chwriter/ ./analyzer/chsource/
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/ ./wasm/envoytest/ ./extproc/ ./extproc/envoytest/ ./extproc/chwriter/ ./analyzer/chsource/
 	$(GO) test -run '^$$' -bench . ./analyzer/stats/ ./sim/
 
 soak: deps build ## run the whole stack for 10 minutes at 50 streamed req/s with a rollout advancing; memory per process and lost rows (LLMCANARY_SOAK_DURATION, LLMCANARY_SOAK_RATE)
