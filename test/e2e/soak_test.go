@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/analyzer"
-	"github.com/llmcanary/llmcanary/internal/wire"
 	"github.com/llmcanary/llmcanary/sim"
 )
 
@@ -126,7 +125,7 @@ min_test_samples: 50
 	wg.Wait()
 
 	want := uint64(ok.Load())
-	n, distinct := f.waitRowsAtLeast(b, want, 2*time.Minute)
+	n, distinct := f.waitRows(b, want, 2*time.Minute)
 	fmt.Printf("\n  %-42s %8s %8s %8s\n", "memory (MiB)", "start", "middle", "end")
 	for i, p := range procs {
 		fmt.Printf("  %-42s %8.1f %8.1f %8.1f\n", p.name+", RSS", samples[0].rss[i], samples[1].rss[i], samples[2].rss[i])
@@ -151,27 +150,4 @@ func rssMiB(pid int) float64 {
 		}
 	}
 	return 0
-}
-
-// waitRowsAtLeast waits until the model has at least want distinct rows,
-// or the time is up, and returns the rows and distinct request ids.
-func (f *fleet) waitRowsAtLeast(t testing.TB, want uint64, within time.Duration) (n, distinct uint64) {
-	t.Helper()
-	conn, err := f.ClickHouse.Conn(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	deadline := time.Now().Add(within)
-	for {
-		row := conn.QueryRow(context.Background(), fmt.Sprintf(
-			"SELECT count(), uniqExact(request_id) FROM %s.%s WHERE model = ?", wire.Database, wire.TableRequests), model)
-		if err := row.Scan(&n, &distinct); err != nil {
-			t.Fatal(err)
-		}
-		if distinct >= want || time.Now().After(deadline) {
-			return n, distinct
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
 }

@@ -23,7 +23,7 @@ func telemetryFleet(t *testing.T, stable, canary sim.Profile) *fleet {
 }
 
 // rows counts the telemetry rows of the model, and the distinct request ids.
-func (f *fleet) rows(t *testing.T) (n, distinct uint64) {
+func (f *fleet) rows(t testing.TB) (n, distinct uint64) {
 	t.Helper()
 	conn, err := f.ClickHouse.Conn(context.Background())
 	if err != nil {
@@ -40,7 +40,7 @@ func (f *fleet) rows(t *testing.T) (n, distinct uint64) {
 
 // waitRows waits until the model has want rows (the writer batches and
 // ext_proc records a request when its stream ends).
-func (f *fleet) waitRows(t *testing.T, want uint64, within time.Duration) (n, distinct uint64) {
+func (f *fleet) waitRows(t testing.TB, want uint64, within time.Duration) (n, distinct uint64) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
