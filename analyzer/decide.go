@@ -2,7 +2,6 @@ package analyzer
 
 import (
 	"fmt"
-	"math"
 	"slices"
 	"strings"
 	"time"
@@ -83,15 +82,14 @@ type Span struct {
 }
 
 // EventState is one event metric's test and which events it has folded:
-// the first Count events of the metric, the last at Through, whose
-// running fingerprint is Print. A look whose events still start with the same
+// the first Count events of the metric, whose running fingerprint is
+// Print. A look whose events still start with the same
 // prefix folds only the new ones; one whose prefix changed (a late row)
 // replays them all.
 type EventState struct {
 	stats.EventTest
-	Count   int       `json:"count"`
-	Through time.Time `json:"through"`
-	Print   int64     `json:"print"`
+	Count int   `json:"count"`
+	Print int64 `json:"print"`
 }
 
 // MetricState is one metric's sequential tests within a stage.
@@ -321,7 +319,9 @@ func Decide(p Policy, s StageState, m Measurements, now time.Time) (Decision, St
 		ObservedShare:   100 * float64(m.Canary.Users) / float64(users),
 		ConfiguredShare: stage.Weight, PValue: ns.SRMP, Mismatch: ns.SRMP <= p.SRMAlpha,
 	}
-	d.SRM.ChiSquareP = chiSquare1(m.Canary.Users, users, stage.Weight/100)
+	if chi, err := stats.SampleRatioMismatch([]int{m.Stable.Users, m.Canary.Users}, []float64{100 - stage.Weight, stage.Weight}, p.SRMAlpha); err == nil {
+		d.SRM.ChiSquareP = chi.PValue
+	}
 	if d.SRM.Mismatch {
 		d.Action, d.Code = ActionPause, CodeSRM
 		d.Reason = fmt.Sprintf("pause: sample-ratio mismatch, the canary has %.2f %% of %d users but %g %% is configured (always-valid p=%s); the split is not what the control plane set, so no comparison can be trusted and a human should look (routing, stickiness, a failing pool, or telemetry loss)",
@@ -423,18 +423,6 @@ func Decide(p Policy, s StageState, m Measurements, now time.Time) (Decision, St
 
 	// 7. Hold.
 	return hold(code, "%s", strings.Join(waits, "; "))
-}
-
-// chiSquare1 is Pearson's p-value for canary of total users against the
-// share w (one degree of freedom).
-func chiSquare1(canary, total int, w float64) float64 {
-	if total == 0 || !(w > 0 && w < 1) {
-		return 1
-	}
-	e := w * float64(total)
-	d := float64(canary) - e
-	chi := d*d/e + d*d/(float64(total)-e)
-	return math.Erfc(math.Sqrt(chi / 2))
 }
 
 // openSpan makes sure the schedule's last span is the current stage's

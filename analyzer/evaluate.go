@@ -30,7 +30,6 @@ func foldEvents(st EventState, schedule []Span, events []UserEvent) EventState {
 			st.Observe(e.Canary, w*ratio/(w*ratio+1-w))
 		}
 		st.Count++
-		st.Through = e.At
 		st.Print = e.Print
 	}
 	return st

@@ -90,8 +90,9 @@ type Watermarker interface {
 }
 
 type watermark struct {
-	mark string
-	at   time.Time
+	stage time.Time // the stage window the mark was taken for
+	mark  string
+	at    time.Time
 }
 
 // changed reports whether the rollout needs a look now: always without a
@@ -115,12 +116,11 @@ func (r *Runner) changed(ctx context.Context, ro *Rollout, w Window, now time.Ti
 	if r.marks == nil {
 		r.marks = map[string]watermark{}
 	}
-	key := ro.ID + "/" + ro.StageStarted.String()
-	last, seen := r.marks[key]
-	if seen && last.mark == mark && now.Sub(last.at) < refresh {
+	last, seen := r.marks[ro.ID]
+	if seen && last.stage.Equal(ro.StageStarted) && last.mark == mark && now.Sub(last.at) < refresh {
 		return false
 	}
-	r.marks[key] = watermark{mark: mark, at: now}
+	r.marks[ro.ID] = watermark{stage: ro.StageStarted, mark: mark, at: now}
 	return true
 }
 
