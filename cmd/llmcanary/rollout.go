@@ -85,11 +85,7 @@ func runRollout(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	token, err := readToken(*tokenFile)
-	if err != nil {
-		return err
-	}
-	hc, err := apiHTTPClient(*ca)
+	token, hc, err := apiCredentials(*tokenFile, *ca)
 	if err != nil {
 		return err
 	}

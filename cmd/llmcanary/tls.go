@@ -19,12 +19,16 @@ func bindServerTLS(fs *flag.FlagSet, f *mtls.ServerFiles, clientCA bool, what st
 	}
 }
 
-// apiHTTPClient is the HTTP client of a management API call: it verifies
-// an https API against the CA in caFile (empty: the system's roots).
-func apiHTTPClient(caFile string) (*http.Client, error) {
+// apiCredentials reads a CLI's API token (see readToken) and builds its
+// HTTP client, trusting caFile when the API serves TLS with a private CA.
+func apiCredentials(tokenFile, caFile string) (string, *http.Client, error) {
+	token, err := readToken(tokenFile)
+	if err != nil {
+		return "", nil, err
+	}
 	c, err := mtls.HTTPClient(caFile)
 	if err != nil {
-		return nil, fmt.Errorf("--ca: %w", err)
+		return "", nil, fmt.Errorf("--ca: %w", err)
 	}
-	return c, nil
+	return token, c, nil
 }

@@ -51,11 +51,7 @@ Example: llmcanary weights --model llama-3-8b v1=100 v2=0`)
 	if err != nil {
 		return err
 	}
-	token, err := readToken(*tokenFile)
-	if err != nil {
-		return err
-	}
-	hc, err := apiHTTPClient(*ca)
+	token, hc, err := apiCredentials(*tokenFile, *ca)
 	if err != nil {
 		return err
 	}

@@ -211,18 +211,7 @@ func TestCategoryOverrideSendsACategoryToTheChosenVersion(t *testing.T) {
 	f := startFleet(t, fleetOptions{stableW: 100, stack: local.Options{Wasm: &xds.WasmOptions{
 		Path: wasmModule(t), HashKey: "e2e-fleet-hash-key-0123456789", CategoryHeaderTrusted: true,
 	}}})
-	ctx := context.Background()
-	m, err := f.API.Model(ctx, model)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.CategoryOverrides = map[string]string{"code": "v2"}
-	if _, err := f.API.PutModel(ctx, m); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	f.overrideCategory(t, "code", "v2")
 	for i := 0; i < 50; i++ {
 		code := f.do(t, request{headers: with(user(i), wire.HeaderCategory, "code")})
 		chat := f.do(t, request{headers: with(user(i), wire.HeaderCategory, "chat")})
@@ -237,18 +226,7 @@ func TestCategoryOverrideSendsACategoryToTheChosenVersion(t *testing.T) {
 // of an override does not pick its version.
 func TestClientCannotPickAVersionByNamingACategory(t *testing.T) {
 	f := startFleet(t, fleetOptions{wasm: true, stableW: 100})
-	ctx := context.Background()
-	m, err := f.API.Model(ctx, model)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.CategoryOverrides = map[string]string{"code": "v2"}
-	if _, err := f.API.PutModel(ctx, m); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	f.overrideCategory(t, "code", "v2")
 	for i := 0; i < 20; i++ {
 		a := f.do(t, request{headers: with(user(i), wire.HeaderCategory, "code")})
 		if a.status != 200 || a.servedBy != "v1" {
@@ -300,5 +278,23 @@ func TestUserNamedOnlyInTheOpenAIBodyFieldSeesOneVersion(t *testing.T) {
 	}
 	if both > 0 {
 		t.Fatalf("%d of %d users saw both versions", both, users)
+	}
+}
+
+// overrideCategory routes a category to a version and waits until the
+// fleet serves it.
+func (f *fleet) overrideCategory(t *testing.T, category, version string) {
+	t.Helper()
+	ctx := context.Background()
+	m, err := f.API.Model(ctx, model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.CategoryOverrides = map[string]string{category: version}
+	if _, err := f.API.PutModel(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitReady(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
