@@ -155,7 +155,6 @@ func evaluate(p Policy, metric Metric, st MetricState, ev EventState, m Measurem
 		}
 		st.look(e.effect, v, tau2, p.Alpha)
 		r.StdErr = math.Sqrt(v)
-		r.Status = StatusUndecided
 	}
 	r.Estimate = e.effect
 	if st.Looks > 0 {
