@@ -73,6 +73,27 @@ func main() {
 
 // newFlagSet returns a FlagSet whose --help prints the command's summary and
 // every flag with its default.
+// parseInterleaved parses args with fs, taking flags wherever they stand
+// (`rollout status <id> --watch`, `weights v1=90 v2=10 --wait 10s`), and
+// returns the other arguments in order. "--" ends the flags.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var rest []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return rest, nil
+		}
+		if args[0] == "--" {
+			return append(rest, args[1:]...), nil
+		}
+		rest = append(rest, args[0])
+		args = args[1:]
+	}
+}
+
 func newFlagSet(name, summary string) *flag.FlagSet {
 	fs := flag.NewFlagSet("llmcanary "+name, flag.ContinueOnError)
 	fs.Usage = func() {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -47,6 +48,26 @@ func TestStatusShowsStageSamplesAndTheLastDecision(t *testing.T) {
 	for _, want := range []string{"rollout r-1", "v1 → v2", "stage    1 of 5 at 2 %", "of 2000 canary requests", "decision hold: 120 of 2000"} {
 		if !strings.Contains(buf.String(), want) {
 			t.Fatalf("status lacks %q:\n%s", want, buf.String())
+		}
+	}
+}
+
+func TestFlagsAreTakenAfterTheArgumentsToo(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--wait", "9s", "v1=90", "v2=10"}, "9s [v1=90 v2=10]"},
+		{[]string{"v1=90", "v2=10", "--wait", "9s"}, "9s [v1=90 v2=10]"},
+		{[]string{"v1=90", "--wait=9s", "v2=10"}, "9s [v1=90 v2=10]"},
+		{[]string{"--", "--wait", "9s"}, "5s [--wait 9s]"},
+	}
+	for _, tc := range cases {
+		fs := newFlagSet("x", "")
+		wait := fs.Duration("wait", 5*time.Second, "")
+		rest, err := parseInterleaved(fs, tc.args)
+		if got := fmt.Sprint(*wait, " ", rest); err != nil || got != tc.want {
+			t.Errorf("%q: %s (%v), want %s", tc.args, got, err, tc.want)
 		}
 	}
 }

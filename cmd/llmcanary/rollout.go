@@ -82,7 +82,8 @@ func runRollout(ctx context.Context, args []string) error {
 		fmt.Fprint(os.Stderr, rolloutUsage)
 		return fmt.Errorf("unknown action %q", action)
 	}
-	if err := fs.Parse(args); err != nil {
+	positional, err := parseInterleaved(fs, args)
+	if err != nil {
 		return err
 	}
 	token, hc, err := apiCredentials(*tokenFile, *ca)
@@ -90,7 +91,10 @@ func runRollout(ctx context.Context, args []string) error {
 		return err
 	}
 	c := &analyzer.Client{BaseURL: strings.TrimRight(*addr, "/"), Token: token, Actor: *actorName, HTTP: hc}
-	id := fs.Arg(0)
+	id := ""
+	if len(positional) > 0 {
+		id = positional[0]
+	}
 	needID := action != "start" && action != "list"
 	if needID && id == "" {
 		return fmt.Errorf("rollout %s needs a rollout id", action)

@@ -41,13 +41,14 @@ Example: llmcanary weights --model llama-3-8b v1=100 v2=0`)
 	model := fs.String("model", "", "model name (required)")
 	stable := fs.String("stable", "", "make this version the stable one")
 	wait := fs.Duration("wait", 5*time.Second, "how long to wait for the fleet to serve the weights (at most 30s)")
-	if err := fs.Parse(args); err != nil {
+	positional, err := parseInterleaved(fs, args)
+	if err != nil {
 		return err
 	}
 	if *model == "" {
 		return errors.New("--model is required")
 	}
-	weights, err := parseWeights(fs.Args())
+	weights, err := parseWeights(positional)
 	if err != nil {
 		return err
 	}
