@@ -15,7 +15,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
 	"github.com/llmcanary/llmcanary/internal/mtls"
 	"github.com/llmcanary/llmcanary/wasm/filterconfig"
 )
@@ -184,7 +184,7 @@ func newExtProcExtension(o ExtProcOptions) (*extProcExtension, error) {
 	if o.Address == "" {
 		return nil, errors.New("extproc: address is required")
 	}
-	c := extproc.Cluster(extProcCluster, o.Address)
+	c := envoyconfig.Cluster(extProcCluster, o.Address)
 	if o.TLSDir != "" {
 		ts, err := mtls.UpstreamTLS(o.TLSDir)
 		if err != nil {
@@ -199,13 +199,13 @@ func (e *extProcExtension) Name() string        { return "extproc" }
 func (e *extProcExtension) VerifiesForce() bool { return false }
 
 func (e *extProcExtension) HTTPFilter(*State) (*hcmv3.HttpFilter, error) {
-	return extproc.HTTPFilter(extproc.FilterOptions{ClusterName: extProcCluster, CaptureRequestBody: e.o.CaptureRequestBody})
+	return envoyconfig.HTTPFilter(envoyconfig.FilterOptions{ClusterName: extProcCluster, CaptureRequestBody: e.o.CaptureRequestBody})
 }
 
 // AccessLogs tells the telemetry service who cut off a request that ended
 // early (client or upstream), which ext_proc alone cannot see.
 func (e *extProcExtension) AccessLogs() ([]*accesslogv3.AccessLog, error) {
-	al, err := extproc.AccessLog(extProcCluster)
+	al, err := envoyconfig.AccessLog(extProcCluster)
 	if err != nil {
 		return nil, err
 	}
