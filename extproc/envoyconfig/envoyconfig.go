@@ -235,3 +235,30 @@ var ResponseAttributes = []string{
 
 // ResetResponseFlags are the response flags the access log is filtered on.
 var ResetResponseFlags = []string{"DC", "DR", "UR", "UC", "UF", "UT", "SI"}
+
+// PerRoute returns the ext_proc filter's per-route settings for traffic
+// measured at rate, the share of its arm's users whose requests are timed:
+// in (0, 1], the stream to the service opens with the rate as gRPC metadata
+// (wire.MetadataSampleRate) so every row carries it; 0 turns the filter
+// off, and Envoy then opens no stream at all. It is set on routes and on
+// the clusters of weighted routes.
+func PerRoute(rate float64) (*anypb.Any, error) {
+	if !(rate >= 0 && rate <= 1) {
+		return nil, fmt.Errorf("ext_proc per-route: sample rate %v is not in [0, 1]", rate)
+	}
+	pr := &extprocfilterv3.ExtProcPerRoute{}
+	if rate == 0 {
+		pr.Override = &extprocfilterv3.ExtProcPerRoute_Disabled{Disabled: true}
+	} else {
+		pr.Override = &extprocfilterv3.ExtProcPerRoute_Overrides{Overrides: &extprocfilterv3.ExtProcOverrides{
+			GrpcInitialMetadata: []*corev3.HeaderValue{{Key: wire.MetadataSampleRate, Value: FormatRate(rate)}},
+		}}
+	}
+	if err := pr.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("ext_proc per-route: %w", err)
+	}
+	return anypb.New(pr)
+}
+
+// FormatRate writes a sample rate as the route and the metadata carry it.
+func FormatRate(rate float64) string { return strconv.FormatFloat(rate, 'f', -1, 64) }
