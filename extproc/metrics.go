@@ -20,6 +20,9 @@ type metrics struct {
 	gatewayAnswers *prometheus.CounterVec
 	streams        prometheus.Gauge
 	cut            prometheus.Counter
+	// badSampleRate counts streams whose sample rate was not a decimal
+	// in (0, 1]; they are recorded at rate 1.
+	badSampleRate prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -63,12 +66,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "llmcanary", Subsystem: "extproc", Name: "streams_cut_total",
 			Help: "Streams a shutdown cut when its drain bound passed; each was recorded as client_cancel with what was seen.",
 		}),
+		badSampleRate: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "llmcanary", Subsystem: "extproc", Name: "sample_rate_invalid_total",
+			Help: "Streams opened with a sample rate that is not a decimal in (0, 1] (a misconfigured route); they are recorded at rate 1.",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.requests, m.failures, m.ttft, m.itl, m.prompt, m.completion, m.gatewayAnswers, m.streams, m.cut} {
+	for _, c := range []prometheus.Collector{m.requests, m.failures, m.ttft, m.itl, m.prompt, m.completion, m.gatewayAnswers, m.streams, m.cut, m.badSampleRate} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}

@@ -28,6 +28,11 @@ type Record struct {
 	Forced    bool   // pinned with x-llmcanary-force: excluded from statistics
 	Category  string // x-llmcanary-category, if any
 	Streamed  bool
+	// SampleRate is the share of its arm's users whose requests are
+	// measured, in (0, 1]: the route opens the ext_proc stream with it
+	// (wire.MetadataSampleRate), so each row stands for 1/SampleRate
+	// requests of its arm. 1 when every request is measured.
+	SampleRate float64
 
 	Status  int
 	Failure string // one of the Failure* kinds, or ""

@@ -205,6 +205,11 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 	defer s.metrics.streams.Dec()
 
 	st := s.newStream(s.now())
+	rate, ok := streamSampleRate(srv.Context())
+	if !ok {
+		s.metrics.badSampleRate.Inc()
+	}
+	st.rec.SampleRate = rate
 	defer func() {
 		if st.finished {
 			return

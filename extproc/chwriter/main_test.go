@@ -65,6 +65,8 @@ func makeRecord(i int, base time.Time) extproc.Record {
 		CostUSD:          0.0001 * float64(i%50),
 		ResponseBytes:    uint32(1000 + i),
 		Chunks:           uint32(i % 60),
+		// 0: a record spooled before records carried a rate, stored as 1.
+		SampleRate: []float64{1, 0.25, 0.0125, 0}[i%4],
 	}
 	if i%5 == 0 {
 		r.Captured = true

@@ -23,7 +23,16 @@ const TableCaptures = "captures"
 type column struct {
 	name  string
 	typ   string
+	def   string // DEFAULT expression: what rows written before the column existed read as; "" for the type's zero
 	value func(r *extproc.Record) any
+}
+
+// ddl is the column's definition in CREATE TABLE and ADD COLUMN.
+func (c column) ddl() string {
+	if c.def == "" {
+		return c.name + " " + c.typ
+	}
+	return c.name + " " + c.typ + " DEFAULT " + c.def
 }
 
 func day(t time.Time) time.Time {
@@ -46,45 +55,56 @@ func b2u(b bool) uint8 {
 // on ClickHouse 18.16. New columns are appended at the end; the migration
 // adds the ones an existing table lacks.
 var requestColumns = []column{
-	{"ts", "DateTime", func(r *extproc.Record) any { return r.Time.UTC() }},
-	{"ts_ms", "UInt64", func(r *extproc.Record) any { return uint64(r.Time.UnixMilli()) }},
-	{"date", "Date", func(r *extproc.Record) any { return day(r.Time) }},
-	{"request_id", "String", func(r *extproc.Record) any { return r.RequestID }},
-	{"model", "String", func(r *extproc.Record) any { return r.Model }},
-	{"version", "String", func(r *extproc.Record) any { return r.Version }},
-	{"cluster", "String", func(r *extproc.Record) any { return r.Cluster }},
-	{"path", "String", func(r *extproc.Record) any { return r.Path }},
-	{"bucket", "UInt64", func(r *extproc.Record) any { return r.Bucket }},
-	{"forced", "UInt8", func(r *extproc.Record) any { return b2u(r.Forced) }},
-	{"category", "String", func(r *extproc.Record) any { return r.Category }},
-	{"streamed", "UInt8", func(r *extproc.Record) any { return b2u(r.Streamed) }},
-	{"status", "UInt16", func(r *extproc.Record) any { return uint16(r.Status) }},
-	{"failure", "String", func(r *extproc.Record) any { return r.Failure }},
-	{"ttft_ms", "Float64", func(r *extproc.Record) any { return r.TTFTMs }},
-	{"total_ms", "Float64", func(r *extproc.Record) any { return r.TotalMs }},
-	{"itl_mean_ms", "Float64", func(r *extproc.Record) any { return r.ITLMeanMs }},
-	{"itl_p50_ms", "Float64", func(r *extproc.Record) any { return r.ITLP50Ms }},
-	{"itl_p95_ms", "Float64", func(r *extproc.Record) any { return r.ITLP95Ms }},
-	{"itl_max_ms", "Float64", func(r *extproc.Record) any { return r.ITLMaxMs }},
-	{"prompt_tokens", "UInt32", func(r *extproc.Record) any { return r.PromptTokens }},
-	{"completion_tokens", "UInt32", func(r *extproc.Record) any { return r.CompletionTokens }},
-	{"tokens_from_usage", "UInt8", func(r *extproc.Record) any { return b2u(r.TokensFromUsage) }},
-	{"finish_reason", "String", func(r *extproc.Record) any { return r.FinishReason }},
-	{"refusal", "UInt8", func(r *extproc.Record) any { return b2u(r.Refusal) }},
-	{"cost_usd", "Float64", func(r *extproc.Record) any { return r.CostUSD }},
-	{"response_bytes", "UInt32", func(r *extproc.Record) any { return r.ResponseBytes }},
-	{"chunks", "UInt32", func(r *extproc.Record) any { return r.Chunks }},
+	{"ts", "DateTime", "", func(r *extproc.Record) any { return r.Time.UTC() }},
+	{"ts_ms", "UInt64", "", func(r *extproc.Record) any { return uint64(r.Time.UnixMilli()) }},
+	{"date", "Date", "", func(r *extproc.Record) any { return day(r.Time) }},
+	{"request_id", "String", "", func(r *extproc.Record) any { return r.RequestID }},
+	{"model", "String", "", func(r *extproc.Record) any { return r.Model }},
+	{"version", "String", "", func(r *extproc.Record) any { return r.Version }},
+	{"cluster", "String", "", func(r *extproc.Record) any { return r.Cluster }},
+	{"path", "String", "", func(r *extproc.Record) any { return r.Path }},
+	{"bucket", "UInt64", "", func(r *extproc.Record) any { return r.Bucket }},
+	{"forced", "UInt8", "", func(r *extproc.Record) any { return b2u(r.Forced) }},
+	{"category", "String", "", func(r *extproc.Record) any { return r.Category }},
+	{"streamed", "UInt8", "", func(r *extproc.Record) any { return b2u(r.Streamed) }},
+	{"status", "UInt16", "", func(r *extproc.Record) any { return uint16(r.Status) }},
+	{"failure", "String", "", func(r *extproc.Record) any { return r.Failure }},
+	{"ttft_ms", "Float64", "", func(r *extproc.Record) any { return r.TTFTMs }},
+	{"total_ms", "Float64", "", func(r *extproc.Record) any { return r.TotalMs }},
+	{"itl_mean_ms", "Float64", "", func(r *extproc.Record) any { return r.ITLMeanMs }},
+	{"itl_p50_ms", "Float64", "", func(r *extproc.Record) any { return r.ITLP50Ms }},
+	{"itl_p95_ms", "Float64", "", func(r *extproc.Record) any { return r.ITLP95Ms }},
+	{"itl_max_ms", "Float64", "", func(r *extproc.Record) any { return r.ITLMaxMs }},
+	{"prompt_tokens", "UInt32", "", func(r *extproc.Record) any { return r.PromptTokens }},
+	{"completion_tokens", "UInt32", "", func(r *extproc.Record) any { return r.CompletionTokens }},
+	{"tokens_from_usage", "UInt8", "", func(r *extproc.Record) any { return b2u(r.TokensFromUsage) }},
+	{"finish_reason", "String", "", func(r *extproc.Record) any { return r.FinishReason }},
+	{"refusal", "UInt8", "", func(r *extproc.Record) any { return b2u(r.Refusal) }},
+	{"cost_usd", "Float64", "", func(r *extproc.Record) any { return r.CostUSD }},
+	{"response_bytes", "UInt32", "", func(r *extproc.Record) any { return r.ResponseBytes }},
+	{"chunks", "UInt32", "", func(r *extproc.Record) any { return r.Chunks }},
+	{"sample_rate", "Float64", "1", func(r *extproc.Record) any { return sampleRate(r.SampleRate) }},
+}
+
+// sampleRate is the rate a request row is stored with: a rate outside
+// (0, 1], such as the zero of a record spooled before records carried
+// one, means the request was measured at rate 1.
+func sampleRate(r float64) float64 {
+	if r > 0 && r <= 1 {
+		return r
+	}
+	return 1
 }
 
 // captureColumns is the schema of TableCaptures.
 var captureColumns = []column{
-	{"ts", "DateTime", func(r *extproc.Record) any { return r.Time.UTC() }},
-	{"date", "Date", func(r *extproc.Record) any { return day(r.Time) }},
-	{"request_id", "String", func(r *extproc.Record) any { return r.RequestID }},
-	{"model", "String", func(r *extproc.Record) any { return r.Model }},
-	{"version", "String", func(r *extproc.Record) any { return r.Version }},
-	{"prompt", "String", func(r *extproc.Record) any { return r.Prompt }},
-	{"completion", "String", func(r *extproc.Record) any { return r.Completion }},
+	{"ts", "DateTime", "", func(r *extproc.Record) any { return r.Time.UTC() }},
+	{"date", "Date", "", func(r *extproc.Record) any { return day(r.Time) }},
+	{"request_id", "String", "", func(r *extproc.Record) any { return r.RequestID }},
+	{"model", "String", "", func(r *extproc.Record) any { return r.Model }},
+	{"version", "String", "", func(r *extproc.Record) any { return r.Version }},
+	{"prompt", "String", "", func(r *extproc.Record) any { return r.Prompt }},
+	{"completion", "String", "", func(r *extproc.Record) any { return r.Completion }},
 }
 
 // table is one table the writer owns.
@@ -102,7 +122,7 @@ var (
 func (t table) createSQL(db string) string {
 	defs := make([]string, len(t.cols))
 	for i, c := range t.cols {
-		defs[i] = fmt.Sprintf("    %s %s", c.name, c.typ)
+		defs[i] = "    " + c.ddl()
 	}
 	// MergeTree with PARTITION BY is the custom-partitioning syntax 18.16
 	// already has; daily partitions make retention a DROP PARTITION.
@@ -179,7 +199,7 @@ func migrate(ctx context.Context, conn driver.Conn, db string, retentionDays int
 		prev := ""
 		for _, c := range t.cols {
 			if !have[c.name] {
-				q := fmt.Sprintf("ALTER TABLE %s.%s ADD COLUMN %s %s", db, t.name, c.name, c.typ)
+				q := fmt.Sprintf("ALTER TABLE %s.%s ADD COLUMN %s", db, t.name, c.ddl())
 				if prev != "" {
 					q += " AFTER " + prev
 				}

@@ -415,6 +415,27 @@ func TestMigrationAddsColumnsAnOlderTableLacks(t *testing.T) {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
+	// A row of the older release, which had only those columns: it reads
+	// the zero of each column added since, and sample_rate 1 (it measured
+	// every request).
+	oldRow := extproc.Record{
+		Time: time.Now().Add(-time.Minute), RequestID: "from-the-older-release",
+		Model: "llama", Version: "v0", Cluster: "pool-0", Path: "/v1/completions", Bucket: 7,
+	}
+	b, err := conn.PrepareBatch(ctx, old.insertSQL(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vals []any
+	for _, c := range old.cols {
+		vals = append(vals, c.value(&oldRow))
+	}
+	if err := b.Append(vals...); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Send(); err != nil {
+		t.Fatal(err)
+	}
 	w := newWriter(t, Options{Addr: ch.Addr, Database: db})
 	recs := makeRecords(10, time.Now())
 	for _, r := range recs {
@@ -423,13 +444,20 @@ func TestMigrationAddsColumnsAnOlderTableLacks(t *testing.T) {
 	closeWriter(t, w)
 	w = newWriter(t, Options{Addr: ch.Addr, Database: db})
 	defer closeWriter(t, w)
-	assertTableHolds(t, w, requestsTable, recs)
+	assertTableHolds(t, w, requestsTable, append(recs, oldRow))
 	have, err := existingColumns(ctx, conn, db, requestsTable.name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(have) != len(requestColumns) {
 		t.Fatalf("table has %d columns after migration, want %d", len(have), len(requestColumns))
+	}
+	var rate float64
+	if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT sample_rate FROM %s.requests WHERE request_id = ?", db), oldRow.RequestID).Scan(&rate); err != nil {
+		t.Fatal(err)
+	}
+	if rate != 1 {
+		t.Fatalf("a row from before the sample rate reads sample_rate %v, want 1", rate)
 	}
 }
 
