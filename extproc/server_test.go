@@ -80,7 +80,7 @@ func serve(t *testing.T, srv *Server) (*grpc.Server, extprocv3.ExternalProcessor
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(ServerOptions()...)
 	srv.Register(g)
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)

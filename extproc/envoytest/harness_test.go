@@ -202,7 +202,7 @@ func startService(t testing.TB) *service {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(extproc.ServerOptions()...)
 	srv.Register(g)
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)
