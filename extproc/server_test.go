@@ -76,6 +76,19 @@ func startHarness(t *testing.T, capture CaptureOptions) *harness {
 // and returns the server and a client of it.
 func serve(t *testing.T, srv *Server) (*grpc.Server, extprocv3.ExternalProcessorClient) {
 	t.Helper()
+	g, addr := serveAt(t, srv)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return g, extprocv3.NewExternalProcessorClient(conn)
+}
+
+// serveAt runs srv on a loopback gRPC server, stopped when the test ends,
+// and returns the server and its address.
+func serveAt(t *testing.T, srv *Server) (*grpc.Server, string) {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -84,12 +97,7 @@ func serve(t *testing.T, srv *Server) (*grpc.Server, extprocv3.ExternalProcessor
 	srv.Register(g)
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return g, extprocv3.NewExternalProcessorClient(conn)
+	return g, lis.Addr().String()
 }
 
 // How the simulated Envoy ends a stream after its messages.

@@ -41,6 +41,8 @@ import (
 const (
 	upstreamCluster = "llama_v7"
 	otherCluster    = "llama_v8"
+	downCluster     = "llama_v9" // its endpoint refuses connections
+	downVersion     = "v9"
 	extprocCluster  = "llmcanary_extproc"
 	metaModel       = "llama"
 	metaVersion     = "v7"
@@ -194,7 +196,14 @@ type service struct {
 func startService(t testing.TB) *service {
 	t.Helper()
 	sink := newMemSink()
-	srv, err := extproc.NewServer(extproc.Options{Sink: sink})
+	return startServiceWith(t, extproc.Options{Sink: sink}, sink)
+}
+
+// startServiceWith runs a service with options o; mem is its sink when
+// the sink is a memSink.
+func startServiceWith(t testing.TB, o extproc.Options, mem *memSink) *service {
+	t.Helper()
+	srv, err := extproc.NewServer(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +215,7 @@ func startService(t testing.TB) *service {
 	srv.Register(g)
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)
-	return &service{addr: lis.Addr().String(), sink: sink, grpc: g}
+	return &service{addr: lis.Addr().String(), sink: mem, grpc: g}
 }
 
 // envoy is a running Envoy with listeners on the same upstream: one
@@ -335,7 +344,7 @@ func startEnvoyWith(t testing.TB, upstreamAddr, extprocAddr string, o envoyOptio
 	if err != nil {
 		t.Fatalf("Envoy is required for this test: %v", err)
 	}
-	ports, err := stack.FreePorts(4)
+	ports, err := stack.FreePorts(5) // the last one stays closed: downCluster's endpoint
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,6 +376,7 @@ func startEnvoyWith(t testing.TB, upstreamAddr, extprocAddr string, o envoyOptio
 			Clusters: []*clusterv3.Cluster{
 				versionCluster(t, upstreamCluster, metaVersion, upstreamAddr),
 				versionCluster(t, otherCluster, otherVersion, upstreamAddr),
+				versionCluster(t, downCluster, downVersion, fmt.Sprintf("127.0.0.1:%d", ports[4])),
 				envoyconfig.Cluster(extprocCluster, extprocAddr),
 			},
 		},

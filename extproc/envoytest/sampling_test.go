@@ -85,13 +85,16 @@ func weightedRoute(t testing.TB, value string) *routev3.Route {
 
 // sampledRoutes are the routes of the sampling tests: "quarter" measured
 // at 0.25, "off" not measured, "weighted" as weightedRoute, anything else
-// measured at rate 1 (no per-route settings).
+// measured at rate 1 (no per-route settings, and the rate header the
+// control plane adds to measured requests).
 func sampledRoutes(t testing.TB) []*routev3.Route {
+	all := defaultRoute()
+	all.RequestHeadersToAdd = rateHeader(1)
 	return []*routev3.Route{
 		headerRoute("quarter", perRoute(t, 0.25), rateHeader(0.25)),
 		headerRoute("off", perRoute(t, 0), nil),
 		weightedRoute(t, "weighted"),
-		defaultRoute(),
+		all,
 	}
 }
 
