@@ -18,12 +18,19 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	accesslogdata "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
+	accesslogsvc "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
+	"github.com/llmcanary/llmcanary/internal/stack"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -40,10 +47,11 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// countSink counts records and keeps nothing.
-type countSink struct{ n atomic.Int64 }
+// countSink counts records and access-log entries and keeps nothing.
+type countSink struct{ n, logs atomic.Int64 }
 
-func (c *countSink) Write(Record) { c.n.Add(1) }
+func (c *countSink) Write(Record)      { c.n.Add(1) }
+func (c *countSink) WriteLog(LogEntry) { c.logs.Add(1) }
 
 // serveForBenchmark runs a Server with default options on a loopback port,
 // prints the address on stdout and serves until stdin closes.
@@ -145,6 +153,7 @@ type serviceProcess struct {
 	cmd    *exec.Cmd
 	stdin  io.Closer
 	client extprocv3.ExternalProcessorClient
+	logs   accesslogsvc.AccessLogServiceClient
 }
 
 func startServiceProcess(b *testing.B) *serviceProcess {
@@ -171,7 +180,8 @@ func startServiceProcess(b *testing.B) *serviceProcess {
 	if err != nil {
 		b.Fatal(err)
 	}
-	p := &serviceProcess{cmd: cmd, stdin: stdin, client: extprocv3.NewExternalProcessorClient(conn)}
+	p := &serviceProcess{cmd: cmd, stdin: stdin, client: extprocv3.NewExternalProcessorClient(conn),
+		logs: accesslogsvc.NewAccessLogServiceClient(conn)}
 	b.Cleanup(func() {
 		conn.Close()
 		stdin.Close()
@@ -206,17 +216,13 @@ func (p *serviceProcess) play(ctx context.Context, msgs []*extprocv3.ProcessingR
 	return nil
 }
 
-// cpu returns the child's CPU time (user + system) from /proc/<pid>/stat.
+// cpu returns the child's CPU time (user + system).
 func (p *serviceProcess) cpu(b *testing.B) time.Duration {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	d, err := stack.ProcCPU(p.cmd.Process.Pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
-	var ut, st int64
-	fmt.Sscan(f[11], &ut)
-	fmt.Sscan(f[12], &st)
-	return time.Duration(ut+st) * (time.Second / 100)
+	return d
 }
 
 // messageGap separates the messages of one request in BenchmarkServiceCPU.
@@ -293,5 +299,112 @@ func BenchmarkServiceCPU(b *testing.B) {
 		b.ReportMetric(med(longReq), "µs/req-64-tokens")
 		b.Logf("service CPU µs per request: short %v, long %v; per body message %v; per request besides messages %v",
 			shortReq, longReq, perMsg, perReq)
+	}
+}
+
+// benchLogEntry is an access-log entry as Envoy sends it for a streamed
+// chat completion, with the headers envoyconfig.AccessLog adds.
+func benchLogEntry(i int) *accesslogdata.HTTPAccessLogEntry {
+	addr := func(port uint32) *corev3.Address {
+		return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: "127.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}}
+	}
+	ms := func(n int) *durationpb.Duration { return durationpb.New(time.Duration(n) * time.Millisecond) }
+	id := fmt.Sprintf("6c9bfc4e-42a5-4b8e-9a4c-%012d", i)
+	return &accesslogdata.HTTPAccessLogEntry{
+		CommonProperties: &accesslogdata.AccessLogCommon{
+			DownstreamRemoteAddress: addr(51234), DownstreamLocalAddress: addr(10000), DownstreamDirectRemoteAddress: addr(51234),
+			StartTime:        timestamppb.Now(),
+			TimeToLastRxByte: ms(1), TimeToFirstUpstreamTxByte: ms(2), TimeToLastUpstreamTxByte: ms(2),
+			TimeToFirstUpstreamRxByte: ms(40), TimeToLastUpstreamRxByte: ms(900),
+			TimeToFirstDownstreamTxByte: ms(41), TimeToLastDownstreamTxByte: ms(901), Duration: ms(901),
+			UpstreamRemoteAddress: addr(8001), UpstreamLocalAddress: addr(40000),
+			UpstreamCluster: "llama_v7", ResponseFlags: &accesslogdata.ResponseFlags{}, RouteName: "llama",
+			UpstreamRequestAttemptCount: 1, StreamId: id,
+			DownstreamWireBytesSent: 9000, DownstreamWireBytesReceived: 400, UpstreamWireBytesSent: 420, UpstreamWireBytesReceived: 8900,
+			AccessLogType: accesslogdata.AccessLogType_DownstreamEnd,
+		},
+		ProtocolVersion: accesslogdata.HTTPAccessLogEntry_HTTP11,
+		Request: &accesslogdata.HTTPRequestProperties{
+			RequestMethod: corev3.RequestMethod_POST, Scheme: "http", Authority: "gateway.local:10000",
+			Path: "/v1/chat/completions", UserAgent: "openai-python/1.40", RequestId: id,
+			RequestHeadersBytes: 250, RequestBodyBytes: 180,
+			RequestHeaders: map[string]string{
+				wire.HeaderModel: "llama", wire.HeaderBucket: "1234567890123456789", wire.HeaderSampleRate: "0.02",
+			},
+		},
+		Response: &accesslogdata.HTTPResponseProperties{
+			ResponseCode: wrapperspb.UInt32(200), ResponseHeadersBytes: 180, ResponseBodyBytes: 8800,
+			ResponseHeaders: map[string]string{wire.HeaderVersion: "v7"}, ResponseCodeDetails: "via_upstream",
+		},
+	}
+}
+
+// benchBatch is n entries as benchLogEntry makes them.
+func benchBatch(n int) []*accesslogdata.HTTPAccessLogEntry {
+	out := make([]*accesslogdata.HTTPAccessLogEntry, n)
+	for i := range out {
+		out[i] = benchLogEntry(i)
+	}
+	return out
+}
+
+// BenchmarkAccessLogServiceCPU measures the service's own CPU (its
+// process) per access-log entry: Envoy's batches of logBatch entries on
+// two streams (one per Envoy worker), read, turned into LogEntries and
+// handed to a sink that counts them (the ClickHouse writer's cost is
+// BenchmarkWriterSustainedRows'). 3 rounds; median.
+//
+//	go test -run '^$' -bench AccessLogServiceCPU -benchtime 1x ./extproc/
+func BenchmarkAccessLogServiceCPU(b *testing.B) {
+	const (
+		rounds   = 3
+		logBatch = 40 // entries in Envoy's 16 KiB batch (envoyconfig.AccessLogBufferBytes)
+		batches  = 1000
+		workers  = 2
+	)
+	p := startServiceProcess(b)
+	msg := &accesslogsvc.StreamAccessLogsMessage{
+		Identifier: &accesslogsvc.StreamAccessLogsMessage_Identifier{LogName: "llmcanary"},
+		LogEntries: &accesslogsvc.StreamAccessLogsMessage_HttpLogs{HttpLogs: &accesslogsvc.StreamAccessLogsMessage_HTTPAccessLogEntries{}},
+	}
+	msg.GetHttpLogs().LogEntry = benchBatch(logBatch)
+	b.Logf("a batch of %d entries is %d bytes", logBatch, proto.Size(msg))
+	send := func(n int) {
+		var wg sync.WaitGroup
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s, err := p.logs.StreamAccessLogs(context.Background())
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				for range n {
+					if err := s.Send(msg); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+				// The service answers once it has read the whole stream.
+				if _, err := s.CloseAndRecv(); err != nil {
+					b.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	send(batches / 10) // warm up
+	for range b.N {
+		var perEntry []float64
+		for range rounds {
+			c0 := p.cpu(b)
+			send(batches)
+			perEntry = append(perEntry, float64(p.cpu(b)-c0)/float64(time.Microsecond)/float64(workers*batches*logBatch))
+		}
+		slices.Sort(perEntry)
+		b.ReportMetric(perEntry[len(perEntry)/2], "µs/entry")
+		b.Logf("service CPU µs per access-log entry: %v", perEntry)
 	}
 }

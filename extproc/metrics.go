@@ -25,6 +25,8 @@ type metrics struct {
 	badSampleRate prometheus.Counter
 	// accessLogEntries counts Envoy's access-log entries, one per request.
 	accessLogEntries prometheus.Counter
+	// accessLogMalformed counts access-log messages that could not be read.
+	accessLogMalformed prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -76,12 +78,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "llmcanary", Subsystem: "extproc", Name: "access_log_entries_total",
 			Help: "Entries of Envoy's gRPC access log received, one per request through Envoy.",
 		}),
+		accessLogMalformed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "llmcanary", Subsystem: "extproc", Name: "access_log_malformed_total",
+			Help: "Access-log messages that were not valid protobuf; their entries are lost.",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.requests, m.failures, m.ttft, m.itl, m.prompt, m.completion, m.gatewayAnswers, m.streams, m.cut, m.badSampleRate, m.accessLogEntries} {
+	for _, c := range []prometheus.Collector{m.requests, m.failures, m.ttft, m.itl, m.prompt, m.completion, m.gatewayAnswers, m.streams, m.cut, m.badSampleRate, m.accessLogEntries, m.accessLogMalformed} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}

@@ -1,11 +1,15 @@
 package extproc
 
 import (
+	"errors"
+	"io"
 	"strconv"
 	"strings"
+	"time"
 
 	accesslogdata "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	accesslogsvc "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
@@ -26,72 +30,69 @@ type accessLogService struct {
 
 var _ accesslogsvc.AccessLogServiceServer = (*accessLogService)(nil)
 
-// StreamAccessLogs reads one Envoy's access log stream until it ends.
+// StreamAccessLogs reads one Envoy's access log stream until it ends. Its
+// messages are read from their wire form (decodeAccessLogs), so they are
+// received as an emptypb.Empty, which keeps every field as unknown bytes.
 func (a *accessLogService) StreamAccessLogs(srv accesslogsvc.AccessLogService_StreamAccessLogsServer) error {
+	var raw emptypb.Empty
+	var entries []wireEntry
 	for {
-		msg, err := srv.Recv()
-		if err != nil {
-			return nil // io.EOF, a cancelled or broken stream: Envoy reconnects
+		err := srv.RecvMsg(&raw)
+		if errors.Is(err, io.EOF) {
+			return srv.SendAndClose(&accesslogsvc.StreamAccessLogsResponse{})
 		}
-		entries := msg.GetHttpLogs().GetLogEntry()
+		if err != nil {
+			return nil // a cancelled or broken stream: Envoy reconnects
+		}
+		entries, err = decodeAccessLogs(raw.ProtoReflect().GetUnknown(), entries[:0])
+		if err != nil {
+			a.metrics.accessLogMalformed.Inc()
+			continue
+		}
 		a.metrics.accessLogEntries.Add(float64(len(entries)))
-		for _, e := range entries {
-			if end, ok := causeOf(e.GetCommonProperties().GetResponseFlags()); ok {
-				a.causes.Put(e.GetRequest().GetRequestId(), end)
+		for i := range entries {
+			e := &entries[i]
+			if end, ok := causeOf(e.flags); ok {
+				a.causes.Put(e.e.RequestID, end)
 			}
 			if a.sink != nil {
-				a.sink.WriteLog(logEntry(e))
+				a.sink.WriteLog(e.e)
 			}
 		}
 	}
 }
 
-// logEntry reads what the request log keeps from one access-log entry:
-// the standard properties, the request headers the wasm filter and the
-// route set (model, bucket, force, sample rate) and the response's version
-// header, as envoyconfig.AccessLog asks Envoy to log them.
-func logEntry(e *accesslogdata.HTTPAccessLogEntry) LogEntry {
-	c, req, resp := e.GetCommonProperties(), e.GetRequest(), e.GetResponse()
-	rh := req.GetRequestHeaders()
-	l := LogEntry{
-		RequestID: req.GetRequestId(),
-		Model:     rh[wire.HeaderModel],
-		Version:   resp.GetResponseHeaders()[wire.HeaderVersion],
-		Cluster:   c.GetUpstreamCluster(),
-		Path:      req.GetPath(),
-		Status:    int(resp.GetResponseCode().GetValue()),
-		BytesIn:   req.GetRequestBodyBytes(),
-		BytesOut:  resp.GetResponseBodyBytes(),
-		Flags:     FormatResponseFlags(c.GetResponseFlags()),
-		Details:   resp.GetResponseCodeDetails(),
-		Forced:    rh[wire.HeaderForce] != "",
-	}
+// entryHeaders are the parts of an access-log entry that fillEntry turns
+// into LogEntry fields.
+type entryHeaders struct {
+	duration                            time.Duration
+	flags                               *accesslogdata.ResponseFlags
+	model, bucket, force, version, rate string // header values; rate only when hasRate
+	hasRate                             bool
+}
+
+// fillEntry completes l, whose plain fields (time, id, cluster, path,
+// status, bytes, details) are set, from the rest of its entry: the request
+// headers the wasm filter and the route set (model, bucket, force, sample
+// rate) and the response's version header, as envoyconfig.AccessLog asks
+// Envoy to log them.
+func fillEntry(l *LogEntry, h entryHeaders) {
+	l.Model, l.Version, l.Forced = h.model, h.version, h.force != ""
+	l.DurationMs = ms(h.duration)
+	l.Flags = FormatResponseFlags(h.flags)
 	if i := strings.IndexByte(l.Path, '?'); i >= 0 {
 		l.Path = l.Path[:i]
 	}
-	if t := c.GetStartTime(); t != nil {
-		l.Time = t.AsTime()
-	}
-	d := c.GetDuration()
-	if d == nil {
-		d = c.GetTimeToLastDownstreamTxByte()
-	}
-	if d != nil {
-		l.DurationMs = ms(d.AsDuration())
-	}
-	if b, err := strconv.ParseUint(rh[wire.HeaderBucket], 10, 64); err == nil {
+	if b, err := strconv.ParseUint(h.bucket, 10, 64); err == nil {
 		l.Bucket = b
 	}
-	if v, ok := rh[wire.HeaderSampleRate]; ok {
-		if r, valid := ParseSampleRate(v); valid {
-			l.SampleRate = r
-		} else {
-			l.SampleRate = 1 // measured, at a rate the route wrote wrong: as the ext_proc row counts it
-		}
+	if h.hasRate {
+		// A rate the route wrote wrong still marks the request measured,
+		// at 1, as its ext_proc row counts it.
+		l.SampleRate, _ = ParseSampleRate(h.rate)
 	}
 	l.Gateway = l.Details == wire.DetailsDirectResponse || l.Details == wire.DetailsFilterReply ||
 		(l.Cluster == "" && l.Version == "")
-	return l
 }
 
 // responseFlagCodes are Envoy's short names of its response flags (as in

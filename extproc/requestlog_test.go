@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -119,11 +121,157 @@ func TestLogEntryKeepsWhatTheRequestLogNeeds(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			want := tt.want
 			want.Time, want.DurationMs, want.BytesIn, want.BytesOut = entryStart, 1500, 120, 4096
-			if got := logEntry(tt.in.proto()); got != want {
+			got := decodeEntries(t, tt.in.proto())
+			if len(got) != 1 || got[0].e != want {
 				t.Fatalf("entry\n got %+v\nwant %+v", got, want)
+			}
+			if ref := logEntryFromProto(tt.in.proto()); ref != want {
+				t.Fatalf("the reference reads\n %+v\nwant %+v", ref, want)
 			}
 		})
 	}
+}
+
+// message wraps entries in the message Envoy streams them in.
+func message(entries ...*accesslogdata.HTTPAccessLogEntry) *accesslogsvc.StreamAccessLogsMessage {
+	return &accesslogsvc.StreamAccessLogsMessage{
+		Identifier: &accesslogsvc.StreamAccessLogsMessage_Identifier{LogName: "llmcanary"},
+		LogEntries: &accesslogsvc.StreamAccessLogsMessage_HttpLogs{HttpLogs: &accesslogsvc.StreamAccessLogsMessage_HTTPAccessLogEntries{
+			LogEntry: entries,
+		}},
+	}
+}
+
+// decodeEntries reads entries through the service's wire-form reader.
+func decodeEntries(t *testing.T, entries ...*accesslogdata.HTTPAccessLogEntry) []wireEntry {
+	t.Helper()
+	b, err := proto.Marshal(message(entries...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := decodeAccessLogs(b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// logEntryFromProto is what the request log keeps of a decoded entry: the
+// reference the wire-form reader is checked against.
+func logEntryFromProto(e *accesslogdata.HTTPAccessLogEntry) LogEntry {
+	c, req, resp := e.GetCommonProperties(), e.GetRequest(), e.GetResponse()
+	l := LogEntry{
+		RequestID: req.GetRequestId(),
+		Cluster:   c.GetUpstreamCluster(),
+		Path:      req.GetPath(),
+		Status:    int(resp.GetResponseCode().GetValue()),
+		BytesIn:   req.GetRequestBodyBytes(),
+		BytesOut:  resp.GetResponseBodyBytes(),
+		Details:   resp.GetResponseCodeDetails(),
+	}
+	if t := c.GetStartTime(); t != nil {
+		l.Time = t.AsTime()
+	}
+	d := c.GetDuration()
+	if d == nil {
+		d = c.GetTimeToLastDownstreamTxByte()
+	}
+	rh := req.GetRequestHeaders()
+	rate, hasRate := rh[wire.HeaderSampleRate]
+	fillEntry(&l, entryHeaders{
+		duration: d.AsDuration(), flags: c.GetResponseFlags(),
+		model: rh[wire.HeaderModel], bucket: rh[wire.HeaderBucket], force: rh[wire.HeaderForce],
+		version: resp.GetResponseHeaders()[wire.HeaderVersion], rate: rate, hasRate: hasRate,
+	})
+	return l
+}
+
+// agreesWithProto compares the wire-form reader with proto.Unmarshal and
+// logEntryFromProto on the message b; it describes a difference. A
+// message proto.Unmarshal refuses is not compared.
+func agreesWithProto(b []byte) string {
+	var m accesslogsvc.StreamAccessLogsMessage
+	if proto.Unmarshal(b, &m) != nil {
+		return ""
+	}
+	got, err := decodeAccessLogs(b, nil)
+	if err != nil {
+		return fmt.Sprintf("the reader refuses %x: %v", b, err)
+	}
+	want := m.GetHttpLogs().GetLogEntry()
+	if len(got) != len(want) {
+		return fmt.Sprintf("%d entries, proto.Unmarshal %d, in %x", len(got), len(want), b)
+	}
+	for i, e := range want {
+		ref := logEntryFromProto(e)
+		if got[i].e != ref {
+			return fmt.Sprintf("entry %d:\n got %+v\nwant %+v\nin %x", i, got[i].e, ref, b)
+		}
+		if causeWant, okWant := causeOf(e.GetCommonProperties().GetResponseFlags()); true {
+			if cause, ok := causeOf(got[i].flags); cause != causeWant || ok != okWant {
+				return fmt.Sprintf("entry %d: cause %v %v, want %v %v", i, cause, ok, causeWant, okWant)
+			}
+		}
+	}
+	return ""
+}
+
+func TestAccessLogReaderAgreesWithProtoUnmarshal(t *testing.T) {
+	full := func() *accesslogdata.HTTPAccessLogEntry {
+		e := benchLogEntry(7)
+		e.CommonProperties.ResponseFlags = &accesslogdata.ResponseFlags{UpstreamRemoteReset: true, DownstreamConnectionTermination: true}
+		e.Request.RequestHeaders[wire.HeaderForce] = "v7"
+		return e
+	}
+	noDuration := full()
+	noDuration.CommonProperties.Duration = nil
+	bare := &accesslogdata.HTTPAccessLogEntry{}
+	emptyMaps := benchLogEntry(8)
+	emptyMaps.Request.RequestHeaders, emptyMaps.Response.ResponseHeaders = nil, nil
+	for name, m := range map[string]*accesslogsvc.StreamAccessLogsMessage{
+		"one entry as Envoy sends it":   message(full()),
+		"forty entries":                 message(benchBatch(40)...),
+		"the end of a request's bytes":  message(noDuration),
+		"an entry without anything set": message(bare),
+		"no headers logged":             message(emptyMaps),
+		"no entries":                    message(),
+		"tcp logs": {LogEntries: &accesslogsvc.StreamAccessLogsMessage_TcpLogs{
+			TcpLogs: &accesslogsvc.StreamAccessLogsMessage_TCPAccessLogEntries{LogEntry: []*accesslogdata.TCPAccessLogEntry{{}}}}},
+	} {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msg := agreesWithProto(b); msg != "" {
+			t.Errorf("%s: %s", name, msg)
+		}
+	}
+	// Fields repeated on the wire merge as proto.Unmarshal merges them.
+	one, _ := proto.Marshal(message(full()))
+	other, _ := proto.Marshal(message(noDuration, bare))
+	if msg := agreesWithProto(append(one, other...)); msg != "" {
+		t.Errorf("two messages' bytes concatenated: %s", msg)
+	}
+	tcp, _ := proto.Marshal(&accesslogsvc.StreamAccessLogsMessage{LogEntries: &accesslogsvc.StreamAccessLogsMessage_TcpLogs{
+		TcpLogs: &accesslogsvc.StreamAccessLogsMessage_TCPAccessLogEntries{}}})
+	if msg := agreesWithProto(append(one, tcp...)); msg != "" {
+		t.Errorf("http entries replaced by tcp ones: %s", msg)
+	}
+}
+
+func FuzzAccessLogReaderAgreesWithProtoUnmarshal(f *testing.F) {
+	for _, m := range []*accesslogsvc.StreamAccessLogsMessage{message(benchLogEntry(1)), message(benchBatch(3)...), message(&accesslogdata.HTTPAccessLogEntry{})} {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if msg := agreesWithProto(b); msg != "" {
+			t.Fatal(msg)
+		}
+	})
 }
 
 func TestFormatResponseFlagsNamesEveryFlagAsEnvoyDoes(t *testing.T) {
