@@ -359,7 +359,7 @@ func benchBatch(n int) []*accesslogdata.HTTPAccessLogEntry {
 func BenchmarkAccessLogServiceCPU(b *testing.B) {
 	const (
 		rounds   = 3
-		logBatch = 40 // entries in Envoy's 16 KiB batch (envoyconfig.AccessLogBufferBytes)
+		logBatch = 32 // entries in Envoy's 16 KiB batch (envoyconfig.AccessLogBufferBytes)
 		batches  = 1000
 		workers  = 2
 	)

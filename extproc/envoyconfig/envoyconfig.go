@@ -177,8 +177,9 @@ const (
 	// its cause (see extproc.ResetCauses), so it is kept short.
 	AccessLogFlushInterval = 100 * time.Millisecond
 	// AccessLogBufferBytes is the batch each of Envoy's workers sends as
-	// soon as it is full (Envoy's default): about forty entries, so under
-	// load an entry costs a fortieth of a gRPC message.
+	// soon as it is full (Envoy's default): about thirty entries of a chat
+	// completion (some 480 bytes each on the wire), so under load an entry
+	// costs a thirtieth of a gRPC message.
 	AccessLogBufferBytes = 16 << 10
 )
 

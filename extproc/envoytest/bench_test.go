@@ -4,10 +4,14 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/internal/stack"
 )
 
 // load runs n streamed requests against url with c in flight and returns
@@ -135,5 +139,114 @@ func BenchmarkExtprocOverhead(b *testing.B) {
 		b.Logf("Envoy + ext_proc: p50 %v  p99 %v  %.0f req/s  process CPU %v", w50, w99, rpsWith, withCPU)
 		b.Logf("ratios: p50 %.3f  p99 %.3f  throughput %.3f; service CPU %.0f µs per streamed request",
 			float64(w50)/float64(p50), float64(w99)/float64(p99), rpsWith/rpsPlain, svcCPU)
+	}
+}
+
+// logCounter counts access-log entries.
+type logCounter struct {
+	mu sync.Mutex
+	n  int
+	ch chan struct{}
+}
+
+func (c *logCounter) WriteLog(extproc.LogEntry) {
+	c.mu.Lock()
+	c.n++
+	c.mu.Unlock()
+	select {
+	case c.ch <- struct{}{}:
+	default:
+	}
+}
+
+// waitFor returns once n entries arrived in all.
+func (c *logCounter) waitFor(b *testing.B, n int) {
+	b.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		c.mu.Lock()
+		have := c.n
+		c.mu.Unlock()
+		if have >= n {
+			return
+		}
+		select {
+		case <-c.ch:
+		case <-deadline:
+			b.Fatalf("%d access-log entries arrived, want %d", have, n)
+		}
+	}
+}
+
+// BenchmarkAccessLogEnvoyCPU measures what the access log (every request,
+// envoyconfig.AccessLog) costs Envoy: its process's CPU per request on a
+// listener without it and on one with it, same route and upstream, for
+// non-streamed answers and for 16-token streams, 8 requests in flight,
+// Envoy with 2 workers. A phase with the log ends when the service has
+// every entry, so Envoy's sending is counted. 3 interleaved rounds;
+// medians.
+//
+//	go test -run '^$' -bench AccessLogEnvoyCPU -benchtime 1x ./extproc/envoytest/
+func BenchmarkAccessLogEnvoyCPU(b *testing.B) {
+	const (
+		rounds   = 3
+		inFlight = 8
+	)
+	logs := &logCounter{ch: make(chan struct{}, 1)}
+	svc := startServiceWith(b, extproc.Options{Sink: newMemSink(), RequestLog: logs}, nil)
+	env := startEnvoyWith(b, startUpstream(b), svc.addr, envoyOptions{filter: fastClose, accessLog: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	logged := 0
+	phase := func(url string, n int, hdr map[string]string) float64 {
+		c0, err := stack.ThreadsCPU(env.proc.Pid())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := load(ctx, url, n, inFlight, hdr); err != nil {
+			b.Fatal(err)
+		}
+		if url == env.loggedURL {
+			logged += n
+			logs.waitFor(b, logged)
+		}
+		c1, err := stack.ThreadsCPU(env.proc.Pid())
+		if err != nil {
+			b.Fatal(err)
+		}
+		return float64(c1-c0) / float64(time.Microsecond) / float64(n)
+	}
+	kinds := []struct {
+		name string
+		n    int
+		hdr  map[string]string
+	}{
+		{"non-streamed", 4000, map[string]string{hdrMode: "json", hdrTokens: "16"}},
+		{"16-token stream", 2000, map[string]string{hdrTokens: "16"}},
+	}
+	for _, k := range kinds { // warm both listeners
+		phase(env.plainURL, k.n/10, k.hdr)
+		phase(env.loggedURL, k.n/10, k.hdr)
+	}
+	med := func(v []float64) float64 { s := slices.Clone(v); slices.Sort(s); return s[len(s)/2] }
+	for range b.N {
+		for _, k := range kinds {
+			var plain, withLog []float64
+			for r := range rounds {
+				if r%2 == 0 {
+					plain = append(plain, phase(env.plainURL, k.n, k.hdr))
+					withLog = append(withLog, phase(env.loggedURL, k.n, k.hdr))
+				} else {
+					withLog = append(withLog, phase(env.loggedURL, k.n, k.hdr))
+					plain = append(plain, phase(env.plainURL, k.n, k.hdr))
+				}
+			}
+			p, l := med(plain), med(withLog)
+			unit := strings.ReplaceAll(k.name, " ", "-")
+			b.ReportMetric(p, "µs/req-"+unit)
+			b.ReportMetric(l, "µs/req-logged-"+unit)
+			b.Logf("%s: Envoy CPU µs per request without the access log %v, with it %v; medians %.0f and %.0f (+%.0f, ×%.2f)",
+				k.name, plain, withLog, p, l, l-p, l/p)
+		}
 	}
 }
