@@ -26,8 +26,9 @@ type ControlPlane struct {
 }
 
 var (
-	_ TrafficSetter = ControlPlane{}
-	_ ModelReader   = ControlPlane{}
+	_ TrafficSetter  = ControlPlane{}
+	_ TrafficApplier = ControlPlane{}
+	_ ModelReader    = ControlPlane{}
 )
 
 // SetWeights sets the model's weights through the management API, which

@@ -223,7 +223,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*ControlPlane, err
 		cp.shutdown()
 	}()
 	for _, ext := range g.Extensions {
-		if r, ok := ext.(interface{ ReloadKeys() (bool, error) }); ok && o.Wasm.ForceKeysFile != "" {
+		if r, ok := ext.(KeyReloader); ok && o.Wasm.ForceKeysFile != "" {
 			go watchKeys(ctx, r, pub, log)
 		}
 	}
@@ -233,7 +233,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*ControlPlane, err
 
 // watchKeys rereads the force keys file every two seconds and republishes
 // when the accepted keys changed: rotation without restarting anything.
-func watchKeys(ctx context.Context, r interface{ ReloadKeys() (bool, error) }, pub *Publisher, log *slog.Logger) {
+func watchKeys(ctx context.Context, r KeyReloader, pub *Publisher, log *slog.Logger) {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {

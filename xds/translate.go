@@ -64,6 +64,36 @@ type Extension interface {
 	VerifiesForce() bool
 }
 
+// Optional abilities of an Extension. Translate and Start look for them
+// with a type assertion; an extension that lacks one simply does not take
+// part in what it governs.
+type (
+	// AccessLogger is an Extension that adds access logs to the listener
+	// (ext_proc's reset-cause stream).
+	AccessLogger interface {
+		AccessLogs() ([]*accesslogv3.AccessLog, error)
+	}
+	// BufferLimiter is an Extension that needs the listener to buffer at
+	// least this many bytes per connection (the wasm filter holds a body).
+	BufferLimiter interface {
+		PerConnectionBufferLimit() uint32
+	}
+	// KeyReloader is an Extension whose keys live in a file: ReloadKeys
+	// reads it again and reports whether the accepted keys changed, so the
+	// control plane republishes (force keys rotated without a restart).
+	KeyReloader interface {
+		ReloadKeys() (bool, error)
+	}
+)
+
+var (
+	_ Extension     = (*wasmExtension)(nil)
+	_ BufferLimiter = (*wasmExtension)(nil)
+	_ KeyReloader   = (*wasmExtension)(nil)
+	_ Extension     = (*extProcExtension)(nil)
+	_ AccessLogger  = (*extProcExtension)(nil)
+)
+
 // DefaultGateway returns the gateway settings used when none are given.
 func DefaultGateway() Gateway {
 	return Gateway{
@@ -142,9 +172,7 @@ func listener(s *State, g Gateway) (*listenerv3.Listener, error) {
 	})
 	var logs []*accesslogv3.AccessLog
 	for _, ext := range g.Extensions {
-		if a, ok := ext.(interface {
-			AccessLogs() ([]*accesslogv3.AccessLog, error)
-		}); ok {
+		if a, ok := ext.(AccessLogger); ok {
 			l, err := a.AccessLogs()
 			if err != nil {
 				return nil, fmt.Errorf("extension %s: %w", ext.Name(), err)
@@ -190,7 +218,7 @@ func listener(s *State, g Gateway) (*listenerv3.Listener, error) {
 		}},
 	}
 	for _, ext := range g.Extensions {
-		if b, ok := ext.(interface{ PerConnectionBufferLimit() uint32 }); ok {
+		if b, ok := ext.(BufferLimiter); ok {
 			l.PerConnectionBufferLimitBytes = wrapperspb.UInt32(max(b.PerConnectionBufferLimit(), l.GetPerConnectionBufferLimitBytes().GetValue()))
 		}
 	}

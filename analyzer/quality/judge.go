@@ -18,7 +18,6 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
-	"github.com/llmcanary/llmcanary/extproc/chwriter"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -308,7 +307,7 @@ WHERE date >= %[3]s AND ts >= toDateTime(%[4]d)
   AND request_id NOT IN (SELECT request_id FROM %[1]s.%[5]s WHERE date >= %[3]s AND source = ?)
   AND request_id IN (SELECT request_id FROM %[1]s.%[6]s WHERE date >= %[3]s AND ts >= toDateTime(%[4]d) AND failure = '')%[7]s
 ORDER BY has(?, version) DESC, ts DESC
-LIMIT ?`, db, chwriter.TableCaptures, dateLit(since), since.Unix(), Table, wire.TableRequests, skip)
+LIMIT ?`, db, wire.TableCaptures, dateLit(since), since.Unix(), Table, wire.TableRequests, skip)
 	rows, err := j.o.Conn.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("judge: read captures: %w", err)

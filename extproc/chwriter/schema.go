@@ -13,10 +13,6 @@ import (
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
-// TableCaptures holds the captured prompt and completion text of sampled
-// requests, one row per extproc.Record with Captured set.
-const TableCaptures = "captures"
-
 // column is one column of a table: its name, its ClickHouse type and how a
 // Record fills it. The slices below are the single definition of the schema:
 // CREATE TABLE, the migration and every INSERT column list come from them.
@@ -76,7 +72,8 @@ var requestColumns = []column{
 	{"chunks", "UInt32", func(r *extproc.Record) any { return r.Chunks }},
 }
 
-// captureColumns is the schema of TableCaptures.
+// captureColumns is the schema of wire.TableCaptures: one row per
+// extproc.Record with Captured set.
 var captureColumns = []column{
 	{"ts", "DateTime", func(r *extproc.Record) any { return r.Time.UTC() }},
 	{"date", "Date", func(r *extproc.Record) any { return day(r.Time) }},
@@ -95,7 +92,7 @@ type table struct {
 
 var (
 	requestsTable = table{wire.TableRequests, requestColumns}
-	capturesTable = table{TableCaptures, captureColumns}
+	capturesTable = table{wire.TableCaptures, captureColumns}
 	tables        = []table{requestsTable, capturesTable}
 )
 

@@ -15,6 +15,7 @@ import (
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/internal/stack"
 	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
 func newWriter(t *testing.T, o Options) *Writer {
@@ -204,7 +205,7 @@ func TestWriterSurvivesClickHouseKilledMidStream(t *testing.T) {
 	if n != 3000 || distinct != 3000 {
 		t.Fatalf("requests has %d rows (%d distinct ids), want 3000 exactly once; stats %+v", n, distinct, st)
 	}
-	n, distinct = countRows(t, conn, db, TableCaptures)
+	n, distinct = countRows(t, conn, db, wire.TableCaptures)
 	if want := uint64(len(captured(recs))); n != want || distinct != want {
 		t.Fatalf("captures has %d rows (%d distinct), want %d", n, distinct, want)
 	}

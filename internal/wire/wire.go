@@ -66,8 +66,14 @@ const (
 
 // ClickHouse objects.
 const (
-	Database      = "llmcanary"
+	Database = "llmcanary"
+	// TableRequests holds one row per request through Envoy (written by
+	// the telemetry service, read by the analyzer and the quality judge).
 	TableRequests = "requests"
+	// TableCaptures holds the captured prompt and completion text of
+	// sampled requests (written by the telemetry service, read by the
+	// quality judge).
+	TableCaptures = "captures"
 
 	// FailureClientCancel is the failure of a request whose client went
 	// away first: recorded by the telemetry service, never counted
