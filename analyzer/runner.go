@@ -305,22 +305,14 @@ func (r *Runner) queryTimeout() time.Duration {
 // saves. If the control plane refuses, the action stays pending and is
 // retried at the next look, before anything else.
 func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, d *Decision) (*Rollout, error) {
-	stages := ro.Plan.Policy.EvaluatedStages()
-	var w float64
-	stable := ro.Stable
-	switch a {
-	case ActionRollback:
-		w = 0
-	case ActionPromote:
-		w, stable = 100, ro.Canary
-	case ActionAdvance:
-		if ro.Stage+1 >= len(stages) {
-			return nil, fmt.Errorf("runner: rollout %s cannot advance past its last stage", ro.ID)
-		}
-		w = stages[ro.Stage+1].Weight
-	default:
+	t, err := transition(ro, a)
+	if err != nil {
+		return nil, fmt.Errorf("runner: %w", err)
+	}
+	if !t.Moves {
 		return nil, fmt.Errorf("runner: %q is not a traffic action", a)
 	}
+	w := t.Weight
 	if ro.Pending != a {
 		state := ro.State
 		var err error
@@ -336,7 +328,7 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 			return nil, fmt.Errorf("runner: save the intent to %s %s: %w", a, ro.ID, err)
 		}
 	}
-	if err := r.setWeights(ctx, ro.Model, ro.Weights(w), stable); err != nil {
+	if err := r.setWeights(ctx, ro.Model, ro.Weights(w), t.Stable); err != nil {
 		r.setSynced(ro.ID, false)
 		reason := fmt.Sprintf("%s decided but the control plane did not accept canary %g %%: %v; retrying at the next look", a, w, err)
 		out, serr := r.Store.Update(ro.ID, func(x *Rollout) error {
@@ -363,14 +355,9 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 		}
 		x.Pending, x.PendingAt, x.Updated, x.LastError = "", time.Time{}, started, ""
 		x.record(Event{At: started, Kind: "action", Action: a, Reason: fmt.Sprintf("traffic moved: %s %g %%, %s %g %%", x.Stable, 100-w, x.Canary, w)})
-		switch a {
-		case ActionRollback:
-			x.Status = RolloutRolledBack
-		case ActionPromote:
-			x.Status = RolloutPromoted
-		case ActionAdvance:
-			x.Stage++
-			x.StageStarted = started
+		x.Status = t.Status
+		if t.Stage != x.Stage {
+			x.Stage, x.StageStarted = t.Stage, started
 			x.State = NextStageState(x.State, decided, started)
 		}
 		return nil
@@ -529,14 +516,14 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	if req.Mode == ModeABTest {
 		ro.Plan.Strategy = "abtest"
 	}
-	// Refuse a second active rollout of the model before touching traffic.
-	if all, err := r.Store.List(); err == nil {
-		for _, o := range all {
-			if o.Model == ro.Model && o.Status.Active() {
-				return nil, fmt.Errorf("%w: model %q already has the %s rollout %s; finish or abort it first", ErrConflict, o.Model, o.Status, o.ID)
-			}
-		}
+	// Reserve the model before touching traffic: a second Start of the
+	// same model (or one while a rollout of it is active) fails here and
+	// never moves weights this rollout has set.
+	release, err := r.Store.Reserve(ro.Model)
+	if err != nil {
+		return nil, err
 	}
+	defer release()
 	w := ro.CanaryWeight()
 	if err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), ro.Stable); err != nil {
 		return nil, fmt.Errorf("%w: set the first stage's weights: %w", ErrControlPlane, err)
@@ -549,7 +536,8 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 		actor(req.Actor), plan.Risk, plan.RiskReason, ro.Plan.Strategy, ro.Canary, w, ro.Stable, 100-w)
 	ro.record(Event{At: now, Kind: "operator", Code: CodeOperator, Actor: actor(req.Actor), Reason: reason})
 	if err := r.Store.Create(ro); err != nil {
-		// Put the traffic back as it was.
+		// Put the traffic back as it was; the reservation kept every other
+		// start of this model away from it meanwhile.
 		if rerr := r.Traffic.SetWeights(ctx, ro.Model, model.Weights, model.Stable); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("restore weights: %w", rerr))
 		}
@@ -591,36 +579,19 @@ func (r *Runner) Operate(ctx context.Context, id string, op Operation, actorName
 	if err != nil {
 		return nil, err
 	}
-	if !ro.Status.Active() {
-		return nil, fmt.Errorf("%w: rollout %s is %s", ErrConflict, id, ro.Status)
-	}
-	now := r.now()
-	var status Status
-	var w float64
-	stable := ro.Stable
-	move := true
 	switch op {
-	case OpPause:
-		if ro.Status == RolloutPaused {
-			return nil, fmt.Errorf("%w: rollout %s is already paused", ErrConflict, id)
-		}
-		status, move = RolloutPaused, false
-	case OpResume:
-		if ro.Status == RolloutRunning {
-			return nil, fmt.Errorf("%w: rollout %s is already running", ErrConflict, id)
-		}
-		status, move = RolloutRunning, false
-	case OpPromote:
-		status, w, stable = RolloutPromoted, 100, ro.Canary
-	case OpRollback:
-		status = RolloutRolledBack
-	case OpAbort:
-		status = RolloutAborted
+	case OpPause, OpResume, OpPromote, OpRollback, OpAbort:
 	default:
 		return nil, fmt.Errorf("%w: unknown operation %q (pause, resume, promote, rollback, abort)", ErrInvalid, op)
 	}
+	t, err := transition(ro, Action(op))
+	if err != nil {
+		return nil, err
+	}
+	now := r.now()
+	w, move := t.Weight, t.Moves
 	if move {
-		if err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), stable); err != nil {
+		if err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), t.Stable); err != nil {
 			return nil, fmt.Errorf("%w: %s: set weights: %w", ErrControlPlane, op, err)
 		}
 	}
@@ -635,7 +606,7 @@ func (r *Runner) Operate(ctx context.Context, id string, op Operation, actorName
 		reason += " (" + note + ")"
 	}
 	out, err := r.Store.Update(id, func(x *Rollout) error {
-		x.Status, x.Updated, x.Pending = status, now, ""
+		x.Status, x.Updated, x.Pending = t.Status, now, ""
 		if op == OpResume {
 			x.StageStarted = now
 			x.State = RestartStageState(x.State, now)

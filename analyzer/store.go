@@ -35,6 +35,8 @@ type Store struct {
 	dir      string
 	mu       sync.Mutex
 	rollouts map[string]*Rollout
+	// reserved holds the models a Start is setting up (see Reserve).
+	reserved map[string]bool
 	// onChange, if set, sees every persisted change (before is nil for a
 	// new rollout). It runs under the store's lock and must not block.
 	onChange func(before, after *Rollout)
@@ -52,7 +54,7 @@ func OpenStore(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("rollout store: %w", err)
 	}
-	s := &Store{dir: dir, rollouts: map[string]*Rollout{}}
+	s := &Store{dir: dir, rollouts: map[string]*Rollout{}, reserved: map[string]bool{}}
 	paths, err := filepath.Glob(filepath.Join(dir, "*.json"))
 	if err != nil {
 		return nil, fmt.Errorf("rollout store: %w", err)
@@ -82,6 +84,37 @@ func NewID(now time.Time) string {
 	return "r-" + now.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
 }
 
+// Reserve claims model for a rollout about to be created: it fails with
+// ErrConflict while the model has an active rollout or another
+// reservation. The caller moves traffic, calls Create, then release.
+// Reservations live in memory: one analyzer writes the store.
+func (s *Store) Reserve(model string) (release func(), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reserved[model] {
+		return nil, fmt.Errorf("%w: a rollout of model %q is being started", ErrConflict, model)
+	}
+	if err := s.activeLocked(model); err != nil {
+		return nil, err
+	}
+	s.reserved[model] = true
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.reserved, model)
+	}, nil
+}
+
+// activeLocked returns ErrConflict when model has an active rollout.
+func (s *Store) activeLocked(model string) error {
+	for _, o := range s.rollouts {
+		if o.Model == model && o.Status.Active() {
+			return fmt.Errorf("%w: model %q already has the %s rollout %s; finish or abort it first", ErrConflict, model, o.Status, o.ID)
+		}
+	}
+	return nil
+}
+
 // Create stores a new rollout. It fails with ErrConflict when the id
 // exists or another rollout of the same model is still active.
 func (s *Store) Create(r *Rollout) error {
@@ -93,10 +126,8 @@ func (s *Store) Create(r *Rollout) error {
 	if strings.ContainsAny(r.ID, `/\`) || r.ID == "" || strings.HasPrefix(r.ID, ".") {
 		return fmt.Errorf("%w: rollout id %q", ErrInvalid, r.ID)
 	}
-	for _, o := range s.rollouts {
-		if o.Model == r.Model && o.Status.Active() {
-			return fmt.Errorf("%w: model %q already has the %s rollout %s; finish or abort it first", ErrConflict, r.Model, o.Status, o.ID)
-		}
+	if err := s.activeLocked(r.Model); err != nil {
+		return err
 	}
 	c, err := copyRollout(r)
 	if err != nil {

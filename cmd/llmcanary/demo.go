@@ -305,28 +305,12 @@ func stageList(p analyzer.Policy) string {
 }
 
 // weightSeries is a rollout's canary weight over time, from the traffic
-// actions in its history.
+// moves in its history.
 func weightSeries(ro *analyzer.Rollout, begin time.Time) chart.Series {
 	s := chart.Series{Name: ro.Canary + " weight, %", Step: true}
-	stages := ro.Plan.Policy.EvaluatedStages()
-	stage, w := 0, stages[0].Weight
-	s.X, s.Y = append(s.X, ro.Created.Sub(begin).Seconds()), append(s.Y, w)
-	for _, e := range ro.History {
-		if e.Kind != "action" {
-			continue
-		}
-		switch e.Action {
-		case analyzer.ActionAdvance:
-			stage = min(stage+1, len(stages)-1)
-			w = stages[stage].Weight
-		case analyzer.ActionRollback:
-			w = 0
-		case analyzer.ActionPromote:
-			w = 100
-		}
-		s.X, s.Y = append(s.X, e.At.Sub(begin).Seconds()), append(s.Y, w)
+	for _, st := range ro.WeightSteps() {
+		s.X, s.Y = append(s.X, st.At.Sub(begin).Seconds()), append(s.Y, st.Weight)
 	}
-	s.X, s.Y = append(s.X, ro.Updated.Sub(begin).Seconds()), append(s.Y, w)
 	return s
 }
 
