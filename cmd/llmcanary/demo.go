@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/analyzer"
+	"github.com/llmcanary/llmcanary/analyzer/analyzersvc"
 	"github.com/llmcanary/llmcanary/analyzer/chsource"
-	"github.com/llmcanary/llmcanary/analyzer/quality"
 	"github.com/llmcanary/llmcanary/internal/chart"
 	"github.com/llmcanary/llmcanary/internal/config"
 	"github.com/llmcanary/llmcanary/internal/local"
@@ -110,31 +110,19 @@ pictures of weight over time and latency per version go to --out.`)
 	defer s.Stop()
 	say("gateway http://%s  model %q  stable %s, canary %s at 0 %%", s.Gateway[0], s.Model, stablePool.Version, badPool.Version)
 
-	conn, err := s.ClickHouse.Conn(ctx)
+	ao := analyzersvc.Defaults()
+	ao.Listen, ao.DataDir, ao.Token = "127.0.0.1:0", filepath.Join(o.dir, "analyzer"), local.DevToken
+	ao.ControlPlane, ao.ControlPlaneCA, ao.ClickHouse = s.CP.APIURL, s.Certs.CA(), s.ClickHouse.Addr
+	ao.Interval, ao.Logger = config.Duration(500*time.Millisecond), log
+	policy := demoPolicy()
+	ao.Policy = &policy
+	ao.JudgeEndpoint, ao.JudgeInterval, ao.JudgeBatchSize, ao.JudgeConcurrency = "http://"+s.Judge.Addr, config.Duration(250*time.Millisecond), 200, 8
+	an, err := analyzersvc.Start(ctx, ao)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	qstore, err := quality.OpenStore(ctx, conn, wire.Database)
-	if err != nil {
-		return err
-	}
-	store, err := analyzer.OpenStore(filepath.Join(o.dir, "analyzer"))
-	if err != nil {
-		return err
-	}
-	judge, err := quality.NewJudge(quality.JudgeOptions{Conn: conn, Store: qstore, Endpoint: "http://" + s.Judge.Addr,
-		Interval: 250 * time.Millisecond, BatchSize: 200, Concurrency: 8, Logger: log, Priority: store.Canaries})
-	if err != nil {
-		return err
-	}
-	stages, err := chsource.NewStageLog(ctx, conn, wire.Database)
-	if err != nil {
-		return err
-	}
-	cp := analyzer.ControlPlane{Client: s.API}
-	runner := &analyzer.Runner{Store: store, Source: chsource.New(conn, wire.Database), Traffic: cp, Models: cp,
-		Policy: demoPolicy(), Interval: 500 * time.Millisecond, Log: log, Stages: stages}
+	defer an.Stop()
+	runner := an.Runner
 
 	bg, stopBG := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -145,8 +133,6 @@ pictures of weight over time and latency per version go to --out.`)
 	canaryName := badPool.Version
 	for _, f := range []func(){
 		func() { traffic.Run(bg) },
-		func() { _ = judge.Run(bg) },
-		func() { _ = runner.Run(bg) },
 		func() { // the share Envoy actually served, each second
 			t := time.NewTicker(time.Second)
 			defer t.Stop()

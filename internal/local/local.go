@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/extproc/extprocsvc"
 	"github.com/llmcanary/llmcanary/internal/mtls"
 	"github.com/llmcanary/llmcanary/sim"
 	"github.com/llmcanary/llmcanary/xds"
@@ -82,7 +83,7 @@ type Options struct {
 type Local struct {
 	CP         *xds.ControlPlane
 	ClickHouse *stack.ClickHouse
-	Telemetry  *Telemetry
+	Telemetry  *extprocsvc.Service
 	Envoys     []*stack.Envoy
 	Gateway    []string // listener address of each Envoy
 	API        *xds.Client
@@ -92,7 +93,6 @@ type Local struct {
 	Certs mtls.Dir
 
 	opts   xds.Options
-	log    *slog.Logger
 	closer []func()
 }
 
@@ -126,7 +126,8 @@ func Start(ctx context.Context, o Options) (*Local, error) {
 	cpo.ListenerAddress = "127.0.0.1"
 	cpo.ListenerPort = uint32(ports[2])
 	cpo.Wasm = o.Wasm
-	l := &Local{opts: cpo, log: o.Log}
+	cpo.Logger = o.Log
+	l := &Local{opts: cpo}
 	if !o.Plaintext {
 		if l.Certs, err = mtls.Generate(mtls.GenerateOptions{Dir: filepath.Join(o.Dir, "tls")}); err != nil {
 			return nil, err
@@ -143,11 +144,7 @@ func Start(ctx context.Context, o Options) (*Local, error) {
 		l.OnStop(func() { ch.Stop() })
 	}
 	if o.Telemetry {
-		to := TelemetryOptions{ClickHouse: l.ClickHouse.Addr, SpoolDir: filepath.Join(o.Dir, "spool"), Capture: o.Capture, Log: o.Log}
-		if l.Certs != "" {
-			to.TLS = l.Certs.ServerFiles()
-		}
-		t, err := StartTelemetry(ctx, to)
+		t, err := l.startTelemetry(o)
 		if err != nil {
 			l.Stop()
 			return nil, err
@@ -192,7 +189,7 @@ func Start(ctx context.Context, o Options) (*Local, error) {
 func (l *Local) StartControlPlane(ctx context.Context) error {
 	var err error
 	for i := 0; i < 50; i++ { // the old listener may linger for a moment
-		l.CP, err = xds.Start(context.Background(), l.opts, l.log)
+		l.CP, err = xds.Start(context.Background(), l.opts)
 		if err == nil {
 			return nil
 		}
