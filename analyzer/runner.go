@@ -19,30 +19,30 @@ type ModelReader interface {
 	Model(ctx context.Context, name string) (*xds.Model, error)
 }
 
-// ControlPlane adapts the management API client to TrafficSetter and
+// ControlPlaneClient adapts the management API client to TrafficSetter and
 // ModelReader.
-type ControlPlane struct {
+type ControlPlaneClient struct {
 	Client *xds.Client
 }
 
 var (
-	_ TrafficSetter  = ControlPlane{}
-	_ TrafficApplier = ControlPlane{}
-	_ ModelReader    = ControlPlane{}
+	_ TrafficSetter  = ControlPlaneClient{}
+	_ TrafficApplier = ControlPlaneClient{}
+	_ ModelReader    = ControlPlaneClient{}
 )
 
 // SetWeights sets the model's weights through the management API, which
 // applies them atomically.
-func (c ControlPlane) SetWeights(ctx context.Context, model string, weights map[string]float64, stable string) error {
+func (c ControlPlaneClient) SetWeights(ctx context.Context, model string, weights map[string]float64, stable string) error {
 	_, err := c.Client.SetWeights(ctx, model, weights, stable)
 	return err
 }
 
 // WaitApplied waits until every connected Envoy runs the weights just set.
-func (c ControlPlane) WaitApplied(ctx context.Context) error { return c.Client.WaitApplied(ctx) }
+func (c ControlPlaneClient) WaitApplied(ctx context.Context) error { return c.Client.WaitApplied(ctx) }
 
 // Model returns the model as the control plane holds it.
-func (c ControlPlane) Model(ctx context.Context, name string) (*xds.Model, error) {
+func (c ControlPlaneClient) Model(ctx context.Context, name string) (*xds.Model, error) {
 	return c.Client.Model(ctx, name)
 }
 
@@ -54,7 +54,7 @@ func (c ControlPlane) Model(ctx context.Context, name string) (*xds.Model, error
 // weight change is recorded and retried at the next look; neither ever
 // promotes. Operators act on rollouts through Start and Operate.
 type Runner struct {
-	Store   *Store
+	Store   *RolloutStore
 	Source  MetricsSource
 	Traffic TrafficSetter
 	Models  ModelReader

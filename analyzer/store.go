@@ -26,12 +26,12 @@ var (
 	ErrControlPlane = errors.New("control plane")
 )
 
-// Store keeps rollouts durable: one JSON file per rollout in a data
+// RolloutStore keeps rollouts durable: one JSON file per rollout in a data
 // directory, replaced atomically (write, fsync, rename, fsync the
 // directory) on every change, so a restart reads back every rollout as it
 // stood, including its stage and the stage's start. Safe for concurrent
 // use; Get and List return copies.
-type Store struct {
+type RolloutStore struct {
 	dir      string
 	mu       sync.Mutex
 	rollouts map[string]*Rollout
@@ -43,18 +43,18 @@ type Store struct {
 }
 
 // OnChange registers f to see every persisted change from now on.
-func (s *Store) OnChange(f func(before, after *Rollout)) {
+func (s *RolloutStore) OnChange(f func(before, after *Rollout)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.onChange = f
 }
 
-// OpenStore reads every rollout in dir, creating dir if needed.
-func OpenStore(dir string) (*Store, error) {
+// OpenRolloutStore reads every rollout in dir, creating dir if needed.
+func OpenRolloutStore(dir string) (*RolloutStore, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("rollout store: %w", err)
 	}
-	s := &Store{dir: dir, rollouts: map[string]*Rollout{}, reserved: map[string]bool{}}
+	s := &RolloutStore{dir: dir, rollouts: map[string]*Rollout{}, reserved: map[string]bool{}}
 	paths, err := filepath.Glob(filepath.Join(dir, "*.json"))
 	if err != nil {
 		return nil, fmt.Errorf("rollout store: %w", err)
@@ -88,7 +88,7 @@ func NewID(now time.Time) string {
 // ErrConflict while the model has an active rollout or another
 // reservation. The caller moves traffic, calls Create, then release.
 // Reservations live in memory: one analyzer writes the store.
-func (s *Store) Reserve(model string) (release func(), err error) {
+func (s *RolloutStore) Reserve(model string) (release func(), err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.reserved[model] {
@@ -106,7 +106,7 @@ func (s *Store) Reserve(model string) (release func(), err error) {
 }
 
 // activeLocked returns ErrConflict when model has an active rollout.
-func (s *Store) activeLocked(model string) error {
+func (s *RolloutStore) activeLocked(model string) error {
 	for _, o := range s.rollouts {
 		if o.Model == model && o.Status.Active() {
 			return fmt.Errorf("%w: model %q already has the %s rollout %s; finish or abort it first", ErrConflict, model, o.Status, o.ID)
@@ -117,7 +117,7 @@ func (s *Store) activeLocked(model string) error {
 
 // Create stores a new rollout. It fails with ErrConflict when the id
 // exists or another rollout of the same model is still active.
-func (s *Store) Create(r *Rollout) error {
+func (s *RolloutStore) Create(r *Rollout) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.rollouts[r.ID]; ok {
@@ -144,7 +144,7 @@ func (s *Store) Create(r *Rollout) error {
 }
 
 // Get returns a copy of one rollout.
-func (s *Store) Get(id string) (*Rollout, error) {
+func (s *RolloutStore) Get(id string) (*Rollout, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.rollouts[id]
@@ -155,7 +155,7 @@ func (s *Store) Get(id string) (*Rollout, error) {
 }
 
 // List returns copies of every rollout, newest first.
-func (s *Store) List() ([]*Rollout, error) {
+func (s *RolloutStore) List() ([]*Rollout, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]*Rollout, 0, len(s.rollouts))
@@ -177,7 +177,7 @@ func (s *Store) List() ([]*Rollout, error) {
 
 // Update applies change to a copy of the rollout and stores the result
 // durably. If change or the write fails, nothing changes.
-func (s *Store) Update(id string, change func(*Rollout) error) (*Rollout, error) {
+func (s *RolloutStore) Update(id string, change func(*Rollout) error) (*Rollout, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur, ok := s.rollouts[id]
@@ -202,7 +202,7 @@ func (s *Store) Update(id string, change func(*Rollout) error) (*Rollout, error)
 	return copyRollout(c)
 }
 
-func (s *Store) save(r *Rollout) error {
+func (s *RolloutStore) save(r *Rollout) error {
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return fmt.Errorf("rollout store: encode %s: %w", r.ID, err)
@@ -228,7 +228,7 @@ func copyRollout(r *Rollout) (*Rollout, error) {
 // Canaries returns the canary versions of the active rollouts, for the
 // judge to grade first (quality.JudgeOptions.Priority). A store that
 // cannot be read gives none: the judge then grades newest first.
-func (s *Store) Canaries() []string {
+func (s *RolloutStore) Canaries() []string {
 	all, err := s.List()
 	if err != nil {
 		return nil

@@ -15,10 +15,10 @@ import (
 
 // API is the management API: HTTP/JSON, every /v1 call authorised by a
 // bearer token. It is documented in xds/openapi.yaml. Every change goes
-// through Store.Update, so it is validated, versioned, durable and
+// through StateStore.Update, so it is validated, versioned, durable and
 // published, or rejected with nothing changed.
 type API struct {
-	store   *Store
+	store   *StateStore
 	pub     *Publisher
 	token   []byte
 	log     *slog.Logger
@@ -26,7 +26,7 @@ type API struct {
 }
 
 // NewAPI returns the management API. token must not be empty.
-func NewAPI(store *Store, pub *Publisher, token string, log *slog.Logger) *API {
+func NewAPI(store *StateStore, pub *Publisher, token string, log *slog.Logger) *API {
 	if log == nil {
 		log = slog.Default()
 	}

@@ -117,7 +117,7 @@ func (o *Options) token() (string, error) {
 // ControlPlane is a running control plane: the xDS server and the
 // management API over one durable store.
 type ControlPlane struct {
-	Store     *Store
+	Store     *StateStore
 	Publisher *Publisher
 	// XDSAddr and APIAddr are the bound addresses (useful with port 0);
 	// APIURL is the API's base URL, https when it serves TLS.
@@ -146,7 +146,7 @@ func Start(ctx context.Context, o Options) (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
-	store, err := OpenStore(o.DataDir)
+	store, err := OpenStateStore(o.DataDir)
 	if err != nil {
 		return nil, err
 	}

@@ -5,7 +5,7 @@ import "fmt"
 // The changes the management API makes to the desired state, with its
 // rules: a version joins with no traffic, the stable version cannot be
 // deleted, a version must be drained (weight 0) before it is deleted.
-// Each changes the state it is called on (a copy the Store hands to
+// Each changes the state it is called on (a copy the StateStore hands to
 // Update) and returns ErrNotFound, ErrConflict or ErrInvalid for a change
 // that breaks a rule; Update then validates the whole state.
 

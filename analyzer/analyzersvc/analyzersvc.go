@@ -185,7 +185,7 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--control-plane-ca: %w", err)
 	}
-	store, err := analyzer.OpenStore(o.DataDir)
+	store, err := analyzer.OpenRolloutStore(o.DataDir)
 	if err != nil {
 		return nil, err
 	}
@@ -202,7 +202,7 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 	if err := conn.Ping(ctx); err != nil {
 		return fail(fmt.Errorf("clickhouse %s: %w", o.ClickHouse, err))
 	}
-	qstore, err := quality.OpenStore(ctx, conn, o.Database)
+	qstore, err := quality.OpenScoreStore(ctx, conn, o.Database)
 	if err != nil {
 		return fail(err)
 	}
@@ -222,7 +222,7 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 			return fail(err)
 		}
 	}
-	cp := analyzer.ControlPlane{Client: &xds.Client{BaseURL: strings.TrimRight(o.ControlPlane, "/"), Token: cpToken, Actor: "analyzer", HTTP: cpHTTP}}
+	cp := analyzer.ControlPlaneClient{Client: &xds.Client{BaseURL: strings.TrimRight(o.ControlPlane, "/"), Token: cpToken, Actor: "analyzer", HTTP: cpHTTP}}
 	source := chsource.New(conn, o.Database)
 	source.KeepValues = true // A/B reports' win rates
 	s.Runner = &analyzer.Runner{

@@ -54,7 +54,7 @@ func BenchmarkMeasure200k(b *testing.B) {
 	}
 	chwritertest.WriteRecords(b, ch, db, recs)
 	conn := chtest.Connect(b, ch)
-	store, err := quality.OpenStore(context.Background(), conn, db)
+	store, err := quality.OpenScoreStore(context.Background(), conn, db)
 	if err != nil {
 		b.Fatal(err)
 	}

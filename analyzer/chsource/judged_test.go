@@ -42,7 +42,7 @@ func TestMeasureReadsWhatTheJudgeScored(t *testing.T) {
 	chwritertest.WriteRecords(t, ch, db, recs)
 
 	conn := chtest.Connect(t, ch)
-	store, err := quality.OpenStore(context.Background(), conn, db)
+	store, err := quality.OpenScoreStore(context.Background(), conn, db)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -117,7 +117,7 @@ func TestMeasureCountsTheRandomSplitInsideTheWindow(t *testing.T) {
 	recs := fixture()
 	chwritertest.WriteRecords(t, ch, db, recs)
 	conn := chtest.Connect(t, ch)
-	store, err := quality.OpenStore(context.Background(), conn, db)
+	store, err := quality.OpenScoreStore(context.Background(), conn, db)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,10 +30,10 @@ const DefaultJudgeModel = "llmcanary-judge"
 type JudgeOptions struct {
 	// Conn reads the captures and requests tables. Required.
 	Conn driver.Conn
-	// Database holds them; default the Store's database.
+	// Database holds them; default the ScoreStore's database.
 	Database string
-	// Store receives the scores. Required.
-	Store *Store
+	// Store receives the scores (a ScoreStore). Required.
+	Store *ScoreStore
 	// Endpoint is the OpenAI-compatible base URL of the judge model, e.g.
 	// http://127.0.0.1:8100. Required.
 	Endpoint string

@@ -18,12 +18,12 @@ func TestMain(m *testing.M) { chtest.Main(m) }
 
 // openStore creates a fresh database with the telemetry tables and the
 // quality table.
-func openStore(tb testing.TB, ch *stack.ClickHouse, recs []extproc.Record) (*Store, driver.Conn) {
+func openStore(tb testing.TB, ch *stack.ClickHouse, recs []extproc.Record) (*ScoreStore, driver.Conn) {
 	tb.Helper()
 	db := chtest.NewDatabase()
 	chwritertest.WriteRecords(tb, ch, db, recs)
 	conn := chtest.Connect(tb, ch)
-	s, err := OpenStore(context.Background(), conn, db)
+	s, err := OpenScoreStore(context.Background(), conn, db)
 	if err != nil {
 		tb.Fatal(err)
 	}

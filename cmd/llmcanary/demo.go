@@ -43,8 +43,8 @@ type demoOptions struct {
 func demoProfile(version string, seed uint64, slower, bad float64) sim.Profile {
 	return sim.Profile{
 		Version: version, Model: "llama-3-8b", Seed: seed,
-		TTFT:         sim.LogNormal(60*slower, 150*slower),
-		ITL:          sim.LogNormal(6*slower, 15*slower),
+		TTFT:         sim.LogNormalMedianP99(60*slower, 150*slower),
+		ITL:          sim.LogNormalMedianP99(6*slower, 15*slower),
 		OutputTokens: sim.UniformCount(16, 40),
 		ErrorRate:    0.005, RefusalRate: 0.01, BadAnswerRate: bad,
 	}

@@ -72,7 +72,7 @@ required: [error_rate, latency]
 		time.Sleep(5 * time.Millisecond)
 	}
 	<-a.Proc.Done()
-	if st, err := analyzer.OpenStore(a.DataDir()); err == nil {
+	if st, err := analyzer.OpenRolloutStore(a.DataDir()); err == nil {
 		if killed, err := st.Get(ro.ID); err == nil {
 			t.Logf("killed at stage %d with %q pending (pending: between the traffic move and the saved outcome)", killed.Stage+1, killed.Pending)
 		}

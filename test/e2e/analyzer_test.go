@@ -52,11 +52,11 @@ func startAnalyzer(t *testing.T, f *fleet, dir string) *analyzerProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := analyzer.OpenStore(dir)
+	store, err := analyzer.OpenRolloutStore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cp := analyzer.ControlPlane{Client: f.API}
+	cp := analyzer.ControlPlaneClient{Client: f.API}
 	r := &analyzer.Runner{
 		Store: store, Source: chsource.New(conn, wire.Database), Traffic: cp, Models: cp,
 		Policy: compressedPolicy(), Interval: 250 * time.Millisecond,
