@@ -3,7 +3,7 @@ package chsource
 import (
 	"testing"
 
-	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 )
 
 func TestMain(m *testing.M) { chtest.Main(m) }

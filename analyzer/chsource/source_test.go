@@ -16,7 +16,7 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer/quality"
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter/chwritertest"
-	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 )
 
 // The fixture's window crosses midnight, so it spans two daily partitions.

@@ -11,7 +11,7 @@ import (
 
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter/chwritertest"
-	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 )
 
 // reqTime is recent: feedback rates requests up to DefaultFeedbackMaxAge

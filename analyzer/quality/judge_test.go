@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/extproc"
-	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 	"github.com/llmcanary/llmcanary/sim"
 )
 

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 )
 
 func TestOpenScoreStoreCreatesTheDocumentedTableOnce(t *testing.T) {

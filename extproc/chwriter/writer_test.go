@@ -13,8 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmcanary/llmcanary/extproc"
-	"github.com/llmcanary/llmcanary/internal/stack"
-	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs"
+	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -297,7 +297,7 @@ func TestReplayOfTornSpoolKeepsEarlierBatches(t *testing.T) {
 
 func TestWriterDropsAndCountsBeyondSpoolCap(t *testing.T) {
 	// Nothing listens on this port: every batch goes to the spool.
-	ports, err := stack.FreePorts(1)
+	ports, err := procs.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}

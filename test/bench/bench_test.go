@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/internal/local"
-	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/internal/wire"
 	"github.com/llmcanary/llmcanary/sim"
 	"github.com/llmcanary/llmcanary/xds"
@@ -167,7 +167,7 @@ func startStack(b *testing.B, o local.Options, stable sim.Profile) (*local.Local
 }
 
 func wasmModule(b *testing.B) string {
-	p, err := stack.WasmModule()
+	p, err := procs.WasmModule()
 	if err != nil {
 		b.Fatal(err)
 	}

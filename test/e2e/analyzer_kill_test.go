@@ -7,19 +7,19 @@ import (
 
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/internal/local"
-	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/procs"
 )
 
 // startAnalyzerProcess runs `llmcanary analyzer` as a real process over
 // the fleet, so a test can SIGKILL it at the moment that matters.
-func startAnalyzerProcess(t testing.TB, f *fleet, policyYAML string) *stack.Analyzer {
+func startAnalyzerProcess(t testing.TB, f *fleet, policyYAML string) *procs.Analyzer {
 	t.Helper()
-	o := stack.AnalyzerOptions{Dir: t.TempDir(), ControlPlane: f.API.BaseURL, Token: local.DevToken,
+	o := procs.AnalyzerOptions{Dir: t.TempDir(), ControlPlane: f.API.BaseURL, Token: local.DevToken,
 		ClickHouse: f.ClickHouse.Addr, PolicyYAML: policyYAML, Args: []string{"--interval", "200ms"}}
 	if f.Certs != "" {
 		o.CA = f.Certs.CA()
 	}
-	a, err := stack.StartAnalyzer(context.Background(), o)
+	a, err := procs.StartAnalyzer(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,7 +27,7 @@ func startAnalyzerProcess(t testing.TB, f *fleet, policyYAML string) *stack.Anal
 	return a
 }
 
-func analyzerClient(a *stack.Analyzer) *analyzer.Client {
+func analyzerClient(a *procs.Analyzer) *analyzer.Client {
 	return &analyzer.Client{BaseURL: "http://" + a.Addr, Token: local.DevToken, Actor: "e2e"}
 }
 

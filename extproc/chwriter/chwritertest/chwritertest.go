@@ -9,12 +9,12 @@ import (
 
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter"
-	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/procs"
 )
 
 // WriteRecords stores recs in database db and returns once every one is
 // inserted.
-func WriteRecords(tb testing.TB, ch *stack.ClickHouse, db string, recs []extproc.Record) {
+func WriteRecords(tb testing.TB, ch *procs.ClickHouse, db string, recs []extproc.Record) {
 	tb.Helper()
 	w, err := chwriter.New(context.Background(), chwriter.Options{
 		Addr: ch.Addr, Database: db, SpoolDir: tb.TempDir(),
