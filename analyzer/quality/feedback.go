@@ -171,6 +171,9 @@ func (s *ScoreStore) waitForRequest(ctx context.Context, id string) (Score, erro
 		if !errors.Is(err, errRequestNotFound) || !s.now().Before(deadline) {
 			return row, err
 		}
+		if s.missed != nil {
+			s.missed(id)
+		}
 		select {
 		case <-ctx.Done():
 			return Score{}, ctx.Err()

@@ -129,6 +129,9 @@ type ScoreStore struct {
 	// partitions a lookup reads.
 	maxAge time.Duration
 	now    func() time.Time
+	// missed, when set, is called each time feedback looked for its
+	// request's row, did not find it and waits: tests wait on it.
+	missed func(requestID string)
 }
 
 // Defaults of the ScoreStore.

@@ -1,3 +1,5 @@
+//go:build integration
+
 // Package bench measures llmcanary's cost on the request path and how fast
 // its decisions reach Envoy, against baselines measured in the same run:
 //

@@ -1,3 +1,5 @@
+//go:build integration
+
 package e2e
 
 import (
@@ -190,7 +192,12 @@ func TestAnalyzerPromotesAHealthyCanaryThroughEveryStage(t *testing.T) {
 	if err != nil || m.Stable != "v2" || m.Weights["v2"] != 100 {
 		t.Fatalf("control plane after promotion: %+v, %v", m, err)
 	}
-	time.Sleep(time.Second)
+	// The promotion is in force once every Envoy serves its revision.
+	wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := f.WaitReady(wctx); err != nil {
+		t.Fatalf("the promotion did not reach every Envoy: %v", err)
+	}
 	if got := served(t, f, 200); got["v2"] != 200 {
 		t.Fatalf("after promotion Envoy served %v, want all 200 by v2", got)
 	}

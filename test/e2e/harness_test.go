@@ -1,3 +1,5 @@
+//go:build integration
+
 // Package e2e holds llmcanary's end-to-end tests: a real Envoy routing real
 // HTTP requests to simulated pools by the weights the control plane
 // publishes over xDS. They need Envoy (and some ClickHouse) installed: run

@@ -1,5 +1,13 @@
 package analyzer
 
+// The simulation of rollouts that validates the decision rules: sticky
+// users of skewed activity with their own latency and answer quality,
+// routed at the stages' weights and decided by Decide at the runner's
+// cadence. It is test support, not API: the decision tests draw their
+// windows from it (decide_test.go), the slow tier checks false-alarm and
+// detection rates with it (simulate_test.go), and `make bench` prints
+// every scenario (rolloutsim_bench_test.go).
+
 import (
 	"errors"
 	"fmt"
