@@ -163,33 +163,14 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	cpToken := o.Token
-	if o.ControlPlaneTokenFile != "" {
-		b, err := os.ReadFile(o.ControlPlaneTokenFile)
-		if err != nil {
-			return nil, err
-		}
-		cpToken = strings.TrimSpace(string(b))
-	}
-	policy := analyzer.DefaultPolicy()
-	switch {
-	case o.Policy != nil:
-		policy = *o.Policy
-	case o.PolicyFile != "":
-		var err error
-		if policy, err = analyzer.LoadPolicy(o.PolicyFile); err != nil {
-			return nil, err
-		}
-	}
-	cpHTTP, err := mtls.HTTPClient(o.ControlPlaneCA)
+	cp, policy, err := o.controlPlaneAndPolicy()
 	if err != nil {
-		return nil, fmt.Errorf("--control-plane-ca: %w", err)
+		return nil, err
 	}
 	store, err := analyzer.OpenRolloutStore(o.DataDir)
 	if err != nil {
 		return nil, err
 	}
-
 	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{o.ClickHouse}, DialTimeout: 5 * time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse %s: %w", o.ClickHouse, err)
@@ -222,7 +203,6 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 			return fail(err)
 		}
 	}
-	cp := analyzer.ControlPlaneClient{Client: &xds.Client{BaseURL: strings.TrimRight(o.ControlPlane, "/"), Token: cpToken, Actor: "analyzer", HTTP: cpHTTP}}
 	source := chsource.New(conn, o.Database)
 	source.KeepValues = true // A/B reports' win rates
 	s.Runner = &analyzer.Runner{
@@ -232,22 +212,15 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 	api := analyzer.NewAPI(s.Runner, o.Token, log)
 	api.Mount("POST /v1/feedback", qstore.FeedbackHandler())
 
-	lis, err := net.Listen("tcp", o.Listen)
+	lis, err := o.listen(log)
 	if err != nil {
 		return fail(err)
 	}
-	scheme := "http"
-	if o.TLS.Enabled() {
-		certs, err := mtls.NewReloader(o.TLS, log)
-		if err != nil {
-			lis.Close()
-			return fail(err)
-		}
-		// The token authorises; TLS keeps it and the feedback private.
-		lis, scheme = tls.NewListener(lis, certs.Config([]string{"h2", "http/1.1"}, false)), "https"
-	}
 	s.Addr = lis.Addr().String()
-	s.URL = scheme + "://" + s.Addr
+	s.URL = "http://" + s.Addr
+	if o.TLS.Enabled() {
+		s.URL = "https://" + s.Addr
+	}
 	s.http = &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)} // refused TLS handshakes, among others
 
@@ -276,4 +249,51 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 		s.Finish(err)
 	}()
 	return s, nil
+}
+
+// controlPlaneAndPolicy returns the client of the control plane the
+// runner moves traffic through, and the base policy.
+func (o Options) controlPlaneAndPolicy() (analyzer.ControlPlaneClient, analyzer.Policy, error) {
+	var cp analyzer.ControlPlaneClient
+	token := o.Token
+	if o.ControlPlaneTokenFile != "" {
+		b, err := os.ReadFile(o.ControlPlaneTokenFile)
+		if err != nil {
+			return cp, analyzer.Policy{}, err
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	hc, err := mtls.HTTPClient(o.ControlPlaneCA)
+	if err != nil {
+		return cp, analyzer.Policy{}, fmt.Errorf("--control-plane-ca: %w", err)
+	}
+	cp.Client = &xds.Client{BaseURL: strings.TrimRight(o.ControlPlane, "/"), Token: token, Actor: "analyzer", HTTP: hc}
+	policy := analyzer.DefaultPolicy()
+	switch {
+	case o.Policy != nil:
+		policy = *o.Policy
+	case o.PolicyFile != "":
+		if policy, err = analyzer.LoadPolicy(o.PolicyFile); err != nil {
+			return cp, analyzer.Policy{}, err
+		}
+	}
+	return cp, policy, nil
+}
+
+// listen opens the rollout API's listener, over TLS when configured: the
+// token authorises, TLS keeps it and the feedback private.
+func (o Options) listen(log *slog.Logger) (net.Listener, error) {
+	lis, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return nil, err
+	}
+	if !o.TLS.Enabled() {
+		return lis, nil
+	}
+	certs, err := mtls.NewReloader(o.TLS, log)
+	if err != nil {
+		lis.Close()
+		return nil, err
+	}
+	return tls.NewListener(lis, certs.Config([]string{"h2", "http/1.1"}, false)), nil
 }
