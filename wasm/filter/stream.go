@@ -230,6 +230,7 @@ func (s *Stream) sanitise() error {
 	}
 	remove(wire.HeaderKey)
 	remove(wire.HeaderModel)
+	remove(wire.HeaderSampleRate)
 	switch ch := s.p.cfg.CategoryHeader; {
 	case !s.p.cfg.CategoryHeaderTrusted:
 		remove(wire.HeaderCategory)
