@@ -19,7 +19,9 @@ import (
 //     category-routed request;
 //   - during a rollout, a stable user is measured when their sample key is
 //     below the stable rate, sized so that stable's measured traffic is
-//     StableRatio times the canaries';
+//     StableRatio times the canaries', and never below StableMin of
+//     stable's users (the first stages' canaries are small, and a test
+//     against a few hundred stable users learns stable's rates slowly);
 //   - with no rollout running, a user is measured when their background key
 //     is below Background;
 //   - All measures every request.
@@ -32,6 +34,9 @@ type Measure struct {
 	// a rollout. Zero means DefaultStableRatio; the stable rate is capped
 	// at 1.
 	StableRatio float64 `json:"stable_ratio,omitempty"`
+	// StableMin is the least share of stable's users measured during a
+	// rollout. Zero means DefaultStableMin; negative means none.
+	StableMin float64 `json:"stable_min,omitempty"`
 	// Background is the share of users measured on a model without a
 	// rollout. Zero means DefaultBackground; negative turns it off.
 	Background float64 `json:"background,omitempty"`
@@ -42,6 +47,7 @@ type Measure struct {
 // Defaults of Measure.
 const (
 	DefaultStableRatio = 2
+	DefaultStableMin   = 0.2
 	DefaultBackground  = 0.01
 )
 
@@ -49,6 +55,9 @@ const (
 func (p Measure) WithDefaults() Measure {
 	if p.StableRatio == 0 {
 		p.StableRatio = DefaultStableRatio
+	}
+	if p.StableMin == 0 {
+		p.StableMin = DefaultStableMin
 	}
 	if p.Background == 0 {
 		p.Background = DefaultBackground
@@ -64,6 +73,9 @@ func (p Measure) Validate() error {
 	}
 	if !(p.Background <= 1) || math.IsNaN(p.Background) {
 		errs = append(errs, fmt.Errorf("measure: background %v must be at most 1", p.Background))
+	}
+	if !(p.StableMin <= 1) || math.IsNaN(p.StableMin) {
+		errs = append(errs, fmt.Errorf("measure: stable minimum %v must be at most 1", p.StableMin))
 	}
 	return errors.Join(errs...)
 }
@@ -115,7 +127,7 @@ func SamplingOf(m *Model, p Measure, keyed bool) Sampling {
 	case canary == 0:
 		rate, key = max(p.Background, 0), wire.HeaderBackground
 	default:
-		rate = p.StableRatio * canary / stable
+		rate = max(p.StableRatio*canary/stable, p.StableMin)
 		if rate > 0 {
 			// Never round a wanted sample down to nothing.
 			rate = max(rate, 1.0/wire.SampleScale)

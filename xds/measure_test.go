@@ -22,12 +22,16 @@ func TestSamplingOf(t *testing.T) {
 			Sampling{StableRate: 0.01, Key: wire.HeaderBackground, CanaryRate: 1}},
 		{"no rollout, background off: nothing measured", map[string]float64{"v1": 100}, Measure{Background: -1}, true,
 			Sampling{StableRate: 0, CanaryRate: 1}},
-		{"a 5 % canary: stable sampled to twice the canary's traffic", map[string]float64{"v1": 95, "v2": 5}, Measure{}, true,
+		{"a 2 % canary: at least a fifth of stable's users", map[string]float64{"v1": 98, "v2": 2}, Measure{}, true,
+			Sampling{StableRate: 0.2, Key: wire.HeaderSample, CanaryRate: 1}},
+		{"a 25 % canary: stable sampled to twice the canary's traffic", map[string]float64{"v1": 75, "v2": 25}, Measure{}, true,
+			Sampling{StableRate: 0.6667, Key: wire.HeaderSample, CanaryRate: 1}},
+		{"a 5 % canary without a minimum: twice its traffic", map[string]float64{"v1": 95, "v2": 5}, Measure{StableMin: -1}, true,
 			Sampling{StableRate: 0.1053, Key: wire.HeaderSample, CanaryRate: 1}},
-		{"two canaries count together", map[string]float64{"v1": 80, "v2": 10, "v3": 10}, Measure{StableRatio: 1}, true,
+		{"two canaries count together", map[string]float64{"v1": 80, "v2": 10, "v3": 10}, Measure{StableRatio: 1, StableMin: -1}, true,
 			Sampling{StableRate: 0.25, Key: wire.HeaderSample, CanaryRate: 1}},
 		{"a canary at half: stable capped at every user", map[string]float64{"v1": 50, "v2": 50}, Measure{}, true, all},
-		{"a tiny canary still samples some stable users", map[string]float64{"v1": 99.99, "v2": 0.01}, Measure{StableRatio: 0.1}, true,
+		{"a tiny canary still samples some stable users", map[string]float64{"v1": 99.99, "v2": 0.01}, Measure{StableRatio: 0.1, StableMin: -1}, true,
 			Sampling{StableRate: 0.0001, Key: wire.HeaderSample, CanaryRate: 1}},
 		{"no stable traffic: everything is canary and measured", map[string]float64{"v2": 100}, Measure{}, true, all},
 		{"all: every request", map[string]float64{"v1": 95, "v2": 5}, Measure{All: true}, true, all},
@@ -43,7 +47,7 @@ func TestSamplingOf(t *testing.T) {
 }
 
 func TestMeasureRejectsRatesThatAreNotRates(t *testing.T) {
-	for _, p := range []Measure{{StableRatio: -1}, {Background: 1.5}} {
+	for _, p := range []Measure{{StableRatio: -1}, {Background: 1.5}, {StableMin: 2}} {
 		if err := p.Validate(); err == nil {
 			t.Errorf("%+v: accepted", p)
 		}

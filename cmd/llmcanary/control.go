@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"log/slog"
 	"os"
 
@@ -41,6 +42,9 @@ certificate from that CA: only the fleet's Envoys get or ACK configuration.`)
 	wasmPath := fs.String("wasm", "", "path of the proxy-wasm filter module on the Envoy hosts; empty: no wasm filter")
 	extprocAddr := fs.String("extproc", "", "address of the llmcanary extproc service; empty: no telemetry filter")
 	extprocTLSDir := fs.String("extproc-tls-dir", "", "directory on the Envoy hosts with the SDS files of Envoy's client certificate and CA (llmcanary certs): Envoy reaches --extproc over mTLS")
+	measureRatio := fs.Float64("measure-stable-ratio", 0, fmt.Sprintf("during a rollout, time a stable sample of users this many times the canaries' traffic (default %v)", xds.DefaultStableRatio))
+	measureBackground := fs.Float64("measure-background", 0, fmt.Sprintf("without a rollout, time this share of users (default %v; negative: none)", xds.DefaultBackground))
+	measureAll := fs.Bool("measure-all", false, "time every request (the telemetry filter's full cost on all traffic)")
 	var tlsFiles mtls.ServerFiles
 	bindServerTLS(fs, &tlsFiles, true, "--xds-listen and --api-listen")
 	if err := fs.Parse(args); err != nil {
@@ -87,6 +91,17 @@ certificate from that CA: only the fleet's Envoys get or ACK configuration.`)
 			return errors.New("--extproc-tls-dir needs --extproc (or extproc.address in --config)")
 		}
 		o.ExtProc.TLSDir = *extprocTLSDir
+	}
+	if o.ExtProc != nil {
+		if set["measure-stable-ratio"] {
+			o.ExtProc.Measure.StableRatio = *measureRatio
+		}
+		if set["measure-background"] {
+			o.ExtProc.Measure.Background = *measureBackground
+		}
+		if set["measure-all"] {
+			o.ExtProc.Measure.All = *measureAll
+		}
 	}
 	// The TLS flags override the config file's tls one by one.
 	for _, f := range []struct{ flag, dst *string }{{&tlsFiles.Cert, &o.TLS.Cert}, {&tlsFiles.Key, &o.TLS.Key}, {&tlsFiles.ClientCA, &o.TLS.ClientCA}} {
