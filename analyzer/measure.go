@@ -53,6 +53,11 @@ type Arm struct {
 	// or empty answers); client cancellations are not the version's fault
 	// and are not counted.
 	Failures int `json:"failures"`
+	// SampleRate is the share of the arm's users whose requests are
+	// measured, as its latest request in the source carried it: 1 for a
+	// canary, the stable sample's rate for stable (see xds.Measure). NaN
+	// or 0: unknown, taken as 1.
+	SampleRate float64 `json:"sample_rate,omitempty"`
 	// Successes counts requests that completed; Refusals is how many of
 	// those were refusals, Judged how many have a quality score.
 	Successes int `json:"successes"`

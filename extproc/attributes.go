@@ -8,43 +8,8 @@ import (
 
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/llmcanary/llmcanary/internal/wire"
+	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
 )
-
-// Envoy attribute names the service asks for (see HTTPFilter).
-const (
-	AttrRequestTime  = "request.time"
-	AttrClusterName  = "xds.cluster_name"
-	AttrResponseCode = "response.code"
-)
-
-// Cluster metadata is asked for leaf by leaf: Envoy 1.37 exports a whole
-// xds.cluster_metadata (or any map) only as a debug string, while a leaf
-// selected by a CEL path arrives as a plain value (numbers as strings).
-// A leaf that the cluster lacks is simply absent.
-const clusterMetaPrefix = "xds.cluster_metadata.filter_metadata." + wire.MetadataNamespace + "."
-
-// Attributes carrying the served cluster's model, version and prices.
-const (
-	AttrMetaModel    = clusterMetaPrefix + wire.MetaModel
-	AttrMetaVersion  = clusterMetaPrefix + wire.MetaVersion
-	AttrMetaPriceIn  = clusterMetaPrefix + wire.MetaPriceInputPer1K
-	AttrMetaPriceOut = clusterMetaPrefix + wire.MetaPriceOutputPer1K
-)
-
-// RequestAttributes are sent by Envoy with the request headers.
-var RequestAttributes = []string{
-	AttrRequestTime, AttrClusterName,
-	AttrMetaModel, AttrMetaVersion, AttrMetaPriceIn, AttrMetaPriceOut,
-}
-
-// ResponseAttributes are sent by Envoy with the response headers, when the
-// served cluster is final (a filter may have re-routed after the request
-// headers); they override what came with the request.
-var ResponseAttributes = []string{
-	AttrClusterName, AttrResponseCode,
-	AttrMetaModel, AttrMetaVersion, AttrMetaPriceIn, AttrMetaPriceOut,
-}
 
 // maxClockSkew bounds how far Envoy's request.time may lie before the
 // service's own arrival time and still be trusted as the request's start.
@@ -57,31 +22,31 @@ func (st *stream) applyAttributes(attrs map[string]*structpb.Struct, now time.Ti
 	for _, s := range attrs {
 		for k, v := range s.GetFields() {
 			switch k {
-			case AttrRequestTime:
+			case envoyconfig.AttrRequestTime:
 				if t, ok := timeValue(v); ok && !st.startSet && !t.After(now) && now.Sub(t) < maxClockSkew {
 					st.start, st.startSet = t, true
 				}
-			case AttrClusterName:
+			case envoyconfig.AttrClusterName:
 				if c := v.GetStringValue(); c != "" {
 					st.rec.Cluster = c
 				}
-			case AttrMetaModel:
+			case envoyconfig.AttrMetaModel:
 				if m := v.GetStringValue(); m != "" {
 					st.metaModel = m
 				}
-			case AttrMetaVersion:
+			case envoyconfig.AttrMetaVersion:
 				if m := v.GetStringValue(); m != "" {
 					st.metaVer = m
 				}
-			case AttrMetaPriceIn:
+			case envoyconfig.AttrMetaPriceIn:
 				if p, ok := numberValue(v); ok {
 					st.prices.InputPer1K = p
 				}
-			case AttrMetaPriceOut:
+			case envoyconfig.AttrMetaPriceOut:
 				if p, ok := numberValue(v); ok {
 					st.prices.OutputPer1K = p
 				}
-			case AttrResponseCode:
+			case envoyconfig.AttrResponseCode:
 				if st.rec.Status == 0 {
 					if c, ok := numberValue(v); ok {
 						st.rec.Status = int(c)

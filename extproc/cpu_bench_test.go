@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -92,14 +93,14 @@ func benchRequest(tokens int) []*extprocv3.ProcessingRequest {
 		if err != nil {
 			panic(err)
 		}
-		return map[string]*structpb.Struct{FilterName: s}
+		return map[string]*structpb.Struct{envoyconfig.FilterName: s}
 	}
 	meta := map[string]any{
-		AttrClusterName: "llama_v7", AttrMetaModel: "llama", AttrMetaVersion: "v7",
-		AttrMetaPriceIn: "0.5", AttrMetaPriceOut: "1.5",
+		envoyconfig.AttrClusterName: "llama_v7", envoyconfig.AttrMetaModel: "llama", envoyconfig.AttrMetaVersion: "v7",
+		envoyconfig.AttrMetaPriceIn: "0.5", envoyconfig.AttrMetaPriceOut: "1.5",
 	}
-	reqAttr := map[string]any{AttrRequestTime: time.Now().Add(-time.Millisecond).UTC().Format(time.RFC3339Nano)}
-	respAttr := map[string]any{AttrResponseCode: 200.0}
+	reqAttr := map[string]any{envoyconfig.AttrRequestTime: time.Now().Add(-time.Millisecond).UTC().Format(time.RFC3339Nano)}
+	respAttr := map[string]any{envoyconfig.AttrResponseCode: 200.0}
 	for k, v := range meta {
 		reqAttr[k], respAttr[k] = v, v
 	}

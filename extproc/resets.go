@@ -39,9 +39,6 @@ type causeEntry struct {
 // the same request to pick it up.
 const CauseTTL = 2 * time.Minute
 
-// ResetResponseFlags are the response flags the access log is filtered on.
-var ResetResponseFlags = []string{"DC", "DR", "UR", "UC", "UF", "UT", "SI"}
-
 var _ accesslogsvc.AccessLogServiceServer = (*ResetCauses)(nil)
 
 // NewResetCauses returns an empty cause table.

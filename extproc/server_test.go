@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -156,7 +157,7 @@ func attrs(t *testing.T, fields map[string]any) map[string]*structpb.Struct {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return map[string]*structpb.Struct{FilterName: s}
+	return map[string]*structpb.Struct{envoyconfig.FilterName: s}
 }
 
 func reqHeaders(t *testing.T, start time.Time, extra ...string) *extprocv3.ProcessingRequest {
@@ -167,12 +168,12 @@ func reqHeaders(t *testing.T, start time.Time, extra ...string) *extprocv3.Proce
 	return &extprocv3.ProcessingRequest{
 		ObservabilityMode: true,
 		Attributes: attrs(t, map[string]any{
-			AttrRequestTime:  start.Format(time.RFC3339Nano),
-			AttrClusterName:  "llama-v2",
-			AttrMetaModel:    "llama",
-			AttrMetaVersion:  "v2-meta",
-			AttrMetaPriceIn:  "0.5", // as Envoy sends numbers from metadata
-			AttrMetaPriceOut: 2.0,
+			envoyconfig.AttrRequestTime:  start.Format(time.RFC3339Nano),
+			envoyconfig.AttrClusterName:  "llama-v2",
+			envoyconfig.AttrMetaModel:    "llama",
+			envoyconfig.AttrMetaVersion:  "v2-meta",
+			envoyconfig.AttrMetaPriceIn:  "0.5", // as Envoy sends numbers from metadata
+			envoyconfig.AttrMetaPriceOut: 2.0,
 		}),
 		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: hdrs(kv...), EndOfStream: false}},
 	}

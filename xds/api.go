@@ -107,7 +107,14 @@ func (a *API) getModel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("ETag", etag(st.Revision))
-	writeJSON(w, http.StatusOK, m)
+	writeJSON(w, http.StatusOK, a.withSampling(m))
+}
+
+// withSampling returns a copy of m that says how its traffic is measured.
+func (a *API) withSampling(m *Model) *Model {
+	c := m.clone()
+	c.Sampling = a.pub.Sampling(m)
+	return c
 }
 
 func (a *API) putModel(w http.ResponseWriter, r *http.Request) {
@@ -119,6 +126,7 @@ func (a *API) putModel(w http.ResponseWriter, r *http.Request) {
 	if m.Name == "" {
 		m.Name = name
 	}
+	m.Sampling = nil
 	a.update(w, r, fmt.Sprintf("put model %s", name), func(s *State) error { return s.PutModel(name, m) }, name)
 }
 
@@ -209,7 +217,7 @@ func (a *API) update(w http.ResponseWriter, r *http.Request, summary string, cha
 	w.Header().Set(HeaderFleetConnected, strconv.Itoa(connected))
 	w.Header().Set(HeaderFleetApplied, strconv.Itoa(applied))
 	if m, ok := st.Models[model]; ok {
-		writeJSON(w, http.StatusOK, m)
+		writeJSON(w, http.StatusOK, a.withSampling(m))
 		return
 	}
 	writeJSON(w, http.StatusOK, st)

@@ -14,8 +14,9 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
 	"github.com/llmcanary/llmcanary/internal/mtls"
 	"github.com/llmcanary/llmcanary/wasm/filterconfig"
 )
@@ -60,6 +61,10 @@ type ExtProcOptions struct {
 	// stream alike, over mTLS. Empty: plaintext, for development only —
 	// anyone who reaches the service could then stream made-up timings.
 	TLSDir string `json:"tls_dir,omitempty"`
+	// Measure says which requests are timed; the zero value measures
+	// every canary request, a stable sample twice the canaries' size
+	// during a rollout, and 1 % of users otherwise (see Measure).
+	Measure Measure `json:"measure,omitempty"`
 }
 
 // Extensions builds the gateway's optional filters, wasm first so that the
@@ -119,6 +124,10 @@ func (w *wasmExtension) Name() string { return "wasm" }
 func (w *wasmExtension) VerifiesForce() bool { return true }
 
 func (w *wasmExtension) Clusters() []*clusterv3.Cluster { return nil }
+
+// SetsSamplingKeys: the filter sets wire.HeaderSample and
+// wire.HeaderBackground on every request it routes.
+func (w *wasmExtension) SetsSamplingKeys() bool { return true }
 
 // PerConnectionBufferLimit lets a whole request body up to the filter's cap
 // be buffered; below it Envoy would answer 413 itself, without a JSON body.
@@ -184,7 +193,10 @@ func newExtProcExtension(o ExtProcOptions) (*extProcExtension, error) {
 	if o.Address == "" {
 		return nil, errors.New("extproc: address is required")
 	}
-	c := extproc.Cluster(extProcCluster, o.Address)
+	if err := o.Measure.Validate(); err != nil {
+		return nil, fmt.Errorf("extproc: %w", err)
+	}
+	c := envoyconfig.Cluster(extProcCluster, o.Address)
 	if o.TLSDir != "" {
 		ts, err := mtls.UpstreamTLS(o.TLSDir)
 		if err != nil {
@@ -199,13 +211,22 @@ func (e *extProcExtension) Name() string        { return "extproc" }
 func (e *extProcExtension) VerifiesForce() bool { return false }
 
 func (e *extProcExtension) HTTPFilter(*State) (*hcmv3.HttpFilter, error) {
-	return extproc.HTTPFilter(extproc.FilterOptions{ClusterName: extProcCluster, CaptureRequestBody: e.o.CaptureRequestBody})
+	return envoyconfig.HTTPFilter(envoyconfig.FilterOptions{ClusterName: extProcCluster, CaptureRequestBody: e.o.CaptureRequestBody})
+}
+
+// MeasurePolicy is the policy the routes apply.
+func (e *extProcExtension) MeasurePolicy() Measure { return e.o.Measure }
+
+// PerRoute switches the telemetry filter per route and weighted cluster.
+func (e *extProcExtension) PerRoute(rate float64) (string, *anypb.Any, error) {
+	cfg, err := envoyconfig.PerRoute(rate)
+	return envoyconfig.FilterName, cfg, err
 }
 
 // AccessLogs tells the telemetry service who cut off a request that ended
 // early (client or upstream), which ext_proc alone cannot see.
 func (e *extProcExtension) AccessLogs() ([]*accesslogv3.AccessLog, error) {
-	al, err := extproc.AccessLog(extProcCluster)
+	al, err := envoyconfig.AccessLog(extProcCluster)
 	if err != nil {
 		return nil, err
 	}
@@ -216,3 +237,8 @@ func (e *extProcExtension) Clusters() []*clusterv3.Cluster {
 	// A copy: each snapshot owns its resources.
 	return []*clusterv3.Cluster{proto.Clone(e.cluster).(*clusterv3.Cluster)}
 }
+
+var (
+	_ Measurer  = (*extProcExtension)(nil)
+	_ KeySetter = (*wasmExtension)(nil)
+)

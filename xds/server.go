@@ -96,6 +96,10 @@ func NewPublisher(g Gateway, log *slog.Logger) *Publisher {
 	}
 }
 
+// Sampling returns how m's traffic is measured by the gateway, nil when it
+// has no telemetry filter.
+func (p *Publisher) Sampling(m *Model) *Sampling { return measuringOf(p.gateway).sampling(m) }
+
 // Cache returns the snapshot cache the xDS server serves from.
 func (p *Publisher) Cache() cache.SnapshotCache { return p.cache }
 

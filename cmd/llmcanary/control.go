@@ -38,13 +38,20 @@ func bindControl(fs *flag.FlagSet, o *xds.Options) {
 		SetMain: func(e *xds.ExtProcOptions, v string) { e.Address = v },
 		Main:    func(e *xds.ExtProcOptions) string { return e.Address },
 	}, "extproc", "`address` of the llmcanary extproc service; empty: no telemetry filter (in --config also a mapping: address, tls_dir, capture_request_body)")
-	fs.Func("extproc-tls-dir", "`directory` on the Envoy hosts with the SDS files of Envoy's client certificate and CA (llmcanary certs): Envoy reaches --extproc over mTLS", func(v string) error {
-		if o.ExtProc == nil {
-			o.ExtProc = &xds.ExtProcOptions{}
-		}
-		o.ExtProc.TLSDir = v
-		return nil
-	})
+	fs.Var(extprocField{o, func(e *xds.ExtProcOptions, v string) error { e.TLSDir = v; return nil }, false},
+		"extproc-tls-dir", "`directory` on the Envoy hosts with the SDS files of Envoy's client certificate and CA (llmcanary certs): Envoy reaches --extproc over mTLS")
+	fs.Var(extprocField{o, func(e *xds.ExtProcOptions, v string) (err error) {
+		e.Measure.StableRatio, err = strconv.ParseFloat(v, 64)
+		return err
+	}, false}, "measure-stable-ratio", fmt.Sprintf("during a rollout, time a stable sample of users this many times the canaries' traffic (default %v)", xds.DefaultStableRatio))
+	fs.Var(extprocField{o, func(e *xds.ExtProcOptions, v string) (err error) {
+		e.Measure.Background, err = strconv.ParseFloat(v, 64)
+		return err
+	}, false}, "measure-background", fmt.Sprintf("without a rollout, time this share of users (default %v; negative: none)", xds.DefaultBackground))
+	fs.Var(extprocField{o, func(e *xds.ExtProcOptions, v string) (err error) {
+		e.Measure.All, err = strconv.ParseBool(v)
+		return err
+	}, true}, "measure-all", "time every request (the telemetry filter's full cost on all traffic)")
 	bindServerTLS(fs, &o.TLS, true, "--xds-listen and --api-listen")
 }
 
@@ -75,6 +82,27 @@ certificate from that CA: only the fleet's Envoys get or ACK configuration.`)
 	<-cp.Done()
 	return nil
 }
+
+// extprocField is a flag that sets one field of the telemetry filter's
+// options (extproc in the config file), creating them: without an
+// --extproc address they then fail validation with a clear error.
+type extprocField struct {
+	o       *xds.Options
+	set     func(*xds.ExtProcOptions, string) error
+	boolean bool
+}
+
+func (f extprocField) String() string { return "" }
+
+func (f extprocField) Set(v string) error {
+	if f.o.ExtProc == nil {
+		f.o.ExtProc = &xds.ExtProcOptions{}
+	}
+	return f.set(f.o.ExtProc, v)
+}
+
+// IsBoolFlag lets --measure-all stand without a value.
+func (f extprocField) IsBoolFlag() bool { return f.boolean }
 
 // uint32Value is a uint32 flag.
 type uint32Value struct{ p *uint32 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -41,7 +42,7 @@ func completion(ctx context.Context, url string, hdr map[string]string) (int, st
 
 // fastClose keeps the deferred close of abandoned streams short, so the
 // records of reset and cancelled requests arrive quickly.
-var fastClose = extproc.FilterOptions{DeferredCloseTimeout: 300 * time.Millisecond}
+var fastClose = envoyconfig.FilterOptions{DeferredCloseTimeout: 300 * time.Millisecond}
 
 func TestEnvoyStreamedRequestsAreTimedPerToken(t *testing.T) {
 	const (

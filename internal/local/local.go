@@ -72,6 +72,8 @@ type Options struct {
 	ExtProcAddr string
 	// Capture configures the telemetry's sampled text capture.
 	Capture extproc.CaptureOptions
+	// Measure says which requests the telemetry times (zero: by need).
+	Measure xds.Measure
 	Log     *slog.Logger
 	// Plaintext runs the control plane, the telemetry and Envoy's links to
 	// them without TLS. By default the stack issues a CA and certificates
@@ -155,10 +157,10 @@ func Start(ctx context.Context, o Options) (*Local, error) {
 		}
 		l.Telemetry = t
 		l.OnStop(t.Stop)
-		cpo.ExtProc = &xds.ExtProcOptions{Address: t.Addr, CaptureRequestBody: o.Capture.Rate > 0, TLSDir: string(l.Certs)}
+		cpo.ExtProc = &xds.ExtProcOptions{Address: t.Addr, CaptureRequestBody: o.Capture.Rate > 0, TLSDir: string(l.Certs), Measure: o.Measure}
 		l.opts = cpo
 	} else if o.ExtProcAddr != "" {
-		cpo.ExtProc = &xds.ExtProcOptions{Address: o.ExtProcAddr, CaptureRequestBody: o.Capture.Rate > 0, TLSDir: string(l.Certs)}
+		cpo.ExtProc = &xds.ExtProcOptions{Address: o.ExtProcAddr, CaptureRequestBody: o.Capture.Rate > 0, TLSDir: string(l.Certs), Measure: o.Measure}
 		l.opts = cpo
 	}
 	if err := l.StartControlPlane(ctx); err != nil {

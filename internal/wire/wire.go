@@ -26,7 +26,29 @@ const (
 	// else Envoy's or the wasm filter's. Every response carries it; it keys
 	// the telemetry row and feedback.
 	HeaderRequestID = "x-request-id"
+	// HeaderSample and HeaderBackground carry two sampling keys of the
+	// request's identity, each an integer in [0, SampleScale), set by the
+	// wasm filter from the same keyed hash as the bucket and independent of
+	// the bucket and of each other. Routes measure a stable request when its
+	// HeaderSample key is below the stable sample's threshold (during a
+	// rollout) or its HeaderBackground key below the background rate's (no
+	// rollout), so a user's requests are all measured or none are.
+	HeaderSample     = "x-llmcanary-sample"
+	HeaderBackground = "x-llmcanary-background"
+	// HeaderSampleRate is added by the route to a measured request: the
+	// share of its arm's users that are measured, in (0, 1]. Envoy's access
+	// log records it; absent means the request was not measured.
+	HeaderSampleRate = "x-llmcanary-sample-rate"
 )
+
+// SampleScale is the range of the sampling keys: rates are set in steps
+// of 1/SampleScale.
+const SampleScale = 10000
+
+// MetadataSampleRate is the gRPC metadata key under which Envoy opens a
+// measured request's ext_proc stream with its sample rate (decimal). A
+// stream without it was measured at rate 1.
+const MetadataSampleRate = HeaderSampleRate
 
 // BodyFieldUser is the OpenAI request body's end-user field, the default
 // identity source after HeaderUserID.

@@ -1,4 +1,10 @@
-package extproc
+// Package envoyconfig builds the Envoy side of llmcanary's telemetry: the
+// ext_proc HTTP filter in observability mode, the per-route settings that
+// say which requests are measured, the gRPC access log every request is
+// recorded through, and the cluster of the telemetry service. It also names
+// the attributes Envoy sends, which the service (package extproc) reads. It
+// holds no server code, so the control plane can import it alone.
+package envoyconfig
 
 import (
 	"errors"
@@ -19,6 +25,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
 // FilterName is the Envoy HTTP filter the service is reached through.
@@ -189,3 +197,68 @@ func AccessLog(clusterName string) (*accesslogv3.AccessLog, error) {
 		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: cfg},
 	}, nil
 }
+
+// Envoy attribute names the service asks for (see HTTPFilter).
+const (
+	AttrRequestTime  = "request.time"
+	AttrClusterName  = "xds.cluster_name"
+	AttrResponseCode = "response.code"
+)
+
+// Cluster metadata is asked for leaf by leaf: Envoy 1.37 exports a whole
+// xds.cluster_metadata (or any map) only as a debug string, while a leaf
+// selected by a CEL path arrives as a plain value (numbers as strings).
+// A leaf that the cluster lacks is simply absent.
+const clusterMetaPrefix = "xds.cluster_metadata.filter_metadata." + wire.MetadataNamespace + "."
+
+// Attributes carrying the served cluster's model, version and prices.
+const (
+	AttrMetaModel    = clusterMetaPrefix + wire.MetaModel
+	AttrMetaVersion  = clusterMetaPrefix + wire.MetaVersion
+	AttrMetaPriceIn  = clusterMetaPrefix + wire.MetaPriceInputPer1K
+	AttrMetaPriceOut = clusterMetaPrefix + wire.MetaPriceOutputPer1K
+)
+
+// RequestAttributes are sent by Envoy with the request headers.
+var RequestAttributes = []string{
+	AttrRequestTime, AttrClusterName,
+	AttrMetaModel, AttrMetaVersion, AttrMetaPriceIn, AttrMetaPriceOut,
+}
+
+// ResponseAttributes are sent by Envoy with the response headers, when the
+// served cluster is final (a filter may have re-routed after the request
+// headers); they override what came with the request.
+var ResponseAttributes = []string{
+	AttrClusterName, AttrResponseCode,
+	AttrMetaModel, AttrMetaVersion, AttrMetaPriceIn, AttrMetaPriceOut,
+}
+
+// ResetResponseFlags are the response flags the access log is filtered on.
+var ResetResponseFlags = []string{"DC", "DR", "UR", "UC", "UF", "UT", "SI"}
+
+// PerRoute returns the ext_proc filter's per-route settings for traffic
+// measured at rate, the share of its arm's users whose requests are timed:
+// in (0, 1], the stream to the service opens with the rate as gRPC metadata
+// (wire.MetadataSampleRate) so every row carries it; 0 turns the filter
+// off, and Envoy then opens no stream at all. It is set on routes and on
+// the clusters of weighted routes.
+func PerRoute(rate float64) (*anypb.Any, error) {
+	if !(rate >= 0 && rate <= 1) {
+		return nil, fmt.Errorf("ext_proc per-route: sample rate %v is not in [0, 1]", rate)
+	}
+	pr := &extprocfilterv3.ExtProcPerRoute{}
+	if rate == 0 {
+		pr.Override = &extprocfilterv3.ExtProcPerRoute_Disabled{Disabled: true}
+	} else {
+		pr.Override = &extprocfilterv3.ExtProcPerRoute_Overrides{Overrides: &extprocfilterv3.ExtProcOverrides{
+			GrpcInitialMetadata: []*corev3.HeaderValue{{Key: wire.MetadataSampleRate, Value: FormatRate(rate)}},
+		}}
+	}
+	if err := pr.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("ext_proc per-route: %w", err)
+	}
+	return anypb.New(pr)
+}
+
+// FormatRate writes a sample rate as the route and the metadata carry it.
+func FormatRate(rate float64) string { return strconv.FormatFloat(rate, 'f', -1, 64) }
