@@ -203,7 +203,7 @@ func runExtproc(ctx context.Context, args []string) error {
 	} else {
 		log.Warn("plaintext gRPC: anyone who reaches --listen can stream made-up telemetry; for development only (set --tls-cert, --tls-key, --tls-client-ca)")
 	}
-	g := grpc.NewServer(gopts...)
+	g := grpc.NewServer(append(gopts, extproc.ServerOptions()...)...)
 	srv.Register(g)
 	errc := make(chan error, 2)
 	go func() { errc <- g.Serve(lis) }()

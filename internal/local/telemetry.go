@@ -88,7 +88,7 @@ func (t *Telemetry) serve(addr string) error {
 	if t.certs != nil {
 		gopts = append(gopts, grpc.Creds(credentials.NewTLS(t.certs.Config([]string{"h2"}, true))))
 	}
-	t.grpc = grpc.NewServer(gopts...)
+	t.grpc = grpc.NewServer(append(gopts, extproc.ServerOptions()...)...)
 	srv.Register(t.grpc)
 	go t.grpc.Serve(l)
 	t.Addr = l.Addr().String()

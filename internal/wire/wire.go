@@ -88,8 +88,14 @@ const (
 
 // ClickHouse objects.
 const (
-	Database      = "llmcanary"
+	Database = "llmcanary"
+	// TableRequests has one row per measured request (the ext_proc
+	// service's timing, tokens, cost, failure), at its sample rate.
 	TableRequests = "requests"
+	// TableRequestLog has one row per request through Envoy, measured or
+	// not, from Envoy's gRPC access log: the complete request counts and
+	// error rates per version, and the gateway's own answers (marked).
+	TableRequestLog = "request_log"
 
 	// FailureClientCancel is the failure of a request whose client went
 	// away first: recorded by the telemetry service, never counted
