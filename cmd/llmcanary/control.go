@@ -43,6 +43,7 @@ certificate from that CA: only the fleet's Envoys get or ACK configuration.`)
 	extprocAddr := fs.String("extproc", "", "address of the llmcanary extproc service; empty: no telemetry filter")
 	extprocTLSDir := fs.String("extproc-tls-dir", "", "directory on the Envoy hosts with the SDS files of Envoy's client certificate and CA (llmcanary certs): Envoy reaches --extproc over mTLS")
 	measureRatio := fs.Float64("measure-stable-ratio", 0, fmt.Sprintf("during a rollout, time a stable sample of users this many times the canaries' traffic (default %v)", xds.DefaultStableRatio))
+	measureMin := fs.Float64("measure-stable-min", 0, fmt.Sprintf("during a rollout, time at least this share of stable's users (default %v; negative: no minimum)", xds.DefaultStableMin))
 	measureBackground := fs.Float64("measure-background", 0, fmt.Sprintf("without a rollout, time this share of users (default %v; negative: none)", xds.DefaultBackground))
 	measureAll := fs.Bool("measure-all", false, "time every request (the telemetry filter's full cost on all traffic)")
 	var tlsFiles mtls.ServerFiles
@@ -95,6 +96,9 @@ certificate from that CA: only the fleet's Envoys get or ACK configuration.`)
 	if o.ExtProc != nil {
 		if set["measure-stable-ratio"] {
 			o.ExtProc.Measure.StableRatio = *measureRatio
+		}
+		if set["measure-stable-min"] {
+			o.ExtProc.Measure.StableMin = *measureMin
 		}
 		if set["measure-background"] {
 			o.ExtProc.Measure.Background = *measureBackground
