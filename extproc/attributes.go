@@ -1,15 +1,42 @@
 package extproc
 
 import (
+	"context"
 	"encoding/json"
+	"math"
 	"strconv"
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
+	"github.com/llmcanary/llmcanary/internal/wire"
 )
+
+// streamSampleRate reads the sample rate a measured request's stream was
+// opened with (wire.MetadataSampleRate, set by the route through
+// envoyconfig.PerRoute). A stream without it was measured at rate 1; so
+// is one whose value is not a decimal in (0, 1], which valid reports.
+func streamSampleRate(ctx context.Context) (rate float64, valid bool) {
+	vs := metadata.ValueFromIncomingContext(ctx, wire.MetadataSampleRate)
+	if len(vs) == 0 {
+		return 1, true
+	}
+	return ParseSampleRate(vs[0])
+}
+
+// ParseSampleRate reads a sample rate as the route writes it (a decimal in
+// (0, 1], see envoyconfig.FormatRate). Anything else yields 1 and false:
+// a row of unknown rate counts as one request rather than being lost.
+func ParseSampleRate(s string) (float64, bool) {
+	r, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || math.IsNaN(r) || r <= 0 || r > 1 {
+		return 1, false
+	}
+	return r, true
+}
 
 // maxClockSkew bounds how far Envoy's request.time may lie before the
 // service's own arrival time and still be trusted as the request's start.

@@ -101,6 +101,9 @@ func TestDecodeChunkAgreesWithEncodingJSON(t *testing.T) {
 		`{"choices":[{"delta":[]}]}`,
 		`{"choices":[{"delta":{"content":5}}]}`,
 		`{"choices":[{"delta":{"reasoning_content":true}}]}`,
+		`{"choices":[{"delta":{"reasoning_content":null,"content":null}}]}`,
+		`{"choices":[{"delta":{"reasoning_content":"","content":""},"text":""}]}`,
+		`{"choices":[{"delta":{"reasoning_content":"\u00e9"}}]}`,
 		`{"choices":[{"message":{"reasoning_content":true,"content":"ok"}}]}`,
 		`{"choices":[{"finish_reason":3}]}`,
 		`{"usage":{"prompt_tokens":1.5}}`,
@@ -111,12 +114,26 @@ func TestDecodeChunkAgreesWithEncodingJSON(t *testing.T) {
 		`{"choices":[{"finish_reason":"length"},{"finish_reason":"stop"}]}`,
 		`{"choices":[],}`,
 	} {
-		got, err := DecodeChunk([]byte(data))
-		want, wantErr := decodeChunkWithEncodingJSON([]byte(data))
-		if (err == nil) != (wantErr == nil) || !sameChunk(got, want) {
-			t.Errorf("DecodeChunk(%s) = %+v, %v; encoding/json %+v, %v", data, got, err, want, wantErr)
+		if msg := agreesWithEncodingJSON([]byte(data)); msg != "" {
+			t.Error(msg)
 		}
 	}
+}
+
+// agreesWithEncodingJSON compares DecodeChunk, and decodeChunk without
+// the text, with the encoding/json version; it describes a difference.
+func agreesWithEncodingJSON(data []byte) string {
+	got, err := DecodeChunk(data)
+	want, wantErr := decodeChunkWithEncodingJSON(data)
+	if (err == nil) != (wantErr == nil) || !sameChunk(got, want) {
+		return fmt.Sprintf("DecodeChunk(%q) = %+v, %v; encoding/json %+v, %v", data, got, err, want, wantErr)
+	}
+	noText, err := decodeChunk(data, false)
+	want.Content = ""
+	if (err == nil) != (wantErr == nil) || !sameChunk(noText, want) {
+		return fmt.Sprintf("decodeChunk(%q) without text = %+v, %v; encoding/json without text %+v, %v", data, noText, err, want, wantErr)
+	}
+	return ""
 }
 
 func FuzzDecodeChunkAgreesWithEncodingJSON(f *testing.F) {
@@ -124,10 +141,8 @@ func FuzzDecodeChunkAgreesWithEncodingJSON(f *testing.F) {
 	f.Add([]byte(`{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":34}}`))
 	f.Add([]byte(`{"choices":[{"message":{"content":"x","tool_calls":[{}]},"text":"t"}],"error":null}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		got, err := DecodeChunk(data)
-		want, wantErr := decodeChunkWithEncodingJSON(data)
-		if (err == nil) != (wantErr == nil) || !sameChunk(got, want) {
-			t.Fatalf("DecodeChunk(%q) = %+v, %v; encoding/json %+v, %v", data, got, err, want, wantErr)
+		if msg := agreesWithEncodingJSON(data); msg != "" {
+			t.Fatal(msg)
 		}
 	})
 }

@@ -58,7 +58,7 @@ func serveForBenchmark() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(ServerOptions()...)
 	srv.Register(g)
 	go g.Serve(lis)
 	// LLMCANARY_EXTPROC_BENCH_CPUPROFILE names a file for the service's CPU

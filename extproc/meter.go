@@ -120,7 +120,7 @@ func (m *responseMeter) end(at time.Duration) {
 }
 
 func (m *responseMeter) onEvent(data []byte) {
-	c, err := DecodeChunk(data)
+	c, err := decodeChunk(data, m.text.Len() < m.textCap)
 	if err != nil {
 		m.badEvents++
 		return

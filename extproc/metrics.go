@@ -20,6 +20,11 @@ type metrics struct {
 	gatewayAnswers *prometheus.CounterVec
 	streams        prometheus.Gauge
 	cut            prometheus.Counter
+	// badSampleRate counts streams whose sample rate was not a decimal
+	// in (0, 1]; they are recorded at rate 1.
+	badSampleRate prometheus.Counter
+	// accessLogEntries counts Envoy's access-log entries, one per request.
+	accessLogEntries prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -63,12 +68,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "llmcanary", Subsystem: "extproc", Name: "streams_cut_total",
 			Help: "Streams a shutdown cut when its drain bound passed; each was recorded as client_cancel with what was seen.",
 		}),
+		badSampleRate: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "llmcanary", Subsystem: "extproc", Name: "sample_rate_invalid_total",
+			Help: "Streams opened with a sample rate that is not a decimal in (0, 1] (a misconfigured route); they are recorded at rate 1.",
+		}),
+		accessLogEntries: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "llmcanary", Subsystem: "extproc", Name: "access_log_entries_total",
+			Help: "Entries of Envoy's gRPC access log received, one per request through Envoy.",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.requests, m.failures, m.ttft, m.itl, m.prompt, m.completion, m.gatewayAnswers, m.streams, m.cut} {
+	for _, c := range []prometheus.Collector{m.requests, m.failures, m.ttft, m.itl, m.prompt, m.completion, m.gatewayAnswers, m.streams, m.cut, m.badSampleRate, m.accessLogEntries} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}

@@ -32,6 +32,11 @@ type Record struct {
 	Forced    bool   // pinned with x-llmcanary-force: excluded from statistics
 	Category  string // x-llmcanary-category, if any
 	Streamed  bool
+	// SampleRate is the share of its arm's users whose requests are
+	// measured, in (0, 1]: the route opens the ext_proc stream with it
+	// (wire.MetadataSampleRate), so each row stands for 1/SampleRate
+	// requests of its arm. 1 when every request is measured.
+	SampleRate float64
 
 	Status  int
 	Failure string // one of the Failure* kinds, or ""
@@ -63,4 +68,43 @@ type Record struct {
 // for concurrent use.
 type Sink interface {
 	Write(r Record)
+}
+
+// LogEntry is Envoy's access-log record of one request, measured or not:
+// one row of the ClickHouse table wire.TableRequestLog. Every request gets
+// one, so per-version request counts and error rates are complete while
+// only a sample is measured (Record).
+type LogEntry struct {
+	Time       time.Time // when Envoy received the request
+	RequestID  string
+	Model      string // x-llmcanary-model
+	Version    string // served version (x-llmcanary-version); "" when none served it
+	Cluster    string // the upstream cluster the route picked; "" when none
+	Path       string // without the query
+	Status     int    // 0 when no response was sent
+	DurationMs float64
+	BytesIn    uint64 // request body
+	BytesOut   uint64 // response body
+	// Flags are Envoy's response flags in their short form, comma
+	// separated ("UF", "DC,UR"); "" when none.
+	Flags string
+	// Details is Envoy's response code details ("via_upstream",
+	// "direct_response", wire.DetailsFilterReply, …).
+	Details string
+	Bucket  uint64
+	Forced  bool
+	// SampleRate is the rate the request was measured at (the route's
+	// x-llmcanary-sample-rate); 0 when it was not measured.
+	SampleRate float64
+	// Gateway marks an answer of the gateway itself — a route's direct
+	// response, the wasm filter's reply, no route at all: no version
+	// served the request and no version's error rate counts it.
+	Gateway bool
+}
+
+// LogSink receives the access-log entries of every request. WriteLog must
+// never block the caller: an implementation buffers, spools or drops (and
+// counts what it drops). Safe for concurrent use.
+type LogSink interface {
+	WriteLog(e LogEntry)
 }

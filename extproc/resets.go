@@ -1,29 +1,23 @@
 package extproc
 
 import (
-	"errors"
-	"io"
 	"sync"
 	"time"
 
 	accesslogdata "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
-	accesslogsvc "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // ResetCauses learns from Envoy's gRPC access log who ended a request that
 // stopped early. ext_proc alone cannot tell: once response headers went out,
 // an upstream reset and a client hanging up look the same on the ext_proc
-// stream. Envoy's response flags can (DC/DR: the client; UR/UC/UF/UT/SI:
-// the upstream side). The control plane configures the access log to send
-// only entries that carry one of those flags, keyed by x-request-id.
+// stream. Envoy's response flags can (DC/DR: the client; UR/UC/UF/UT/SI/UPE:
+// the upstream side; UPE is what Envoy reports when a pool drops its
+// connection in the middle of a chunked body). The access log service on the same gRPC server as
+// the ext_proc service puts the causes of the entries that carry one of
+// those flags, keyed by x-request-id.
 //
-// It implements the AccessLogService on the same gRPC server as the
-// ext_proc service. Entries are kept for CauseTTL. Safe for concurrent use.
+// Causes are kept for CauseTTL. Safe for concurrent use.
 type ResetCauses struct {
-	accesslogsvc.UnimplementedAccessLogServiceServer
-
 	mu      sync.Mutex
 	causes  map[string]causeEntry
 	swept   time.Time
@@ -39,29 +33,9 @@ type causeEntry struct {
 // the same request to pick it up.
 const CauseTTL = 2 * time.Minute
 
-var _ accesslogsvc.AccessLogServiceServer = (*ResetCauses)(nil)
-
 // NewResetCauses returns an empty cause table.
 func NewResetCauses() *ResetCauses {
 	return &ResetCauses{causes: map[string]causeEntry{}, waiters: map[string][]chan End{}}
-}
-
-// StreamAccessLogs reads Envoy's access log entries.
-func (c *ResetCauses) StreamAccessLogs(srv accesslogsvc.AccessLogService_StreamAccessLogsServer) error {
-	for {
-		msg, err := srv.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
-				return nil
-			}
-			return nil
-		}
-		for _, e := range msg.GetHttpLogs().GetLogEntry() {
-			if end, ok := causeOf(e.GetCommonProperties().GetResponseFlags()); ok {
-				c.Put(e.GetRequest().GetRequestId(), end)
-			}
-		}
-	}
 }
 
 // causeOf maps Envoy's response flags to how the request ended. Upstream
@@ -71,7 +45,7 @@ func causeOf(f *accesslogdata.ResponseFlags) (End, bool) {
 	case f == nil:
 		return 0, false
 	case f.GetUpstreamRemoteReset(), f.GetUpstreamConnectionTermination(), f.GetUpstreamConnectionFailure(),
-		f.GetUpstreamRequestTimeout(), f.GetStreamIdleTimeout():
+		f.GetUpstreamRequestTimeout(), f.GetStreamIdleTimeout(), f.GetUpstreamProtocolError():
 		return EndUpstreamReset, true
 	case f.GetDownstreamConnectionTermination(), f.GetDownstreamRemoteReset():
 		return EndClientCancel, true

@@ -19,6 +19,7 @@ func TestResponseFlagsSayWhoEndedTheRequest(t *testing.T) {
 		{"pool reset the stream (UR)", &accesslogdata.ResponseFlags{UpstreamRemoteReset: true}, EndUpstreamReset, true},
 		{"pool closed the connection (UC)", &accesslogdata.ResponseFlags{UpstreamConnectionTermination: true}, EndUpstreamReset, true},
 		{"stream went idle (SI)", &accesslogdata.ResponseFlags{StreamIdleTimeout: true}, EndUpstreamReset, true},
+		{"pool dropped its connection mid-body (UPE)", &accesslogdata.ResponseFlags{UpstreamProtocolError: true}, EndUpstreamReset, true},
 		{"the pool's reset cut the client off too", &accesslogdata.ResponseFlags{UpstreamRemoteReset: true, DownstreamConnectionTermination: true}, EndUpstreamReset, true},
 		{"no flag", &accesslogdata.ResponseFlags{}, 0, false},
 		{"no flags at all", nil, 0, false},

@@ -31,8 +31,12 @@ import (
 
 // Options configure a Server. The zero value, plus a Sink, is valid.
 type Options struct {
-	// Sink receives one Record per request. Required.
+	// Sink receives one Record per measured request. Required.
 	Sink Sink
+	// RequestLog receives the access-log entry of every request (see
+	// envoyconfig.AccessLog). Nil means Sink when it is a LogSink too (as
+	// the ClickHouse writer is), else the entries only tell reset causes.
+	RequestLog LogSink
 	// Registerer receives the service's metrics; nil means none.
 	Registerer prometheus.Registerer
 	// RefusalPatterns replace DefaultRefusalPatterns when non-nil; an empty
@@ -59,6 +63,7 @@ type Server struct {
 
 	sink      Sink
 	causes    *ResetCauses
+	accessLog *accessLogService
 	resetWait time.Duration
 	refusal   *RefusalDetector
 	capture   CaptureOptions
@@ -157,14 +162,20 @@ func NewServer(o Options) (*Server, error) {
 	if s.resetWait == 0 {
 		s.resetWait = 3 * time.Second
 	}
+	logSink := o.RequestLog
+	if logSink == nil {
+		logSink, _ = o.Sink.(LogSink)
+	}
+	s.accessLog = &accessLogService{causes: s.causes, sink: logSink, metrics: m}
 	return s, nil
 }
 
 // Register adds the ext_proc service, and the access log service that
-// tells client cancellations from upstream resets, to a gRPC server.
+// records every request and tells client cancellations from upstream
+// resets, to a gRPC server.
 func (s *Server) Register(g *grpc.Server) {
 	extprocv3.RegisterExternalProcessorServer(g, s)
-	accesslogsvc.RegisterAccessLogServiceServer(g, s.causes)
+	accesslogsvc.RegisterAccessLogServiceServer(g, s.accessLog)
 }
 
 // Causes returns the table the access log service fills.
@@ -206,6 +217,11 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 	defer s.metrics.streams.Dec()
 
 	st := s.newStream(s.now())
+	rate, ok := streamSampleRate(srv.Context())
+	if !ok {
+		s.metrics.badSampleRate.Inc()
+	}
+	st.rec.SampleRate = rate
 	defer func() {
 		if st.finished {
 			return

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
@@ -75,20 +76,28 @@ func startHarness(t *testing.T, capture CaptureOptions) *harness {
 // and returns the server and a client of it.
 func serve(t *testing.T, srv *Server) (*grpc.Server, extprocv3.ExternalProcessorClient) {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer()
-	srv.Register(g)
-	go g.Serve(lis)
-	t.Cleanup(g.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	g, addr := serveAt(t, srv)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	return g, extprocv3.NewExternalProcessorClient(conn)
+}
+
+// serveAt runs srv on a loopback gRPC server, stopped when the test ends,
+// and returns the server and its address.
+func serveAt(t *testing.T, srv *Server) (*grpc.Server, string) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer(ServerOptions()...)
+	srv.Register(g)
+	go g.Serve(lis)
+	t.Cleanup(g.Stop)
+	return g, lis.Addr().String()
 }
 
 // How the simulated Envoy ends a stream after its messages.
@@ -228,7 +237,7 @@ func TestServerRecordsStreamedRequests(t *testing.T) {
 				// arrive with messages 3, 5 and 6: gaps of 2 and 1 steps.
 				want := Record{
 					RequestID: "req-1", Model: "llama", Version: "v2", Cluster: "llama-v2",
-					Path: "/v1/chat/completions", Bucket: 12345, Streamed: true, Status: 200,
+					Path: "/v1/chat/completions", Bucket: 12345, Streamed: true, SampleRate: 1, Status: 200,
 					TTFTMs: ms(4 * step), TotalMs: ms(9 * step),
 					ITLMeanMs: ms(3 * step / 2), ITLP50Ms: ms(step), ITLP95Ms: ms(2 * step), ITLMaxMs: ms(2 * step),
 					CompletionTokens: 3, FinishReason: "stop", CostUSD: 3.0 / 1000 * 2, Chunks: 5,
@@ -380,6 +389,74 @@ func compare(t *testing.T, got, want Record) {
 	if got != want {
 		t.Fatalf("record\n got %+v\nwant %+v", got, want)
 	}
+}
+
+func TestServerRecordsTheSampleRateTheStreamOpensWith(t *testing.T) {
+	tests := []struct {
+		name      string
+		metadata  []string // values of wire.MetadataSampleRate; none: absent
+		want      float64
+		wantBadly float64 // llmcanary_extproc_sample_rate_invalid_total after the stream
+	}{
+		{"a measured arm's rate is kept", []string{"0.25"}, 0.25, 0},
+		{"the whole arm measured", []string{"1"}, 1, 0},
+		{"no rate means every request is measured", nil, 1, 0},
+		{"a malformed rate counts as 1 and is counted", []string{"quarter"}, 1, 1},
+		{"zero is no measured rate", []string{"0"}, 1, 1},
+		{"above 1 is out of range", []string{"1.5"}, 1, 1},
+		{"NaN is out of range", []string{"NaN"}, 1, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := startHarness(t, CaptureOptions{})
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			for _, v := range tt.metadata {
+				ctx = metadata.AppendToOutgoingContext(ctx, wire.MetadataSampleRate, v)
+			}
+			stream, err := h.client.Process(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range []*extprocv3.ProcessingRequest{
+				reqHeaders(t, h.clock.base),
+				respHeaders("200", "text/event-stream", false),
+				respBody(delta("a")+finishStop+"data: [DONE]\n\n", true),
+			} {
+				if err := stream.Send(m); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var r Record
+			select {
+			case r = <-h.sink.ch:
+			case <-ctx.Done():
+				t.Fatal("no record reached the sink")
+			}
+			if r.SampleRate != tt.want {
+				t.Errorf("sample rate = %v, want %v", r.SampleRate, tt.want)
+			}
+			if got := counterValue(t, h.reg, "llmcanary_extproc_sample_rate_invalid_total"); got != tt.wantBadly {
+				t.Errorf("invalid sample rates counted = %v, want %v", got, tt.wantBadly)
+			}
+		})
+	}
+}
+
+// counterValue reads an unlabelled counter from reg.
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
 }
 
 func TestServerCapturesSampledTextRedacted(t *testing.T) {

@@ -147,7 +147,15 @@ var doneSentinel = []byte("[DONE]")
 // keys wins; a known field of the wrong type (choices not an array, a
 // non-integer token count, …) makes the chunk an error; unknown fields
 // are ignored.
-func DecodeChunk(data []byte) (Chunk, error) {
+func DecodeChunk(data []byte) (Chunk, error) { return decodeChunk(data, true) }
+
+// decodeChunk is DecodeChunk; without withText it leaves Content empty
+// (HasContent is still set), which spares decoding the text of a response
+// whose completion text is no longer kept.
+//
+// The chunk is validated in one pass (jsonscan.ScanMembers) and the values
+// it reads are scanned once more each, already valid.
+func decodeChunk(data []byte, withText bool) (Chunk, error) {
 	data = bytes.TrimSpace(data)
 	if bytes.Equal(data, doneSentinel) {
 		return Chunk{Done: true}, nil
@@ -156,8 +164,9 @@ func DecodeChunk(data []byte) (Chunk, error) {
 		return Chunk{}, ErrNotJSON
 	}
 	var choices, usage jsonscan.Value
-	var c Chunk
-	err := jsonscan.Members(data, func(k []byte, v jsonscan.Value) {
+	d := chunkDecoder{withText: withText}
+	c := &d.c
+	err := jsonscan.ScanMembers(data, func(k []byte, v jsonscan.Value) {
 		switch {
 		case bytes.EqualFold(k, keyChoices):
 			choices = v
@@ -181,9 +190,9 @@ func DecodeChunk(data []byte) (Chunk, error) {
 	switch choices.Kind {
 	case jsonscan.Invalid, jsonscan.Null:
 	case jsonscan.Array:
-		jsonscan.Elements(choices.Raw, func(v jsonscan.Value) {
+		jsonscan.ScanElements(choices.Raw, func(v jsonscan.Value) {
 			if !bad {
-				bad = !c.addChoice(v)
+				bad = !d.addChoice(v)
 			}
 		})
 	default:
@@ -192,7 +201,13 @@ func DecodeChunk(data []byte) (Chunk, error) {
 	if bad {
 		return Chunk{}, fmt.Errorf("decode chunk: %w", errChunkType)
 	}
-	return c, nil
+	return d.c, nil
+}
+
+// chunkDecoder builds the Chunk of one event.
+type chunkDecoder struct {
+	c        Chunk
+	withText bool // Content is wanted
 }
 
 var (
@@ -214,7 +229,7 @@ var (
 // uint32 (or null).
 func decodeUsage(raw []byte) (u *Usage, bad bool) {
 	u = &Usage{}
-	jsonscan.Members(raw, func(k []byte, v jsonscan.Value) {
+	jsonscan.ScanMembers(raw, func(k []byte, v jsonscan.Value) {
 		var dst *uint32
 		switch {
 		case bytes.EqualFold(k, keyPromptTokens):
@@ -248,7 +263,7 @@ type choice struct {
 
 // addChoice adds one element of choices to c and reports whether its
 // fields have the expected types.
-func (c *Chunk) addChoice(v jsonscan.Value) bool {
+func (d *chunkDecoder) addChoice(v jsonscan.Value) bool {
 	switch v.Kind {
 	case jsonscan.Null:
 		return true
@@ -257,7 +272,7 @@ func (c *Chunk) addChoice(v jsonscan.Value) bool {
 		return false
 	}
 	var ch choice
-	jsonscan.Members(v.Raw, func(k []byte, v jsonscan.Value) {
+	jsonscan.ScanMembers(v.Raw, func(k []byte, v jsonscan.Value) {
 		switch {
 		case bytes.EqualFold(k, keyText):
 			ch.text = v
@@ -273,32 +288,46 @@ func (c *Chunk) addChoice(v jsonscan.Value) bool {
 	if !ok {
 		return false
 	}
-	if finish != "" && c.FinishReason == "" {
-		c.FinishReason = finish
+	if finish != "" && d.c.FinishReason == "" {
+		d.c.FinishReason = finish
 	}
 	// The first of delta, message and text that is present and not null
 	// is read, as the wire structs' pointers were; the others must still
 	// have their types.
-	text, ok := optString(ch.text)
-	if !ok || !objectOrNull(ch.delta) || !objectOrNull(ch.message) {
+	if !isOptString(ch.text) || !objectOrNull(ch.delta) || !objectOrNull(ch.message) {
 		return false
 	}
 	switch {
 	case ch.delta.Kind == jsonscan.Object:
-		return c.addMessage(ch.delta.Raw, true)
+		return d.addMessage(ch.delta.Raw, true)
 	case ch.message.Kind == jsonscan.Object:
-		return c.addMessage(ch.message.Raw, false)
-	case text != "":
-		c.Content += text
-		c.HasContent = true
+		return d.addMessage(ch.message.Raw, false)
 	}
+	d.addText(ch.text)
 	return true
 }
 
-// addMessage adds a delta (or a whole message) to c.
-func (c *Chunk) addMessage(raw []byte, delta bool) bool {
+// addText adds a string field's text, known to be absent, null or a
+// string; whether there is any needs no decoding.
+func (d *chunkDecoder) addText(v jsonscan.Value) {
+	if !nonEmptyString(v) {
+		return
+	}
+	d.c.HasContent = true
+	if d.withText {
+		s, _ := jsonscan.Unquote(v.Raw)
+		d.c.Content += s
+	}
+}
+
+// nonEmptyString reports whether v is a string that decodes to some text:
+// of all JSON strings only "" decodes to none.
+func nonEmptyString(v jsonscan.Value) bool { return v.Kind == jsonscan.String && len(v.Raw) > 2 }
+
+// addMessage adds a delta (or a whole message) to the chunk.
+func (d *chunkDecoder) addMessage(raw []byte, delta bool) bool {
 	var content, reasoning, tools jsonscan.Value
-	jsonscan.Members(raw, func(k []byte, v jsonscan.Value) {
+	jsonscan.ScanMembers(raw, func(k []byte, v jsonscan.Value) {
 		switch {
 		case bytes.EqualFold(k, keyContent):
 			content = v
@@ -308,22 +337,20 @@ func (c *Chunk) addMessage(raw []byte, delta bool) bool {
 			tools = v
 		}
 	})
-	text, ok := optString(content)
-	if !ok {
+	if !isOptString(content) || !isOptString(reasoning) {
 		return false
 	}
-	r, ok := optString(reasoning)
-	if !ok {
-		return false
-	}
-	if text != "" {
-		c.Content += text
-		c.HasContent = true
-	}
-	if r != "" || hasJSONValue(tools) {
-		c.HasContent = true
+	d.addText(content)
+	if nonEmptyString(reasoning) || hasJSONValue(tools) {
+		d.c.HasContent = true
 	}
 	return true
+}
+
+// isOptString reports whether a field that may be absent or null is
+// either, or a string.
+func isOptString(v jsonscan.Value) bool {
+	return v.Kind == jsonscan.Invalid || v.Kind == jsonscan.Null || v.Kind == jsonscan.String
 }
 
 // optString decodes a string field that may be absent or null; ok is false

@@ -62,8 +62,9 @@ type ExtProcOptions struct {
 	// anyone who reaches the service could then stream made-up timings.
 	TLSDir string `json:"tls_dir,omitempty"`
 	// Measure says which requests are timed; the zero value measures
-	// every canary request, a stable sample twice the canaries' size
-	// during a rollout, and 1 % of users otherwise (see Measure).
+	// every canary request, at least a fifth of stable's users during a
+	// rollout (more when the canary is big), and 1 % of users otherwise
+	// (see Measure).
 	Measure Measure `json:"measure,omitempty"`
 }
 

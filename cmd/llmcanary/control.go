@@ -45,6 +45,10 @@ func bindControl(fs *flag.FlagSet, o *xds.Options) {
 		return err
 	}, false}, "measure-stable-ratio", fmt.Sprintf("during a rollout, time a stable sample of users this many times the canaries' traffic (default %v)", xds.DefaultStableRatio))
 	fs.Var(extprocField{o, func(e *xds.ExtProcOptions, v string) (err error) {
+		e.Measure.StableMin, err = strconv.ParseFloat(v, 64)
+		return err
+	}, false}, "measure-stable-min", fmt.Sprintf("during a rollout, time at least this share of stable's users (default %v; negative: no minimum)", xds.DefaultStableMin))
+	fs.Var(extprocField{o, func(e *xds.ExtProcOptions, v string) (err error) {
 		e.Measure.Background, err = strconv.ParseFloat(v, 64)
 		return err
 	}, false}, "measure-background", fmt.Sprintf("without a rollout, time this share of users (default %v; negative: none)", xds.DefaultBackground))

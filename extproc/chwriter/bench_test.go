@@ -89,7 +89,7 @@ func benchDirect(b *testing.B, batchSize int) {
 			recs[i].RequestID = randomID()
 		}
 		for lo := 0; lo < len(recs); lo += batchSize {
-			m, _, err := w.insert(ctx, recs[lo:min(lo+batchSize, len(recs))], false)
+			m, _, err := w.requests.insert(ctx, recs[lo:min(lo+batchSize, len(recs))], false)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -106,7 +106,7 @@ func benchDirect(b *testing.B, batchSize int) {
 func BenchmarkSpoolGroupCommit(b *testing.B) {
 	for _, group := range []int{1, 10, 100, 500} {
 		b.Run(fmt.Sprintf("group=%d", group), func(b *testing.B) {
-			s, _, err := openSpool(b.TempDir(), 0)
+			s, _, err := openSpool[extproc.Record](b.TempDir(), 0)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -65,6 +65,8 @@ func makeRecord(i int, base time.Time) extproc.Record {
 		CostUSD:          0.0001 * float64(i%50),
 		ResponseBytes:    uint32(1000 + i),
 		Chunks:           uint32(i % 60),
+		// 0: a record spooled before records carried a rate, stored as 1.
+		SampleRate: []float64{1, 0.25, 0.0125, 0}[i%4],
 	}
 	if i%5 == 0 {
 		r.Captured = true
@@ -78,6 +80,37 @@ func makeRecords(n int, base time.Time) []extproc.Record {
 	out := make([]extproc.Record, n)
 	for i := range out {
 		out[i] = makeRecord(i, base)
+	}
+	return out
+}
+
+// makeLogEntry returns an access-log entry with every field set to a value
+// derived from i.
+func makeLogEntry(i int, base time.Time) extproc.LogEntry {
+	return extproc.LogEntry{
+		Time:       base.Add(time.Duration(i) * 700 * time.Microsecond),
+		RequestID:  fmt.Sprintf("log-%06d-%d", i, base.UnixNano()),
+		Model:      []string{"llama", "mistral", ""}[i%3],
+		Version:    []string{"v1", "v2", "", "v3"}[i%4],
+		Cluster:    []string{"llama_v1", "llama_v2", ""}[i%3],
+		Path:       []string{"/v1/chat/completions", "/v1/models"}[i%2],
+		Status:     []int{200, 503, 404, 200, 0}[i%5],
+		DurationMs: 12.5 + float64(i),
+		BytesIn:    uint64(100 + i),
+		BytesOut:   uint64(1 << 20 * (i % 3)),
+		Flags:      []string{"", "UF", "DC,UR", ""}[i%4],
+		Details:    []string{"via_upstream", "direct_response", "llmcanary_filter"}[i%3],
+		Bucket:     uint64(i) * 0x9E3779B97F4A7C15,
+		Forced:     i%9 == 0,
+		SampleRate: []float64{0, 1, 0.02}[i%3],
+		Gateway:    i%3 == 2,
+	}
+}
+
+func makeLogEntries(n int, base time.Time) []extproc.LogEntry {
+	out := make([]extproc.LogEntry, n)
+	for i := range out {
+		out[i] = makeLogEntry(i, base)
 	}
 	return out
 }

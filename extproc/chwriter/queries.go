@@ -67,4 +67,25 @@ WHERE ts >= now() - INTERVAL 1 HOUR
   AND failure = ''
 GROUP BY model, version
 ORDER BY model, version`
+
+	// QueryRequestLogByVersion: every request through Envoy per version
+	// over the last hour, from the access log — measured or not, so the
+	// counts are complete whatever the sample rates — with the server
+	// errors (a 5xx, or the pool resetting, refusing, timing out, going
+	// idle or breaking its answer off), rate limiting, and how many of the requests were measured.
+	// The gateway's own answers are left out.
+	QueryRequestLogByVersion = `SELECT
+    model,
+    version,
+    count() AS requests,
+    countIf(status >= 500 OR hasAny(splitByChar(',', response_flags), ['UR', 'UC', 'UF', 'UT', 'SI', 'UPE'])) AS server_errors,
+    server_errors / requests AS error_rate,
+    countIf(status = 429) AS rate_limited,
+    countIf(sample_rate > 0) AS measured
+FROM llmcanary.request_log
+WHERE ts >= now() - INTERVAL 1 HOUR
+  AND gateway = 0
+  AND forced = 0
+GROUP BY model, version
+ORDER BY model, version`
 )

@@ -19,10 +19,11 @@ import (
 )
 
 var docQueries = map[string]string{
-	"QueryTTFTByVersion":      QueryTTFTByVersion,
-	"QueryErrorRateByVersion": QueryErrorRateByVersion,
-	"QueryCostPerRequest":     QueryCostPerRequest,
-	"QueryTokensPerResponse":  QueryTokensPerResponse,
+	"QueryTTFTByVersion":       QueryTTFTByVersion,
+	"QueryErrorRateByVersion":  QueryErrorRateByVersion,
+	"QueryCostPerRequest":      QueryCostPerRequest,
+	"QueryTokensPerResponse":   QueryTokensPerResponse,
+	"QueryRequestLogByVersion": QueryRequestLogByVersion,
 }
 
 // queryRows runs q and returns each row keyed by column name; numbers of
@@ -95,11 +96,62 @@ func queryFixture(now time.Time) []extproc.Record {
 	return recs
 }
 
+// logFixture is the access log of the last hour: v1 with 100 requests,
+// 5 answered 503 and 3 reset by the pool mid-answer, 2 cut off by their
+// client and 4 rate limited, half of them measured; v2 with 50 clean
+// requests, all measured; plus the gateway's own answers, forced and old
+// requests the query must leave out.
+func logFixture(now time.Time) []extproc.LogEntry {
+	var es []extproc.LogEntry
+	add := func(e extproc.LogEntry) {
+		e.RequestID = fmt.Sprintf("l-%d", len(es))
+		if e.Time.IsZero() {
+			e.Time = now.Add(-time.Duration(len(es)) * time.Second)
+		}
+		if !e.Gateway {
+			e.Model, e.Cluster = "m", "m_"+e.Version
+		}
+		if e.Status == 0 {
+			e.Status = 200
+		}
+		es = append(es, e)
+	}
+	for i := 0; i < 100; i++ {
+		e := extproc.LogEntry{Version: "v1"}
+		switch {
+		case i < 5:
+			e.Status, e.Flags = 503, "UF"
+		case i < 8:
+			e.Flags = "UR,DC"
+		case i < 10:
+			e.Flags = "DC"
+		case i < 14:
+			e.Status = 429
+		}
+		if i%2 == 0 {
+			e.SampleRate = 0.5
+		}
+		add(e)
+	}
+	for i := 0; i < 50; i++ {
+		add(extproc.LogEntry{Version: "v2", SampleRate: 1})
+	}
+	for i := 0; i < 5; i++ {
+		add(extproc.LogEntry{Gateway: true, Status: 404, Details: "llmcanary_filter"})
+		add(extproc.LogEntry{Version: "v2", Forced: true, Status: 503})
+		add(extproc.LogEntry{Version: "v1", Time: now.Add(-2 * time.Hour), Status: 503})
+	}
+	return es
+}
+
 func TestDocumentedQueriesAnswerOnTheRealServer(t *testing.T) {
 	ch := chtest.Shared(t)
 	w := newWriter(t, Options{Addr: ch.Addr, Database: wire.Database})
 	for _, r := range queryFixture(time.Now()) {
 		w.Write(r)
+	}
+	for _, e := range logFixture(time.Now()) {
+		w.WriteLog(e)
 	}
 	closeWriter(t, w)
 	conn := chtest.Connect(t, ch)
@@ -125,6 +177,10 @@ func TestDocumentedQueriesAnswerOnTheRealServer(t *testing.T) {
 		{"tokens per response", QueryTokensPerResponse, map[string]want{
 			"v1": {"responses": {90, 90}, "avg_completion_tokens": {50, 50}, "p50_completion_tokens": {50, 50}, "avg_prompt_tokens": {10, 10}, "share_from_usage": {1, 1}},
 			"v2": {"responses": {100, 100}, "avg_completion_tokens": {80, 80}},
+		}},
+		{"every request per version from the access log", QueryRequestLogByVersion, map[string]want{
+			"v1": {"requests": {100, 100}, "server_errors": {8, 8}, "error_rate": {0.08, 0.08}, "rate_limited": {4, 4}, "measured": {50, 50}},
+			"v2": {"requests": {50, 50}, "server_errors": {0, 0}, "error_rate": {0, 0}, "rate_limited": {0, 0}, "measured": {50, 50}},
 		}},
 	}
 	for _, tc := range cases {

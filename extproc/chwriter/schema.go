@@ -13,13 +13,34 @@ import (
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
-// column is one column of a table: its name, its ClickHouse type and how a
-// Record fills it. The slices below are the single definition of the schema:
-// CREATE TABLE, the migration and every INSERT column list come from them.
-type column struct {
-	name  string
-	typ   string
-	value func(r *extproc.Record) any
+// columnDef is one column of a table: its name, its ClickHouse type and
+// its DEFAULT expression ("" for the type's zero), which is what the rows
+// written before the column existed read.
+type columnDef struct{ name, typ, def string }
+
+// ddl is the column's definition in CREATE TABLE and ADD COLUMN.
+func (c columnDef) ddl() string {
+	if c.def == "" {
+		return c.name + " " + c.typ
+	}
+	return c.name + " " + c.typ + " DEFAULT " + c.def
+}
+
+// column is a column of a table of rows of type R and how a row fills it.
+// The column lists below are the single definition of the schema: CREATE
+// TABLE, the migration and every INSERT column list come from them.
+type column[R any] struct {
+	columnDef
+	value func(r *R) any
+}
+
+func col[R any](name, typ string, value func(r *R) any) column[R] {
+	return column[R]{columnDef{name, typ, ""}, value}
+}
+
+// colDefault is col with a DEFAULT expression.
+func colDefault[R any](name, typ, def string, value func(r *R) any) column[R] {
+	return column[R]{columnDef{name, typ, def}, value}
 }
 
 func day(t time.Time) time.Time {
@@ -41,65 +62,120 @@ func b2u(b bool) uint8 {
 // requestColumns is the portable base schema of wire.TableRequests: it runs
 // on ClickHouse 18.16. New columns are appended at the end; the migration
 // adds the ones an existing table lacks.
-var requestColumns = []column{
-	{"ts", "DateTime", func(r *extproc.Record) any { return r.Time.UTC() }},
-	{"ts_ms", "UInt64", func(r *extproc.Record) any { return uint64(r.Time.UnixMilli()) }},
-	{"date", "Date", func(r *extproc.Record) any { return day(r.Time) }},
-	{"request_id", "String", func(r *extproc.Record) any { return r.RequestID }},
-	{"model", "String", func(r *extproc.Record) any { return r.Model }},
-	{"version", "String", func(r *extproc.Record) any { return r.Version }},
-	{"cluster", "String", func(r *extproc.Record) any { return r.Cluster }},
-	{"path", "String", func(r *extproc.Record) any { return r.Path }},
-	{"bucket", "UInt64", func(r *extproc.Record) any { return r.Bucket }},
-	{"forced", "UInt8", func(r *extproc.Record) any { return b2u(r.Forced) }},
-	{"category", "String", func(r *extproc.Record) any { return r.Category }},
-	{"streamed", "UInt8", func(r *extproc.Record) any { return b2u(r.Streamed) }},
-	{"status", "UInt16", func(r *extproc.Record) any { return uint16(r.Status) }},
-	{"failure", "String", func(r *extproc.Record) any { return r.Failure }},
-	{"ttft_ms", "Float64", func(r *extproc.Record) any { return r.TTFTMs }},
-	{"total_ms", "Float64", func(r *extproc.Record) any { return r.TotalMs }},
-	{"itl_mean_ms", "Float64", func(r *extproc.Record) any { return r.ITLMeanMs }},
-	{"itl_p50_ms", "Float64", func(r *extproc.Record) any { return r.ITLP50Ms }},
-	{"itl_p95_ms", "Float64", func(r *extproc.Record) any { return r.ITLP95Ms }},
-	{"itl_max_ms", "Float64", func(r *extproc.Record) any { return r.ITLMaxMs }},
-	{"prompt_tokens", "UInt32", func(r *extproc.Record) any { return r.PromptTokens }},
-	{"completion_tokens", "UInt32", func(r *extproc.Record) any { return r.CompletionTokens }},
-	{"tokens_from_usage", "UInt8", func(r *extproc.Record) any { return b2u(r.TokensFromUsage) }},
-	{"finish_reason", "String", func(r *extproc.Record) any { return r.FinishReason }},
-	{"refusal", "UInt8", func(r *extproc.Record) any { return b2u(r.Refusal) }},
-	{"cost_usd", "Float64", func(r *extproc.Record) any { return r.CostUSD }},
-	{"response_bytes", "UInt32", func(r *extproc.Record) any { return r.ResponseBytes }},
-	{"chunks", "UInt32", func(r *extproc.Record) any { return r.Chunks }},
+var requestColumns = []column[extproc.Record]{
+	col("ts", "DateTime", func(r *extproc.Record) any { return r.Time.UTC() }),
+	col("ts_ms", "UInt64", func(r *extproc.Record) any { return uint64(r.Time.UnixMilli()) }),
+	col("date", "Date", func(r *extproc.Record) any { return day(r.Time) }),
+	col("request_id", "String", func(r *extproc.Record) any { return r.RequestID }),
+	col("model", "String", func(r *extproc.Record) any { return r.Model }),
+	col("version", "String", func(r *extproc.Record) any { return r.Version }),
+	col("cluster", "String", func(r *extproc.Record) any { return r.Cluster }),
+	col("path", "String", func(r *extproc.Record) any { return r.Path }),
+	col("bucket", "UInt64", func(r *extproc.Record) any { return r.Bucket }),
+	col("forced", "UInt8", func(r *extproc.Record) any { return b2u(r.Forced) }),
+	col("category", "String", func(r *extproc.Record) any { return r.Category }),
+	col("streamed", "UInt8", func(r *extproc.Record) any { return b2u(r.Streamed) }),
+	col("status", "UInt16", func(r *extproc.Record) any { return uint16(r.Status) }),
+	col("failure", "String", func(r *extproc.Record) any { return r.Failure }),
+	col("ttft_ms", "Float64", func(r *extproc.Record) any { return r.TTFTMs }),
+	col("total_ms", "Float64", func(r *extproc.Record) any { return r.TotalMs }),
+	col("itl_mean_ms", "Float64", func(r *extproc.Record) any { return r.ITLMeanMs }),
+	col("itl_p50_ms", "Float64", func(r *extproc.Record) any { return r.ITLP50Ms }),
+	col("itl_p95_ms", "Float64", func(r *extproc.Record) any { return r.ITLP95Ms }),
+	col("itl_max_ms", "Float64", func(r *extproc.Record) any { return r.ITLMaxMs }),
+	col("prompt_tokens", "UInt32", func(r *extproc.Record) any { return r.PromptTokens }),
+	col("completion_tokens", "UInt32", func(r *extproc.Record) any { return r.CompletionTokens }),
+	col("tokens_from_usage", "UInt8", func(r *extproc.Record) any { return b2u(r.TokensFromUsage) }),
+	col("finish_reason", "String", func(r *extproc.Record) any { return r.FinishReason }),
+	col("refusal", "UInt8", func(r *extproc.Record) any { return b2u(r.Refusal) }),
+	col("cost_usd", "Float64", func(r *extproc.Record) any { return r.CostUSD }),
+	col("response_bytes", "UInt32", func(r *extproc.Record) any { return r.ResponseBytes }),
+	col("chunks", "UInt32", func(r *extproc.Record) any { return r.Chunks }),
+	colDefault("sample_rate", "Float64", "1", func(r *extproc.Record) any { return sampleRate(r.SampleRate) }),
+}
+
+// sampleRate is the rate a request row is stored with: a rate outside
+// (0, 1], such as the zero of a record spooled before records carried
+// one, means the request was measured at rate 1.
+func sampleRate(r float64) float64 {
+	if r > 0 && r <= 1 {
+		return r
+	}
+	return 1
 }
 
 // captureColumns is the schema of wire.TableCaptures: one row per
 // extproc.Record with Captured set.
-var captureColumns = []column{
-	{"ts", "DateTime", func(r *extproc.Record) any { return r.Time.UTC() }},
-	{"date", "Date", func(r *extproc.Record) any { return day(r.Time) }},
-	{"request_id", "String", func(r *extproc.Record) any { return r.RequestID }},
-	{"model", "String", func(r *extproc.Record) any { return r.Model }},
-	{"version", "String", func(r *extproc.Record) any { return r.Version }},
-	{"prompt", "String", func(r *extproc.Record) any { return r.Prompt }},
-	{"completion", "String", func(r *extproc.Record) any { return r.Completion }},
+var captureColumns = []column[extproc.Record]{
+	col("ts", "DateTime", func(r *extproc.Record) any { return r.Time.UTC() }),
+	col("date", "Date", func(r *extproc.Record) any { return day(r.Time) }),
+	col("request_id", "String", func(r *extproc.Record) any { return r.RequestID }),
+	col("model", "String", func(r *extproc.Record) any { return r.Model }),
+	col("version", "String", func(r *extproc.Record) any { return r.Version }),
+	col("prompt", "String", func(r *extproc.Record) any { return r.Prompt }),
+	col("completion", "String", func(r *extproc.Record) any { return r.Completion }),
 }
 
-// table is one table the writer owns.
-type table struct {
-	name string
-	cols []column
+// requestLogColumns is the schema of wire.TableRequestLog, one row per
+// extproc.LogEntry: every request through Envoy.
+var requestLogColumns = []column[extproc.LogEntry]{
+	col("ts", "DateTime", func(e *extproc.LogEntry) any { return e.Time.UTC() }),
+	col("ts_ms", "UInt64", func(e *extproc.LogEntry) any { return uint64(e.Time.UnixMilli()) }),
+	col("date", "Date", func(e *extproc.LogEntry) any { return day(e.Time) }),
+	col("request_id", "String", func(e *extproc.LogEntry) any { return e.RequestID }),
+	col("model", "String", func(e *extproc.LogEntry) any { return e.Model }),
+	col("version", "String", func(e *extproc.LogEntry) any { return e.Version }),
+	col("cluster", "String", func(e *extproc.LogEntry) any { return e.Cluster }),
+	col("path", "String", func(e *extproc.LogEntry) any { return e.Path }),
+	col("status", "UInt16", func(e *extproc.LogEntry) any { return uint16(e.Status) }),
+	col("duration_ms", "Float64", func(e *extproc.LogEntry) any { return e.DurationMs }),
+	col("request_bytes", "UInt64", func(e *extproc.LogEntry) any { return e.BytesIn }),
+	col("response_bytes", "UInt64", func(e *extproc.LogEntry) any { return e.BytesOut }),
+	col("response_flags", "String", func(e *extproc.LogEntry) any { return e.Flags }),
+	col("details", "String", func(e *extproc.LogEntry) any { return e.Details }),
+	col("bucket", "UInt64", func(e *extproc.LogEntry) any { return e.Bucket }),
+	col("forced", "UInt8", func(e *extproc.LogEntry) any { return b2u(e.Forced) }),
+	col("sample_rate", "Float64", func(e *extproc.LogEntry) any { return e.SampleRate }),
+	col("gateway", "UInt8", func(e *extproc.LogEntry) any { return b2u(e.Gateway) }),
 }
+
+// tableDef is a table's name and columns: what its DDL needs.
+type tableDef struct {
+	name string
+	cols []columnDef
+}
+
+// table is one table the writer owns, of rows of type R.
+type table[R any] struct {
+	name string
+	cols []column[R]
+	// keep selects the rows of a batch that the table holds; nil: all.
+	keep func(r *R) bool
+}
+
+func (t table[R]) def() tableDef {
+	d := tableDef{name: t.name, cols: make([]columnDef, len(t.cols))}
+	for i, c := range t.cols {
+		d.cols[i] = c.columnDef
+	}
+	return d
+}
+
+func (t table[R]) createSQL(db string) string { return t.def().createSQL(db) }
+func (t table[R]) insertSQL(db string) string { return t.def().insertSQL(db) }
 
 var (
-	requestsTable = table{wire.TableRequests, requestColumns}
-	capturesTable = table{wire.TableCaptures, captureColumns}
-	tables        = []table{requestsTable, capturesTable}
+	requestsTable   = table[extproc.Record]{name: wire.TableRequests, cols: requestColumns}
+	capturesTable   = table[extproc.Record]{name: wire.TableCaptures, cols: captureColumns, keep: func(r *extproc.Record) bool { return r.Captured }}
+	requestLogTable = table[extproc.LogEntry]{name: wire.TableRequestLog, cols: requestLogColumns}
+	// tables are all the writer's tables.
+	tables = []tableDef{requestsTable.def(), capturesTable.def(), requestLogTable.def()}
 )
 
-func (t table) createSQL(db string) string {
+func (t tableDef) createSQL(db string) string {
 	defs := make([]string, len(t.cols))
 	for i, c := range t.cols {
-		defs[i] = fmt.Sprintf("    %s %s", c.name, c.typ)
+		defs[i] = "    " + c.ddl()
 	}
 	// MergeTree with PARTITION BY is the custom-partitioning syntax 18.16
 	// already has; daily partitions make retention a DROP PARTITION.
@@ -107,7 +183,7 @@ func (t table) createSQL(db string) string {
 		db, t.name, strings.Join(defs, ",\n"))
 }
 
-func (t table) insertSQL(db string) string {
+func (t tableDef) insertSQL(db string) string {
 	names := make([]string, len(t.cols))
 	for i, c := range t.cols {
 		names[i] = c.name
@@ -176,7 +252,7 @@ func migrate(ctx context.Context, conn driver.Conn, db string, retentionDays int
 		prev := ""
 		for _, c := range t.cols {
 			if !have[c.name] {
-				q := fmt.Sprintf("ALTER TABLE %s.%s ADD COLUMN %s %s", db, t.name, c.name, c.typ)
+				q := fmt.Sprintf("ALTER TABLE %s.%s ADD COLUMN %s", db, t.name, c.ddl())
 				if prev != "" {
 					q += " AFTER " + prev
 				}

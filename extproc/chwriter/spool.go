@@ -12,8 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-
-	"github.com/llmcanary/llmcanary/extproc"
 )
 
 // The spool is the writer's write-ahead log: an append-only file of
@@ -23,8 +21,9 @@ import (
 //
 //	<payload length, decimal> SP <CRC-32C of payload, 8 hex digits> SP <payload> LF
 //
-// where the payload is the batch as a JSON array of extproc.Record. Each
-// append is fsync'd. A line that is incomplete or fails its checksum marks a
+// where the payload is the batch as a JSON array of rows (extproc.Record
+// or extproc.LogEntry: one spool per row type). Each append is fsync'd. A
+// line that is incomplete or fails its checksum marks a
 // torn write (a crash mid-append): it and anything after it are discarded
 // when the spool is opened.
 //
@@ -59,7 +58,7 @@ var ErrSpoolLocked = errors.New("spool directory in use by another process")
 // spool is not safe for concurrent use; the Writer serialises access.
 // Bytes before size never change until commit or truncate, so one reader
 // may read [offset, size) through readFrames while appends go on.
-type spool struct {
+type spool[R any] struct {
 	dir      string
 	lock     *os.File // holds an exclusive flock on spoolLockName
 	f        *os.File
@@ -83,7 +82,7 @@ type spool struct {
 // processes (the lock ends with the process, crash or not). It validates
 // every batch not yet replayed and truncates a torn tail, returning how
 // many bytes it discarded.
-func openSpool(dir string, maxBytes int64) (*spool, int64, error) {
+func openSpool[R any](dir string, maxBytes int64) (*spool[R], int64, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, 0, fmt.Errorf("spool: %w", err)
 	}
@@ -106,7 +105,7 @@ func openSpool(dir string, maxBytes int64) (*spool, int64, error) {
 		lock.Close()
 		return nil, 0, fmt.Errorf("spool: %w", err)
 	}
-	s := &spool{dir: dir, lock: lock, f: f, size: st.Size(), maxBytes: maxBytes, compactAt: compactMinBytes}
+	s := &spool[R]{dir: dir, lock: lock, f: f, size: st.Size(), maxBytes: maxBytes, compactAt: compactMinBytes}
 	s.offset, err = readOffset(filepath.Join(dir, spoolOffsetName))
 	if err != nil {
 		s.close()
@@ -151,12 +150,12 @@ func readOffset(path string) (int64, error) {
 }
 
 // pending reports whether batches wait for replay.
-func (s *spool) pending() bool { return s.offset < s.size }
+func (s *spool[R]) pending() bool { return s.offset < s.size }
 
 // pendingBytes is the size of the batches not yet replayed.
-func (s *spool) pendingBytes() int64 { return s.size - s.offset }
+func (s *spool[R]) pendingBytes() int64 { return s.size - s.offset }
 
-func encodeFrame(batch []extproc.Record) ([]byte, error) {
+func encodeFrame[R any](batch []R) ([]byte, error) {
 	payload, err := json.Marshal(batch)
 	if err != nil {
 		return nil, fmt.Errorf("spool: encode batch: %w", err)
@@ -170,7 +169,7 @@ func encodeFrame(batch []extproc.Record) ([]byte, error) {
 
 // append writes batch as one frame and fsyncs it. On ErrSpoolFull nothing
 // is written; on a write error the partial frame is cut off again.
-func (s *spool) append(batch []extproc.Record) error {
+func (s *spool[R]) append(batch []R) error {
 	frame, err := encodeFrame(batch)
 	if err != nil {
 		return err
@@ -192,24 +191,24 @@ func (s *spool) append(batch []extproc.Record) error {
 
 // next returns the oldest batch not yet replayed and the offset just past
 // it; io.EOF when there is none.
-func (s *spool) next() ([]extproc.Record, int64, error) {
+func (s *spool[R]) next() ([]R, int64, error) {
 	if !s.pending() {
 		return nil, s.offset, io.EOF
 	}
 	return s.readAt(s.offset)
 }
 
-func (s *spool) readAt(pos int64) ([]extproc.Record, int64, error) {
-	return readFrame(s.f, pos, s.size)
+func (s *spool[R]) readAt(pos int64) ([]R, int64, error) {
+	return readFrame[R](s.f, pos, s.size)
 }
 
 // readFrames reads whole frames of f from pos on, up to limit, until they
 // hold at least maxRows records; it returns them as one batch and the
 // offset just past the last frame read.
-func readFrames(f io.ReaderAt, pos, limit int64, maxRows int) ([]extproc.Record, int64, error) {
-	var batch []extproc.Record
+func readFrames[R any](f io.ReaderAt, pos, limit int64, maxRows int) ([]R, int64, error) {
+	var batch []R
 	for pos < limit && len(batch) < maxRows {
-		b, end, err := readFrame(f, pos, limit)
+		b, end, err := readFrame[R](f, pos, limit)
 		if err != nil {
 			return nil, pos, err
 		}
@@ -224,7 +223,7 @@ func readFrames(f io.ReaderAt, pos, limit int64, maxRows int) ([]extproc.Record,
 }
 
 // readFrame reads the frame at pos of f, which must end by limit.
-func readFrame(f io.ReaderAt, pos, limit int64) ([]extproc.Record, int64, error) {
+func readFrame[R any](f io.ReaderAt, pos, limit int64) ([]R, int64, error) {
 	r := bufio.NewReader(io.NewSectionReader(f, pos, limit-pos))
 	lenField, err := r.ReadString(' ')
 	if err != nil || len(lenField) > 12 {
@@ -250,7 +249,7 @@ func readFrame(f io.ReaderAt, pos, limit int64) ([]extproc.Record, int64, error)
 	if crc32.Checksum(payload, crcTable) != uint32(want) {
 		return nil, pos, errTorn
 	}
-	var batch []extproc.Record
+	var batch []R
 	if err := json.Unmarshal(payload, &batch); err != nil {
 		return nil, pos, fmt.Errorf("%w: %v", errTorn, err)
 	}
@@ -261,7 +260,7 @@ func readFrame(f io.ReaderAt, pos, limit int64) ([]extproc.Record, int64, error)
 // commit records that every batch before end is in ClickHouse. When that
 // is the whole log, the log is emptied; when it is most of a large log,
 // the rest moves to a new log (compact).
-func (s *spool) commit(end int64) error {
+func (s *spool[R]) commit(end int64) error {
 	if end >= s.size {
 		if err := s.truncate(0); err != nil {
 			return err
@@ -281,7 +280,7 @@ func (s *spool) commit(end int64) error {
 	return nil
 }
 
-func (s *spool) writeOffset(off int64) error {
+func (s *spool[R]) writeOffset(off int64) error {
 	if err := writeFileAtomic(filepath.Join(s.dir, spoolOffsetName), []byte(strconv.FormatInt(off, 10)+"\n")); err != nil {
 		return fmt.Errorf("spool: write offset: %w", err)
 	}
@@ -294,7 +293,7 @@ func (s *spool) writeOffset(off int64) error {
 // offset write then leaves an offset beyond the new log's end, which
 // openSpool reads as 0 — the right offset for the new log. Nothing is lost
 // or replayed twice.
-func (s *spool) compact() error {
+func (s *spool[R]) compact() error {
 	path := filepath.Join(s.dir, spoolLogName)
 	tmp := path + ".tmp"
 	nf, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o644)
@@ -327,7 +326,7 @@ func (s *spool) compact() error {
 	return s.writeOffset(0)
 }
 
-func (s *spool) truncate(size int64) error {
+func (s *spool[R]) truncate(size int64) error {
 	if err := s.f.Truncate(size); err != nil {
 		return fmt.Errorf("spool: truncate: %w", err)
 	}
@@ -341,7 +340,7 @@ func (s *spool) truncate(size int64) error {
 }
 
 // close releases the log and the directory's lock.
-func (s *spool) close() error { return errors.Join(s.f.Close(), s.lock.Close()) }
+func (s *spool[R]) close() error { return errors.Join(s.f.Close(), s.lock.Close()) }
 
 func writeFileAtomic(path string, data []byte) error {
 	tmp := path + ".tmp"

@@ -12,7 +12,7 @@ import (
 	"github.com/llmcanary/llmcanary/extproc"
 )
 
-func readAll(t *testing.T, s *spool) [][]extproc.Record {
+func readAll(t *testing.T, s *spool[extproc.Record]) [][]extproc.Record {
 	t.Helper()
 	var out [][]extproc.Record
 	pos := s.offset
@@ -29,7 +29,7 @@ func readAll(t *testing.T, s *spool) [][]extproc.Record {
 
 func TestSpoolRoundTripsBatchesInOrder(t *testing.T) {
 	dir := t.TempDir()
-	s, discarded, err := openSpool(dir, 0)
+	s, discarded, err := openSpool[extproc.Record](dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func TestSpoolRoundTripsBatchesInOrder(t *testing.T) {
 	}
 	s.close()
 
-	s, discarded, err = openSpool(dir, 0)
+	s, discarded, err = openSpool[extproc.Record](dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestSpoolDiscardsTornTailAndKeepsEarlierBatches(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			s, _, err := openSpool(dir, 0)
+			s, _, err := openSpool[extproc.Record](dir, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -111,7 +111,7 @@ func TestSpoolDiscardsTornTailAndKeepsEarlierBatches(t *testing.T) {
 			f.Write(tc.tail)
 			f.Close()
 
-			s, discarded, err := openSpool(dir, 0)
+			s, discarded, err := openSpool[extproc.Record](dir, 0)
 			if err != nil {
 				t.Fatalf("open torn spool: %v", err)
 			}
@@ -147,7 +147,7 @@ func lens(bs [][]extproc.Record) []int {
 
 func TestSpoolCommitAdvancesAndEmptiesAtEnd(t *testing.T) {
 	dir := t.TempDir()
-	s, _, err := openSpool(dir, 0)
+	s, _, err := openSpool[extproc.Record](dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestSpoolCommitAdvancesAndEmptiesAtEnd(t *testing.T) {
 	s.close()
 
 	// Progress survives a restart.
-	s, _, err = openSpool(dir, 0)
+	s, _, err = openSpool[extproc.Record](dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func TestSpoolOffsetBeyondLogMeansEmptied(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, spoolOffsetName), []byte("123456\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s, _, err := openSpool(dir, 0)
+	s, _, err := openSpool[extproc.Record](dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +218,7 @@ func TestSpoolRefusesBatchBeyondCap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, _, err := openSpool(t.TempDir(), int64(2*len(frame)+10))
+	s, _, err := openSpool[extproc.Record](t.TempDir(), int64(2*len(frame)+10))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +238,7 @@ func TestSpoolRefusesBatchBeyondCap(t *testing.T) {
 
 func TestSpoolCompactionKeepsTheUnconsumedTailAcrossACrash(t *testing.T) {
 	dir := t.TempDir()
-	s, _, err := openSpool(dir, 0)
+	s, _, err := openSpool[extproc.Record](dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +276,7 @@ func TestSpoolCompactionKeepsTheUnconsumedTailAcrossACrash(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(snapshot, spoolOffsetName), off, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	crashed, _, err := openSpool(snapshot, 0)
+	crashed, _, err := openSpool[extproc.Record](snapshot, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +286,7 @@ func TestSpoolCompactionKeepsTheUnconsumedTailAcrossACrash(t *testing.T) {
 	crashed.close()
 
 	// The compaction itself.
-	s, _, err = openSpool(dir, 0)
+	s, _, err = openSpool[extproc.Record](dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,7 +302,7 @@ func TestSpoolCompactionKeepsTheUnconsumedTailAcrossACrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.close()
-	s, _, err = openSpool(dir, 0)
+	s, _, err = openSpool[extproc.Record](dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,15 +314,15 @@ func TestSpoolCompactionKeepsTheUnconsumedTailAcrossACrash(t *testing.T) {
 
 func TestSpoolDirectoryServesOneProcessAtATime(t *testing.T) {
 	dir := t.TempDir()
-	s, _, err := openSpool(dir, 0)
+	s, _, err := openSpool[extproc.Record](dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := openSpool(dir, 0); !errors.Is(err, ErrSpoolLocked) {
+	if _, _, err := openSpool[extproc.Record](dir, 0); !errors.Is(err, ErrSpoolLocked) {
 		t.Fatalf("second open of a spool in use: %v, want ErrSpoolLocked", err)
 	}
 	s.close()
-	s, _, err = openSpool(dir, 0)
+	s, _, err = openSpool[extproc.Record](dir, 0)
 	if err != nil {
 		t.Fatalf("open after the first closed: %v", err)
 	}

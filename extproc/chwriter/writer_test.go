@@ -65,13 +65,17 @@ func scanRow(t *testing.T, rows interface{ Scan(...any) error }, n int, types []
 }
 
 // assertTableHolds checks that tbl holds exactly want, once each, with
-// every column equal to what the schema derives from the record.
-func assertTableHolds(t *testing.T, w *Writer, tb table, want []extproc.Record) {
+// every column equal to what the schema derives from the row.
+func assertTableHolds[R any](t *testing.T, w *Writer, tb table[R], want []R) {
 	t.Helper()
 	ctx := context.Background()
 	names := make([]string, len(tb.cols))
+	idCol := -1
 	for i, c := range tb.cols {
 		names[i] = c.name
+		if c.name == "request_id" {
+			idCol = i
+		}
 	}
 	rows, err := w.conn.Query(ctx, fmt.Sprintf("SELECT %s FROM %s.%s", strings.Join(names, ", "), w.o.Database, tb.name))
 	if err != nil {
@@ -82,15 +86,9 @@ func assertTableHolds(t *testing.T, w *Writer, tb table, want []extproc.Record) 
 	for _, ct := range rows.ColumnTypes() {
 		types = append(types, ct.ScanType())
 	}
-	byID := map[string]extproc.Record{}
+	byID := map[string]R{}
 	for _, r := range want {
-		byID[r.RequestID] = r
-	}
-	idCol := -1
-	for i, n := range names {
-		if n == "request_id" {
-			idCol = i
-		}
+		byID[tb.cols[idCol].value(&r).(string)] = r
 	}
 	seen := map[string]bool{}
 	for rows.Next() {
@@ -158,24 +156,57 @@ func TestWriterStoresEachRecordOnceWithEveryColumn(t *testing.T) {
 	assertTableHolds(t, w2, capturesTable, captured(recs))
 }
 
+func TestWriterStoresEachAccessLogEntryOnceWithEveryColumn(t *testing.T) {
+	ch := chtest.Shared(t)
+	reg := prometheus.NewRegistry()
+	dir := t.TempDir()
+	w := newWriter(t, Options{Addr: ch.Addr, Database: chtest.NewDatabase(), BatchSize: 89, SpoolDir: dir, Registerer: reg})
+	entries := makeLogEntries(1000, time.Now().Add(-time.Hour))
+	recs := makeRecords(10, time.Now())
+	for i, e := range entries {
+		w.WriteLog(e)
+		if i < len(recs) {
+			w.Write(recs[i])
+		}
+	}
+	closeWriter(t, w)
+	if st := w.LogStats(); st.Written != 1000 || st.Spooled != 0 || st.Dropped != 0 {
+		t.Fatalf("log stats %+v, want 1000 written, none spooled or dropped", st)
+	}
+	if st := w.Stats(); st.Written != 10 {
+		t.Fatalf("request stats %+v, want the 10 records alone", st)
+	}
+	if _, err := os.Stat(filepath.Join(dir, requestLogRows.subdir, spoolLogName)); err != nil {
+		t.Fatalf("the access log's spool: %v", err)
+	}
+
+	w2 := newWriter(t, Options{Addr: ch.Addr, Database: w.o.Database})
+	defer closeWriter(t, w2)
+	assertTableHolds(t, w2, requestLogTable, entries)
+	assertTableHolds(t, w2, requestsTable, recs)
+}
+
 func TestWriterSurvivesClickHouseKilledMidStream(t *testing.T) {
 	ch := chtest.Own(t)
 	db := chtest.NewDatabase()
 	w := newWriter(t, Options{Addr: ch.Addr, Database: db, BatchSize: 50, QueueSize: 10000})
 	recs := makeRecords(3000, time.Now())
-
-	for _, r := range recs[:1000] {
-		w.Write(r)
+	entries := makeLogEntries(3000, time.Now())
+	write := func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			w.Write(recs[i])
+			w.WriteLog(entries[i])
+		}
 	}
+
+	write(0, 1000)
 	waitFor(t, 30*time.Second, "first rows written", func() bool { return w.Stats().Written > 0 })
 	if err := ch.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	// Every Write below returns while the server is down: if Write waited
 	// for ClickHouse, this loop could not finish before the restart.
-	for _, r := range recs[1000:2000] {
-		w.Write(r)
-	}
+	write(1000, 2000)
 	if ch.Running() {
 		t.Fatal("clickhouse came back by itself")
 	}
@@ -187,20 +218,24 @@ func TestWriterSurvivesClickHouseKilledMidStream(t *testing.T) {
 	if err := ch.Restart(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range recs[2000:] {
-		w.Write(r)
-	}
-	waitFor(t, 60*time.Second, "spool replayed", func() bool {
-		s := w.Stats()
-		return s.ClickHouseLive && s.SpoolPending == 0 && s.Written+s.Replayed+s.ReplaySkipped >= 3000
+	write(2000, 3000)
+	waitFor(t, 60*time.Second, "spools replayed", func() bool {
+		for _, s := range []Stats{w.Stats(), w.LogStats()} {
+			if !s.ClickHouseLive || s.SpoolPending != 0 || s.Written+s.Replayed+s.ReplaySkipped < 3000 {
+				return false
+			}
+		}
+		return true
 	})
 	closeWriter(t, w)
 	st := w.Stats()
-	if st.Dropped != 0 {
-		t.Fatalf("dropped %d rows", st.Dropped)
-	}
-	if st.Replayed == 0 {
-		t.Fatalf("nothing replayed: %+v", st)
+	for name, s := range map[string]Stats{"requests": st, "request log": w.LogStats()} {
+		if s.Dropped != 0 {
+			t.Fatalf("%s: dropped %d rows", name, s.Dropped)
+		}
+		if s.Replayed == 0 {
+			t.Fatalf("%s: nothing replayed: %+v", name, s)
+		}
 	}
 	conn := chtest.Connect(t, ch)
 	n, distinct := countRows(t, conn, db, "requests")
@@ -211,13 +246,17 @@ func TestWriterSurvivesClickHouseKilledMidStream(t *testing.T) {
 	if want := uint64(len(captured(recs))); n != want || distinct != want {
 		t.Fatalf("captures has %d rows (%d distinct), want %d", n, distinct, want)
 	}
+	n, distinct = countRows(t, conn, db, wire.TableRequestLog)
+	if n != 3000 || distinct != 3000 {
+		t.Fatalf("request_log has %d rows (%d distinct ids), want 3000 exactly once; stats %+v", n, distinct, w.LogStats())
+	}
 }
 
 // spoolWith writes batches into a fresh spool in dir, as a writer that
 // could not reach ClickHouse would have.
 func spoolWith(t *testing.T, dir string, batches ...[]extproc.Record) {
 	t.Helper()
-	s, _, err := openSpool(dir, 0)
+	s, _, err := openSpool[extproc.Record](dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -412,11 +451,32 @@ func TestMigrationAddsColumnsAnOlderTableLacks(t *testing.T) {
 	db := chtest.NewDatabase()
 	conn := chtest.Connect(t, ch)
 	ctx := context.Background()
-	old := table{requestsTable.name, requestsTable.cols[:10]}
+	old := table[extproc.Record]{name: requestsTable.name, cols: requestsTable.cols[:10]}
 	for _, q := range []string{"CREATE DATABASE " + db, old.createSQL(db)} {
 		if err := conn.Exec(ctx, q); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
+	}
+	// A row of the older release, which had only those columns: it reads
+	// the zero of each column added since, and sample_rate 1 (it measured
+	// every request).
+	oldRow := extproc.Record{
+		Time: time.Now().Add(-time.Minute), RequestID: "from-the-older-release",
+		Model: "llama", Version: "v0", Cluster: "pool-0", Path: "/v1/completions", Bucket: 7,
+	}
+	b, err := conn.PrepareBatch(ctx, old.insertSQL(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vals []any
+	for _, c := range old.cols {
+		vals = append(vals, c.value(&oldRow))
+	}
+	if err := b.Append(vals...); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Send(); err != nil {
+		t.Fatal(err)
 	}
 	w := newWriter(t, Options{Addr: ch.Addr, Database: db})
 	recs := makeRecords(10, time.Now())
@@ -426,13 +486,20 @@ func TestMigrationAddsColumnsAnOlderTableLacks(t *testing.T) {
 	closeWriter(t, w)
 	w = newWriter(t, Options{Addr: ch.Addr, Database: db})
 	defer closeWriter(t, w)
-	assertTableHolds(t, w, requestsTable, recs)
+	assertTableHolds(t, w, requestsTable, append(recs, oldRow))
 	have, err := existingColumns(ctx, conn, db, requestsTable.name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(have) != len(requestColumns) {
 		t.Fatalf("table has %d columns after migration, want %d", len(have), len(requestColumns))
+	}
+	var rate float64
+	if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT sample_rate FROM %s.requests WHERE request_id = ?", db), oldRow.RequestID).Scan(&rate); err != nil {
+		t.Fatal(err)
+	}
+	if rate != 1 {
+		t.Fatalf("a row from before the sample rate reads sample_rate %v, want 1", rate)
 	}
 }
 
@@ -486,8 +553,8 @@ func TestParseVersionAndExtras(t *testing.T) {
 	}{
 		{"18.16.1", 30, 0},
 		{"19.5.4.22", 30, 0},
-		{"19.6.1", 30, 2},
-		{"24.3.1.2672", 7, 2},
+		{"19.6.1", 30, len(tables)},
+		{"24.3.1.2672", 7, len(tables)},
 		{"24.3.1.2672", 0, 0},
 	}
 	for _, tc := range cases {

@@ -170,30 +170,53 @@ func Cluster(name, addr string) *clusterv3.Cluster {
 	}
 }
 
-// AccessLog returns the HTTP access log that feeds ResetCauses: Envoy's
-// gRPC access logger to the same service (cluster clusterName), sending only
-// requests that ended with a connection-level response flag — the ones whose
-// ending ext_proc cannot attribute by itself.
+// Settings of the access log's batches (see AccessLog).
+const (
+	// AccessLogFlushInterval bounds how long an entry waits in Envoy
+	// before it is sent: a request cut off mid-answer waits that long for
+	// its cause (see extproc.ResetCauses), so it is kept short.
+	AccessLogFlushInterval = 100 * time.Millisecond
+	// AccessLogBufferBytes is the batch each of Envoy's workers sends as
+	// soon as it is full (Envoy's default): about forty entries, so under
+	// load an entry costs a fortieth of a gRPC message.
+	AccessLogBufferBytes = 16 << 10
+)
+
+// AccessLogHeaders are the request headers every access-log entry carries
+// beyond Envoy's standard properties (which include x-request-id): those
+// the wasm filter and the route set on the request.
+var AccessLogHeaders = []string{wire.HeaderModel, wire.HeaderBucket, wire.HeaderForce, wire.HeaderSampleRate}
+
+// AccessLogResponseHeaders are the response headers every entry carries:
+// the served version, which the route adds per weighted cluster.
+var AccessLogResponseHeaders = []string{wire.HeaderVersion}
+
+// AccessLog returns the HTTP access log through which Envoy records every
+// request, measured or not, to the telemetry service (cluster
+// clusterName): Envoy's gRPC access logger, which batches entries per
+// worker and never holds a request up. The service writes each entry to
+// the request log (status, duration, bytes, version, response flags,
+// sample rate) and learns from the entries with a connection-level
+// response flag who cut a request off, which ext_proc cannot see.
 func AccessLog(clusterName string) (*accesslogv3.AccessLog, error) {
 	cfg, err := anypb.New(&grpcalsv3.HttpGrpcAccessLogConfig{
 		CommonConfig: &grpcalsv3.CommonGrpcAccessLogConfig{
-			LogName: "llmcanary-resets",
+			LogName: "llmcanary",
 			GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
 				EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: clusterName},
 			}},
 			TransportApiVersion: corev3.ApiVersion_V3,
-			// Small and frequent: a cut-off request's record waits for it.
-			BufferFlushInterval: durationpb.New(100 * time.Millisecond),
+			BufferFlushInterval: durationpb.New(AccessLogFlushInterval),
+			BufferSizeBytes:     wrapperspb.UInt32(AccessLogBufferBytes),
 		},
+		AdditionalRequestHeadersToLog:  AccessLogHeaders,
+		AdditionalResponseHeadersToLog: AccessLogResponseHeaders,
 	})
 	if err != nil {
 		return nil, err
 	}
 	return &accesslogv3.AccessLog{
-		Name: "envoy.access_loggers.http_grpc",
-		Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{
-			ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{Flags: ResetResponseFlags},
-		}},
+		Name:       "envoy.access_loggers.http_grpc",
 		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: cfg},
 	}, nil
 }
@@ -232,9 +255,6 @@ var ResponseAttributes = []string{
 	AttrClusterName, AttrResponseCode,
 	AttrMetaModel, AttrMetaVersion, AttrMetaPriceIn, AttrMetaPriceOut,
 }
-
-// ResetResponseFlags are the response flags the access log is filtered on.
-var ResetResponseFlags = []string{"DC", "DR", "UR", "UC", "UF", "UT", "SI"}
 
 // PerRoute returns the ext_proc filter's per-route settings for traffic
 // measured at rate, the share of its arm's users whose requests are timed:

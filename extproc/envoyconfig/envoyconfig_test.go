@@ -1,10 +1,14 @@
 package envoyconfig
 
 import (
+	"slices"
 	"testing"
 	"time"
 
+	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+
+	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
 func TestHTTPFilter(t *testing.T) {
@@ -61,5 +65,35 @@ func TestClusterIsValidHTTP2Static(t *testing.T) {
 	}
 	if err := Cluster("x", "no-port").ValidateAll(); err == nil {
 		t.Fatal("an address without a port must not yield a valid cluster")
+	}
+}
+
+func TestAccessLogRecordsEveryRequestWithTheRoutingHeaders(t *testing.T) {
+	al, err := AccessLog("llmcanary_extproc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := al.ValidateAll(); err != nil {
+		t.Fatal(err)
+	}
+	if al.GetFilter() != nil {
+		t.Fatalf("the access log is filtered (%v): every request must be recorded", al.GetFilter())
+	}
+	var cfg grpcalsv3.HttpGrpcAccessLogConfig
+	if err := al.GetTypedConfig().UnmarshalTo(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	cc := cfg.GetCommonConfig()
+	if cc.GetGrpcService().GetEnvoyGrpc().GetClusterName() != "llmcanary_extproc" ||
+		cc.GetBufferFlushInterval().AsDuration() != AccessLogFlushInterval || cc.GetBufferSizeBytes().GetValue() != AccessLogBufferBytes {
+		t.Fatalf("common config = %v", cc)
+	}
+	for _, h := range []string{wire.HeaderModel, wire.HeaderBucket, wire.HeaderForce, wire.HeaderSampleRate} {
+		if !slices.Contains(cfg.GetAdditionalRequestHeadersToLog(), h) {
+			t.Errorf("request header %s is not logged", h)
+		}
+	}
+	if !slices.Contains(cfg.GetAdditionalResponseHeadersToLog(), wire.HeaderVersion) {
+		t.Errorf("response header %s is not logged", wire.HeaderVersion)
 	}
 }

@@ -22,10 +22,17 @@ import (
 // completion sends one chat request with the upstream's behaviour in
 // headers and reads the whole answer.
 func completion(ctx context.Context, url string, hdr map[string]string) (int, string, error) {
+	code, body, _, err := completionFull(ctx, url, hdr)
+	return code, body, err
+}
+
+// completionFull is completion that also returns the served version
+// (the response's x-llmcanary-version).
+func completionFull(ctx context.Context, url string, hdr map[string]string) (code int, body, version string, err error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/chat/completions",
 		strings.NewReader(`{"model":"llama","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
 	if err != nil {
-		return 0, "", err
+		return 0, "", "", err
 	}
 	req.Header.Set("content-type", "application/json")
 	for k, v := range hdr {
@@ -33,11 +40,11 @@ func completion(ctx context.Context, url string, hdr map[string]string) (int, st
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, "", err
+		return 0, "", "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), err
+	return resp.StatusCode, string(b), resp.Header.Get(wire.HeaderVersion), err
 }
 
 // fastClose keeps the deferred close of abandoned streams short, so the

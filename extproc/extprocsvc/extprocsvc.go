@@ -254,7 +254,7 @@ func (s *Service) serve(lis net.Listener, reg prometheus.Registerer) error {
 	if err != nil {
 		return err
 	}
-	g := grpc.NewServer(s.creds...)
+	g := grpc.NewServer(append(append([]grpc.ServerOption(nil), s.creds...), extproc.ServerOptions()...)...)
 	srv.Register(g)
 	s.mu.Lock()
 	s.srv, s.grpc = srv, g

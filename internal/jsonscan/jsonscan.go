@@ -224,12 +224,28 @@ func skipLiteral(data []byte, i int, lit string) (int, error) {
 	return i + len(lit), nil
 }
 
+// stringSpecial marks the bytes that end a run of plain string content:
+// the closing quote, a backslash, and the control characters JSON forbids.
+var stringSpecial = func() (t [256]bool) {
+	for c := 0; c < 0x20; c++ {
+		t[c] = true
+	}
+	t['"'], t['\\'] = true, true
+	return t
+}()
+
 // skipString returns the end of the string whose opening quote is data[i].
 // Control characters must be escaped; escapes must be valid; bytes above
 // 0x7f are taken as they are (Unquote repairs invalid UTF-8).
 func skipString(data []byte, i int) (int, error) {
 	i++
 	for i < len(data) {
+		for i < len(data) && !stringSpecial[data[i]] { // the common run of plain bytes
+			i++
+		}
+		if i >= len(data) {
+			break
+		}
 		c := data[i]
 		switch {
 		case c == '"':

@@ -23,8 +23,17 @@ func decodeMembers(data []byte) (map[string]string, bool) {
 
 // scanMembers is the same through Members, keeping the last duplicate.
 func scanMembers(data []byte) (map[string]string, bool) {
+	return membersBy(Members, data)
+}
+
+// singlePassMembers is the same through ScanMembers.
+func singlePassMembers(data []byte) (map[string]string, bool) {
+	return membersBy(ScanMembers, data)
+}
+
+func membersBy(scan func([]byte, func([]byte, Value)) error, data []byte) (map[string]string, bool) {
 	out := map[string]string{}
-	err := Members(data, func(k []byte, v Value) { out[string(k)] = string(v.Raw) })
+	err := scan(data, func(k []byte, v Value) { out[string(k)] = string(v.Raw) })
 	return out, err == nil
 }
 
@@ -64,12 +73,14 @@ func TestMembersAgreesWithEncodingJSON(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			want, wantOK := decodeMembers([]byte(c.doc))
-			got, ok := scanMembers([]byte(c.doc))
-			if ok != wantOK {
-				t.Fatalf("valid = %v, encoding/json says %v", ok, wantOK)
-			}
-			if ok && !sameMembers(got, want) {
-				t.Fatalf("members %q, encoding/json %q", got, want)
+			for name, scan := range map[string]func([]byte) (map[string]string, bool){"Members": scanMembers, "ScanMembers": singlePassMembers} {
+				got, ok := scan([]byte(c.doc))
+				if ok != wantOK {
+					t.Fatalf("%s: valid = %v, encoding/json says %v", name, ok, wantOK)
+				}
+				if ok && !sameMembers(got, want) {
+					t.Fatalf("%s: members %q, encoding/json %q", name, got, want)
+				}
 			}
 		})
 	}
@@ -131,6 +142,21 @@ func TestElementsListsAnArray(t *testing.T) {
 	if err := Elements([]byte(`{}`), func(Value) {}); err == nil {
 		t.Fatal("an object accepted as an array")
 	}
+	got = got[:0]
+	if err := ScanElements([]byte(` [ "a", 1 , {"b":[2]} ] `), func(v Value) { got = append(got, string(v.Raw)) }); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, "|") != `"a"|1|{"b":[2]}` {
+		t.Fatalf("ScanElements: elements %q", got)
+	}
+	for _, bad := range []string{`{}`, `[1,]`, `[1 2]`, `[1] x`, `[`, `[]]`} {
+		if err := ScanElements([]byte(bad), func(Value) {}); err == nil {
+			t.Errorf("ScanElements accepted %q", bad)
+		}
+	}
+	if err := ScanElements([]byte(" [ ] "), func(Value) { t.Fatal("an element in an empty array") }); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func FuzzMembersAgreesWithEncodingJSON(f *testing.F) {
@@ -145,6 +171,9 @@ func FuzzMembersAgreesWithEncodingJSON(f *testing.F) {
 		}
 		if ok && !sameMembers(got, want) {
 			t.Fatalf("members %q, encoding/json %q", got, want)
+		}
+		if one, oneOK := singlePassMembers(data); oneOK != ok || ok && !sameMembers(one, got) {
+			t.Fatalf("ScanMembers %q (valid %v), Members %q (valid %v) for %q", one, oneOK, got, ok, data)
 		}
 		for _, v := range got {
 			if len(v) > 0 && v[0] == '"' {

@@ -89,9 +89,13 @@ const (
 // ClickHouse objects.
 const (
 	Database = "llmcanary"
-	// TableRequests holds one row per request through Envoy (written by
-	// the telemetry service, read by the analyzer and the quality judge).
+	// TableRequests has one row per measured request (the ext_proc
+	// service's timing, tokens, cost, failure), at its sample rate.
 	TableRequests = "requests"
+	// TableRequestLog has one row per request through Envoy, measured or
+	// not, from Envoy's gRPC access log: the complete request counts and
+	// error rates per version, and the gateway's own answers (marked).
+	TableRequestLog = "request_log"
 	// TableCaptures holds the captured prompt and completion text of
 	// sampled requests (written by the telemetry service, read by the
 	// quality judge).

@@ -29,7 +29,7 @@ func extprocFleet(t testing.TB, stable, canary sim.Profile, args ...string) (*fl
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	f := startFleet(t, fleetOptions{wasm: true, stableW: 50, stable: stable, canary: canary,
-		stack: local.Options{ClickHouse: true, ExtProcAddr: addr}})
+		stack: local.Options{ClickHouse: true, ExtProcAddr: addr, Measure: timeAll}})
 	ep, err := procs.StartExtproc(context.Background(), procs.ExtprocOptions{
 		Dir: filepath.Join(t.TempDir(), "extproc"), Listen: addr, ClickHouse: f.ClickHouse.Addr, Args: args,
 		TLS: f.Certs.ServerFiles(),
