@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -35,16 +36,37 @@ type Store struct {
 	dir      string
 	mu       sync.Mutex
 	rollouts map[string]*Rollout
-	// onChange, if set, sees every persisted change (before is nil for a
-	// new rollout). It runs under the store's lock and must not block.
-	onChange func(before, after *Rollout)
+	// watchers see every persisted change (before is nil for a new
+	// rollout), in the order they were registered. They run under the
+	// store's lock and must not block.
+	watchers []*watcher
 }
 
-// OnChange registers f to see every persisted change from now on.
-func (s *Store) OnChange(f func(before, after *Rollout)) {
+type watcher struct{ f func(before, after *Rollout) }
+
+// OnChange registers f to see every persisted change from now on (before
+// is nil for a new rollout) and returns the function that unregisters it.
+// before and after are the store's own: f reads them and copies what it
+// keeps, never changes them. f runs under the store's lock, so it must not
+// block or call the store: the stage log, the notifier and the metrics
+// queue their work.
+func (s *Store) OnChange(f func(before, after *Rollout)) (remove func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.onChange = f
+	w := &watcher{f}
+	s.watchers = append(s.watchers, w)
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.watchers = slices.DeleteFunc(s.watchers, func(x *watcher) bool { return x == w })
+	}
+}
+
+// changed tells every watcher about a persisted change. Callers hold s.mu.
+func (s *Store) changed(before, after *Rollout) {
+	for _, w := range s.watchers {
+		w.f(before, after)
+	}
 }
 
 // OpenStore reads every rollout in dir, creating dir if needed.
@@ -106,9 +128,7 @@ func (s *Store) Create(r *Rollout) error {
 		return err
 	}
 	s.rollouts[c.ID] = c
-	if s.onChange != nil {
-		s.onChange(nil, c)
-	}
+	s.changed(nil, c)
 	return nil
 }
 
@@ -165,9 +185,7 @@ func (s *Store) Update(id string, change func(*Rollout) error) (*Rollout, error)
 		return nil, err
 	}
 	s.rollouts[id] = c
-	if s.onChange != nil {
-		s.onChange(cur, c)
-	}
+	s.changed(cur, c)
 	return copyRollout(c)
 }
 

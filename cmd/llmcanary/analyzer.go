@@ -18,6 +18,7 @@ import (
 
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/chsource"
+	"github.com/llmcanary/llmcanary/analyzer/notify"
 	"github.com/llmcanary/llmcanary/analyzer/quality"
 	"github.com/llmcanary/llmcanary/internal/mtls"
 	"github.com/llmcanary/llmcanary/internal/wire"
@@ -54,6 +55,8 @@ type analyzerOptions struct {
 	// https control plane (empty: the system's roots).
 	TLS            mtls.ServerFiles
 	ControlPlaneCA string
+	// Notify are the webhooks told of every decision and state change.
+	Notify notify.Flags
 }
 
 func defaultAnalyzerOptions() analyzerOptions {
@@ -104,6 +107,9 @@ func (o analyzerOptions) Validate() error {
 	if err := o.TLS.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := o.Notify.Config(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -124,6 +130,7 @@ func (o *analyzerOptions) bind(fs *flag.FlagSet) {
 	fs.DurationVar(&o.JudgeInterval, "judge-interval", o.JudgeInterval, "pause between judge rounds when there is no backlog")
 	fs.StringVar(&o.ControlPlaneCA, "control-plane-ca", o.ControlPlaneCA, "PEM CA certificate that verifies an https --control-plane (default: the system's roots)")
 	bindServerTLS(fs, &o.TLS, false, "--listen")
+	o.Notify.Bind(fs)
 }
 
 func runAnalyzer(ctx context.Context, args []string) error {
@@ -191,6 +198,11 @@ with POST /v1/feedback for user ratings. Rollouts are durable in --data-dir.`)
 		Store: store, Source: source, Traffic: cp, Models: cp,
 		Policy: policy, Interval: o.Interval, Refresh: o.Refresh, Log: log, Stages: stages,
 	}
+	stopNotify, err := startNotifier(o.Notify, store, log)
+	if err != nil {
+		return err
+	}
+	defer stopNotify()
 	api := analyzer.NewAPI(runner, o.Token, log)
 	api.Mount("POST /v1/feedback", qstore.FeedbackHandler())
 
@@ -235,4 +247,27 @@ with POST /v1/feedback for user ratings. Rollouts are durable in --data-dir.`)
 	defer cancel()
 	_ = srv.Shutdown(shut)
 	return err
+}
+
+// startNotifier tells the configured webhooks of every change of the
+// store's rollouts; stop sends what is queued (for up to ten seconds).
+func startNotifier(f notify.Flags, store *analyzer.Store, log *slog.Logger) (stop func(), err error) {
+	cfg, err := f.Config()
+	if err != nil || len(cfg.Webhooks) == 0 {
+		return func() {}, err
+	}
+	n, err := notify.New(cfg, notify.Options{Log: log})
+	if err != nil {
+		return nil, err
+	}
+	remove := store.OnChange(n.Changed)
+	log.Info("notifications on", "webhooks", len(cfg.Webhooks))
+	return func() {
+		remove()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := n.Close(ctx); err != nil {
+			log.Warn("notifications", "error", err)
+		}
+	}, nil
 }
