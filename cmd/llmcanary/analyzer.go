@@ -15,11 +15,14 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/chsource"
+	"github.com/llmcanary/llmcanary/analyzer/monitor"
 	"github.com/llmcanary/llmcanary/analyzer/notify"
 	"github.com/llmcanary/llmcanary/analyzer/quality"
+	"github.com/llmcanary/llmcanary/internal/health"
 	"github.com/llmcanary/llmcanary/internal/mtls"
 	"github.com/llmcanary/llmcanary/internal/wire"
 	"github.com/llmcanary/llmcanary/xds"
@@ -138,8 +141,11 @@ func runAnalyzer(ctx context.Context, args []string) error {
 	fs := newFlagSet("analyzer", `Looks at every running rollout each --interval: measures stable and canary
 over the stage's window in ClickHouse, decides with always-valid sequential
 tests (advance, promote, roll back, hold, pause for a human) and moves traffic
-through the control plane. Serves the rollout API (HTTP/JSON, bearer token)
-with POST /v1/feedback for user ratings. Rollouts are durable in --data-dir.`)
+through the control plane. Serves the rollout API (HTTP/JSON, bearer token,
+see analyzer/openapi.yaml) with POST /v1/feedback for user ratings, and
+beside it /metrics (Prometheus), /healthz and /readyz (ready: ClickHouse
+answers and the control plane takes the token). Webhooks (--notify-*) hear of
+every decision and state change. Rollouts are durable in --data-dir.`)
 	o.bind(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -194,11 +200,17 @@ with POST /v1/feedback for user ratings. Rollouts are durable in --data-dir.`)
 	cp := analyzer.ControlPlane{Client: &xds.Client{BaseURL: strings.TrimRight(o.ControlPlane, "/"), Token: cpToken, Actor: "analyzer", HTTP: cpHTTP}}
 	source := chsource.New(conn, o.Database)
 	source.KeepValues = true // A/B reports' win rates
+	reg := health.NewRegistry()
+	mon, err := monitor.New(store, reg)
+	if err != nil {
+		return err
+	}
+	defer store.OnChange(mon.Changed)()
 	runner := &analyzer.Runner{
-		Store: store, Source: source, Traffic: cp, Models: cp,
+		Store: store, Source: mon.Source(source), Traffic: cp, Models: cp,
 		Policy: policy, Interval: o.Interval, Refresh: o.Refresh, Log: log, Stages: stages,
 	}
-	stopNotify, err := startNotifier(o.Notify, store, log)
+	stopNotify, err := startNotifier(o.Notify, store, reg, log)
 	if err != nil {
 		return err
 	}
@@ -219,7 +231,13 @@ with POST /v1/feedback for user ratings. Rollouts are durable in --data-dir.`)
 		// The token authorises; TLS keeps it and the feedback private.
 		lis = tls.NewListener(lis, certs.Config([]string{"h2", "http/1.1"}, false))
 	}
-	srv := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second,
+	// Ready: ClickHouse answers and the control plane takes the token.
+	requests := health.NewRequestCounter("llmcanary", "analyzer", "Rollout API requests by route, method and status code.")
+	reg.MustRegister(requests)
+	handler := health.Beside(api.Handler(), reg, requests, false,
+		health.Check{Name: "clickhouse", Fn: conn.Ping},
+		health.Check{Name: "control_plane", Fn: func(ctx context.Context) error { _, err := cp.Client.Revision(ctx); return err }})
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)} // refused TLS handshakes, among others
 	errc := make(chan error, 3)
 	go func() { errc <- srv.Serve(lis) }()
@@ -251,12 +269,12 @@ with POST /v1/feedback for user ratings. Rollouts are durable in --data-dir.`)
 
 // startNotifier tells the configured webhooks of every change of the
 // store's rollouts; stop sends what is queued (for up to ten seconds).
-func startNotifier(f notify.Flags, store *analyzer.Store, log *slog.Logger) (stop func(), err error) {
+func startNotifier(f notify.Flags, store *analyzer.Store, reg prometheus.Registerer, log *slog.Logger) (stop func(), err error) {
 	cfg, err := f.Config()
 	if err != nil || len(cfg.Webhooks) == 0 {
 		return func() {}, err
 	}
-	n, err := notify.New(cfg, notify.Options{Log: log})
+	n, err := notify.New(cfg, notify.Options{Log: log, Registerer: reg})
 	if err != nil {
 		return nil, err
 	}

@@ -15,14 +15,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter"
+	"github.com/llmcanary/llmcanary/internal/health"
 	"github.com/llmcanary/llmcanary/internal/mtls"
 )
 
@@ -124,7 +123,7 @@ func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
 func (o *extprocOptions) bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.Listen, "listen", o.Listen, "gRPC address for Envoy's ext_proc filter")
-	fs.StringVar(&o.MetricsListen, "metrics-listen", o.MetricsListen, "address serving Prometheus /metrics (empty: off)")
+	fs.StringVar(&o.MetricsListen, "metrics-listen", o.MetricsListen, "address serving Prometheus /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&o.ClickHouse, "clickhouse", o.ClickHouse, "ClickHouse native-protocol address, e.g. 127.0.0.1:9000 (empty: log records instead)")
 	fs.StringVar(&o.Database, "database", o.Database, "ClickHouse database (default llmcanary)")
 	fs.StringVar(&o.SpoolDir, "spool-dir", o.SpoolDir, "directory where records wait while ClickHouse is unreachable")
@@ -156,8 +155,7 @@ func runExtproc(ctx context.Context, args []string) error {
 	_ = lvl.UnmarshalText([]byte(o.LogLevel))
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := health.NewRegistry()
 
 	sink, closeSink, err := openSink(ctx, o, reg, log)
 	if err != nil {
@@ -217,7 +215,13 @@ func runExtproc(ctx context.Context, args []string) error {
 			return fmt.Errorf("metrics listen: %w", err)
 		}
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		// Ready while records are kept: in ClickHouse, or spooled while it
+		// is away (chwriter.Writer.Ready); the log sink is always ready.
+		var checks []health.Check
+		if w, ok := sink.(interface{ Ready(context.Context) error }); ok {
+			checks = append(checks, health.Check{Name: "clickhouse", Fn: w.Ready})
+		}
+		health.Mount(mux, reg, true, checks...)
 		hs = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := hs.Serve(ml); !errors.Is(err, http.ErrServerClosed) {

@@ -8,6 +8,7 @@ package health
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"sort"
 	"sync"
@@ -25,6 +26,13 @@ type Check struct {
 	Name string
 	Fn   func(ctx context.Context) error
 }
+
+// Degraded is a check's answer when the service works in a reduced way
+// and stays ready: the telemetry service spooling while ClickHouse is
+// away. /readyz shows it as "degraded: <reason>" and answers 200.
+type Degraded string
+
+func (d Degraded) Error() string { return string(d) }
 
 // CheckTimeout bounds one /readyz answer: a check that hangs (a firewalled
 // ClickHouse) makes the service not ready rather than the probe time out.
@@ -53,6 +61,11 @@ func Ready(ctx context.Context, checks []Check) (Report, bool) {
 			err := run(ctx, c)
 			mu.Lock()
 			defer mu.Unlock()
+			var d Degraded
+			if errors.As(err, &d) {
+				rep.Checks[c.Name] = "degraded: " + d.Error()
+				return
+			}
 			if err != nil {
 				rep.Checks[c.Name], ok = err.Error(), false
 				return
@@ -135,4 +148,17 @@ func Names(checks []Check) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// Beside returns a handler that serves GET /readyz and GET /metrics (and
+// GET /healthz when live is set) and sends every other request to api,
+// counted by requests when it is not nil (register it on reg first).
+func Beside(api http.Handler, reg prometheus.Gatherer, requests *RequestCounter, live bool, checks ...Check) http.Handler {
+	mux := http.NewServeMux()
+	Mount(mux, reg, live, checks...)
+	if requests != nil {
+		api = requests.Wrap(api)
+	}
+	mux.Handle("/", api)
+	return mux
 }

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -28,21 +29,11 @@ type Samples []Sample
 // Scrape fetches url (a /metrics endpoint) and parses the text format
 // strictly: a page Prometheus could not read is an error.
 func Scrape(ctx context.Context, hc *http.Client, url string) (Samples, error) {
-	if hc == nil {
-		hc = http.DefaultClient
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := hc.Do(req)
+	resp, err := fetch(ctx, hc, url)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("scrape %s: status %d", url, resp.StatusCode)
-	}
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := p.TextToMetricFamilies(resp.Body)
 	if err != nil {
@@ -111,4 +102,44 @@ func (s Sample) String() string {
 		parts = append(parts, fmt.Sprintf("%s=%q", k, s.Labels[k]))
 	}
 	return fmt.Sprintf("%s{%s} %g", s.Name, strings.Join(parts, ","), s.Value)
+}
+
+// Lint fetches url (a /metrics endpoint) and returns what Prometheus's
+// own linter (promlint: base units, _total on counters only, help text,
+// no camelCase) finds wrong with its metric names, one line per problem.
+func Lint(ctx context.Context, hc *http.Client, url string) ([]string, error) {
+	resp, err := fetch(ctx, hc, url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	problems, err := promlint.New(resp.Body).Lint()
+	if err != nil {
+		return nil, fmt.Errorf("lint %s: %w", url, err)
+	}
+	var out []string
+	for _, p := range problems {
+		out = append(out, p.Metric+": "+p.Text)
+	}
+	return out, nil
+}
+
+// fetch GETs url and returns a 200 answer.
+func fetch(ctx context.Context, hc *http.Client, url string) (*http.Response, error) {
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("scrape %s: status %d", url, resp.StatusCode)
+	}
+	return resp, nil
 }

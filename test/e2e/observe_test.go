@@ -1,0 +1,156 @@
+package e2e
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmcanary/llmcanary/analyzer"
+	"github.com/llmcanary/llmcanary/internal/health"
+	"github.com/llmcanary/llmcanary/internal/mtls"
+)
+
+// TestEveryServiceExportsMetricsAndSaysWhenItIsNotReady runs the real
+// stack — Envoy, ClickHouse, the control plane, `llmcanary extproc` and
+// `llmcanary analyzer` as processes — drives traffic and a rollout, and
+// scrapes each service: the series a dashboard needs are there with the
+// right values, Prometheus's linter finds nothing wrong with the names,
+// and /readyz answers for each. Then ClickHouse stops: the analyzer is no
+// longer ready (it cannot measure), the telemetry service stays ready in
+// a degraded way (it spools), the control plane is unaffected.
+func TestEveryServiceExportsMetricsAndSaysWhenItIsNotReady(t *testing.T) {
+	f, ep := extprocFleet(t, analyzerProfile("v1", 0), analyzerProfile("v2", 0))
+	a := startAnalyzerProcess(t, f, `
+stages:
+  - {weight: 20, min_duration: 10m, min_samples: 100000}
+  - {weight: 100}
+tolerances: {error_rate: 0.05, latency: 0.25}
+required: [error_rate, latency]
+`)
+	ctx := context.Background()
+	hc, err := mtls.HTTPClient(f.Certs.CA())
+	if err != nil {
+		t.Fatal(err)
+	}
+	control, telemetry, analyzerURL := f.CP.APIURL, "http://"+ep.MetricsAddr, "http://"+a.Addr
+
+	const n = 200
+	for i, ans := range f.parallel(t, n, func(i int) request { return request{body: streamBody, headers: user(i)} }) {
+		if ans.status != 200 {
+			t.Fatalf("request %d: %d %.100s", i, ans.status, ans.body)
+		}
+	}
+	f.waitRows(t, n, 30*time.Second)
+	ro, err := analyzerClient(a).Start(ctx, analyzer.StartRequest{Model: model, Canary: "v2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop, _ := drive(t, f)
+	// A decision on measured canary requests (a hold: the stage wants
+	// far more samples).
+	eventually(t, 30*time.Second, "a decision on canary requests", func() bool {
+		v, err := analyzerClient(a).Get(ctx, ro.ID)
+		return err == nil && v.Last != nil && v.Last.CanaryRequests > 0
+	})
+	stop()
+
+	scrape := func(url string) health.Samples {
+		t.Helper()
+		ss, err := health.Scrape(ctx, hc, url+"/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		problems, err := health.Lint(ctx, hc, url+"/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range problems {
+			t.Errorf("%s: promlint: %s", url, p)
+		}
+		return ss
+	}
+	atLeast := func(ss health.Samples, want float64, name string, labels ...string) {
+		t.Helper()
+		got, ok := ss.Sum(name, labels...)
+		if !ok || got < want {
+			t.Errorf("%s%v = %v (exported %v), want at least %v", name, labels, got, ok, want)
+		}
+	}
+	exactly := func(ss health.Samples, want float64, name string, labels ...string) {
+		t.Helper()
+		got, ok := ss.Sum(name, labels...)
+		if !ok || got != want {
+			t.Errorf("%s%v = %v (exported %v), want %v", name, labels, got, ok, want)
+		}
+	}
+
+	cs := scrape(control)
+	exactly(cs, 1, "llmcanary_control_envoys_connected")
+	atLeast(cs, 1, "llmcanary_control_xds_acks_total", "type", "envoy.config.route.v3.RouteConfiguration")
+	exactly(cs, 0, "llmcanary_control_envoy_revision_lag")
+	atLeast(cs, 1, "llmcanary_control_api_requests_total", "route", "PUT /v1/models/{model}/weights", "code", "200")
+
+	ts := scrape(telemetry)
+	atLeast(ts, n, "llmcanary_extproc_requests_total", "model", model)
+	atLeast(ts, n, "llmcanary_telemetry_written_total")
+
+	as := scrape(analyzerURL)
+	exactly(as, 1, "llmcanary_analyzer_rollouts", "state", "running")
+	exactly(as, 20, "llmcanary_analyzer_canary_weight_percent", "model", model, "rollout", ro.ID)
+	atLeast(as, 1, "llmcanary_analyzer_decisions_total", "model", model, "action", "hold")
+	atLeast(as, 1, "llmcanary_analyzer_evaluation_seconds", "model", model, "outcome", "ok")
+	atLeast(as, 1, "llmcanary_analyzer_api_requests_total", "route", "POST /v1/rollouts", "code", "201")
+
+	for _, url := range []string{control, telemetry, analyzerURL} {
+		if code, body := get(t, hc, url+"/readyz"); code != 200 || strings.Contains(body, "degraded") {
+			t.Errorf("%s/readyz: %d %s", url, code, body)
+		}
+		if code, body := get(t, hc, url+"/healthz"); code != 200 {
+			t.Errorf("%s/healthz: %d %s", url, code, body)
+		}
+	}
+
+	// ClickHouse goes away.
+	if err := f.ClickHouse.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the analyzer not ready without ClickHouse", func() bool {
+		code, body := get(t, hc, analyzerURL+"/readyz")
+		return code == 503 && strings.Contains(body, `"clickhouse"`) && strings.Contains(body, `"control_plane": "ok"`)
+	})
+	// The telemetry service finds out at its next insert.
+	f.parallel(t, 20, func(i int) request { return request{body: streamBody, headers: user(i)} })
+	eventually(t, 30*time.Second, "the telemetry service ready but degraded (spooling)", func() bool {
+		code, body := get(t, hc, telemetry+"/readyz")
+		return code == 200 && strings.Contains(body, "degraded: ClickHouse unreachable")
+	})
+	if code, body := get(t, hc, control+"/readyz"); code != 200 {
+		t.Errorf("control plane /readyz without ClickHouse: %d %s", code, body)
+	}
+}
+
+func get(t *testing.T, hc *http.Client, url string) (int, string) {
+	t.Helper()
+	resp, err := hc.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// eventually waits until cond holds, checking every 50 ms.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after %v", what, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
