@@ -96,9 +96,6 @@ func observe(reg *prometheus.Registry, store *Store, pub *Publisher, api http.Ha
 			return nil, fmt.Errorf("control plane metrics: %w", err)
 		}
 	}
-	mux := http.NewServeMux()
 	// The API serves its own /healthz (with the revisions).
-	health.Mount(mux, reg, false, readyCheck(store, pub))
-	mux.Handle("/", requests.Wrap(api))
-	return mux, nil
+	return health.Beside(api, reg, requests, false, readyCheck(store, pub)), nil
 }

@@ -148,6 +148,7 @@ func TestControlPlaneExportsFleetAndAPIMetricsAndIsReadyOnceItsStateIsPublished(
 	if _, ok := ss.Sum("go_goroutines"); !ok {
 		t.Error("the Go runtime's metrics are missing")
 	}
+	lintClean(t, cp.APIURL+"/metrics")
 
 	// A weight change gw-0 has not yet accepted shows as lag 1.
 	if _, err := api.SetWeights(ctx, "llama", map[string]float64{"v1": 90, "v2": 10}, ""); err != nil {
@@ -208,5 +209,18 @@ func waitFleet(t *testing.T, cp *ControlPlane, ok func([]NodeStatus) bool) {
 			t.Fatalf("fleet %+v", cp.Publisher.Fleet().Nodes())
 		case <-time.After(5 * time.Millisecond):
 		}
+	}
+}
+
+// lintClean fails the test for every problem Prometheus's linter finds in
+// the page's metric names.
+func lintClean(t *testing.T, url string) {
+	t.Helper()
+	problems, err := health.Lint(context.Background(), nil, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s", p)
 	}
 }
