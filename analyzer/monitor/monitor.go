@@ -71,13 +71,9 @@ func New(store *analyzer.Store, reg prometheus.Registerer) (*Monitor, error) {
 // Changed counts the decision a persisted change carries: a rollout's
 // Last decision that is new since before.
 func (m *Monitor) Changed(before, after *analyzer.Rollout) {
-	if after == nil || after.Last == nil {
-		return
+	if d := analyzer.NewDecision(before, after); d != nil {
+		m.decisions.WithLabelValues(after.Model, string(d.Action), string(d.Code)).Inc()
 	}
-	if before != nil && before.Last != nil && before.Last.At.Equal(after.Last.At) {
-		return
-	}
-	m.decisions.WithLabelValues(after.Model, string(after.Last.Action), string(after.Last.Code)).Inc()
 }
 
 // Source returns src with every Measure timed. It keeps src's Watermarker,

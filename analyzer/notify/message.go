@@ -79,7 +79,7 @@ func Messages(before, after *analyzer.Rollout) []Message {
 	if after == nil {
 		return nil
 	}
-	events := newEvents(before, after)
+	events := analyzer.NewEvents(before, after)
 	var prev analyzer.Status
 	if before != nil {
 		prev = before.Status
@@ -106,32 +106,6 @@ func Messages(before, after *analyzer.Rollout) []Message {
 		})
 	}
 	return out
-}
-
-// newEvents returns the history entries after has and before had not. The
-// history folds a repeated hold into its last entry (Repeats > 0) and drops
-// its oldest entries past analyzer.MaxHistory, so lengths alone do not
-// tell.
-func newEvents(before, after *analyzer.Rollout) []analyzer.Event {
-	if before == nil {
-		return after.History
-	}
-	nb, na := len(before.History), len(after.History)
-	switch {
-	case na > nb:
-		return after.History[nb:]
-	case na == 0:
-		return nil
-	}
-	last := after.History[na-1]
-	if last.Repeats > 0 || nb == 0 {
-		return nil
-	}
-	prev := before.History[nb-1]
-	if prev.At.Equal(last.At) && prev.Kind == last.Kind && prev.Code == last.Code && prev.Reason == last.Reason {
-		return nil
-	}
-	return after.History[na-1:]
 }
 
 func messageID(rollout string, at time.Time, kind string) string {
