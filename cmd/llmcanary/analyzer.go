@@ -22,6 +22,7 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer/monitor"
 	"github.com/llmcanary/llmcanary/analyzer/notify"
 	"github.com/llmcanary/llmcanary/analyzer/quality"
+	"github.com/llmcanary/llmcanary/analyzer/report"
 	"github.com/llmcanary/llmcanary/internal/health"
 	"github.com/llmcanary/llmcanary/internal/mtls"
 	"github.com/llmcanary/llmcanary/internal/wire"
@@ -206,6 +207,13 @@ every decision and state change. Rollouts are durable in --data-dir.`)
 		return err
 	}
 	defer store.OnChange(mon.Changed)()
+	// Every decision and look into ClickHouse, for dashboards and reports.
+	decisions, err := chsource.NewDecisionLog(ctx, conn, o.Database, log)
+	if err != nil {
+		return err
+	}
+	defer store.OnChange(decisions.Changed)()
+	go decisions.Run(ctx, time.Second)
 	runner := &analyzer.Runner{
 		Store: store, Source: mon.Source(source), Traffic: cp, Models: cp,
 		Policy: policy, Interval: o.Interval, Refresh: o.Refresh, Log: log, Stages: stages,
@@ -217,6 +225,7 @@ every decision and state change. Rollouts are durable in --data-dir.`)
 	defer stopNotify()
 	api := analyzer.NewAPI(runner, o.Token, log)
 	api.Mount("POST /v1/feedback", qstore.FeedbackHandler())
+	api.Mount("GET /v1/rollouts/{id}/report", report.Handler(store, conn, o.Database, log))
 
 	lis, err := net.Listen("tcp", o.Listen)
 	if err != nil {

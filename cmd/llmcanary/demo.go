@@ -12,9 +12,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/chsource"
 	"github.com/llmcanary/llmcanary/analyzer/quality"
+	"github.com/llmcanary/llmcanary/analyzer/report"
 	"github.com/llmcanary/llmcanary/internal/chart"
 	"github.com/llmcanary/llmcanary/internal/config"
 	"github.com/llmcanary/llmcanary/internal/local"
@@ -78,7 +81,8 @@ judge, sends live traffic from simulated users, and runs two rollouts with
 stage times compressed to seconds: a fine-tuned checkpoint that is 30 %
 slower and hallucinates on 14 % of answers (3 % before), rolled back
 automatically, then a healthy one, promoted to 100 %. Progress shows live;
-pictures of weight over time and latency per version go to --out.`)
+pictures of weight over time and latency per version, and an HTML report of
+both rollouts, go to --out.`)
 	var o demoOptions
 	fs.StringVar(&o.dir, "dir", "", "working directory (default: a new temporary one)")
 	fs.StringVar(&o.out, "out", "demo-output", "where the pictures go")
@@ -132,6 +136,11 @@ pictures of weight over time and latency per version go to --out.`)
 	if err != nil {
 		return err
 	}
+	decisions, err := chsource.NewDecisionLog(ctx, conn, wire.Database, log)
+	if err != nil {
+		return err
+	}
+	defer store.OnChange(decisions.Changed)()
 	cp := analyzer.ControlPlane{Client: s.API}
 	runner := &analyzer.Runner{Store: store, Source: chsource.New(conn, wire.Database), Traffic: cp, Models: cp,
 		Policy: demoPolicy(), Interval: 500 * time.Millisecond, Log: log, Stages: stages}
@@ -147,6 +156,7 @@ pictures of weight over time and latency per version go to --out.`)
 		func() { traffic.Run(bg) },
 		func() { _ = judge.Run(bg) },
 		func() { _ = runner.Run(bg) },
+		func() { decisions.Run(bg, 500*time.Millisecond) },
 		func() { // the share Envoy actually served, each second
 			t := time.NewTicker(time.Second)
 			defer t.Stop()
@@ -227,6 +237,10 @@ pictures of weight over time and latency per version go to --out.`)
 	if err := printStageErrorRates(ctx, s); err != nil {
 		return err
 	}
+	reportPath, err := writeReport(ctx, conn, filepath.Join(o.out, "report.html"), bad, healthy)
+	if err != nil {
+		return err
+	}
 
 	fmt.Println()
 	say("result: %s %s — %s", bad.Canary, bad.Status, lastReason(bad))
@@ -234,6 +248,7 @@ pictures of weight over time and latency per version go to --out.`)
 	say("result: %s %s — %s", healthy.Canary, healthy.Status, lastReason(healthy))
 	say("pictures: %s", strings.Join([]string{
 		filepath.Join(o.out, "weight-over-time.svg"), filepath.Join(o.out, "ttft-by-version.svg"), filepath.Join(o.out, "latency-by-version.svg")}, ", "))
+	say("report of both rollouts: %s", reportPath)
 	if bad.Status != analyzer.RolloutRolledBack || healthy.Status != analyzer.RolloutPromoted {
 		return fmt.Errorf("the regressed canary ended %s and the healthy one %s; expected rolled_back and promoted", bad.Status, healthy.Status)
 	}
@@ -436,4 +451,32 @@ func printStageErrorRates(ctx context.Context, s *upStack) error {
 		fmt.Printf("%-34s %6d %6.0f%% %-8s %9d %10.2f%%\n", id, stage+1, weight, version, n, 100*rate)
 	}
 	return rows.Err()
+}
+
+// writeReport writes one HTML report of the rollouts and returns its
+// absolute path.
+func writeReport(ctx context.Context, conn driver.Conn, path string, rollouts ...*analyzer.Rollout) (string, error) {
+	var data []report.Data
+	for _, ro := range rollouts {
+		d, err := report.Load(ctx, conn, wire.Database, ro, time.Now())
+		if err != nil {
+			return "", err
+		}
+		for _, m := range d.Missing {
+			say("report of %s: %s", ro.ID, m)
+		}
+		data = append(data, d)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return "", err
+	}
+	if err := report.Write(f, "llmcanary demo: two rollouts of "+rollouts[0].Model, data); err != nil {
+		f.Close()
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	return filepath.Abs(path)
 }

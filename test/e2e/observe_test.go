@@ -4,13 +4,18 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/internal/health"
+	"github.com/llmcanary/llmcanary/internal/local"
 	"github.com/llmcanary/llmcanary/internal/mtls"
+	"github.com/llmcanary/llmcanary/internal/stack"
 )
 
 // TestEveryServiceExportsMetricsAndSaysWhenItIsNotReady runs the real
@@ -51,7 +56,7 @@ required: [error_rate, latency]
 	stop, _ := drive(t, f)
 	// A decision on measured canary requests (a hold: the stage wants
 	// far more samples).
-	eventually(t, 30*time.Second, "a decision on canary requests", func() bool {
+	waitFor(t, 30*time.Second, "decision on canary requests", func() bool {
 		v, err := analyzerClient(a).Get(ctx, ro.ID)
 		return err == nil && v.Last != nil && v.Last.CanaryRequests > 0
 	})
@@ -113,17 +118,20 @@ required: [error_rate, latency]
 		}
 	}
 
+	// The rollout's report through the CLI, opened in headless Chromium.
+	checkReportFromCLI(t, a, ro.ID)
+
 	// ClickHouse goes away.
 	if err := f.ClickHouse.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "the analyzer not ready without ClickHouse", func() bool {
+	waitFor(t, 30*time.Second, "analyzer /readyz failing without ClickHouse", func() bool {
 		code, body := get(t, hc, analyzerURL+"/readyz")
 		return code == 503 && strings.Contains(body, `"clickhouse"`) && strings.Contains(body, `"control_plane": "ok"`)
 	})
 	// The telemetry service finds out at its next insert.
 	f.parallel(t, 20, func(i int) request { return request{body: streamBody, headers: user(i)} })
-	eventually(t, 30*time.Second, "the telemetry service ready but degraded (spooling)", func() bool {
+	waitFor(t, 30*time.Second, "telemetry /readyz ready but degraded (spooling)", func() bool {
 		code, body := get(t, hc, telemetry+"/readyz")
 		return code == 200 && strings.Contains(body, "degraded: ClickHouse unreachable")
 	})
@@ -143,14 +151,37 @@ func get(t *testing.T, hc *http.Client, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// eventually waits until cond holds, checking every 50 ms.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+// checkReportFromCLI runs `llmcanary rollout report <id> -o file` against
+// the analyzer process and opens the page in headless Chromium.
+func checkReportFromCLI(t *testing.T, a *stack.Analyzer, id string) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %v", what, within)
+	bin, err := stack.LlmcanaryBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "report.html")
+	// The decision log reaches ClickHouse within a second of a look.
+	waitFor(t, 15*time.Second, "report with the latency looks", func() bool {
+		cmd := exec.Command(bin, "rollout", "report", id, "-o", path, "--analyzer", "http://"+a.Addr)
+		cmd.Env = append(os.Environ(), "LLMCANARY_API_TOKEN="+local.DevToken)
+		if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), path) {
+			t.Fatalf("rollout report: %v\n%s", err, out)
 		}
-		time.Sleep(50 * time.Millisecond)
+		b, err := os.ReadFile(path)
+		return err == nil && strings.Contains(string(b), "latency: effect and interval at each look")
+	})
+	page, err := stack.OpenPage(context.Background(), path, dir, 1100, 2000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Rollout " + id, "Plan and why", "Canary weight over time", "Metrics over time",
+		"latency: effect and interval at each look", "Total response time per version", "Decisions", "started by"} {
+		if !strings.Contains(page.DOM, want) {
+			t.Errorf("report from the CLI lacks %q", want)
+		}
+	}
+	if ink, colours := stack.InkShare(page.Screenshot); ink < 0.03 || colours < 8 {
+		t.Errorf("report screenshot looks blank: %.2f %% inked, %d colours", 100*ink, colours)
 	}
 }
