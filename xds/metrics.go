@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmcanary/llmcanary/internal/health"
@@ -57,6 +58,12 @@ func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, lag, n.ID, n.Cluster)
 	}
 	acks, nacks := c.pub.Fleet().Replies()
+	// The four types the fleet takes are always exported, at 0 before the
+	// first reply, so that increase() sees the first NACK.
+	for _, t := range []string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType} {
+		acks[t] += 0
+		nacks[t] += 0
+	}
 	for t, n := range acks {
 		ch <- prometheus.MustNewConstMetric(c.acks, prometheus.CounterValue, float64(n), shortType(t))
 	}

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -54,11 +56,16 @@ required: [error_rate, latency]
 		t.Fatal(err)
 	}
 	stop, _ := drive(t, f)
-	// A decision on measured canary requests (a hold: the stage wants
-	// far more samples).
-	waitFor(t, 30*time.Second, "decision on canary requests", func() bool {
+	// A decision that tested a metric (a hold: the stage wants far more
+	// samples).
+	waitFor(t, 60*time.Second, "decision that tested a metric", func() bool {
 		v, err := analyzerClient(a).Get(ctx, ro.ID)
-		return err == nil && v.Last != nil && v.Last.CanaryRequests > 0
+		if err != nil || v.Last == nil {
+			return false
+		}
+		return slices.ContainsFunc(v.Last.Metrics, func(m analyzer.MetricResult) bool {
+			return m.Status != analyzer.StatusTooFew && m.Status != analyzer.StatusNotMeasured
+		})
 	})
 	stop()
 
@@ -108,6 +115,8 @@ required: [error_rate, latency]
 	atLeast(as, 1, "llmcanary_analyzer_decisions_total", "model", model, "action", "hold")
 	atLeast(as, 1, "llmcanary_analyzer_evaluation_seconds", "model", model, "outcome", "ok")
 	atLeast(as, 1, "llmcanary_analyzer_api_requests_total", "route", "POST /v1/rollouts", "code", "201")
+
+	checkDashboardSeries(t, cs, ts, as)
 
 	for _, url := range []string{control, telemetry, analyzerURL} {
 		if code, body := get(t, hc, url+"/readyz"); code != 200 || strings.Contains(body, "degraded") {
@@ -183,5 +192,31 @@ func checkReportFromCLI(t *testing.T, a *stack.Analyzer, id string) {
 	}
 	if ink, colours := stack.InkShare(page.Screenshot); ink < 0.03 || colours < 8 {
 		t.Errorf("report screenshot looks blank: %.2f %% inked, %d colours", 100*ink, colours)
+	}
+}
+
+// checkDashboardSeries checks that every series the Grafana dashboard's
+// Prometheus panels query is one the services export.
+func checkDashboardSeries(t *testing.T, scrapes ...health.Samples) {
+	t.Helper()
+	b, err := os.ReadFile("../../deploy/grafana/llmcanary.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exported := map[string]bool{}
+	for _, ss := range scrapes {
+		for _, s := range ss {
+			exported[s.Name] = true
+		}
+	}
+	names := regexp.MustCompile(`llmcanary_[a-z0-9_]+`).FindAllString(string(b), -1)
+	if len(names) < 5 {
+		t.Fatalf("only %d llmcanary series in the dashboard", len(names))
+	}
+	for _, n := range names {
+		n = strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(n, "_bucket"), "_sum"), "_count")
+		if !exported[n] {
+			t.Errorf("the dashboard queries %s, which no service exports", n)
+		}
 	}
 }
