@@ -224,8 +224,8 @@ every decision and state change. Rollouts are durable in --data-dir.`)
 	}
 	defer stopNotify()
 	api := analyzer.NewAPI(runner, o.Token, log)
-	api.Mount("POST /v1/feedback", qstore.FeedbackHandler())
-	api.Mount("GET /v1/rollouts/{id}/report", report.Handler(store, conn, o.Database, log))
+	api.Mount(analyzer.RouteFeedback, qstore.FeedbackHandler())
+	api.Mount(analyzer.RouteReport, report.Handler(store, conn, o.Database, log))
 
 	lis, err := net.Listen("tcp", o.Listen)
 	if err != nil {

@@ -129,15 +129,22 @@ func NewRegistry() *prometheus.Registry {
 	return reg
 }
 
+// The routes Mount adds.
+const (
+	RouteLive    = "GET /healthz"
+	RouteReady   = "GET /readyz"
+	RouteMetrics = "GET /metrics"
+)
+
 // Mount adds GET /healthz (unless the mux serves its own), GET /readyz
 // and GET /metrics to mux. None needs a token: probes and Prometheus
 // scrape them.
 func Mount(mux *http.ServeMux, reg prometheus.Gatherer, live bool, checks ...Check) {
 	if live {
-		mux.HandleFunc("GET /healthz", LiveHandler)
+		mux.HandleFunc(RouteLive, LiveHandler)
 	}
-	mux.HandleFunc("GET /readyz", ReadyHandler(checks...))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc(RouteReady, ReadyHandler(checks...))
+	mux.Handle(RouteMetrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 }
 
 // Names returns the checks' names, sorted (for logs).
