@@ -213,7 +213,10 @@ every decision and state change. Rollouts are durable in --data-dir.`)
 		return err
 	}
 	defer store.OnChange(decisions.Changed)()
-	go decisions.Run(ctx, time.Second)
+	logCtx, stopLog := context.WithCancel(ctx)
+	logDone := make(chan struct{})
+	go func() { decisions.Run(logCtx, time.Second); close(logDone) }()
+	defer func() { stopLog(); <-logDone }() // its last rows go in before the connection closes
 	runner := &analyzer.Runner{
 		Store: store, Source: mon.Source(source), Traffic: cp, Models: cp,
 		Policy: policy, Interval: o.Interval, Refresh: o.Refresh, Log: log, Stages: stages,
