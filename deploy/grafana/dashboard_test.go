@@ -72,8 +72,11 @@ type Target struct {
 	RefID      string     `json:"refId"`
 	Datasource Datasource `json:"datasource"`
 	QueryType  string     `json:"queryType"`
-	RawSQL     string     `json:"rawSql"`
-	Expr       string     `json:"expr"`
+	// Format is the plugin's result shape (grafana-plugin-sdk-go sqlutil):
+	// 0 time series, 1 table.
+	Format *int   `json:"format"`
+	RawSQL string `json:"rawSql"`
+	Expr   string `json:"expr"`
 }
 
 const clickhouseType = "grafana-clickhouse-datasource"
@@ -98,6 +101,7 @@ type query struct {
 	name       string // panel title / refId
 	sql        string
 	timeSeries bool
+	format     *int
 }
 
 func clickhouseQueries(d Dashboard) []query {
@@ -112,7 +116,7 @@ func clickhouseQueries(d Dashboard) []query {
 					ds = p.Datasource
 				}
 				if ds.Type == clickhouseType {
-					out = append(out, query{name: p.Title + " / " + tg.RefID, sql: tg.RawSQL, timeSeries: tg.QueryType == "timeSeries"})
+					out = append(out, query{name: p.Title + " / " + tg.RefID, sql: tg.RawSQL, timeSeries: tg.QueryType == "timeSeries", format: tg.Format})
 				}
 			}
 		}
@@ -120,7 +124,7 @@ func clickhouseQueries(d Dashboard) []query {
 	walk(d.Panels)
 	for _, a := range d.Annotations.List {
 		if a.Datasource.Type == clickhouseType {
-			out = append(out, query{name: "annotation " + a.Name, sql: a.Target.RawSQL})
+			out = append(out, query{name: "annotation " + a.Name, sql: a.Target.RawSQL, format: a.Target.Format})
 		}
 	}
 	for _, v := range d.Templating.List {
@@ -207,6 +211,11 @@ func TestEveryClickHouseQueryOfTheDashboardReturnsRowsWithItsColumns(t *testing.
 	for _, q := range queries {
 		t.Run(q.name, func(t *testing.T) {
 			seen[q.name] = true
+			if q.format != nil {
+				if want := map[bool]int{true: 0, false: 1}[q.timeSeries]; *q.format != want {
+					t.Errorf("format %d, but a %s query needs %d (0 time series, 1 table)", *q.format, map[bool]string{true: "time series", false: "table"}[q.timeSeries], want)
+				}
+			}
 			want, ok := wantColumns[q.name]
 			if !ok {
 				t.Fatalf("no expected columns for %q: add them to wantColumns", q.name)
