@@ -180,8 +180,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 	if r.Stages != nil {
 		rec := newStageRecorder(ctx, r.Stages, r.log())
-		r.Store.OnChange(rec.changed)
-		defer r.Store.OnChange(nil)
+		defer r.Store.OnChange(rec.changed)()
 	}
 	t := time.NewTicker(r.Interval)
 	defer t.Stop()

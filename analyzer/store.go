@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -37,16 +38,37 @@ type RolloutStore struct {
 	rollouts map[string]*Rollout
 	// reserved holds the models a Start is setting up (see Reserve).
 	reserved map[string]bool
-	// onChange, if set, sees every persisted change (before is nil for a
-	// new rollout). It runs under the store's lock and must not block.
-	onChange func(before, after *Rollout)
+	// watchers see every persisted change (before is nil for a new
+	// rollout), in the order they were registered. They run under the
+	// store's lock and must not block.
+	watchers []*watcher
 }
 
-// OnChange registers f to see every persisted change from now on.
-func (s *RolloutStore) OnChange(f func(before, after *Rollout)) {
+type watcher struct{ f func(before, after *Rollout) }
+
+// OnChange registers f to see every persisted change from now on (before
+// is nil for a new rollout) and returns the function that unregisters it.
+// before and after are the store's own: f reads them and copies what it
+// keeps, never changes them. f runs under the store's lock, so it must not
+// block or call the store: the stage log, the notifier and the metrics
+// queue their work.
+func (s *RolloutStore) OnChange(f func(before, after *Rollout)) (remove func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.onChange = f
+	w := &watcher{f}
+	s.watchers = append(s.watchers, w)
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.watchers = slices.DeleteFunc(s.watchers, func(x *watcher) bool { return x == w })
+	}
+}
+
+// changed tells every watcher about a persisted change. Callers hold s.mu.
+func (s *RolloutStore) changed(before, after *Rollout) {
+	for _, w := range s.watchers {
+		w.f(before, after)
+	}
 }
 
 // OpenRolloutStore reads every rollout in dir, creating dir if needed.
@@ -137,9 +159,7 @@ func (s *RolloutStore) Create(r *Rollout) error {
 		return err
 	}
 	s.rollouts[c.ID] = c
-	if s.onChange != nil {
-		s.onChange(nil, c)
-	}
+	s.changed(nil, c)
 	return nil
 }
 
@@ -196,9 +216,7 @@ func (s *RolloutStore) Update(id string, change func(*Rollout) error) (*Rollout,
 		return nil, err
 	}
 	s.rollouts[id] = c
-	if s.onChange != nil {
-		s.onChange(cur, c)
-	}
+	s.changed(cur, c)
 	return copyRollout(c)
 }
 

@@ -12,11 +12,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/llmcanary/llmcanary/internal/config"
+	"github.com/llmcanary/llmcanary/internal/health"
 	"github.com/llmcanary/llmcanary/internal/mtls"
 )
 
@@ -124,6 +126,8 @@ type ControlPlane struct {
 	XDSAddr string
 	APIAddr string
 	APIURL  string
+	// Metrics is what GET /metrics on the API's address serves.
+	Metrics *prometheus.Registry
 
 	grpc   *grpc.Server
 	http   *http.Server
@@ -194,11 +198,19 @@ func Start(ctx context.Context, o Options) (*ControlPlane, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	gs := grpc.NewServer(gopts...)
 	RegisterServer(ctx, gs, pub, log)
-	hs := &http.Server{Handler: NewAPI(store, pub, token, log).Handler(), ReadHeaderTimeout: 10 * time.Second,
+	reg := health.NewRegistry()
+	handler, err := observe(reg, store, pub, NewAPI(store, pub, token, log).Handler())
+	if err != nil {
+		cancel()
+		xl.Close()
+		al.Close()
+		return nil, err
+	}
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)} // refused TLS handshakes, among others
 	cp := &ControlPlane{
 		Store: store, Publisher: pub,
-		XDSAddr: xl.Addr().String(), APIAddr: al.Addr().String(), APIURL: scheme + "://" + al.Addr().String(),
+		XDSAddr: xl.Addr().String(), APIAddr: al.Addr().String(), APIURL: scheme + "://" + al.Addr().String(), Metrics: reg,
 		grpc: gs, http: hs, cancel: cancel, done: make(chan struct{}),
 	}
 	errc := make(chan error, 2)

@@ -21,11 +21,16 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/chsource"
+	"github.com/llmcanary/llmcanary/analyzer/monitor"
+	"github.com/llmcanary/llmcanary/analyzer/notify"
 	"github.com/llmcanary/llmcanary/analyzer/quality"
+	"github.com/llmcanary/llmcanary/analyzer/report"
 	"github.com/llmcanary/llmcanary/internal/config"
+	"github.com/llmcanary/llmcanary/internal/health"
 	"github.com/llmcanary/llmcanary/internal/lifecycle"
 	"github.com/llmcanary/llmcanary/internal/mtls"
 	"github.com/llmcanary/llmcanary/internal/wire"
@@ -78,6 +83,8 @@ type Options struct {
 	JudgeConcurrency int `json:"-"`
 	// TLS is the rollout API's certificate.
 	TLS mtls.ServerFiles `json:"tls"`
+	// Notify are the webhooks told of every decision and state change.
+	Notify notify.Flags `json:"notify"`
 	// Logger receives the analyzer's logs; nil means a text logger on
 	// stderr.
 	Logger *slog.Logger `json:"-"`
@@ -132,6 +139,9 @@ func (o Options) Validate() error {
 	if err := o.TLS.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := o.Notify.Config(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -148,8 +158,11 @@ type Service struct {
 	// Stop, Done and Err.
 	*lifecycle.Lifecycle
 
-	conn driver.Conn
-	http *http.Server
+	conn      driver.Conn
+	http      *http.Server
+	decisions *chsource.DecisionLog
+	notifier  func() // stops the webhooks after sending what is queued
+	unwatch   []func()
 }
 
 // Start opens ClickHouse, the rollout store and the control plane client,
@@ -205,12 +218,35 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 	}
 	source := chsource.New(conn, o.Database)
 	source.KeepValues = true // A/B reports' win rates
+	reg := health.NewRegistry()
+	mon, err := monitor.New(store, reg)
+	if err != nil {
+		return fail(err)
+	}
+	s.unwatch = append(s.unwatch, store.OnChange(mon.Changed))
+	// Every decision and look into ClickHouse, for dashboards and reports.
+	s.decisions, err = chsource.NewDecisionLog(ctx, conn, o.Database, log)
+	if err != nil {
+		return fail(err)
+	}
+	s.unwatch = append(s.unwatch, store.OnChange(s.decisions.Changed))
+	s.notifier, err = startNotifier(o.Notify, store, reg, log)
+	if err != nil {
+		return fail(err)
+	}
 	s.Runner = &analyzer.Runner{
-		Store: store, Source: source, Traffic: cp, Models: cp,
+		Store: store, Source: mon.Source(source), Traffic: cp, Models: cp,
 		Policy: policy, Interval: o.Interval.D(), Refresh: o.Refresh.D(), Log: log, Stages: stages,
 	}
 	api := analyzer.NewAPI(s.Runner, o.Token, log)
-	api.Mount("POST /v1/feedback", qstore.FeedbackHandler())
+	api.Mount(analyzer.RouteFeedback, qstore.FeedbackHandler())
+	api.Mount(analyzer.RouteReport, report.Handler(store, conn, o.Database, log))
+	// Ready: ClickHouse answers and the control plane takes the token.
+	requests := health.NewRequestCounter("llmcanary", "analyzer", "Rollout API requests by route, method and status code.")
+	reg.MustRegister(requests)
+	handler := health.Beside(api.Handler(), reg, requests, false,
+		health.Check{Name: "clickhouse", Fn: conn.Ping},
+		health.Check{Name: "control_plane", Fn: func(ctx context.Context) error { _, err := cp.Client.Revision(ctx); return err }})
 
 	lis, err := o.listen(log)
 	if err != nil {
@@ -221,13 +257,15 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 	if o.TLS.Enabled() {
 		s.URL = "https://" + s.Addr
 	}
-	s.http = &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second,
+	s.http = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)} // refused TLS handshakes, among others
 
 	ctx, s.Lifecycle = lifecycle.New(ctx)
 	errc := make(chan error, 3)
 	go func() { errc <- s.http.Serve(lis) }()
 	go func() { errc <- s.Runner.Run(ctx) }()
+	logDone := make(chan struct{})
+	go func() { s.decisions.Run(ctx, o.Interval.D()); close(logDone) }()
 	if judge != nil {
 		go func() { errc <- judge.Run(ctx) }()
 	}
@@ -245,6 +283,11 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = s.http.Shutdown(shut)
+		for _, f := range s.unwatch {
+			f()
+		}
+		s.notifier()
+		<-logDone // its last rows go in before the connection closes
 		conn.Close()
 		s.Finish(err)
 	}()
@@ -296,4 +339,27 @@ func (o Options) listen(log *slog.Logger) (net.Listener, error) {
 		return nil, err
 	}
 	return tls.NewListener(lis, certs.Config([]string{"h2", "http/1.1"}, false)), nil
+}
+
+// startNotifier tells the configured webhooks of every change of the
+// store's rollouts; stop sends what is queued (for up to ten seconds).
+func startNotifier(f notify.Flags, store *analyzer.RolloutStore, reg prometheus.Registerer, log *slog.Logger) (stop func(), err error) {
+	cfg, err := f.Config()
+	if err != nil || len(cfg.Webhooks) == 0 {
+		return func() {}, err
+	}
+	n, err := notify.New(cfg, notify.Options{Log: log, Registerer: reg})
+	if err != nil {
+		return nil, err
+	}
+	remove := store.OnChange(n.Changed)
+	log.Info("notifications on", "webhooks", len(cfg.Webhooks))
+	return func() {
+		remove()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := n.Close(ctx); err != nil {
+			log.Warn("notifications", "error", err)
+		}
+	}, nil
 }

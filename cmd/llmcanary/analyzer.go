@@ -36,6 +36,7 @@ func bindAnalyzer(fs *flag.FlagSet, o *analyzersvc.Options) {
 	fs.DurationVar((*time.Duration)(&o.JudgeInterval), "judge-interval", o.JudgeInterval.D(), "pause between judge rounds when there is no backlog")
 	fs.StringVar(&o.ControlPlaneCA, "control-plane-ca", o.ControlPlaneCA, "PEM CA certificate that verifies an https --control-plane (default: the system's roots)")
 	bindServerTLS(fs, &o.TLS, false, "--listen")
+	o.Notify.Bind(fs)
 }
 
 func runAnalyzer(ctx context.Context, args []string) error {
@@ -43,8 +44,11 @@ func runAnalyzer(ctx context.Context, args []string) error {
 	fs := newFlagSet("analyzer", `Looks at every running rollout each --interval: measures stable and canary
 over the stage's window in ClickHouse, decides with always-valid sequential
 tests (advance, promote, roll back, hold, pause for a human) and moves traffic
-through the control plane. Serves the rollout API (HTTP/JSON, bearer token)
-with POST /v1/feedback for user ratings. Rollouts are durable in --data-dir.`)
+through the control plane. Serves the rollout API (HTTP/JSON, bearer token,
+see analyzer/openapi.yaml) with POST /v1/feedback for user ratings, and
+beside it /metrics (Prometheus), /healthz and /readyz (ready: ClickHouse
+answers and the control plane takes the token). Webhooks (--notify-*) hear of
+every decision and state change. Rollouts are durable in --data-dir.`)
 	if err := config.Parse(fs, args, func(fs *flag.FlagSet) { bindAnalyzer(fs, &o) }); err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/analyzersvc"
 	"github.com/llmcanary/llmcanary/analyzer/chsource"
+	"github.com/llmcanary/llmcanary/analyzer/report"
 	"github.com/llmcanary/llmcanary/internal/chart"
 	"github.com/llmcanary/llmcanary/internal/config"
 	"github.com/llmcanary/llmcanary/internal/local"
@@ -78,7 +79,8 @@ judge, sends live traffic from simulated users, and runs two rollouts with
 stage times compressed to seconds: a fine-tuned checkpoint that is 30 %
 slower and hallucinates on 14 % of answers (3 % before), rolled back
 automatically, then a healthy one, promoted to 100 %. Progress shows live;
-pictures of weight over time and latency per version go to --out.`)
+pictures of weight over time and latency per version, and an HTML report of
+both rollouts, go to --out.`)
 	var o demoOptions
 	fs.StringVar(&o.dir, "dir", "", "working directory (default: a new temporary one)")
 	fs.StringVar(&o.out, "out", "demo-output", "where the pictures go")
@@ -213,6 +215,12 @@ pictures of weight over time and latency per version go to --out.`)
 	if err := printStageErrorRates(ctx, s); err != nil {
 		return err
 	}
+	an.Stop() // the decision log's last rows go in before the report reads them
+	<-an.Done()
+	reportPath, err := writeReport(ctx, s, filepath.Join(o.out, "report.html"), bad, healthy)
+	if err != nil {
+		return err
+	}
 
 	fmt.Println()
 	say("result: %s %s — %s", bad.Canary, bad.Status, lastReason(bad))
@@ -220,6 +228,7 @@ pictures of weight over time and latency per version go to --out.`)
 	say("result: %s %s — %s", healthy.Canary, healthy.Status, lastReason(healthy))
 	say("pictures: %s", strings.Join([]string{
 		filepath.Join(o.out, "weight-over-time.svg"), filepath.Join(o.out, "ttft-by-version.svg"), filepath.Join(o.out, "latency-by-version.svg")}, ", "))
+	say("report of both rollouts: %s", reportPath)
 	if bad.Status != analyzer.RolloutRolledBack || healthy.Status != analyzer.RolloutPromoted {
 		return fmt.Errorf("the regressed canary ended %s and the healthy one %s; expected rolled_back and promoted", bad.Status, healthy.Status)
 	}
@@ -406,4 +415,37 @@ func printStageErrorRates(ctx context.Context, s *upStack) error {
 		fmt.Printf("%-34s %6d %6.0f%% %-8s %9d %10.2f%%\n", id, stage+1, weight, version, n, 100*rate)
 	}
 	return rows.Err()
+}
+
+// writeReport writes one HTML report of the rollouts and returns its
+// absolute path.
+func writeReport(ctx context.Context, s *upStack, path string, rollouts ...*analyzer.Rollout) (string, error) {
+	conn, err := s.ClickHouse.Conn(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	var data []report.Data
+	for _, ro := range rollouts {
+		d, err := report.Load(ctx, conn, wire.Database, ro, time.Now())
+		if err != nil {
+			return "", err
+		}
+		for _, m := range d.Missing {
+			say("report of %s: %s", ro.ID, m)
+		}
+		data = append(data, d)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return "", err
+	}
+	if err := report.Write(f, "llmcanary demo: two rollouts of "+rollouts[0].Model, data); err != nil {
+		f.Close()
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	return filepath.Abs(path)
 }

@@ -21,7 +21,7 @@ func init() {
 // bindExtproc registers the flags of `llmcanary extproc`, bound to o.
 func bindExtproc(fs *flag.FlagSet, o *extprocsvc.Options) {
 	fs.StringVar(&o.Listen, "listen", o.Listen, "gRPC address for Envoy's ext_proc filter")
-	fs.StringVar(&o.MetricsListen, "metrics-listen", o.MetricsListen, "address serving Prometheus /metrics (empty: off)")
+	fs.StringVar(&o.MetricsListen, "metrics-listen", o.MetricsListen, "address serving Prometheus /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&o.ClickHouse, "clickhouse", o.ClickHouse, "ClickHouse native-protocol address, e.g. 127.0.0.1:9000 (empty: log records instead)")
 	fs.StringVar(&o.Database, "database", o.Database, "ClickHouse database (default llmcanary)")
 	fs.StringVar(&o.SpoolDir, "spool-dir", o.SpoolDir, "directory where records wait while ClickHouse is unreachable")

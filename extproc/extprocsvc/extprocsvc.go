@@ -19,8 +19,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -28,6 +26,7 @@ import (
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter"
 	"github.com/llmcanary/llmcanary/internal/config"
+	"github.com/llmcanary/llmcanary/internal/health"
 	"github.com/llmcanary/llmcanary/internal/lifecycle"
 	"github.com/llmcanary/llmcanary/internal/mtls"
 )
@@ -180,8 +179,7 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	}
 	s := &Service{o: o, log: log, errc: make(chan error, 2)}
-	s.Registry = prometheus.NewRegistry()
-	s.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.Registry = health.NewRegistry()
 	if err := s.openSink(ctx); err != nil {
 		return nil, err
 	}
@@ -226,7 +224,13 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 			return fail(fmt.Errorf("metrics listen: %w", err))
 		}
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
+		// Ready while records are kept: in ClickHouse, or spooled while it
+		// is away (chwriter.Writer.Ready); the log sink is always ready.
+		var checks []health.Check
+		if w, ok := s.sink.(interface{ Ready(context.Context) error }); ok {
+			checks = append(checks, health.Check{Name: "clickhouse", Fn: w.Ready})
+		}
+		health.Mount(mux, s.Registry, true, checks...)
 		s.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		s.MetricsAddr = ml.Addr().String()
 		go func() {
