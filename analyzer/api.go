@@ -19,7 +19,8 @@ import (
 //	GET  /v1/rollouts/{id}             one rollout with its live progress
 //	POST /v1/rollouts/{id}/{op}        pause, resume, promote, rollback, abort
 //
-// Extra handlers (the quality feedback endpoint) are mounted with Mount.
+// Extra handlers (the quality feedback endpoint, the report) are mounted
+// with Mount. Everything is documented in analyzer/openapi.yaml.
 type API struct {
 	runner  *Runner
 	token   []byte
@@ -63,17 +64,46 @@ type OperateRequest struct {
 	Note string `json:"note,omitempty"`
 }
 
+// Routes of the handlers the analyzer mounts beside the API's own.
+const (
+	RouteFeedback = "POST /v1/feedback"
+	RouteReport   = "GET /v1/rollouts/{id}/report"
+)
+
+// routes are the API's own endpoints, by ServeMux pattern; /healthz alone
+// needs no token.
+func (a *API) routes() []mount {
+	return []mount{
+		{"GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+		})},
+		{"POST /v1/rollouts", a.auth(a.start(false))},
+		{"POST /v1/experiments", a.auth(a.start(true))},
+		{"GET /v1/rollouts", a.auth(a.list)},
+		{"GET /v1/rollouts/{id}", a.auth(a.get)},
+		{"POST /v1/rollouts/{id}/{op}", a.auth(a.operate)},
+	}
+}
+
+// Routes returns the ServeMux patterns Handler serves: the API's own and
+// the mounted ones.
+func (a *API) Routes() []string {
+	var out []string
+	for _, m := range a.routes() {
+		out = append(out, m.pattern)
+	}
+	for _, m := range a.mounts {
+		out = append(out, m.pattern)
+	}
+	return out
+}
+
 // Handler returns the API's HTTP handler.
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
-	})
-	mux.HandleFunc("POST /v1/rollouts", a.auth(a.start(false)))
-	mux.HandleFunc("POST /v1/experiments", a.auth(a.start(true)))
-	mux.HandleFunc("GET /v1/rollouts", a.auth(a.list))
-	mux.HandleFunc("GET /v1/rollouts/{id}", a.auth(a.get))
-	mux.HandleFunc("POST /v1/rollouts/{id}/{op}", a.auth(a.operate))
+	for _, m := range a.routes() {
+		mux.Handle(m.pattern, m.h)
+	}
 	for _, m := range a.mounts {
 		mux.Handle(m.pattern, a.auth(m.h.ServeHTTP))
 	}

@@ -51,7 +51,16 @@ func (c *Client) Operate(ctx context.Context, id string, op Operation, note stri
 	return &out, c.do(ctx, "POST", "/v1/rollouts/"+url.PathEscape(id)+"/"+string(op), OperateRequest{Note: note}, &out)
 }
 
+// Report returns the rollout's report: one self-contained HTML page.
+func (c *Client) Report(ctx context.Context, id string) ([]byte, error) {
+	b, _, err := c.client().DoRaw(ctx, "GET", "/v1/rollouts/"+url.PathEscape(id)+"/report", nil)
+	return b, err
+}
+
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	hc := httpapi.Client{API: "rollout api", BaseURL: c.BaseURL, Token: c.Token, Actor: c.Actor, HTTP: c.HTTP}
-	return hc.Do(ctx, method, path, in, out)
+	return c.client().Do(ctx, method, path, in, out)
+}
+
+func (c *Client) client() *httpapi.Client {
+	return &httpapi.Client{API: "rollout api", BaseURL: c.BaseURL, Token: c.Token, Actor: c.Actor, HTTP: c.HTTP}
 }

@@ -216,7 +216,11 @@ type SRMCheck struct {
 	CanaryRequests  int     `json:"canary_requests"`
 	StableRequests  int     `json:"stable_requests"`
 	ObservedShare   float64 `json:"observed_share"`   // percent of users
-	ConfiguredShare float64 `json:"configured_share"` // percent
+	ConfiguredShare float64 `json:"configured_share"` // percent of traffic
+	// ExpectedShare is the canary's expected percent of measured users:
+	// the configured share when every user is measured, more when only a
+	// sample of stable's are (see Arm.SampleRate).
+	ExpectedShare float64 `json:"expected_share"`
 	// PValue is the always-valid p-value the decision uses (running
 	// minimum over the stage's looks); ChiSquareP is Pearson's
 	// fixed-horizon p-value of the users at this look alone, for reference.
@@ -307,7 +311,8 @@ func Decide(p Policy, s StageState, m Measurements, now time.Time) (Decision, St
 	// user is one draw of the split, whatever their number of requests.
 	// One empty arm is evidence here, not "no data".
 	users := m.Canary.Users + m.Stable.Users
-	srmP := stats.UsersSRM(m.Canary.Users, users, stage.Weight/100)
+	expected := measuredShare(stage.Weight/100, m)
+	srmP := stats.UsersSRM(m.Canary.Users, users, expected)
 	if ns.SRMLooks == 0 {
 		ns.SRMP = 1
 	}
@@ -317,15 +322,15 @@ func Decide(p Policy, s StageState, m Measurements, now time.Time) (Decision, St
 		CanaryUsers: m.Canary.Users, StableUsers: m.Stable.Users,
 		CanaryRequests: m.Canary.Requests, StableRequests: m.Stable.Requests,
 		ObservedShare:   100 * float64(m.Canary.Users) / float64(users),
-		ConfiguredShare: stage.Weight, PValue: ns.SRMP, Mismatch: ns.SRMP <= p.SRMAlpha,
+		ConfiguredShare: stage.Weight, ExpectedShare: 100 * expected, PValue: ns.SRMP, Mismatch: ns.SRMP <= p.SRMAlpha,
 	}
-	if chi, err := stats.SampleRatioMismatch([]int{m.Stable.Users, m.Canary.Users}, []float64{100 - stage.Weight, stage.Weight}, p.SRMAlpha); err == nil {
+	if chi, err := stats.SampleRatioMismatch([]int{m.Stable.Users, m.Canary.Users}, []float64{1 - expected, expected}, p.SRMAlpha); err == nil {
 		d.SRM.ChiSquareP = chi.PValue
 	}
 	if d.SRM.Mismatch {
 		d.Action, d.Code = ActionPause, CodeSRM
-		d.Reason = fmt.Sprintf("pause: sample-ratio mismatch, the canary has %.2f %% of %d users but %g %% is configured (always-valid p=%s); the split is not what the control plane set, so no comparison can be trusted and a human should look (routing, stickiness, a failing pool, or telemetry loss)",
-			d.SRM.ObservedShare, users, stage.Weight, fmtP(ns.SRMP))
+		d.Reason = fmt.Sprintf("pause: sample-ratio mismatch, the canary has %.2f %% of %d %s (always-valid p=%s); the split is not what the control plane set, so no comparison can be trusted and a human should look (routing, stickiness, a failing pool, or telemetry loss)",
+			d.SRM.ObservedShare, users, expectedSplit(stage.Weight, d.SRM.ExpectedShare, m), fmtP(ns.SRMP))
 		return d, ns
 	}
 
@@ -457,4 +462,29 @@ func weightAt(schedule []Span, t time.Time) (float64, bool) {
 		return sp.Weight / 100, true
 	}
 	return 0, false
+}
+
+// measuredShare is the canary's expected share of measured users when it
+// has share w of traffic: each arm's users count at its sample rate.
+func measuredShare(w float64, m Measurements) float64 {
+	rc, rs := knownRate(m.Canary.SampleRate), knownRate(m.Stable.SampleRate)
+	return w * rc / (w*rc + (1-w)*rs)
+}
+
+// knownRate is a sample rate, 1 when unknown.
+func knownRate(r float64) float64 {
+	if r > 0 && r <= 1 {
+		return r
+	}
+	return 1
+}
+
+// expectedSplit says, in a reason, which share of users the canary should
+// have: the configured one, or with a stable sample its share of the
+// measured users.
+func expectedSplit(configured, expected float64, m Measurements) string {
+	if r := knownRate(m.Stable.SampleRate); r < 1 {
+		return fmt.Sprintf("measured users but %.2f %% is expected (%g %% configured, %.4g %% of stable's users measured)", expected, configured, 100*r)
+	}
+	return fmt.Sprintf("users but %g %% is configured", configured)
 }

@@ -10,8 +10,9 @@ import (
 // foldEvents brings an event metric's test up to date with the rollout's
 // events of that metric. Each event lands on the canary, under the null,
 // with the canary's share of exposure at its time: the weight of the span
-// it fell in, adjusted by the event's exposure ratio (judging rates for
-// quality). Events outside every span are counted as folded but carry no
+// it fell in, adjusted by the event's exposure ratio (sample rates, and
+// judging rates for quality; 0 means 1). Events outside every span, or
+// whose ratio is unknown (NaN), are counted as folded but carry no
 // evidence. If the events already folded are no longer a prefix of the
 // metric's events (a late row changed a user's first event), the test is
 // replayed from the start.
@@ -22,9 +23,9 @@ func foldEvents(st EventState, schedule []Span, events []UserEvent) EventState {
 		st.Null, st.NullSet = null, set
 	}
 	for _, e := range events[st.Count:] {
-		if w, ok := weightAt(schedule, e.At); ok {
+		if w, ok := weightAt(schedule, e.At); ok && !math.IsNaN(e.Ratio) {
 			ratio := e.Ratio
-			if !(ratio > 0) {
+			if !(ratio > 0) || math.IsInf(ratio, 0) {
 				ratio = 1
 			}
 			st.Observe(e.Canary, w*ratio/(w*ratio+1-w))

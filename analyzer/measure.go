@@ -32,7 +32,9 @@ const (
 	MetricQuality         Metric = "quality"           // judge and user-feedback scores
 )
 
-// ErrNoData reports that a window holds no usable requests for an arm.
+// ErrNoData reports that a rollout has no request at all yet, in either
+// arm, since it began (Window.RolloutFrom). One empty arm is data: the
+// sample-ratio check reads it.
 var ErrNoData = errors.New("no data")
 
 // Arm is what was measured for one version over a stage's window.
@@ -51,6 +53,11 @@ type Arm struct {
 	// or empty answers); client cancellations are not the version's fault
 	// and are not counted.
 	Failures int `json:"failures"`
+	// SampleRate is the share of the arm's users whose requests are
+	// measured, as its latest request in the source carried it: 1 for a
+	// canary, the stable sample's rate for stable (see xds.Measure). NaN
+	// or 0: unknown, taken as 1.
+	SampleRate float64 `json:"sample_rate,omitempty"`
 	// Successes counts requests that completed; Refusals is how many of
 	// those were refusals, Judged how many have a quality score.
 	Successes int `json:"successes"`
@@ -139,10 +146,15 @@ type Window struct {
 	BaselineFrom time.Time
 }
 
-// MetricsSource reads measurements. The ClickHouse implementation queries
-// the telemetry table; tests use a hand-written fake. Implementations must
-// return an error wrapping ErrNoData when a window has no requests at all,
-// and any other error when the query failed: both make the decision hold.
+// MetricsSource reads measurements. The ClickHouse implementation
+// (chsource.Source) queries the telemetry table; tests use a hand-written
+// fake. Measure returns, with a nil error, both arms over the stage's
+// window and the rollout's events since RolloutFrom. When the rollout has
+// no request at all it returns what it measured (nothing) with an error
+// wrapping ErrNoData, and the runner decides on that, which holds; any
+// other error means the query failed, and the runner holds without
+// deciding on a partial measurement. Implementations that can tell
+// cheaply whether a window has new rows also implement Watermarker.
 type MetricsSource interface {
 	Measure(ctx context.Context, w Window) (Measurements, error)
 }

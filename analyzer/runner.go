@@ -19,29 +19,30 @@ type ModelReader interface {
 	Model(ctx context.Context, name string) (*xds.Model, error)
 }
 
-// ControlPlane adapts the management API client to TrafficSetter and
+// ControlPlaneClient adapts the management API client to TrafficSetter and
 // ModelReader.
-type ControlPlane struct {
+type ControlPlaneClient struct {
 	Client *xds.Client
 }
 
 var (
-	_ TrafficSetter = ControlPlane{}
-	_ ModelReader   = ControlPlane{}
+	_ TrafficSetter  = ControlPlaneClient{}
+	_ TrafficApplier = ControlPlaneClient{}
+	_ ModelReader    = ControlPlaneClient{}
 )
 
 // SetWeights sets the model's weights through the management API, which
 // applies them atomically.
-func (c ControlPlane) SetWeights(ctx context.Context, model string, weights map[string]float64, stable string) error {
+func (c ControlPlaneClient) SetWeights(ctx context.Context, model string, weights map[string]float64, stable string) error {
 	_, err := c.Client.SetWeights(ctx, model, weights, stable)
 	return err
 }
 
 // WaitApplied waits until every connected Envoy runs the weights just set.
-func (c ControlPlane) WaitApplied(ctx context.Context) error { return c.Client.WaitApplied(ctx) }
+func (c ControlPlaneClient) WaitApplied(ctx context.Context) error { return c.Client.WaitApplied(ctx) }
 
 // Model returns the model as the control plane holds it.
-func (c ControlPlane) Model(ctx context.Context, name string) (*xds.Model, error) {
+func (c ControlPlaneClient) Model(ctx context.Context, name string) (*xds.Model, error) {
 	return c.Client.Model(ctx, name)
 }
 
@@ -53,7 +54,7 @@ func (c ControlPlane) Model(ctx context.Context, name string) (*xds.Model, error
 // weight change is recorded and retried at the next look; neither ever
 // promotes. Operators act on rollouts through Start and Operate.
 type Runner struct {
-	Store   *Store
+	Store   *RolloutStore
 	Source  MetricsSource
 	Traffic TrafficSetter
 	Models  ModelReader
@@ -179,8 +180,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 	if r.Stages != nil {
 		rec := newStageRecorder(ctx, r.Stages, r.log())
-		r.Store.OnChange(rec.changed)
-		defer r.Store.OnChange(nil)
+		defer r.Store.OnChange(rec.changed)()
 	}
 	t := time.NewTicker(r.Interval)
 	defer t.Stop()
@@ -304,22 +304,14 @@ func (r *Runner) queryTimeout() time.Duration {
 // saves. If the control plane refuses, the action stays pending and is
 // retried at the next look, before anything else.
 func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, d *Decision) (*Rollout, error) {
-	stages := ro.Plan.Policy.EvaluatedStages()
-	var w float64
-	stable := ro.Stable
-	switch a {
-	case ActionRollback:
-		w = 0
-	case ActionPromote:
-		w, stable = 100, ro.Canary
-	case ActionAdvance:
-		if ro.Stage+1 >= len(stages) {
-			return nil, fmt.Errorf("runner: rollout %s cannot advance past its last stage", ro.ID)
-		}
-		w = stages[ro.Stage+1].Weight
-	default:
+	t, err := transition(ro, a)
+	if err != nil {
+		return nil, fmt.Errorf("runner: %w", err)
+	}
+	if !t.Moves {
 		return nil, fmt.Errorf("runner: %q is not a traffic action", a)
 	}
+	w := t.Weight
 	if ro.Pending != a {
 		state := ro.State
 		var err error
@@ -335,7 +327,7 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 			return nil, fmt.Errorf("runner: save the intent to %s %s: %w", a, ro.ID, err)
 		}
 	}
-	if err := r.setWeights(ctx, ro.Model, ro.Weights(w), stable); err != nil {
+	if err := r.setWeights(ctx, ro.Model, ro.Weights(w), t.Stable); err != nil {
 		r.setSynced(ro.ID, false)
 		reason := fmt.Sprintf("%s decided but the control plane did not accept canary %g %%: %v; retrying at the next look", a, w, err)
 		out, serr := r.Store.Update(ro.ID, func(x *Rollout) error {
@@ -362,14 +354,9 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 		}
 		x.Pending, x.PendingAt, x.Updated, x.LastError = "", time.Time{}, started, ""
 		x.record(Event{At: started, Kind: "action", Action: a, Reason: fmt.Sprintf("traffic moved: %s %g %%, %s %g %%", x.Stable, 100-w, x.Canary, w)})
-		switch a {
-		case ActionRollback:
-			x.Status = RolloutRolledBack
-		case ActionPromote:
-			x.Status = RolloutPromoted
-		case ActionAdvance:
-			x.Stage++
-			x.StageStarted = started
+		x.Status = t.Status
+		if t.Stage != x.Stage {
+			x.Stage, x.StageStarted = t.Stage, started
 			x.State = NextStageState(x.State, decided, started)
 		}
 		return nil
@@ -528,14 +515,14 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	if req.Mode == ModeABTest {
 		ro.Plan.Strategy = "abtest"
 	}
-	// Refuse a second active rollout of the model before touching traffic.
-	if all, err := r.Store.List(); err == nil {
-		for _, o := range all {
-			if o.Model == ro.Model && o.Status.Active() {
-				return nil, fmt.Errorf("%w: model %q already has the %s rollout %s; finish or abort it first", ErrConflict, o.Model, o.Status, o.ID)
-			}
-		}
+	// Reserve the model before touching traffic: a second Start of the
+	// same model (or one while a rollout of it is active) fails here and
+	// never moves weights this rollout has set.
+	release, err := r.Store.Reserve(ro.Model)
+	if err != nil {
+		return nil, err
 	}
+	defer release()
 	w := ro.CanaryWeight()
 	if err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), ro.Stable); err != nil {
 		return nil, fmt.Errorf("%w: set the first stage's weights: %w", ErrControlPlane, err)
@@ -548,7 +535,8 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 		actor(req.Actor), plan.Risk, plan.RiskReason, ro.Plan.Strategy, ro.Canary, w, ro.Stable, 100-w)
 	ro.record(Event{At: now, Kind: "operator", Code: CodeOperator, Actor: actor(req.Actor), Reason: reason})
 	if err := r.Store.Create(ro); err != nil {
-		// Put the traffic back as it was.
+		// Put the traffic back as it was; the reservation kept every other
+		// start of this model away from it meanwhile.
 		if rerr := r.Traffic.SetWeights(ctx, ro.Model, model.Weights, model.Stable); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("restore weights: %w", rerr))
 		}
@@ -590,36 +578,19 @@ func (r *Runner) Operate(ctx context.Context, id string, op Operation, actorName
 	if err != nil {
 		return nil, err
 	}
-	if !ro.Status.Active() {
-		return nil, fmt.Errorf("%w: rollout %s is %s", ErrConflict, id, ro.Status)
-	}
-	now := r.now()
-	var status Status
-	var w float64
-	stable := ro.Stable
-	move := true
 	switch op {
-	case OpPause:
-		if ro.Status == RolloutPaused {
-			return nil, fmt.Errorf("%w: rollout %s is already paused", ErrConflict, id)
-		}
-		status, move = RolloutPaused, false
-	case OpResume:
-		if ro.Status == RolloutRunning {
-			return nil, fmt.Errorf("%w: rollout %s is already running", ErrConflict, id)
-		}
-		status, move = RolloutRunning, false
-	case OpPromote:
-		status, w, stable = RolloutPromoted, 100, ro.Canary
-	case OpRollback:
-		status = RolloutRolledBack
-	case OpAbort:
-		status = RolloutAborted
+	case OpPause, OpResume, OpPromote, OpRollback, OpAbort:
 	default:
 		return nil, fmt.Errorf("%w: unknown operation %q (pause, resume, promote, rollback, abort)", ErrInvalid, op)
 	}
+	t, err := transition(ro, Action(op))
+	if err != nil {
+		return nil, err
+	}
+	now := r.now()
+	w, move := t.Weight, t.Moves
 	if move {
-		if err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), stable); err != nil {
+		if err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), t.Stable); err != nil {
 			return nil, fmt.Errorf("%w: %s: set weights: %w", ErrControlPlane, op, err)
 		}
 	}
@@ -634,7 +605,7 @@ func (r *Runner) Operate(ctx context.Context, id string, op Operation, actorName
 		reason += " (" + note + ")"
 	}
 	out, err := r.Store.Update(id, func(x *Rollout) error {
-		x.Status, x.Updated, x.Pending = status, now, ""
+		x.Status, x.Updated, x.Pending = t.Status, now, ""
 		if op == OpResume {
 			x.StageStarted = now
 			x.State = RestartStageState(x.State, now)

@@ -127,7 +127,7 @@ type rig struct {
 func newRig(t *testing.T) *rig {
 	t.Helper()
 	dir := t.TempDir()
-	st, err := OpenStore(dir)
+	st, err := OpenRolloutStore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func newRig(t *testing.T) *rig {
 	return r
 }
 
-func (r *rig) newRunner(st *Store) *Runner {
+func (r *rig) newRunner(st *RolloutStore) *Runner {
 	models := fakeModels{traffic: r.traffic, models: map[string]*xds.Model{"m": {
 		Name: "m", Stable: "v1",
 		Versions: []xds.Version{
@@ -282,7 +282,7 @@ func TestRunnerResumesAfterRestart(t *testing.T) {
 	// Someone changes the weights behind the analyzer's back; then the
 	// analyzer restarts from its data directory.
 	r.traffic.calls = append(r.traffic.calls, weightCall{"m", map[string]float64{"v1": 100, "v2": 0}, "v1"})
-	st, err := OpenStore(r.dir)
+	st, err := OpenRolloutStore(r.dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,7 +322,7 @@ func TestRunnerKilledAtAStageChangeFinishesTheMoveAndNeverReverts(t *testing.T) 
 		}()
 		r.runner.Step(context.Background(), ro.ID)
 	}()
-	st, err := OpenStore(r.dir)
+	st, err := OpenRolloutStore(r.dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,8 +13,8 @@ import (
 // 1 %. `make bench` prints every scenario with 1000 rollouts each.
 func TestAATrafficRarelyRollsBackOrPauses(t *testing.T) {
 	n := map[string]int{"aa": 200, "aa-50-users": 100}
-	if testing.Short() {
-		n = map[string]int{"aa": 40, "aa-50-users": 20}
+	if testing.Short() { // the fast tier: a smoke run of the same check
+		n = map[string]int{"aa": 16, "aa-50-users": 8}
 	}
 	for _, sc := range Scenarios(0, 11) {
 		rollouts, ok := n[sc.Name]
@@ -44,8 +44,8 @@ func TestAATrafficRarelyRollsBackOrPauses(t *testing.T) {
 // nearly every rollout, a healthy canary is promoted.
 func TestRegressionsAreCaughtBySimulation(t *testing.T) {
 	n := 60
-	if testing.Short() {
-		n = 20
+	if testing.Short() { // the fast tier: a smoke run of the same check
+		n = 10
 	}
 	for _, sc := range Scenarios(0, 13) {
 		switch sc.Name {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -26,33 +27,56 @@ var (
 	ErrControlPlane = errors.New("control plane")
 )
 
-// Store keeps rollouts durable: one JSON file per rollout in a data
+// RolloutStore keeps rollouts durable: one JSON file per rollout in a data
 // directory, replaced atomically (write, fsync, rename, fsync the
 // directory) on every change, so a restart reads back every rollout as it
 // stood, including its stage and the stage's start. Safe for concurrent
 // use; Get and List return copies.
-type Store struct {
+type RolloutStore struct {
 	dir      string
 	mu       sync.Mutex
 	rollouts map[string]*Rollout
-	// onChange, if set, sees every persisted change (before is nil for a
-	// new rollout). It runs under the store's lock and must not block.
-	onChange func(before, after *Rollout)
+	// reserved holds the models a Start is setting up (see Reserve).
+	reserved map[string]bool
+	// watchers see every persisted change (before is nil for a new
+	// rollout), in the order they were registered. They run under the
+	// store's lock and must not block.
+	watchers []*watcher
 }
 
-// OnChange registers f to see every persisted change from now on.
-func (s *Store) OnChange(f func(before, after *Rollout)) {
+type watcher struct{ f func(before, after *Rollout) }
+
+// OnChange registers f to see every persisted change from now on (before
+// is nil for a new rollout) and returns the function that unregisters it.
+// before and after are the store's own: f reads them and copies what it
+// keeps, never changes them. f runs under the store's lock, so it must not
+// block or call the store: the stage log, the notifier and the metrics
+// queue their work.
+func (s *RolloutStore) OnChange(f func(before, after *Rollout)) (remove func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.onChange = f
+	w := &watcher{f}
+	s.watchers = append(s.watchers, w)
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.watchers = slices.DeleteFunc(s.watchers, func(x *watcher) bool { return x == w })
+	}
 }
 
-// OpenStore reads every rollout in dir, creating dir if needed.
-func OpenStore(dir string) (*Store, error) {
+// changed tells every watcher about a persisted change. Callers hold s.mu.
+func (s *RolloutStore) changed(before, after *Rollout) {
+	for _, w := range s.watchers {
+		w.f(before, after)
+	}
+}
+
+// OpenRolloutStore reads every rollout in dir, creating dir if needed.
+func OpenRolloutStore(dir string) (*RolloutStore, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("rollout store: %w", err)
 	}
-	s := &Store{dir: dir, rollouts: map[string]*Rollout{}}
+	s := &RolloutStore{dir: dir, rollouts: map[string]*Rollout{}, reserved: map[string]bool{}}
 	paths, err := filepath.Glob(filepath.Join(dir, "*.json"))
 	if err != nil {
 		return nil, fmt.Errorf("rollout store: %w", err)
@@ -82,9 +106,40 @@ func NewID(now time.Time) string {
 	return "r-" + now.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
 }
 
+// Reserve claims model for a rollout about to be created: it fails with
+// ErrConflict while the model has an active rollout or another
+// reservation. The caller moves traffic, calls Create, then release.
+// Reservations live in memory: one analyzer writes the store.
+func (s *RolloutStore) Reserve(model string) (release func(), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reserved[model] {
+		return nil, fmt.Errorf("%w: a rollout of model %q is being started", ErrConflict, model)
+	}
+	if err := s.activeLocked(model); err != nil {
+		return nil, err
+	}
+	s.reserved[model] = true
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.reserved, model)
+	}, nil
+}
+
+// activeLocked returns ErrConflict when model has an active rollout.
+func (s *RolloutStore) activeLocked(model string) error {
+	for _, o := range s.rollouts {
+		if o.Model == model && o.Status.Active() {
+			return fmt.Errorf("%w: model %q already has the %s rollout %s; finish or abort it first", ErrConflict, model, o.Status, o.ID)
+		}
+	}
+	return nil
+}
+
 // Create stores a new rollout. It fails with ErrConflict when the id
 // exists or another rollout of the same model is still active.
-func (s *Store) Create(r *Rollout) error {
+func (s *RolloutStore) Create(r *Rollout) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.rollouts[r.ID]; ok {
@@ -93,10 +148,8 @@ func (s *Store) Create(r *Rollout) error {
 	if strings.ContainsAny(r.ID, `/\`) || r.ID == "" || strings.HasPrefix(r.ID, ".") {
 		return fmt.Errorf("%w: rollout id %q", ErrInvalid, r.ID)
 	}
-	for _, o := range s.rollouts {
-		if o.Model == r.Model && o.Status.Active() {
-			return fmt.Errorf("%w: model %q already has the %s rollout %s; finish or abort it first", ErrConflict, r.Model, o.Status, o.ID)
-		}
+	if err := s.activeLocked(r.Model); err != nil {
+		return err
 	}
 	c, err := copyRollout(r)
 	if err != nil {
@@ -106,14 +159,12 @@ func (s *Store) Create(r *Rollout) error {
 		return err
 	}
 	s.rollouts[c.ID] = c
-	if s.onChange != nil {
-		s.onChange(nil, c)
-	}
+	s.changed(nil, c)
 	return nil
 }
 
 // Get returns a copy of one rollout.
-func (s *Store) Get(id string) (*Rollout, error) {
+func (s *RolloutStore) Get(id string) (*Rollout, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.rollouts[id]
@@ -124,7 +175,7 @@ func (s *Store) Get(id string) (*Rollout, error) {
 }
 
 // List returns copies of every rollout, newest first.
-func (s *Store) List() ([]*Rollout, error) {
+func (s *RolloutStore) List() ([]*Rollout, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]*Rollout, 0, len(s.rollouts))
@@ -146,7 +197,7 @@ func (s *Store) List() ([]*Rollout, error) {
 
 // Update applies change to a copy of the rollout and stores the result
 // durably. If change or the write fails, nothing changes.
-func (s *Store) Update(id string, change func(*Rollout) error) (*Rollout, error) {
+func (s *RolloutStore) Update(id string, change func(*Rollout) error) (*Rollout, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur, ok := s.rollouts[id]
@@ -165,13 +216,11 @@ func (s *Store) Update(id string, change func(*Rollout) error) (*Rollout, error)
 		return nil, err
 	}
 	s.rollouts[id] = c
-	if s.onChange != nil {
-		s.onChange(cur, c)
-	}
+	s.changed(cur, c)
 	return copyRollout(c)
 }
 
-func (s *Store) save(r *Rollout) error {
+func (s *RolloutStore) save(r *Rollout) error {
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return fmt.Errorf("rollout store: encode %s: %w", r.ID, err)
@@ -197,7 +246,7 @@ func copyRollout(r *Rollout) (*Rollout, error) {
 // Canaries returns the canary versions of the active rollouts, for the
 // judge to grade first (quality.JudgeOptions.Priority). A store that
 // cannot be read gives none: the judge then grades newest first.
-func (s *Store) Canaries() []string {
+func (s *RolloutStore) Canaries() []string {
 	all, err := s.List()
 	if err != nil {
 		return nil

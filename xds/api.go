@@ -15,10 +15,10 @@ import (
 
 // API is the management API: HTTP/JSON, every /v1 call authorised by a
 // bearer token. It is documented in xds/openapi.yaml. Every change goes
-// through Store.Update, so it is validated, versioned, durable and
+// through StateStore.Update, so it is validated, versioned, durable and
 // published, or rejected with nothing changed.
 type API struct {
-	store   *Store
+	store   *StateStore
 	pub     *Publisher
 	token   []byte
 	log     *slog.Logger
@@ -26,7 +26,7 @@ type API struct {
 }
 
 // NewAPI returns the management API. token must not be empty.
-func NewAPI(store *Store, pub *Publisher, token string, log *slog.Logger) *API {
+func NewAPI(store *StateStore, pub *Publisher, token string, log *slog.Logger) *API {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -107,7 +107,14 @@ func (a *API) getModel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("ETag", etag(st.Revision))
-	writeJSON(w, http.StatusOK, m)
+	writeJSON(w, http.StatusOK, a.withSampling(m))
+}
+
+// withSampling returns a copy of m that says how its traffic is measured.
+func (a *API) withSampling(m *Model) *Model {
+	c := m.clone()
+	c.Sampling = a.pub.Sampling(m)
+	return c
 }
 
 func (a *API) putModel(w http.ResponseWriter, r *http.Request) {
@@ -119,24 +126,13 @@ func (a *API) putModel(w http.ResponseWriter, r *http.Request) {
 	if m.Name == "" {
 		m.Name = name
 	}
-	a.update(w, r, fmt.Sprintf("put model %s", name), func(s *State) error {
-		if m.Name != name {
-			return fmt.Errorf("%w: body names model %q but the path names %q", ErrInvalid, m.Name, name)
-		}
-		s.Models[name] = &m
-		return nil
-	}, name)
+	m.Sampling = nil
+	a.update(w, r, fmt.Sprintf("put model %s", name), func(s *State) error { return s.PutModel(name, m) }, name)
 }
 
 func (a *API) deleteModel(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("model")
-	a.update(w, r, fmt.Sprintf("delete model %s", name), func(s *State) error {
-		if _, ok := s.Models[name]; !ok {
-			return fmt.Errorf("%w: model %q does not exist", ErrNotFound, name)
-		}
-		delete(s.Models, name)
-		return nil
-	}, "")
+	a.update(w, r, fmt.Sprintf("delete model %s", name), func(s *State) error { return s.DeleteModel(name) }, "")
 }
 
 func (a *API) putVersion(w http.ResponseWriter, r *http.Request) {
@@ -148,57 +144,12 @@ func (a *API) putVersion(w http.ResponseWriter, r *http.Request) {
 	if v.Name == "" {
 		v.Name = version
 	}
-	a.update(w, r, fmt.Sprintf("put version %s/%s", model, version), func(s *State) error {
-		if v.Name != version {
-			return fmt.Errorf("%w: body names version %q but the path names %q", ErrInvalid, v.Name, version)
-		}
-		m, ok := s.Models[model]
-		if !ok {
-			return fmt.Errorf("%w: model %q does not exist; create it with PUT /v1/models/%s", ErrNotFound, model, model)
-		}
-		for i := range m.Versions {
-			if m.Versions[i].Name == version {
-				m.Versions[i] = v
-				return nil
-			}
-		}
-		// A new version joins with no traffic; weights move it in.
-		m.Versions = append(m.Versions, v)
-		return nil
-	}, model)
+	a.update(w, r, fmt.Sprintf("put version %s/%s", model, version), func(s *State) error { return s.PutVersion(model, version, v) }, model)
 }
 
 func (a *API) deleteVersion(w http.ResponseWriter, r *http.Request) {
 	model, version := r.PathValue("model"), r.PathValue("version")
-	a.update(w, r, fmt.Sprintf("delete version %s/%s", model, version), func(s *State) error {
-		m, ok := s.Models[model]
-		if !ok {
-			return fmt.Errorf("%w: model %q does not exist", ErrNotFound, model)
-		}
-		if _, ok := m.Version(version); !ok {
-			return fmt.Errorf("%w: model %q has no version %q", ErrNotFound, model, version)
-		}
-		if m.Stable == version {
-			return fmt.Errorf("%w: version %q is the stable version of %q; make another stable first", ErrConflict, version, model)
-		}
-		if m.Weights[version] > 0 {
-			return fmt.Errorf("%w: version %q still has %v%% of the traffic; set its weight to 0 first", ErrConflict, version, m.Weights[version])
-		}
-		kept := m.Versions[:0]
-		for _, v := range m.Versions {
-			if v.Name != version {
-				kept = append(kept, v)
-			}
-		}
-		m.Versions = kept
-		delete(m.Weights, version)
-		for cat, v := range m.CategoryOverrides {
-			if v == version {
-				delete(m.CategoryOverrides, cat)
-			}
-		}
-		return nil
-	}, model)
+	a.update(w, r, fmt.Sprintf("delete version %s/%s", model, version), func(s *State) error { return s.DeleteVersion(model, version) }, model)
 }
 
 func (a *API) putWeights(w http.ResponseWriter, r *http.Request) {
@@ -208,20 +159,7 @@ func (a *API) putWeights(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.update(w, r, fmt.Sprintf("set weights of %s to %s", model, formatWeights(req.Weights)), func(s *State) error {
-		m, ok := s.Models[model]
-		if !ok {
-			return fmt.Errorf("%w: model %q does not exist", ErrNotFound, model)
-		}
-		for v := range req.Weights {
-			if _, ok := m.Version(v); !ok {
-				return fmt.Errorf("%w: weight for unknown version %q of model %q", ErrInvalid, v, model)
-			}
-		}
-		m.Weights = req.Weights
-		if req.Stable != "" {
-			m.Stable = req.Stable
-		}
-		return nil
+		return s.SetWeights(model, req.Weights, req.Stable)
 	}, model)
 }
 
@@ -279,7 +217,7 @@ func (a *API) update(w http.ResponseWriter, r *http.Request, summary string, cha
 	w.Header().Set(HeaderFleetConnected, strconv.Itoa(connected))
 	w.Header().Set(HeaderFleetApplied, strconv.Itoa(applied))
 	if m, ok := st.Models[model]; ok {
-		writeJSON(w, http.StatusOK, m)
+		writeJSON(w, http.StatusOK, a.withSampling(m))
 		return
 	}
 	writeJSON(w, http.StatusOK, st)

@@ -19,9 +19,9 @@ const testToken = "test-token"
 
 var quiet = slog.New(slog.DiscardHandler)
 
-func newTestAPI(t *testing.T, dir string) (*httptest.Server, *Store, *Publisher) {
+func newTestAPI(t *testing.T, dir string) (*httptest.Server, *StateStore, *Publisher) {
 	t.Helper()
-	st, err := OpenStore(dir)
+	st, err := OpenStateStore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

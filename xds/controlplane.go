@@ -12,39 +12,45 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
-	"sigs.k8s.io/yaml"
 
 	"github.com/llmcanary/llmcanary/internal/config"
+	"github.com/llmcanary/llmcanary/internal/health"
 	"github.com/llmcanary/llmcanary/internal/mtls"
 )
 
-// Options configure `llmcanary control`. A YAML config file uses the same
-// field names; flags override it.
+// Options configure the control plane. The JSON names are the flags of
+// `llmcanary control` and the keys of its config file
+// (docs/configuration.md); fields tagged "-" are for callers in process.
 type Options struct {
 	// XDSListen is the gRPC address Envoys dial for ADS.
-	XDSListen string `json:"xds_listen"`
+	XDSListen string `json:"xds-listen"`
 	// APIListen is the management API's HTTP address.
-	APIListen string `json:"api_listen"`
+	APIListen string `json:"api-listen"`
 	// DataDir holds the durable desired state.
-	DataDir string `json:"data_dir"`
-	// Token is the management API's bearer token; TokenFile reads it from a
-	// file instead (preferred: it stays out of process listings).
-	Token     string `json:"token,omitempty"`
-	TokenFile string `json:"token_file,omitempty"`
+	DataDir string `json:"data-dir"`
+	// TokenFile holds the management API's bearer token; Token is the
+	// token itself, for callers in process (the command reads
+	// $LLMCANARY_API_TOKEN into it when there is no file).
+	TokenFile string `json:"token-file,omitempty"`
+	Token     string `json:"-"`
 	// TLS is the control plane's certificate, served on both ports, and
 	// the CA of the Envoys' client certificates, required on the xDS port
 	// only (the API authorises by token). The files are reread when they
 	// change. Unset: plaintext, for development only.
 	TLS mtls.ServerFiles `json:"tls,omitempty"`
 
-	ListenerAddress   string          `json:"listener_address"`
-	ListenerPort      uint32          `json:"listener_port"`
-	StreamIdleTimeout config.Duration `json:"stream_idle_timeout"`
-	Wasm              *WasmOptions    `json:"wasm,omitempty"`
-	ExtProc           *ExtProcOptions `json:"extproc,omitempty"`
+	ListenerAddress   string          `json:"listener-address"`
+	ListenerPort      uint32          `json:"listener-port"`
+	StreamIdleTimeout config.Duration `json:"stream-idle-timeout"`
+	// Wasm and ExtProc add the gateway's filters; nil leaves one out.
+	Wasm    *WasmOptions    `json:"wasm,omitempty"`
+	ExtProc *ExtProcOptions `json:"extproc,omitempty"`
+	// Logger receives the control plane's logs; nil means slog.Default().
+	Logger *slog.Logger `json:"-"`
 }
 
 // DefaultOptions returns the defaults of `llmcanary control`.
@@ -60,43 +66,31 @@ func DefaultOptions() Options {
 	}
 }
 
-// LoadOptionsFile reads a YAML config file over o.
-func LoadOptionsFile(path string, o *Options) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	if err := yaml.UnmarshalStrict(b, o); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return nil
-}
-
 // Validate reports every problem with the options, joined.
 func (o *Options) Validate() error {
 	var errs []error
-	for name, addr := range map[string]string{"xds_listen": o.XDSListen, "api_listen": o.APIListen} {
+	for name, addr := range map[string]string{"--xds-listen": o.XDSListen, "--api-listen": o.APIListen} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: %w", name, addr, err))
 		}
 	}
 	if o.DataDir == "" {
-		errs = append(errs, errors.New("data_dir is required: the desired state must survive a restart"))
+		errs = append(errs, errors.New("--data-dir is required: the desired state must survive a restart"))
 	}
 	if o.Token == "" && o.TokenFile == "" {
-		errs = append(errs, errors.New("a management API token is required (token_file, --token-file or LLMCANARY_API_TOKEN)"))
+		errs = append(errs, errors.New("a management API token is required (--token-file or LLMCANARY_API_TOKEN)"))
 	}
 	if o.ListenerPort == 0 {
-		errs = append(errs, errors.New("listener_port is required"))
+		errs = append(errs, errors.New("--listener-port is required"))
 	}
 	if o.StreamIdleTimeout <= 0 {
-		errs = append(errs, errors.New("stream_idle_timeout must be positive"))
+		errs = append(errs, errors.New("--stream-idle-timeout must be positive"))
 	}
 	if o.Wasm != nil && o.Wasm.Path == "" {
-		errs = append(errs, errors.New("wasm.path is required when the wasm filter is configured"))
+		errs = append(errs, errors.New("wasm.path (--wasm) is required when the wasm filter is configured"))
 	}
 	if o.ExtProc != nil && o.ExtProc.Address == "" {
-		errs = append(errs, errors.New("extproc.address is required when ext_proc is configured"))
+		errs = append(errs, errors.New("extproc.address (--extproc) is required when ext_proc is configured"))
 	}
 	if err := o.TLS.Validate(); err != nil {
 		errs = append(errs, err)
@@ -125,13 +119,15 @@ func (o *Options) token() (string, error) {
 // ControlPlane is a running control plane: the xDS server and the
 // management API over one durable store.
 type ControlPlane struct {
-	Store     *Store
+	Store     *StateStore
 	Publisher *Publisher
 	// XDSAddr and APIAddr are the bound addresses (useful with port 0);
 	// APIURL is the API's base URL, https when it serves TLS.
 	XDSAddr string
 	APIAddr string
 	APIURL  string
+	// Metrics is what GET /metrics on the API's address serves.
+	Metrics *prometheus.Registry
 
 	grpc   *grpc.Server
 	http   *http.Server
@@ -142,7 +138,8 @@ type ControlPlane struct {
 // Start loads the durable state, publishes it, and starts serving xDS and
 // the API. After a restart the fleet gets back exactly the last accepted
 // state, with the same revision.
-func Start(ctx context.Context, o Options, log *slog.Logger) (*ControlPlane, error) {
+func Start(ctx context.Context, o Options) (*ControlPlane, error) {
+	log := o.Logger
 	if log == nil {
 		log = slog.Default()
 	}
@@ -153,7 +150,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*ControlPlane, err
 	if err != nil {
 		return nil, err
 	}
-	store, err := OpenStore(o.DataDir)
+	store, err := OpenStateStore(o.DataDir)
 	if err != nil {
 		return nil, err
 	}
@@ -201,11 +198,19 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*ControlPlane, err
 	ctx, cancel := context.WithCancel(ctx)
 	gs := grpc.NewServer(gopts...)
 	RegisterServer(ctx, gs, pub, log)
-	hs := &http.Server{Handler: NewAPI(store, pub, token, log).Handler(), ReadHeaderTimeout: 10 * time.Second,
+	reg := health.NewRegistry()
+	handler, err := observe(reg, store, pub, NewAPI(store, pub, token, log).Handler())
+	if err != nil {
+		cancel()
+		xl.Close()
+		al.Close()
+		return nil, err
+	}
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)} // refused TLS handshakes, among others
 	cp := &ControlPlane{
 		Store: store, Publisher: pub,
-		XDSAddr: xl.Addr().String(), APIAddr: al.Addr().String(), APIURL: scheme + "://" + al.Addr().String(),
+		XDSAddr: xl.Addr().String(), APIAddr: al.Addr().String(), APIURL: scheme + "://" + al.Addr().String(), Metrics: reg,
 		grpc: gs, http: hs, cancel: cancel, done: make(chan struct{}),
 	}
 	errc := make(chan error, 2)
@@ -223,7 +228,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*ControlPlane, err
 		cp.shutdown()
 	}()
 	for _, ext := range g.Extensions {
-		if r, ok := ext.(interface{ ReloadKeys() (bool, error) }); ok && o.Wasm.ForceKeysFile != "" {
+		if r, ok := ext.(KeyReloader); ok && o.Wasm.ForceKeysFile != "" {
 			go watchKeys(ctx, r, pub, log)
 		}
 	}
@@ -233,7 +238,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*ControlPlane, err
 
 // watchKeys rereads the force keys file every two seconds and republishes
 // when the accepted keys changed: rotation without restarting anything.
-func watchKeys(ctx context.Context, r interface{ ReloadKeys() (bool, error) }, pub *Publisher, log *slog.Logger) {
+func watchKeys(ctx context.Context, r KeyReloader, pub *Publisher, log *slog.Logger) {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {

@@ -56,7 +56,8 @@ func TestControlPlaneWithTLSServesTheAPIOverHTTPS(t *testing.T) {
 	o := DefaultOptions()
 	o.XDSListen, o.APIListen, o.DataDir, o.Token = "127.0.0.1:0", "127.0.0.1:0", t.TempDir(), "t"
 	o.TLS = certs.ServerFiles()
-	cp, err := Start(context.Background(), o, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cp, err := Start(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}

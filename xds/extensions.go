@@ -14,6 +14,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
 	"github.com/llmcanary/llmcanary/internal/mtls"
@@ -60,6 +61,11 @@ type ExtProcOptions struct {
 	// stream alike, over mTLS. Empty: plaintext, for development only —
 	// anyone who reaches the service could then stream made-up timings.
 	TLSDir string `json:"tls_dir,omitempty"`
+	// Measure says which requests are timed; the zero value measures
+	// every canary request, at least a fifth of stable's users during a
+	// rollout (more when the canary is big), and 1 % of users otherwise
+	// (see Measure).
+	Measure Measure `json:"measure,omitempty"`
 }
 
 // Extensions builds the gateway's optional filters, wasm first so that the
@@ -119,6 +125,10 @@ func (w *wasmExtension) Name() string { return "wasm" }
 func (w *wasmExtension) VerifiesForce() bool { return true }
 
 func (w *wasmExtension) Clusters() []*clusterv3.Cluster { return nil }
+
+// SetsSamplingKeys: the filter sets wire.HeaderSample and
+// wire.HeaderBackground on every request it routes.
+func (w *wasmExtension) SetsSamplingKeys() bool { return true }
 
 // PerConnectionBufferLimit lets a whole request body up to the filter's cap
 // be buffered; below it Envoy would answer 413 itself, without a JSON body.
@@ -184,6 +194,9 @@ func newExtProcExtension(o ExtProcOptions) (*extProcExtension, error) {
 	if o.Address == "" {
 		return nil, errors.New("extproc: address is required")
 	}
+	if err := o.Measure.Validate(); err != nil {
+		return nil, fmt.Errorf("extproc: %w", err)
+	}
 	c := envoyconfig.Cluster(extProcCluster, o.Address)
 	if o.TLSDir != "" {
 		ts, err := mtls.UpstreamTLS(o.TLSDir)
@@ -202,6 +215,15 @@ func (e *extProcExtension) HTTPFilter(*State) (*hcmv3.HttpFilter, error) {
 	return envoyconfig.HTTPFilter(envoyconfig.FilterOptions{ClusterName: extProcCluster, CaptureRequestBody: e.o.CaptureRequestBody})
 }
 
+// MeasurePolicy is the policy the routes apply.
+func (e *extProcExtension) MeasurePolicy() Measure { return e.o.Measure }
+
+// PerRoute switches the telemetry filter per route and weighted cluster.
+func (e *extProcExtension) PerRoute(rate float64) (string, *anypb.Any, error) {
+	cfg, err := envoyconfig.PerRoute(rate)
+	return envoyconfig.FilterName, cfg, err
+}
+
 // AccessLogs tells the telemetry service who cut off a request that ended
 // early (client or upstream), which ext_proc alone cannot see.
 func (e *extProcExtension) AccessLogs() ([]*accesslogv3.AccessLog, error) {
@@ -216,3 +238,8 @@ func (e *extProcExtension) Clusters() []*clusterv3.Cluster {
 	// A copy: each snapshot owns its resources.
 	return []*clusterv3.Cluster{proto.Clone(e.cluster).(*clusterv3.Cluster)}
 }
+
+var (
+	_ Measurer  = (*extProcExtension)(nil)
+	_ KeySetter = (*wasmExtension)(nil)
+)

@@ -20,6 +20,14 @@ import (
 type Fleet struct {
 	mu      sync.Mutex
 	streams map[streamKey]*fleetStream
+	// replies counts the Envoys' answers to responses, by resource type:
+	// an ACK or a NACK (the request carries an error).
+	replies map[replyKey]uint64
+}
+
+type replyKey struct {
+	typeURL string
+	nack    bool
 }
 
 // streamKey names a stream: the state-of-the-world and the delta servers
@@ -69,7 +77,25 @@ func (s FleetStatus) Applied(rev uint64) bool {
 	return true
 }
 
-func newFleet() *Fleet { return &Fleet{streams: map[streamKey]*fleetStream{}} }
+func newFleet() *Fleet {
+	return &Fleet{streams: map[streamKey]*fleetStream{}, replies: map[replyKey]uint64{}}
+}
+
+// Replies returns how many ACKs and NACKs the fleet has sent, by
+// resource type URL, since the control plane started.
+func (f *Fleet) Replies() (acks, nacks map[string]uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	acks, nacks = map[string]uint64{}, map[string]uint64{}
+	for k, n := range f.replies {
+		if k.nack {
+			nacks[k.typeURL] += n
+		} else {
+			acks[k.typeURL] += n
+		}
+	}
+	return acks, nacks
+}
 
 // revisionOf reads the state revision from a snapshot version "rev.gen".
 func revisionOf(version string) (uint64, bool) {
@@ -91,14 +117,16 @@ func (f *Fleet) stream(id streamKey, n *corev3.Node) *fleetStream {
 }
 
 func (f *Fleet) request(id streamKey, n *corev3.Node, typeURL, nonce string, nack bool) {
-	if typeURL != resource.RouteType {
-		f.mu.Lock()
-		f.stream(id, n)
-		f.mu.Unlock()
-		return
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if nonce != "" {
+		// A request that names a response's nonce answers it.
+		f.replies[replyKey{typeURL, nack}]++
+	}
+	if typeURL != resource.RouteType {
+		f.stream(id, n)
+		return
+	}
 	s := f.stream(id, n)
 	s.subscribe = true
 	rev, sent := s.nonces[nonce]

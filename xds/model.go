@@ -56,6 +56,10 @@ type Model struct {
 	// CategoryOverrides send every request of a category (the
 	// x-llmcanary-category header) to one version, e.g. {"code": "v2"}.
 	CategoryOverrides map[string]string `json:"category_overrides,omitempty"`
+	// Sampling is how the model's traffic is measured under its current
+	// weights (see Measure). The management API sets it in its answers;
+	// it is ignored on input and never stored.
+	Sampling *Sampling `json:"sampling,omitempty"`
 }
 
 // Version is one deployment of a model: an inference pool and what is known

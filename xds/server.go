@@ -96,6 +96,10 @@ func NewPublisher(g Gateway, log *slog.Logger) *Publisher {
 	}
 }
 
+// Sampling returns how m's traffic is measured by the gateway, nil when it
+// has no telemetry filter.
+func (p *Publisher) Sampling(m *Model) *Sampling { return measuringOf(p.gateway).sampling(m) }
+
 // Cache returns the snapshot cache the xDS server serves from.
 func (p *Publisher) Cache() cache.SnapshotCache { return p.cache }
 
@@ -114,22 +118,35 @@ func (p *Publisher) gatewayFor(o ListenerOverride) Gateway {
 func (p *Publisher) build(s *State, groups map[string]ListenerOverride) (map[string]*cache.Snapshot, int, error) {
 	snaps := map[string]*cache.Snapshot{}
 	clusters := 0
+	version := p.version(s.Revision)
 	for key, o := range groups {
-		res, err := Translate(s, p.gatewayFor(o))
+		snap, n, err := p.snapshotFor(s, o, version)
 		if err != nil {
 			return nil, 0, err
 		}
-		snap, err := snapshotOf(s, res, p.version(s.Revision))
-		if err != nil {
-			return nil, 0, err
-		}
-		if err := snap.Consistent(); err != nil {
-			return nil, 0, fmt.Errorf("snapshot %d is not consistent: %w", s.Revision, err)
-		}
-		snaps[key] = snap
-		clusters = len(res.Clusters)
+		snaps[key], clusters = snap, n
 	}
 	return snaps, clusters, nil
+}
+
+// snapshotFor translates s for one snapshot group and returns the snapshot
+// and its number of clusters, after checking that every resource validates
+// and that the snapshot is consistent: every route's cluster exists and
+// every EDS cluster has endpoints. Every snapshot the cache gets comes
+// from here.
+func (p *Publisher) snapshotFor(s *State, o ListenerOverride, version string) (*cache.Snapshot, int, error) {
+	res, err := Translate(s, p.gatewayFor(o))
+	if err != nil {
+		return nil, 0, err
+	}
+	snap, err := snapshotOf(s, res, version)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := snap.Consistent(); err != nil {
+		return nil, 0, fmt.Errorf("snapshot %d is not consistent: %w", s.Revision, err)
+	}
+	return snap, len(res.Clusters), nil
 }
 
 // Prepare translates s into snapshots after checking that every resource
@@ -172,11 +189,7 @@ func (p *Publisher) Prepare(s *State) (func() error, error) {
 }
 
 func (p *Publisher) setGroupLocked(s *State, key string, o ListenerOverride) error {
-	res, err := Translate(s, p.gatewayFor(o))
-	if err != nil {
-		return err
-	}
-	snap, err := snapshotOf(s, res, strconv.FormatUint(s.Revision, 10)+"."+strconv.FormatUint(p.gen, 10))
+	snap, _, err := p.snapshotFor(s, o, p.versionLocked(s.Revision))
 	if err != nil {
 		return err
 	}
@@ -222,6 +235,12 @@ func (p *Publisher) join(n *corev3.Node) {
 func (p *Publisher) version(rev uint64) string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	return p.versionLocked(rev)
+}
+
+// versionLocked names a snapshot: the state's revision and the gateway's
+// generation.
+func (p *Publisher) versionLocked(rev uint64) string {
 	return strconv.FormatUint(rev, 10) + "." + strconv.FormatUint(p.gen, 10)
 }
 

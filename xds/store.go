@@ -12,12 +12,12 @@ import (
 	"github.com/llmcanary/llmcanary/internal/durable"
 )
 
-// Store keeps the desired state durable. Every accepted change is written
+// StateStore keeps the desired state durable. Every accepted change is written
 // to a temporary file, fsynced, renamed over state.json and the directory
 // fsynced: a crash at any point leaves either the previous or the new state,
 // never a torn one. Each change is also appended to changes.jsonl, the audit
 // trail of who changed what. Safe for concurrent use.
-type Store struct {
+type StateStore struct {
 	dir string
 
 	mu    sync.Mutex
@@ -37,13 +37,13 @@ type Change struct {
 	Summary  string    `json:"summary"`
 }
 
-// OpenStore loads the state in dir, or starts empty when there is none.
+// OpenStateStore loads the state in dir, or starts empty when there is none.
 // A corrupt state file is an error, never silently replaced by an empty one.
-func OpenStore(dir string) (*Store, error) {
+func OpenStateStore(dir string) (*StateStore, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	s := &Store{dir: dir, state: &State{Models: map[string]*Model{}}}
+	s := &StateStore{dir: dir, state: &State{Models: map[string]*Model{}}}
 	b, err := os.ReadFile(filepath.Join(dir, stateFile))
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -66,7 +66,7 @@ func OpenStore(dir string) (*Store, error) {
 }
 
 // State returns a copy of the current state.
-func (s *Store) State() *State {
+func (s *StateStore) State() *State {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.state.Clone()
@@ -82,7 +82,7 @@ func (s *Store) State() *State {
 // order and the fleet never runs a state the disk does not hold.
 // If expect is non-zero and differs from the current revision, the update
 // fails with ErrRevisionChanged (optimistic concurrency for API clients).
-func (s *Store) Update(expect uint64, actor, summary string, change func(*State) error, prepare func(*State) (func() error, error)) (*State, error) {
+func (s *StateStore) Update(expect uint64, actor, summary string, change func(*State) error, prepare func(*State) (func() error, error)) (*State, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if expect != 0 && expect != s.state.Revision {
@@ -115,7 +115,7 @@ func (s *Store) Update(expect uint64, actor, summary string, change func(*State)
 	return next.Clone(), nil
 }
 
-func (s *Store) write(st *State) error {
+func (s *StateStore) write(st *State) error {
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("store: encode: %w", err)
@@ -125,7 +125,7 @@ func (s *Store) write(st *State) error {
 
 // appendChange records an accepted change. The audit trail is best effort:
 // the state file is the truth, and a failed append is not a failed change.
-func (s *Store) appendChange(c Change) {
+func (s *StateStore) appendChange(c Change) {
 	f, err := os.OpenFile(filepath.Join(s.dir, changesFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return
@@ -137,7 +137,7 @@ func (s *Store) appendChange(c Change) {
 
 // Changes returns the audit trail, oldest first. Lines torn by a crash are
 // skipped.
-func (s *Store) Changes() ([]Change, error) {
+func (s *StateStore) Changes() ([]Change, error) {
 	b, err := os.ReadFile(filepath.Join(s.dir, changesFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil

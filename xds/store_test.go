@@ -26,7 +26,7 @@ func testModel(stableWeight float64) *Model {
 
 func TestStoreStateSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
-	st, err := OpenStore(dir)
+	st, err := OpenStateStore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +39,7 @@ func TestStoreStateSurvivesRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	reopened, err := OpenStore(dir)
+	reopened, err := OpenStateStore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func TestStoreStateSurvivesRestart(t *testing.T) {
 
 func TestStoreRejectedChangeIsNotWritten(t *testing.T) {
 	dir := t.TempDir()
-	st, _ := OpenStore(dir)
+	st, _ := OpenStateStore(dir)
 	st.Update(0, "test", "create", func(s *State) error { s.Models["llama"] = testModel(100); return nil }, nil)
 	_, err := st.Update(0, "test", "bad", func(s *State) error {
 		s.Models["llama"].Weights = map[string]float64{"v1": 50}
@@ -67,7 +67,7 @@ func TestStoreRejectedChangeIsNotWritten(t *testing.T) {
 	if err == nil {
 		t.Fatal("a state the publisher refused was accepted")
 	}
-	reopened, _ := OpenStore(dir)
+	reopened, _ := OpenStateStore(dir)
 	if s := reopened.State(); s.Revision != 1 || s.Models["llama"].Weights["v1"] != 100 {
 		t.Fatalf("disk holds revision %d weights %v; want the last accepted state", s.Revision, s.Models["llama"].Weights)
 	}
@@ -76,7 +76,7 @@ func TestStoreRejectedChangeIsNotWritten(t *testing.T) {
 func TestStoreCorruptStateIsAnErrorNotAnEmptyFleet(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, stateFile), []byte(`{"revision": 4, "models": {"llama": {`), 0o600)
-	if _, err := OpenStore(dir); err == nil || !strings.Contains(err.Error(), "corrupt") {
+	if _, err := OpenStateStore(dir); err == nil || !strings.Contains(err.Error(), "corrupt") {
 		t.Fatalf("corrupt state file opened: %v", err)
 	}
 }
@@ -136,7 +136,7 @@ func TestStoreCrashMidWriteKeepsLastAcceptedState(t *testing.T) {
 		for r := range acked {
 			last = r
 		}
-		st, err := OpenStore(dir)
+		st, err := OpenStateStore(dir)
 		if err != nil {
 			t.Fatalf("round %d: store does not open after a crash: %v", round, err)
 		}
@@ -147,7 +147,7 @@ func TestStoreCrashMidWriteKeepsLastAcceptedState(t *testing.T) {
 }
 
 func crashChild() {
-	st, err := OpenStore(os.Getenv("LLMCANARY_STORE_CRASH_CHILD"))
+	st, err := OpenStateStore(os.Getenv("LLMCANARY_STORE_CRASH_CHILD"))
 	if err != nil {
 		panic(err)
 	}

@@ -20,6 +20,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -63,6 +64,36 @@ type Extension interface {
 	// its version.
 	VerifiesForce() bool
 }
+
+// Optional abilities of an Extension. Translate and Start look for them
+// with a type assertion; an extension that lacks one simply does not take
+// part in what it governs.
+type (
+	// AccessLogger is an Extension that adds access logs to the listener
+	// (ext_proc's reset-cause stream).
+	AccessLogger interface {
+		AccessLogs() ([]*accesslogv3.AccessLog, error)
+	}
+	// BufferLimiter is an Extension that needs the listener to buffer at
+	// least this many bytes per connection (the wasm filter holds a body).
+	BufferLimiter interface {
+		PerConnectionBufferLimit() uint32
+	}
+	// KeyReloader is an Extension whose keys live in a file: ReloadKeys
+	// reads it again and reports whether the accepted keys changed, so the
+	// control plane republishes (force keys rotated without a restart).
+	KeyReloader interface {
+		ReloadKeys() (bool, error)
+	}
+)
+
+var (
+	_ Extension     = (*wasmExtension)(nil)
+	_ BufferLimiter = (*wasmExtension)(nil)
+	_ KeyReloader   = (*wasmExtension)(nil)
+	_ Extension     = (*extProcExtension)(nil)
+	_ AccessLogger  = (*extProcExtension)(nil)
+)
 
 // DefaultGateway returns the gateway settings used when none are given.
 func DefaultGateway() Gateway {
@@ -142,9 +173,7 @@ func listener(s *State, g Gateway) (*listenerv3.Listener, error) {
 	})
 	var logs []*accesslogv3.AccessLog
 	for _, ext := range g.Extensions {
-		if a, ok := ext.(interface {
-			AccessLogs() ([]*accesslogv3.AccessLog, error)
-		}); ok {
+		if a, ok := ext.(AccessLogger); ok {
 			l, err := a.AccessLogs()
 			if err != nil {
 				return nil, fmt.Errorf("extension %s: %w", ext.Name(), err)
@@ -190,7 +219,7 @@ func listener(s *State, g Gateway) (*listenerv3.Listener, error) {
 		}},
 	}
 	for _, ext := range g.Extensions {
-		if b, ok := ext.(interface{ PerConnectionBufferLimit() uint32 }); ok {
+		if b, ok := ext.(BufferLimiter); ok {
 			l.PerConnectionBufferLimitBytes = wrapperspb.UInt32(max(b.PerConnectionBufferLimit(), l.GetPerConnectionBufferLimitBytes().GetValue()))
 		}
 	}
@@ -202,6 +231,7 @@ func routes(s *State, g Gateway) (*routev3.RouteConfiguration, error) {
 	for _, ext := range g.Extensions {
 		trustForce = trustForce || ext.VerifiesForce()
 	}
+	ms := measuringOf(g)
 	var rs []*routev3.Route
 	rs = append(rs, modelsRoute(s))
 	rs = append(rs, methodNotAllowed("/v1/models", "GET"))
@@ -222,7 +252,11 @@ func routes(s *State, g Gateway) (*routev3.RouteConfiguration, error) {
 			rs = append(rs, versionRoute(m, m.CategoryOverrides[cat], "category:"+cat,
 				modelHdr, exactHeader(wire.HeaderCategory, cat)))
 		}
-		rs = append(rs, weightedRoute(m, modelHdr))
+		wr, err := weightedRoutes(m, modelHdr, ms)
+		if err != nil {
+			return nil, err
+		}
+		rs = append(rs, wr...)
 	}
 	rs = append(rs, &routev3.Route{
 		Name:  "unknown-model",
@@ -242,6 +276,9 @@ func routes(s *State, g Gateway) (*routev3.RouteConfiguration, error) {
 			}},
 		}},
 	})
+	if err := ms.apply(rs); err != nil {
+		return nil, err
+	}
 	return &routev3.RouteConfiguration{
 		Name: RouteConfigName,
 		VirtualHosts: []*routev3.VirtualHost{{
@@ -340,24 +377,123 @@ func versionRoute(m *Model, version, why string, headers ...*routev3.HeaderMatch
 	}
 }
 
-func weightedRoute(m *Model, modelHdr *routev3.HeaderMatcher) *routev3.Route {
+// weightedRoutes returns the route that splits m's traffic by bucket, or
+// two when only part of stable's users are measured: the first matches the
+// measured users by their sample key and the second takes the rest. Both
+// list the same clusters with the same weights and read the same bucket,
+// so a request goes to the same version whichever matches; they differ
+// only in whether the telemetry filter runs for stable.
+func weightedRoutes(m *Model, modelHdr *routev3.HeaderMatcher, ms measuring) ([]*routev3.Route, error) {
+	smp := ms.sampling(m)
+	if smp == nil {
+		return []*routev3.Route{weightedRoute(m, "weighted", nil, []*routev3.HeaderMatcher{modelHdr})}, nil
+	}
+	stableCfg := func(rate float64) (*clusterMeasure, error) {
+		cfg, err := ms.perRoute(rate)
+		return &clusterMeasure{rate: rate, config: cfg}, err
+	}
+	canary, err := stableCfg(smp.CanaryRate)
+	if err != nil {
+		return nil, err
+	}
+	if smp.Key == "" {
+		stable, err := stableCfg(smp.StableRate)
+		if err != nil {
+			return nil, err
+		}
+		return []*routev3.Route{weightedRoute(m, "weighted", []*clusterMeasure{stable, canary}, []*routev3.HeaderMatcher{modelHdr})}, nil
+	}
+	sampled, err := stableCfg(smp.StableRate)
+	if err != nil {
+		return nil, err
+	}
+	unsampled, err := stableCfg(0)
+	if err != nil {
+		return nil, err
+	}
+	keyHdr := &routev3.HeaderMatcher{Name: smp.Key, HeaderMatchSpecifier: &routev3.HeaderMatcher_RangeMatch{
+		RangeMatch: &typev3.Int64Range{Start: 0, End: smp.threshold()},
+	}}
+	return []*routev3.Route{
+		weightedRoute(m, "weighted:sampled", []*clusterMeasure{sampled, canary}, []*routev3.HeaderMatcher{modelHdr, keyHdr}),
+		weightedRoute(m, "weighted", []*clusterMeasure{unsampled, canary}, []*routev3.HeaderMatcher{modelHdr}),
+	}, nil
+}
+
+// clusterMeasure is whether the telemetry filter runs for one cluster of
+// a weighted route, and at which rate its rows are recorded.
+type clusterMeasure struct {
+	rate   float64
+	config map[string]*anypb.Any
+}
+
+// weightedRoute splits m's traffic by bucket. measure, when given, holds
+// stable's setting then the one every other version shares.
+func weightedRoute(m *Model, why string, measure []*clusterMeasure, headers []*routev3.HeaderMatcher) *routev3.Route {
 	vs := m.Ordered()
 	bps := m.BasisPoints()
 	wc := &routev3.WeightedCluster{RandomValueSpecifier: &routev3.WeightedCluster_HeaderName{HeaderName: wire.HeaderBucket}}
 	for i, v := range vs {
-		wc.Clusters = append(wc.Clusters, &routev3.WeightedCluster_ClusterWeight{
+		cw := &routev3.WeightedCluster_ClusterWeight{
 			Name:                 ClusterName(m.Name, v.Name),
 			Weight:               wrapperspb.UInt32(bps[i]),
 			ResponseHeadersToAdd: []*corev3.HeaderValueOption{versionHeader(v.Name)},
-		})
+		}
+		if measure != nil {
+			cm := measure[min(i, 1)]
+			cw.TypedPerFilterConfig = cm.config
+			cw.RequestHeadersToAdd = sampleRateHeader(cm.rate)
+			// A client's own value never reaches the access log.
+			cw.RequestHeadersToRemove = []string{wire.HeaderSampleRate}
+		}
+		wc.Clusters = append(wc.Clusters, cw)
 	}
 	return &routev3.Route{
-		Name:  m.Name + "/weighted",
-		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: []*routev3.HeaderMatcher{modelHdr}},
+		Name:  m.Name + "/" + why,
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: headers},
 		Action: &routev3.Route_Route{Route: routeAction(&routev3.RouteAction{
 			ClusterSpecifier: &routev3.RouteAction_WeightedClusters{WeightedClusters: wc},
 		})},
 	}
+}
+
+// sampleRateHeader tells Envoy's access log that a request was measured,
+// and at which rate; none for a request that was not.
+func sampleRateHeader(rate float64) []*corev3.HeaderValueOption {
+	if rate == 0 {
+		return nil
+	}
+	return []*corev3.HeaderValueOption{{
+		Header:       &corev3.HeaderValue{Key: wire.HeaderSampleRate, Value: strconv.FormatFloat(rate, 'f', -1, 64)},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}}
+}
+
+// apply sets the telemetry filter on the routes that have no weighted
+// clusters: the gateway's own answers are never measured (no version
+// served them), a forced or category-routed request always is.
+func (ms measuring) apply(rs []*routev3.Route) error {
+	if ms.m == nil {
+		return nil
+	}
+	for _, r := range rs {
+		rate := 0.0
+		switch a := r.GetAction().(type) {
+		case *routev3.Route_Route:
+			if a.Route.GetWeightedClusters() != nil {
+				continue
+			}
+			rate = 1
+		}
+		cfg, err := ms.perRoute(rate)
+		if err != nil {
+			return err
+		}
+		r.TypedPerFilterConfig = cfg
+		r.RequestHeadersToAdd = sampleRateHeader(rate)
+		r.RequestHeadersToRemove = []string{wire.HeaderSampleRate}
+	}
+	return nil
 }
 
 // routeAction sets what every route to a pool shares: no overall timeout (a

@@ -1,3 +1,5 @@
+//go:build integration
+
 package chsource
 
 import (
@@ -10,7 +12,7 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer/quality"
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter/chwritertest"
-	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -54,7 +56,7 @@ func BenchmarkMeasure200k(b *testing.B) {
 	}
 	chwritertest.WriteRecords(b, ch, db, recs)
 	conn := chtest.Connect(b, ch)
-	store, err := quality.OpenStore(context.Background(), conn, db)
+	store, err := quality.OpenScoreStore(context.Background(), conn, db)
 	if err != nil {
 		b.Fatal(err)
 	}

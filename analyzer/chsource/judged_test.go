@@ -1,3 +1,5 @@
+//go:build integration
+
 package chsource
 
 import (
@@ -12,7 +14,7 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer/quality"
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter/chwritertest"
-	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 	"github.com/llmcanary/llmcanary/sim"
 )
 
@@ -42,7 +44,7 @@ func TestMeasureReadsWhatTheJudgeScored(t *testing.T) {
 	chwritertest.WriteRecords(t, ch, db, recs)
 
 	conn := chtest.Connect(t, ch)
-	store, err := quality.OpenStore(context.Background(), conn, db)
+	store, err := quality.OpenScoreStore(context.Background(), conn, db)
 	if err != nil {
 		t.Fatal(err)
 	}

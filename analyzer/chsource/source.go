@@ -159,6 +159,11 @@ GROUP BY bucket`, s.db, wire.TableRequests, filter.all)
 	if err := res.Err(); err != nil {
 		return nil, fmt.Errorf("chsource: read baseline: %w", err)
 	}
+	if latency, err := s.latencyBaseline(ctx, w, filter); err != nil {
+		return nil, err
+	} else if len(latency) > 0 {
+		rows = mergeLatency(rows, latency)
+	}
 	s.mu.Lock()
 	if s.baselines == nil || len(s.baselines) > 64 {
 		s.baselines = map[baselineKey][]baselineRow{}
@@ -166,6 +171,54 @@ GROUP BY bucket`, s.db, wire.TableRequests, filter.all)
 	s.baselines[key] = rows
 	s.mu.Unlock()
 	return rows, nil
+}
+
+// latencyBaseline reads every user's latency before the rollout from the
+// request log, which Envoy's access log fills for every request, measured
+// or not: only a sample of users is timed while no rollout runs, but every
+// user's usual latency is known. Nil when the table does not exist.
+func (s *Source) latencyBaseline(ctx context.Context, w analyzer.Window, filter windowSQL) (map[uint64][2]float64, error) {
+	q := fmt.Sprintf(`SELECT bucket, count(), sum(log(duration_ms))
+FROM %s.%s
+WHERE %s AND forced = 0 AND gateway = 0 AND status = 200 AND duration_ms > 0 AND version = ?
+GROUP BY bucket`, s.db, wire.TableRequestLog, filter.key)
+	res, err := s.conn.Query(ctx, q, w.Model, w.Stable, w.Canary, w.Stable)
+	if err != nil {
+		if isUnknownTable(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("chsource: query latency baseline: %w", err)
+	}
+	defer res.Close()
+	out := map[uint64][2]float64{}
+	var (
+		bucket, n uint64
+		sum       float64
+	)
+	for res.Next() {
+		if err := res.Scan(&bucket, &n, &sum); err != nil {
+			return nil, fmt.Errorf("chsource: read latency baseline: %w", err)
+		}
+		out[bucket] = [2]float64{float64(n), sum}
+	}
+	if err := res.Err(); err != nil {
+		return nil, fmt.Errorf("chsource: read latency baseline: %w", err)
+	}
+	return out, nil
+}
+
+// mergeLatency replaces every user's latency baseline with the request
+// log's, adding the users only the log has seen.
+func mergeLatency(rows []baselineRow, latency map[uint64][2]float64) []baselineRow {
+	for i := range rows {
+		l := latency[rows[i].bucket]
+		rows[i].n[0], rows[i].s[0] = l[0], l[1]
+		delete(latency, rows[i].bucket)
+	}
+	for bucket, l := range latency {
+		rows = append(rows, baselineRow{bucket: bucket, n: [3]float64{l[0], 0, 0}, s: [3]float64{l[1], 0, 0}})
+	}
+	return rows
 }
 
 // Watermark is a cheap fingerprint of the rollout's rows, requests and
@@ -266,7 +319,8 @@ func (s *Source) readRequests(ctx context.Context, w analyzer.Window, t *analyze
     ttft_ms,
     itl_mean_ms,
     cost_usd,
-    completion_tokens`, analyzer.OutcomeSuccess, wire.FailureClientCancel, analyzer.OutcomeCancelled, analyzer.OutcomeFailure)
+    completion_tokens,
+    sample_rate`, analyzer.OutcomeSuccess, wire.FailureClientCancel, analyzer.OutcomeCancelled, analyzer.OutcomeFailure)
 	withScores := fmt.Sprintf(`SELECT %[1]s, judged, score
 FROM %[2]s.%[3]s
 ANY LEFT JOIN (
@@ -299,9 +353,9 @@ ORDER BY ts_ms`, cols, s.db, wire.TableRequests, quality.Table, filter.key, filt
 		streamed, judged             uint8
 		totalMs, ttftMs, itlMs, cost float64
 		tokens                       uint32
-		score                        float64
+		rate, score                  float64
 	)
-	dest := []any{&tsMs, &bucket, &canary, &outcome, &refusal, &streamed, &totalMs, &ttftMs, &itlMs, &cost, &tokens, &judged, &score}
+	dest := []any{&tsMs, &bucket, &canary, &outcome, &refusal, &streamed, &totalMs, &ttftMs, &itlMs, &cost, &tokens, &rate, &judged, &score}
 	n := 0
 	for rows.Next() {
 		if err := rows.Scan(dest...); err != nil {
@@ -310,7 +364,7 @@ ORDER BY ts_ms`, cols, s.db, wire.TableRequests, quality.Table, filter.key, filt
 		n++
 		r := analyzer.Request{At: time.UnixMilli(int64(tsMs)), User: bucket, Canary: canary == 1, Outcome: analyzer.Outcome(outcome),
 			Refusal: refusal == 1, Streamed: streamed == 1, LatencyMs: totalMs, CostUSD: cost, Tokens: float64(tokens),
-			Judged: scored && judged == 1, Quality: score}
+			Judged: scored && judged == 1, Quality: score, SampleRate: rate}
 		if r.Streamed {
 			r.TTFTMs = ttftMs
 			// One token has no gap; extproc stores 0 then, and its

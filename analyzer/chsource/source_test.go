@@ -1,3 +1,5 @@
+//go:build integration
+
 package chsource
 
 import (
@@ -16,7 +18,7 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer/quality"
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter/chwritertest"
-	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 )
 
 // The fixture's window crosses midnight, so it spans two daily partitions.
@@ -117,7 +119,7 @@ func TestMeasureCountsTheRandomSplitInsideTheWindow(t *testing.T) {
 	recs := fixture()
 	chwritertest.WriteRecords(t, ch, db, recs)
 	conn := chtest.Connect(t, ch)
-	store, err := quality.OpenStore(context.Background(), conn, db)
+	store, err := quality.OpenScoreStore(context.Background(), conn, db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -396,5 +398,52 @@ func TestMeasureComparesTailsWithEachUsersOwnBaseline(t *testing.T) {
 	}
 	if n := canaryEvents(relative); n != 0 || !relative.TailPerUser {
 		t.Errorf("with the baseline: %d canary latency tail events (per user %v), want none: the user is as slow as usual", n, relative.TailPerUser)
+	}
+}
+
+// TestLatencyBaselineComesFromTheRequestLog: before a rollout only a sample
+// of users is timed, but Envoy's access log records every request. A slow
+// user never timed before the rollout still has their usual latency from
+// the request log, so their slow canary requests are no tail events.
+func TestLatencyBaselineComesFromTheRequestLog(t *testing.T) {
+	ch := chtest.Shared(t)
+	db := chtest.NewDatabase()
+	start := from.Add(time.Hour)
+	at := func(i int) time.Time { return start.Add(time.Duration(i) * 10 * time.Millisecond) }
+	user := func(r extproc.Record, b uint64) extproc.Record { r.Bucket = b; return r }
+	var recs []extproc.Record
+	var log []extproc.LogEntry
+	for u := range 20 {
+		latency, n := 100.0, 20
+		if u == 0 {
+			latency, n = 2000, 200 // the slow user, in the request log only
+		}
+		for i := range n {
+			log = append(log, extproc.LogEntry{Time: start.Add(-time.Duration(1+i)*time.Second - time.Duration(u)*time.Millisecond),
+				RequestID: fmt.Sprintf("pre-%d-%d", u, i), Model: "m", Version: "v1", Path: "/v1/chat/completions",
+				Status: 200, DurationMs: latency, Bucket: uint64(u)})
+		}
+	}
+	for i := range 200 {
+		recs = append(recs, user(ok(fmt.Sprintf("cal-%d", i), "v1", at(i), false, 80+float64(i%41), 0, 0, 20, 0), uint64(1+i%19)))
+	}
+	for i := range 5 {
+		recs = append(recs, user(ok(fmt.Sprintf("slow-%d", i), "v2", at(300+i), false, 2000, 0, 0, 20, 0), 0))
+	}
+	chwritertest.WriteRecords(t, ch, db, recs)
+	chwritertest.WriteLog(t, ch, db, log)
+	src := New(chtest.Connect(t, ch), db)
+	w := analyzer.Window{Model: "m", Stable: "v1", Canary: "v2", RolloutFrom: start, From: start, To: at(400), TailQuantile: 0.9, BaselineFrom: start.Add(-time.Hour)}
+	m, err := src.Measure(context.Background(), w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range m.Events[analyzer.MetricLatencyP99] {
+		if e.Canary {
+			t.Fatalf("a canary latency tail event at %v: the slow user's baseline from the request log was not used", e.At)
+		}
+	}
+	if !m.TailPerUser {
+		t.Fatal("no per-user baseline")
 	}
 }

@@ -1,3 +1,5 @@
+//go:build integration
+
 package chsource
 
 import (
@@ -9,7 +11,7 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter/chwritertest"
-	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 )
 
 func TestErrorRatePerRolloutStageFromRecordedStageWindows(t *testing.T) {

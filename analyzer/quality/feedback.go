@@ -65,11 +65,11 @@ type FeedbackResponse struct {
 //
 // Errors use the OpenAI error shape. The handler does no authentication:
 // the caller mounts it behind its own.
-func (s *Store) FeedbackHandler() http.Handler {
+func (s *ScoreStore) FeedbackHandler() http.Handler {
 	return http.HandlerFunc(s.serveFeedback)
 }
 
-func (s *Store) serveFeedback(w http.ResponseWriter, r *http.Request) {
+func (s *ScoreStore) serveFeedback(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("allow", http.MethodPost)
 		writeError(w, http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed", "method "+r.Method+" not allowed")
@@ -142,7 +142,7 @@ func parseFeedback(body []byte) (Feedback, float64, error) {
 
 // storeFeedback finds the request fb rates and writes its score, unless
 // the request already has a feedback rating.
-func (s *Store) storeFeedback(ctx context.Context, fb Feedback, score float64) (Score, error) {
+func (s *ScoreStore) storeFeedback(ctx context.Context, fb Feedback, score float64) (Score, error) {
 	row, err := s.waitForRequest(ctx, fb.RequestID)
 	if err != nil {
 		return Score{}, err
@@ -164,12 +164,15 @@ func (s *Store) storeFeedback(ctx context.Context, fb Feedback, score float64) (
 
 // waitForRequest polls lookupRequest until the row appears, lookupWait
 // passes or ctx ends.
-func (s *Store) waitForRequest(ctx context.Context, id string) (Score, error) {
+func (s *ScoreStore) waitForRequest(ctx context.Context, id string) (Score, error) {
 	deadline := s.now().Add(s.lookupWait)
 	for {
 		row, err := s.lookupRequest(ctx, id)
 		if !errors.Is(err, errRequestNotFound) || !s.now().Before(deadline) {
 			return row, err
+		}
+		if s.missed != nil {
+			s.missed(id)
 		}
 		select {
 		case <-ctx.Done():
@@ -181,7 +184,7 @@ func (s *Store) waitForRequest(ctx context.Context, id string) (Score, error) {
 
 // lookupRequest reads the time, model, version and forced flag of request
 // id, looking back maxAge days.
-func (s *Store) lookupRequest(ctx context.Context, id string) (Score, error) {
+func (s *ScoreStore) lookupRequest(ctx context.Context, id string) (Score, error) {
 	q := fmt.Sprintf("SELECT ts_ms, model, version, forced FROM %s.%s WHERE date >= %s AND request_id = ? LIMIT 1",
 		s.db, wire.TableRequests, dateLit(s.now().Add(-s.maxAge)))
 	rows, err := s.conn.Query(ctx, q, id)

@@ -1,3 +1,5 @@
+//go:build integration
+
 package quality
 
 import (
@@ -6,12 +8,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter/chwritertest"
-	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 )
 
 // reqTime is recent: feedback rates requests up to DefaultFeedbackMaxAge
@@ -118,12 +121,15 @@ func TestFeedbackHandler(t *testing.T) {
 func TestFeedbackWaitsForARequestRowStillOnItsWay(t *testing.T) {
 	ch := chtest.Shared(t)
 	store, conn := openStore(t, ch, nil)
+	waiting := make(chan struct{})
+	var once sync.Once
+	store.missed = func(string) { once.Do(func() { close(waiting) }) }
 	srv := httptest.NewServer(store.FeedbackHandler())
 	defer srv.Close()
 
 	done := make(chan postResult, 1)
 	go func() { done <- post(t, srv.URL, "POST", `{"request_id": "late", "rating": "up"}`) }()
-	time.Sleep(700 * time.Millisecond)
+	<-waiting // the rating looked for its row, missed it and waits
 	chwritertest.WriteRecords(t, ch, store.Database(), []extproc.Record{{RequestID: "late", Model: "m", Version: "v2", Time: time.Now(), Status: 200}})
 
 	if got := <-done; got.status != http.StatusCreated {

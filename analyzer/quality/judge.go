@@ -18,7 +18,6 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
-	"github.com/llmcanary/llmcanary/extproc/chwriter"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -31,10 +30,10 @@ const DefaultJudgeModel = "llmcanary-judge"
 type JudgeOptions struct {
 	// Conn reads the captures and requests tables. Required.
 	Conn driver.Conn
-	// Database holds them; default the Store's database.
+	// Database holds them; default the ScoreStore's database.
 	Database string
-	// Store receives the scores. Required.
-	Store *Store
+	// Store receives the scores (a ScoreStore). Required.
+	Store *ScoreStore
 	// Endpoint is the OpenAI-compatible base URL of the judge model, e.g.
 	// http://127.0.0.1:8100. Required.
 	Endpoint string
@@ -308,7 +307,7 @@ WHERE date >= %[3]s AND ts >= toDateTime(%[4]d)
   AND request_id NOT IN (SELECT request_id FROM %[1]s.%[5]s WHERE date >= %[3]s AND source = ?)
   AND request_id IN (SELECT request_id FROM %[1]s.%[6]s WHERE date >= %[3]s AND ts >= toDateTime(%[4]d) AND failure = '')%[7]s
 ORDER BY has(?, version) DESC, ts DESC
-LIMIT ?`, db, chwriter.TableCaptures, dateLit(since), since.Unix(), Table, wire.TableRequests, skip)
+LIMIT ?`, db, wire.TableCaptures, dateLit(since), since.Unix(), Table, wire.TableRequests, skip)
 	rows, err := j.o.Conn.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("judge: read captures: %w", err)

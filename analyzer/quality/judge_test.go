@@ -1,3 +1,5 @@
+//go:build integration
+
 package quality
 
 import (
@@ -16,7 +18,7 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/extproc"
-	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 	"github.com/llmcanary/llmcanary/sim"
 )
 
@@ -89,7 +91,7 @@ func (j *simJudge) set(t *testing.T, p sim.Profile) {
 	j.h.Store(&h)
 }
 
-func newJudge(t *testing.T, store *Store, endpoint string, change func(*JudgeOptions)) *Judge {
+func newJudge(t *testing.T, store *ScoreStore, endpoint string, change func(*JudgeOptions)) *Judge {
 	t.Helper()
 	o := JudgeOptions{Conn: store.conn, Store: store, Endpoint: endpoint, BatchSize: 100, Concurrency: 3,
 		HTTP: &http.Client{Timeout: 5 * time.Second}}
@@ -325,7 +327,7 @@ func TestJudgeSkipsRepliesWithoutAScore(t *testing.T) {
 
 func TestNewJudgeValidatesOptions(t *testing.T) {
 	conn := chtest.Connect(t, chtest.Shared(t))
-	store := &Store{conn: conn, db: "llmcanary"}
+	store := &ScoreStore{conn: conn, db: "llmcanary"}
 	valid := JudgeOptions{Conn: conn, Store: store, Endpoint: "http://127.0.0.1:8100"}
 	if _, err := NewJudge(valid); err != nil {
 		t.Fatalf("valid options rejected: %v", err)

@@ -1,3 +1,5 @@
+//go:build integration
+
 package quality
 
 import (
@@ -10,20 +12,20 @@ import (
 
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter/chwritertest"
-	"github.com/llmcanary/llmcanary/internal/stack"
-	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs"
+	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 )
 
 func TestMain(m *testing.M) { chtest.Main(m) }
 
 // openStore creates a fresh database with the telemetry tables and the
 // quality table.
-func openStore(tb testing.TB, ch *stack.ClickHouse, recs []extproc.Record) (*Store, driver.Conn) {
+func openStore(tb testing.TB, ch *procs.ClickHouse, recs []extproc.Record) (*ScoreStore, driver.Conn) {
 	tb.Helper()
 	db := chtest.NewDatabase()
 	chwritertest.WriteRecords(tb, ch, db, recs)
 	conn := chtest.Connect(tb, ch)
-	s, err := OpenStore(context.Background(), conn, db)
+	s, err := OpenScoreStore(context.Background(), conn, db)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -1,7 +1,7 @@
 // Package quality records how good answers are, in one ClickHouse table
 // the analyzer reads as MetricQuality: scores from an LLM judge that grades
 // captured responses (Judge), and ratings users send about their own
-// requests (Store.FeedbackHandler).
+// requests (ScoreStore.FeedbackHandler).
 //
 // Every score is a number in [0, 1] (1 = good) tied to one request id. A
 // row carries the rated request's time, model, version and forced flag, so
@@ -113,9 +113,9 @@ func day(t time.Time) time.Time {
 // time.Time parameters compare as numbers against Date columns on 18.16.
 func dateLit(t time.Time) string { return "toDate('" + day(t).Format("2006-01-02") + "')" }
 
-// Store writes quality scores and serves user feedback. Safe for
+// ScoreStore writes quality scores and serves user feedback. Safe for
 // concurrent use.
-type Store struct {
+type ScoreStore struct {
 	conn driver.Conn
 	db   string
 
@@ -129,17 +129,20 @@ type Store struct {
 	// partitions a lookup reads.
 	maxAge time.Duration
 	now    func() time.Time
+	// missed, when set, is called each time feedback looked for its
+	// request's row, did not find it and waits: tests wait on it.
+	missed func(requestID string)
 }
 
-// Defaults of the Store.
+// Defaults of the ScoreStore.
 const (
 	DefaultLookupWait     = 3 * time.Second
 	DefaultFeedbackMaxAge = 7 * 24 * time.Hour
 )
 
-// OpenStore creates database and Table in it if they are missing ("" means
+// OpenScoreStore creates database and Table in it if they are missing ("" means
 // wire.Database). The caller keeps ownership of conn.
-func OpenStore(ctx context.Context, conn driver.Conn, database string) (*Store, error) {
+func OpenScoreStore(ctx context.Context, conn driver.Conn, database string) (*ScoreStore, error) {
 	if conn == nil {
 		return nil, errors.New("quality: a ClickHouse connection is required")
 	}
@@ -153,15 +156,15 @@ func OpenStore(ctx context.Context, conn driver.Conn, database string) (*Store, 
 	if err := conn.Exec(ctx, CreateTableSQL(db)); err != nil {
 		return nil, fmt.Errorf("quality: create table %s.%s: %w", db, Table, err)
 	}
-	return &Store{conn: conn, db: db, lookupWait: DefaultLookupWait, maxAge: DefaultFeedbackMaxAge, now: time.Now}, nil
+	return &ScoreStore{conn: conn, db: db, lookupWait: DefaultLookupWait, maxAge: DefaultFeedbackMaxAge, now: time.Now}, nil
 }
 
 // Database is the database holding Table.
-func (s *Store) Database() string { return s.db }
+func (s *ScoreStore) Database() string { return s.db }
 
 // Write inserts scores in one batch. It checks every score first and
 // writes none when one is invalid.
-func (s *Store) Write(ctx context.Context, scores []Score) error {
+func (s *ScoreStore) Write(ctx context.Context, scores []Score) error {
 	for i := range scores {
 		if err := scores[i].validate(); err != nil {
 			return err

@@ -1,3 +1,5 @@
+//go:build integration
+
 package quality
 
 import (
@@ -8,15 +10,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 )
 
-func TestOpenStoreCreatesTheDocumentedTableOnce(t *testing.T) {
+func TestOpenScoreStoreCreatesTheDocumentedTableOnce(t *testing.T) {
 	ch := chtest.Shared(t)
 	conn := chtest.Connect(t, ch)
 	db := chtest.NewDatabase()
 	for i := range 2 {
-		if _, err := OpenStore(context.Background(), conn, db); err != nil {
+		if _, err := OpenScoreStore(context.Background(), conn, db); err != nil {
 			t.Fatalf("open %d: %v", i+1, err)
 		}
 	}
@@ -48,10 +50,10 @@ func TestOpenStoreCreatesTheDocumentedTableOnce(t *testing.T) {
 	}
 }
 
-func TestOpenStoreRejectsDatabaseNamesThatAreNotIdentifiers(t *testing.T) {
+func TestOpenScoreStoreRejectsDatabaseNamesThatAreNotIdentifiers(t *testing.T) {
 	for _, db := range []string{"a b", "x;DROP TABLE y", "1db", "db.t"} {
-		if _, err := OpenStore(context.Background(), chtest.Connect(t, chtest.Shared(t)), db); err == nil {
-			t.Errorf("OpenStore(%q) succeeded", db)
+		if _, err := OpenScoreStore(context.Background(), chtest.Connect(t, chtest.Shared(t)), db); err == nil {
+			t.Errorf("OpenScoreStore(%q) succeeded", db)
 		}
 	}
 }

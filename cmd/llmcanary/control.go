@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
+	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
+	"time"
 
-	"github.com/llmcanary/llmcanary/internal/mtls"
+	"github.com/llmcanary/llmcanary/internal/config"
 	"github.com/llmcanary/llmcanary/xds"
 )
 
@@ -17,6 +19,44 @@ func init() {
 		Summary: "run the control plane: xDS server for the Envoy fleet and the management API",
 		Run:     runControl,
 	})
+}
+
+// bindControl registers the flags of `llmcanary control`, bound to o.
+func bindControl(fs *flag.FlagSet, o *xds.Options) {
+	fs.StringVar(&o.XDSListen, "xds-listen", o.XDSListen, "gRPC address Envoys dial for ADS")
+	fs.StringVar(&o.APIListen, "api-listen", o.APIListen, "management API address")
+	fs.StringVar(&o.DataDir, "data-dir", o.DataDir, "directory of the durable desired state")
+	fs.StringVar(&o.TokenFile, "token-file", o.TokenFile, "file holding the management API bearer token (default: $LLMCANARY_API_TOKEN)")
+	fs.StringVar(&o.ListenerAddress, "listener-address", o.ListenerAddress, "address the Envoy listener binds")
+	fs.Var(uint32Value{&o.ListenerPort}, "listener-port", "`port` of the Envoy listener serving the OpenAI API")
+	fs.DurationVar((*time.Duration)(&o.StreamIdleTimeout), "stream-idle-timeout", o.StreamIdleTimeout.D(), "end a stream silent this long (no overall request timeout)")
+	fs.Var(&config.OptionalSection[xds.WasmOptions]{P: &o.Wasm,
+		SetMain: func(w *xds.WasmOptions, v string) { w.Path = v },
+		Main:    func(w *xds.WasmOptions) string { return w.Path },
+	}, "wasm", "`path` of the proxy-wasm filter module on the Envoy hosts; empty: no wasm filter (in --config also a mapping: path, hash_key_file, force_keys_file, identity, …)")
+	fs.Var(&config.OptionalSection[xds.ExtProcOptions]{P: &o.ExtProc,
+		SetMain: func(e *xds.ExtProcOptions, v string) { e.Address = v },
+		Main:    func(e *xds.ExtProcOptions) string { return e.Address },
+	}, "extproc", "`address` of the llmcanary extproc service; empty: no telemetry filter (in --config also a mapping: address, tls_dir, capture_request_body)")
+	fs.Var(extprocField{o, func(e *xds.ExtProcOptions, v string) error { e.TLSDir = v; return nil }, false},
+		"extproc-tls-dir", "`directory` on the Envoy hosts with the SDS files of Envoy's client certificate and CA (llmcanary certs): Envoy reaches --extproc over mTLS")
+	fs.Var(extprocField{o, func(e *xds.ExtProcOptions, v string) (err error) {
+		e.Measure.StableRatio, err = strconv.ParseFloat(v, 64)
+		return err
+	}, false}, "measure-stable-ratio", fmt.Sprintf("during a rollout, time a stable sample of users this many times the canaries' traffic (default %v)", xds.DefaultStableRatio))
+	fs.Var(extprocField{o, func(e *xds.ExtProcOptions, v string) (err error) {
+		e.Measure.StableMin, err = strconv.ParseFloat(v, 64)
+		return err
+	}, false}, "measure-stable-min", fmt.Sprintf("during a rollout, time at least this share of stable's users (default %v; negative: no minimum)", xds.DefaultStableMin))
+	fs.Var(extprocField{o, func(e *xds.ExtProcOptions, v string) (err error) {
+		e.Measure.Background, err = strconv.ParseFloat(v, 64)
+		return err
+	}, false}, "measure-background", fmt.Sprintf("without a rollout, time this share of users (default %v; negative: none)", xds.DefaultBackground))
+	fs.Var(extprocField{o, func(e *xds.ExtProcOptions, v string) (err error) {
+		e.Measure.All, err = strconv.ParseBool(v)
+		return err
+	}, true}, "measure-all", "time every request (the telemetry filter's full cost on all traffic)")
+	bindServerTLS(fs, &o.TLS, true, "--xds-listen and --api-listen")
 }
 
 func runControl(ctx context.Context, args []string) error {
@@ -29,76 +69,60 @@ func runControl(ctx context.Context, args []string) error {
 --tls-cert and --tls-key both ports serve TLS (the files are reread when they
 change); --tls-client-ca makes the xDS port refuse any client without a
 certificate from that CA: only the fleet's Envoys get or ACK configuration.`)
-	configFile := fs.String("config", "", "YAML config file (same field names as the flags, e.g. xds_listen); flags override it")
-	xdsListen := fs.String("xds-listen", o.XDSListen, "gRPC address Envoys dial for ADS")
-	apiListen := fs.String("api-listen", o.APIListen, "management API address")
-	dataDir := fs.String("data-dir", o.DataDir, "directory of the durable desired state")
-	tokenFile := fs.String("token-file", "", "file holding the management API bearer token")
-	listenerAddr := fs.String("listener-address", o.ListenerAddress, "address the Envoy listener binds")
-	listenerPort := fs.Uint("listener-port", uint(o.ListenerPort), "port of the Envoy listener serving the OpenAI API")
-	idle := o.StreamIdleTimeout
-	fs.Var(&idle, "stream-idle-timeout", "end a stream silent this long (no overall request timeout)")
-	wasmPath := fs.String("wasm", "", "path of the proxy-wasm filter module on the Envoy hosts; empty: no wasm filter")
-	extprocAddr := fs.String("extproc", "", "address of the llmcanary extproc service; empty: no telemetry filter")
-	extprocTLSDir := fs.String("extproc-tls-dir", "", "directory on the Envoy hosts with the SDS files of Envoy's client certificate and CA (llmcanary certs): Envoy reaches --extproc over mTLS")
-	var tlsFiles mtls.ServerFiles
-	bindServerTLS(fs, &tlsFiles, true, "--xds-listen and --api-listen")
-	if err := fs.Parse(args); err != nil {
+	if err := config.Parse(fs, args, func(fs *flag.FlagSet) { bindControl(fs, &o) }); err != nil {
 		return err
 	}
-	if *configFile != "" {
-		if err := xds.LoadOptionsFile(*configFile, &o); err != nil {
-			return err
-		}
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	if set["xds-listen"] || *configFile == "" {
-		o.XDSListen = *xdsListen
-	}
-	if set["api-listen"] || *configFile == "" {
-		o.APIListen = *apiListen
-	}
-	if set["data-dir"] || *configFile == "" {
-		o.DataDir = *dataDir
-	}
-	if set["listener-address"] || *configFile == "" {
-		o.ListenerAddress = *listenerAddr
-	}
-	if set["listener-port"] || *configFile == "" {
-		o.ListenerPort = uint32(*listenerPort)
-	}
-	if set["stream-idle-timeout"] || *configFile == "" {
-		o.StreamIdleTimeout = idle
-	}
-	if *tokenFile != "" {
-		o.TokenFile = *tokenFile
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	if o.Token == "" && o.TokenFile == "" {
 		o.Token = os.Getenv("LLMCANARY_API_TOKEN")
 	}
-	if *wasmPath != "" {
-		o.Wasm = &xds.WasmOptions{Path: *wasmPath}
-	}
-	if *extprocAddr != "" {
-		o.ExtProc = &xds.ExtProcOptions{Address: *extprocAddr, TLSDir: *extprocTLSDir}
-	} else if *extprocTLSDir != "" {
-		if o.ExtProc == nil {
-			return errors.New("--extproc-tls-dir needs --extproc (or extproc.address in --config)")
-		}
-		o.ExtProc.TLSDir = *extprocTLSDir
-	}
-	// The TLS flags override the config file's tls one by one.
-	for _, f := range []struct{ flag, dst *string }{{&tlsFiles.Cert, &o.TLS.Cert}, {&tlsFiles.Key, &o.TLS.Key}, {&tlsFiles.ClientCA, &o.TLS.ClientCA}} {
-		if *f.flag != "" {
-			*f.dst = *f.flag
-		}
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	cp, err := xds.Start(ctx, o, log)
+	o.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	cp, err := xds.Start(ctx, o)
 	if err != nil {
 		return err
 	}
 	<-cp.Done()
+	return nil
+}
+
+// extprocField is a flag that sets one field of the telemetry filter's
+// options (extproc in the config file), creating them: without an
+// --extproc address they then fail validation with a clear error.
+type extprocField struct {
+	o       *xds.Options
+	set     func(*xds.ExtProcOptions, string) error
+	boolean bool
+}
+
+func (f extprocField) String() string { return "" }
+
+func (f extprocField) Set(v string) error {
+	if f.o.ExtProc == nil {
+		f.o.ExtProc = &xds.ExtProcOptions{}
+	}
+	return f.set(f.o.ExtProc, v)
+}
+
+// IsBoolFlag lets --measure-all stand without a value.
+func (f extprocField) IsBoolFlag() bool { return f.boolean }
+
+// uint32Value is a uint32 flag.
+type uint32Value struct{ p *uint32 }
+
+func (v uint32Value) String() string {
+	if v.p == nil {
+		return "0"
+	}
+	return strconv.FormatUint(uint64(*v.p), 10)
+}
+
+func (v uint32Value) Set(s string) error {
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return err
+	}
+	*v.p = uint32(n)
 	return nil
 }

@@ -13,8 +13,9 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/analyzer"
+	"github.com/llmcanary/llmcanary/analyzer/analyzersvc"
 	"github.com/llmcanary/llmcanary/analyzer/chsource"
-	"github.com/llmcanary/llmcanary/analyzer/quality"
+	"github.com/llmcanary/llmcanary/analyzer/report"
 	"github.com/llmcanary/llmcanary/internal/chart"
 	"github.com/llmcanary/llmcanary/internal/config"
 	"github.com/llmcanary/llmcanary/internal/local"
@@ -43,8 +44,8 @@ type demoOptions struct {
 func demoProfile(version string, seed uint64, slower, bad float64) sim.Profile {
 	return sim.Profile{
 		Version: version, Model: "llama-3-8b", Seed: seed,
-		TTFT:         sim.LogNormal(60*slower, 150*slower),
-		ITL:          sim.LogNormal(6*slower, 15*slower),
+		TTFT:         sim.LogNormalMedianP99(60*slower, 150*slower),
+		ITL:          sim.LogNormalMedianP99(6*slower, 15*slower),
 		OutputTokens: sim.UniformCount(16, 40),
 		ErrorRate:    0.005, RefusalRate: 0.01, BadAnswerRate: bad,
 	}
@@ -78,7 +79,8 @@ judge, sends live traffic from simulated users, and runs two rollouts with
 stage times compressed to seconds: a fine-tuned checkpoint that is 30 %
 slower and hallucinates on 14 % of answers (3 % before), rolled back
 automatically, then a healthy one, promoted to 100 %. Progress shows live;
-pictures of weight over time and latency per version go to --out.`)
+pictures of weight over time and latency per version, and an HTML report of
+both rollouts, go to --out.`)
 	var o demoOptions
 	fs.StringVar(&o.dir, "dir", "", "working directory (default: a new temporary one)")
 	fs.StringVar(&o.out, "out", "demo-output", "where the pictures go")
@@ -110,31 +112,19 @@ pictures of weight over time and latency per version go to --out.`)
 	defer s.Stop()
 	say("gateway http://%s  model %q  stable %s, canary %s at 0 %%", s.Gateway[0], s.Model, stablePool.Version, badPool.Version)
 
-	conn, err := s.ClickHouse.Conn(ctx)
+	ao := analyzersvc.Defaults()
+	ao.Listen, ao.DataDir, ao.Token = "127.0.0.1:0", filepath.Join(o.dir, "analyzer"), local.DevToken
+	ao.ControlPlane, ao.ControlPlaneCA, ao.ClickHouse = s.CP.APIURL, s.Certs.CA(), s.ClickHouse.Addr
+	ao.Interval, ao.Logger = config.Duration(500*time.Millisecond), log
+	policy := demoPolicy()
+	ao.Policy = &policy
+	ao.JudgeEndpoint, ao.JudgeInterval, ao.JudgeBatchSize, ao.JudgeConcurrency = "http://"+s.Judge.Addr, config.Duration(250*time.Millisecond), 200, 8
+	an, err := analyzersvc.Start(ctx, ao)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	qstore, err := quality.OpenStore(ctx, conn, wire.Database)
-	if err != nil {
-		return err
-	}
-	store, err := analyzer.OpenStore(filepath.Join(o.dir, "analyzer"))
-	if err != nil {
-		return err
-	}
-	judge, err := quality.NewJudge(quality.JudgeOptions{Conn: conn, Store: qstore, Endpoint: "http://" + s.Judge.Addr,
-		Interval: 250 * time.Millisecond, BatchSize: 200, Concurrency: 8, Logger: log, Priority: store.Canaries})
-	if err != nil {
-		return err
-	}
-	stages, err := chsource.NewStageLog(ctx, conn, wire.Database)
-	if err != nil {
-		return err
-	}
-	cp := analyzer.ControlPlane{Client: s.API}
-	runner := &analyzer.Runner{Store: store, Source: chsource.New(conn, wire.Database), Traffic: cp, Models: cp,
-		Policy: demoPolicy(), Interval: 500 * time.Millisecond, Log: log, Stages: stages}
+	defer an.Stop()
+	runner := an.Runner
 
 	bg, stopBG := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -145,8 +135,6 @@ pictures of weight over time and latency per version go to --out.`)
 	canaryName := badPool.Version
 	for _, f := range []func(){
 		func() { traffic.Run(bg) },
-		func() { _ = judge.Run(bg) },
-		func() { _ = runner.Run(bg) },
 		func() { // the share Envoy actually served, each second
 			t := time.NewTicker(time.Second)
 			defer t.Stop()
@@ -227,6 +215,12 @@ pictures of weight over time and latency per version go to --out.`)
 	if err := printStageErrorRates(ctx, s); err != nil {
 		return err
 	}
+	an.Stop() // the decision log's last rows go in before the report reads them
+	<-an.Done()
+	reportPath, err := writeReport(ctx, s, filepath.Join(o.out, "report.html"), bad, healthy)
+	if err != nil {
+		return err
+	}
 
 	fmt.Println()
 	say("result: %s %s — %s", bad.Canary, bad.Status, lastReason(bad))
@@ -234,6 +228,7 @@ pictures of weight over time and latency per version go to --out.`)
 	say("result: %s %s — %s", healthy.Canary, healthy.Status, lastReason(healthy))
 	say("pictures: %s", strings.Join([]string{
 		filepath.Join(o.out, "weight-over-time.svg"), filepath.Join(o.out, "ttft-by-version.svg"), filepath.Join(o.out, "latency-by-version.svg")}, ", "))
+	say("report of both rollouts: %s", reportPath)
 	if bad.Status != analyzer.RolloutRolledBack || healthy.Status != analyzer.RolloutPromoted {
 		return fmt.Errorf("the regressed canary ended %s and the healthy one %s; expected rolled_back and promoted", bad.Status, healthy.Status)
 	}
@@ -305,28 +300,12 @@ func stageList(p analyzer.Policy) string {
 }
 
 // weightSeries is a rollout's canary weight over time, from the traffic
-// actions in its history.
+// moves in its history.
 func weightSeries(ro *analyzer.Rollout, begin time.Time) chart.Series {
 	s := chart.Series{Name: ro.Canary + " weight, %", Step: true}
-	stages := ro.Plan.Policy.EvaluatedStages()
-	stage, w := 0, stages[0].Weight
-	s.X, s.Y = append(s.X, ro.Created.Sub(begin).Seconds()), append(s.Y, w)
-	for _, e := range ro.History {
-		if e.Kind != "action" {
-			continue
-		}
-		switch e.Action {
-		case analyzer.ActionAdvance:
-			stage = min(stage+1, len(stages)-1)
-			w = stages[stage].Weight
-		case analyzer.ActionRollback:
-			w = 0
-		case analyzer.ActionPromote:
-			w = 100
-		}
-		s.X, s.Y = append(s.X, e.At.Sub(begin).Seconds()), append(s.Y, w)
+	for _, st := range ro.WeightSteps() {
+		s.X, s.Y = append(s.X, st.At.Sub(begin).Seconds()), append(s.Y, st.Weight)
 	}
-	s.X, s.Y = append(s.X, ro.Updated.Sub(begin).Seconds()), append(s.Y, w)
 	return s
 }
 
@@ -436,4 +415,37 @@ func printStageErrorRates(ctx context.Context, s *upStack) error {
 		fmt.Printf("%-34s %6d %6.0f%% %-8s %9d %10.2f%%\n", id, stage+1, weight, version, n, 100*rate)
 	}
 	return rows.Err()
+}
+
+// writeReport writes one HTML report of the rollouts and returns its
+// absolute path.
+func writeReport(ctx context.Context, s *upStack, path string, rollouts ...*analyzer.Rollout) (string, error) {
+	conn, err := s.ClickHouse.Conn(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	var data []report.Data
+	for _, ro := range rollouts {
+		d, err := report.Load(ctx, conn, wire.Database, ro, time.Now())
+		if err != nil {
+			return "", err
+		}
+		for _, m := range d.Missing {
+			say("report of %s: %s", ro.ID, m)
+		}
+		data = append(data, d)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return "", err
+	}
+	if err := report.Write(f, "llmcanary demo: two rollouts of "+rollouts[0].Model, data); err != nil {
+		f.Close()
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	return filepath.Abs(path)
 }

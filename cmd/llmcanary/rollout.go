@@ -36,6 +36,9 @@ Actions:
   promote   <id> [--note text]
   rollback  <id> [--note text]
   abort     <id> [--note text]
+  report    <id> [-o report.html]   one self-contained HTML page: plan, stages,
+                                    weight and every metric over time, latency
+                                    per version, decisions, worst answers
 
 Every action takes --analyzer (default $LLMCANARY_ANALYZER or
 http://127.0.0.1:18090), --token-file (default $LLMCANARY_API_TOKEN) and
@@ -57,10 +60,10 @@ func runRollout(ctx context.Context, args []string) error {
 	ca := fs.String("ca", os.Getenv("LLMCANARY_CA"), "PEM CA certificate that verifies an https --analyzer (default $LLMCANARY_CA, else the system's roots)")
 	actorName := fs.String("actor", envOr("USER", "cli"), "name recorded in the rollout's history")
 	var (
-		model, canary, stable, policyFile, note *string
-		abtest, watch, asJSON                   *bool
-		split                                   *float64
-		every                                   *time.Duration
+		model, canary, stable, policyFile, note, out *string
+		abtest, watch, asJSON                        *bool
+		split                                        *float64
+		every                                        *time.Duration
 	)
 	switch action {
 	case "start":
@@ -78,6 +81,8 @@ func runRollout(ctx context.Context, args []string) error {
 		asJSON = fs.Bool("json", false, "print the rollout as JSON")
 	case "pause", "resume", "promote", "rollback", "abort":
 		note = fs.String("note", "", "note recorded with the action")
+	case "report":
+		out = fs.String("o", "", "file the report is written to (default report-<id>.html)")
 	default:
 		fmt.Fprint(os.Stderr, rolloutUsage)
 		return fmt.Errorf("unknown action %q", action)
@@ -160,6 +165,20 @@ func runRollout(ctx context.Context, args []string) error {
 			case <-time.After(*every):
 			}
 		}
+	case "report":
+		html, err := c.Report(ctx, id)
+		if err != nil {
+			return err
+		}
+		path := *out
+		if path == "" {
+			path = "report-" + id + ".html"
+		}
+		if err := os.WriteFile(path, html, 0o644); err != nil {
+			return err
+		}
+		fmt.Printf("report of %s written to %s (%d KB)\n", id, path, (len(html)+1023)/1024)
+		return nil
 	default:
 		ro, err := c.Operate(ctx, id, analyzer.Operation(action), *note)
 		if err != nil {

@@ -13,7 +13,7 @@ import (
 )
 
 func TestWeightsWarnsWhenNoEnvoyServesTheChange(t *testing.T) {
-	st, err := xds.OpenStore(t.TempDir())
+	st, err := xds.OpenStateStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,3 +1,5 @@
+//go:build integration
+
 package chwriter
 
 import (
@@ -7,7 +9,7 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/extproc"
-	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 )
 
 // BenchmarkWriterSustainedRows measures rows per second from Write to rows

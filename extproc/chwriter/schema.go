@@ -13,10 +13,6 @@ import (
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
-// TableCaptures holds the captured prompt and completion text of sampled
-// requests, one row per extproc.Record with Captured set.
-const TableCaptures = "captures"
-
 // columnDef is one column of a table: its name, its ClickHouse type and
 // its DEFAULT expression ("" for the type's zero), which is what the rows
 // written before the column existed read.
@@ -108,7 +104,8 @@ func sampleRate(r float64) float64 {
 	return 1
 }
 
-// captureColumns is the schema of TableCaptures.
+// captureColumns is the schema of wire.TableCaptures: one row per
+// extproc.Record with Captured set.
 var captureColumns = []column[extproc.Record]{
 	col("ts", "DateTime", func(r *extproc.Record) any { return r.Time.UTC() }),
 	col("date", "Date", func(r *extproc.Record) any { return day(r.Time) }),
@@ -169,7 +166,7 @@ func (t table[R]) insertSQL(db string) string { return t.def().insertSQL(db) }
 
 var (
 	requestsTable   = table[extproc.Record]{name: wire.TableRequests, cols: requestColumns}
-	capturesTable   = table[extproc.Record]{name: TableCaptures, cols: captureColumns, keep: func(r *extproc.Record) bool { return r.Captured }}
+	capturesTable   = table[extproc.Record]{name: wire.TableCaptures, cols: captureColumns, keep: func(r *extproc.Record) bool { return r.Captured }}
 	requestLogTable = table[extproc.LogEntry]{name: wire.TableRequestLog, cols: requestLogColumns}
 	// tables are all the writer's tables.
 	tables = []tableDef{requestsTable.def(), capturesTable.def(), requestLogTable.def()}

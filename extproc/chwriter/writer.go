@@ -206,7 +206,7 @@ func New(ctx context.Context, o Options) (*Writer, error) {
 	return w, nil
 }
 
-// Write queues r for insertion into wire.TableRequests (and TableCaptures
+// Write queues r for insertion into wire.TableRequests (and wire.TableCaptures
 // when captured) and returns at once. When the queue is full or the Writer
 // is closed, r is dropped and counted. A record without a RequestID gets a
 // random one, since replay deduplicates by request id; non-finite

@@ -1,3 +1,5 @@
+//go:build integration
+
 package chwriter
 
 import (
@@ -13,8 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmcanary/llmcanary/extproc"
-	"github.com/llmcanary/llmcanary/internal/stack"
-	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs"
+	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -240,7 +242,7 @@ func TestWriterSurvivesClickHouseKilledMidStream(t *testing.T) {
 	if n != 3000 || distinct != 3000 {
 		t.Fatalf("requests has %d rows (%d distinct ids), want 3000 exactly once; stats %+v", n, distinct, st)
 	}
-	n, distinct = countRows(t, conn, db, TableCaptures)
+	n, distinct = countRows(t, conn, db, wire.TableCaptures)
 	if want := uint64(len(captured(recs))); n != want || distinct != want {
 		t.Fatalf("captures has %d rows (%d distinct), want %d", n, distinct, want)
 	}
@@ -336,7 +338,7 @@ func TestReplayOfTornSpoolKeepsEarlierBatches(t *testing.T) {
 
 func TestWriterDropsAndCountsBeyondSpoolCap(t *testing.T) {
 	// Nothing listens on this port: every batch goes to the spool.
-	ports, err := stack.FreePorts(1)
+	ports, err := procs.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}

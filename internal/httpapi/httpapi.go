@@ -106,17 +106,33 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 
 // DoHeader is Do that also returns the headers of a 2xx answer.
 func (c *Client) DoHeader(ctx context.Context, method, path string, in, out any) (http.Header, error) {
+	b, h, err := c.DoRaw(ctx, method, path, in)
+	if err != nil {
+		return nil, err
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return nil, fmt.Errorf("%s: decode answer: %w", c.API, err)
+		}
+	}
+	return h, nil
+}
+
+// DoRaw sends in as JSON (if not nil) and returns a 2xx answer's body and
+// headers as they came (an HTML report, say); any other answer is an
+// *APIError.
+func (c *Client) DoRaw(ctx context.Context, method, path string, in any) ([]byte, http.Header, error) {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		body = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.Token)
 	req.Header.Set("Content-Type", "application/json")
@@ -129,22 +145,17 @@ func (c *Client) DoHeader(ctx context.Context, method, path string, in, out any)
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", c.API, err)
+		return nil, nil, fmt.Errorf("%s: %w", c.API, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", c.API, err)
+		return nil, nil, fmt.Errorf("%s: %w", c.API, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		var eb ErrorBody
 		_ = json.Unmarshal(b, &eb)
-		return nil, &APIError{API: c.API, Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
+		return nil, nil, &APIError{API: c.API, Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
 	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return nil, fmt.Errorf("%s: decode answer: %w", c.API, err)
-		}
-	}
-	return resp.Header, nil
+	return b, resp.Header, nil
 }

@@ -1,13 +1,14 @@
-// Package local runs a whole llmcanary stack on one machine: the control
-// plane and the ext_proc service in process, Envoy and ClickHouse as real
-// processes, simulated pools on loopback, the links between Envoy and the
-// services over mTLS with a CA of its own. `llmcanary up`, the demo and the
-// end-to-end tests use it.
+// Package local assembles a whole llmcanary on one machine: the control
+// plane and the telemetry service in process (xds.Start, extprocsvc.Start),
+// ClickHouse and Envoy as real processes (package procs), simulated pools
+// on loopback, and the links between Envoy and the services over mTLS with
+// a CA of its own. `llmcanary up`, the demo, the benchmarks and the
+// end-to-end tests use it; the analyzer is started by the caller (the demo
+// in process with analyzersvc.Start, the tests as a process with
+// procs.StartAnalyzer).
 package local
 
 import (
-	"github.com/llmcanary/llmcanary/internal/stack"
-
 	"context"
 	"errors"
 	"fmt"
@@ -20,7 +21,9 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/extproc"
+	"github.com/llmcanary/llmcanary/extproc/extprocsvc"
 	"github.com/llmcanary/llmcanary/internal/mtls"
+	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/sim"
 	"github.com/llmcanary/llmcanary/xds"
 )
@@ -50,7 +53,7 @@ func StartSim(p sim.Profile) (*SimServer, error) {
 // Stop closes the pool at once.
 func (s *SimServer) Stop() { s.srv.Close() }
 
-// Options describe a local llmcanary stack.
+// Options describe a local llmcanary procs.
 type Options struct {
 	Dir   string // everything the stack writes: state, logs, configs
 	Token string // management API token (default: a fixed dev token)
@@ -69,6 +72,8 @@ type Options struct {
 	ExtProcAddr string
 	// Capture configures the telemetry's sampled text capture.
 	Capture extproc.CaptureOptions
+	// Measure says which requests the telemetry times (zero: by need).
+	Measure xds.Measure
 	Log     *slog.Logger
 	// Plaintext runs the control plane, the telemetry and Envoy's links to
 	// them without TLS. By default the stack issues a CA and certificates
@@ -81,9 +86,9 @@ type Options struct {
 // gateways (real processes) and whatever pools the caller adds.
 type Local struct {
 	CP         *xds.ControlPlane
-	ClickHouse *stack.ClickHouse
-	Telemetry  *Telemetry
-	Envoys     []*stack.Envoy
+	ClickHouse *procs.ClickHouse
+	Telemetry  *extprocsvc.Service
+	Envoys     []*procs.Envoy
 	Gateway    []string // listener address of each Envoy
 	API        *xds.Client
 	// Certs is the stack's certificate directory; empty when Plaintext.
@@ -92,15 +97,16 @@ type Local struct {
 	Certs mtls.Dir
 
 	opts   xds.Options
-	log    *slog.Logger
 	closer []func()
 }
 
 // DevToken is the management API token of local stacks.
 const DevToken = "llmcanary-dev-token"
 
-// StartLocal starts the control plane and the Envoys. Pools and models are
-// added by the caller through the API.
+// Start starts the stack o describes: certificates (unless Plaintext),
+// ClickHouse and the telemetry service when asked for, the control plane,
+// then the Envoys. Pools and models are added by the caller through the
+// API; Stop ends everything.
 func Start(ctx context.Context, o Options) (*Local, error) {
 	if o.Envoys == 0 {
 		o.Envoys = 1
@@ -114,7 +120,7 @@ func Start(ctx context.Context, o Options) (*Local, error) {
 	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	ports, err := stack.FreePorts(2 + o.Envoys)
+	ports, err := procs.FreePorts(2 + o.Envoys)
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +132,8 @@ func Start(ctx context.Context, o Options) (*Local, error) {
 	cpo.ListenerAddress = "127.0.0.1"
 	cpo.ListenerPort = uint32(ports[2])
 	cpo.Wasm = o.Wasm
-	l := &Local{opts: cpo, log: o.Log}
+	cpo.Logger = o.Log
+	l := &Local{opts: cpo}
 	if !o.Plaintext {
 		if l.Certs, err = mtls.Generate(mtls.GenerateOptions{Dir: filepath.Join(o.Dir, "tls")}); err != nil {
 			return nil, err
@@ -135,7 +142,7 @@ func Start(ctx context.Context, o Options) (*Local, error) {
 		l.opts = cpo
 	}
 	if o.ClickHouse || o.Telemetry {
-		ch, err := stack.StartClickHouse(ctx, stack.ClickHouseOptions{Dir: filepath.Join(o.Dir, "clickhouse")})
+		ch, err := procs.StartClickHouse(ctx, procs.ClickHouseOptions{Dir: filepath.Join(o.Dir, "clickhouse")})
 		if err != nil {
 			return nil, err
 		}
@@ -143,21 +150,17 @@ func Start(ctx context.Context, o Options) (*Local, error) {
 		l.OnStop(func() { ch.Stop() })
 	}
 	if o.Telemetry {
-		to := TelemetryOptions{ClickHouse: l.ClickHouse.Addr, SpoolDir: filepath.Join(o.Dir, "spool"), Capture: o.Capture, Log: o.Log}
-		if l.Certs != "" {
-			to.TLS = l.Certs.ServerFiles()
-		}
-		t, err := StartTelemetry(ctx, to)
+		t, err := l.startTelemetry(o)
 		if err != nil {
 			l.Stop()
 			return nil, err
 		}
 		l.Telemetry = t
 		l.OnStop(t.Stop)
-		cpo.ExtProc = &xds.ExtProcOptions{Address: t.Addr, CaptureRequestBody: o.Capture.Rate > 0, TLSDir: string(l.Certs)}
+		cpo.ExtProc = &xds.ExtProcOptions{Address: t.Addr, CaptureRequestBody: o.Capture.Rate > 0, TLSDir: string(l.Certs), Measure: o.Measure}
 		l.opts = cpo
 	} else if o.ExtProcAddr != "" {
-		cpo.ExtProc = &xds.ExtProcOptions{Address: o.ExtProcAddr, CaptureRequestBody: o.Capture.Rate > 0, TLSDir: string(l.Certs)}
+		cpo.ExtProc = &xds.ExtProcOptions{Address: o.ExtProcAddr, CaptureRequestBody: o.Capture.Rate > 0, TLSDir: string(l.Certs), Measure: o.Measure}
 		l.opts = cpo
 	}
 	if err := l.StartControlPlane(ctx); err != nil {
@@ -172,11 +175,11 @@ func Start(ctx context.Context, o Options) (*Local, error) {
 		}
 	}
 	for i := 0; i < o.Envoys; i++ {
-		eo := stack.EnvoyOptions{Dir: filepath.Join(o.Dir, "envoy"), NodeID: "gw-" + strconv.Itoa(i), XDS: cpo.XDSListen, Delta: i%2 == 1, TLSDir: string(l.Certs)}
+		eo := procs.EnvoyOptions{Dir: filepath.Join(o.Dir, "envoy"), NodeID: "gw-" + strconv.Itoa(i), XDS: cpo.XDSListen, Delta: i%2 == 1, TLSDir: string(l.Certs)}
 		if i > 0 {
 			eo.ListenerPort = ports[2+i]
 		}
-		e, err := stack.StartEnvoy(ctx, eo)
+		e, err := procs.StartEnvoy(ctx, eo)
 		if err != nil {
 			l.Stop()
 			return nil, err
@@ -192,7 +195,7 @@ func Start(ctx context.Context, o Options) (*Local, error) {
 func (l *Local) StartControlPlane(ctx context.Context) error {
 	var err error
 	for i := 0; i < 50; i++ { // the old listener may linger for a moment
-		l.CP, err = xds.Start(context.Background(), l.opts, l.log)
+		l.CP, err = xds.Start(context.Background(), l.opts)
 		if err == nil {
 			return nil
 		}

@@ -96,6 +96,10 @@ const (
 	// not, from Envoy's gRPC access log: the complete request counts and
 	// error rates per version, and the gateway's own answers (marked).
 	TableRequestLog = "request_log"
+	// TableCaptures holds the captured prompt and completion text of
+	// sampled requests (written by the telemetry service, read by the
+	// quality judge).
+	TableCaptures = "captures"
 
 	// FailureClientCancel is the failure of a request whose client went
 	// away first: recorded by the telemetry service, never counted

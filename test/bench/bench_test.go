@@ -1,3 +1,5 @@
+//go:build integration
+
 // Package bench measures llmcanary's cost on the request path and how fast
 // its decisions reach Envoy, against baselines measured in the same run:
 //
@@ -21,7 +23,7 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/internal/local"
-	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/internal/wire"
 	"github.com/llmcanary/llmcanary/sim"
 	"github.com/llmcanary/llmcanary/xds"
@@ -167,7 +169,7 @@ func startStack(b *testing.B, o local.Options, stable sim.Profile) (*local.Local
 }
 
 func wasmModule(b *testing.B) string {
-	p, err := stack.WasmModule()
+	p, err := procs.WasmModule()
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,3 +1,5 @@
+//go:build integration
+
 package e2e
 
 import (
@@ -7,19 +9,19 @@ import (
 
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/internal/local"
-	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/procs"
 )
 
 // startAnalyzerProcess runs `llmcanary analyzer` as a real process over
 // the fleet, so a test can SIGKILL it at the moment that matters.
-func startAnalyzerProcess(t testing.TB, f *fleet, policyYAML string) *stack.Analyzer {
+func startAnalyzerProcess(t testing.TB, f *fleet, policyYAML string) *procs.Analyzer {
 	t.Helper()
-	o := stack.AnalyzerOptions{Dir: t.TempDir(), ControlPlane: f.API.BaseURL, Token: local.DevToken,
+	o := procs.AnalyzerOptions{Dir: t.TempDir(), ControlPlane: f.API.BaseURL, Token: local.DevToken,
 		ClickHouse: f.ClickHouse.Addr, PolicyYAML: policyYAML, Args: []string{"--interval", "200ms"}}
 	if f.Certs != "" {
 		o.CA = f.Certs.CA()
 	}
-	a, err := stack.StartAnalyzer(context.Background(), o)
+	a, err := procs.StartAnalyzer(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,7 +29,7 @@ func startAnalyzerProcess(t testing.TB, f *fleet, policyYAML string) *stack.Anal
 	return a
 }
 
-func analyzerClient(a *stack.Analyzer) *analyzer.Client {
+func analyzerClient(a *procs.Analyzer) *analyzer.Client {
 	return &analyzer.Client{BaseURL: "http://" + a.Addr, Token: local.DevToken, Actor: "e2e"}
 }
 
@@ -72,7 +74,7 @@ required: [error_rate, latency]
 		time.Sleep(5 * time.Millisecond)
 	}
 	<-a.Proc.Done()
-	if st, err := analyzer.OpenStore(a.DataDir()); err == nil {
+	if st, err := analyzer.OpenRolloutStore(a.DataDir()); err == nil {
 		if killed, err := st.Get(ro.ID); err == nil {
 			t.Logf("killed at stage %d with %q pending (pending: between the traffic move and the saved outcome)", killed.Stage+1, killed.Pending)
 		}

@@ -1,3 +1,5 @@
+//go:build integration
+
 package e2e
 
 import (
@@ -52,11 +54,11 @@ func startAnalyzer(t *testing.T, f *fleet, dir string) *analyzerProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := analyzer.OpenStore(dir)
+	store, err := analyzer.OpenRolloutStore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cp := analyzer.ControlPlane{Client: f.API}
+	cp := analyzer.ControlPlaneClient{Client: f.API}
 	r := &analyzer.Runner{
 		Store: store, Source: chsource.New(conn, wire.Database), Traffic: cp, Models: cp,
 		Policy: compressedPolicy(), Interval: 250 * time.Millisecond,
@@ -190,7 +192,12 @@ func TestAnalyzerPromotesAHealthyCanaryThroughEveryStage(t *testing.T) {
 	if err != nil || m.Stable != "v2" || m.Weights["v2"] != 100 {
 		t.Fatalf("control plane after promotion: %+v, %v", m, err)
 	}
-	time.Sleep(time.Second)
+	// The promotion is in force once every Envoy serves its revision.
+	wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := f.WaitReady(wctx); err != nil {
+		t.Fatalf("the promotion did not reach every Envoy: %v", err)
+	}
 	if got := served(t, f, 200); got["v2"] != 200 {
 		t.Fatalf("after promotion Envoy served %v, want all 200 by v2", got)
 	}

@@ -1,3 +1,5 @@
+//go:build integration
+
 package e2e
 
 import (
@@ -9,26 +11,26 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/internal/local"
-	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/sim"
 )
 
 // extprocFleet starts a fleet whose telemetry service is a real
 // `llmcanary extproc` process (built from this module), so the tests can
 // stop it with real signals.
-func extprocFleet(t testing.TB, stable, canary sim.Profile, args ...string) (*fleet, *stack.Extproc) {
+func extprocFleet(t testing.TB, stable, canary sim.Profile, args ...string) (*fleet, *procs.Extproc) {
 	t.Helper()
-	if _, err := stack.LlmcanaryBinary(); err != nil {
+	if _, err := procs.LlmcanaryBinary(); err != nil {
 		t.Fatalf("these tests run the real llmcanary binary: %v", err)
 	}
-	port, err := stack.FreePort()
+	port, err := procs.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	f := startFleet(t, fleetOptions{wasm: true, stableW: 50, stable: stable, canary: canary,
-		stack: local.Options{ClickHouse: true, ExtProcAddr: addr}})
-	ep, err := stack.StartExtproc(context.Background(), stack.ExtprocOptions{
+		stack: local.Options{ClickHouse: true, ExtProcAddr: addr, Measure: timeAll}})
+	ep, err := procs.StartExtproc(context.Background(), procs.ExtprocOptions{
 		Dir: filepath.Join(t.TempDir(), "extproc"), Listen: addr, ClickHouse: f.ClickHouse.Addr, Args: args,
 		TLS: f.Certs.ServerFiles(),
 	})

@@ -1,3 +1,5 @@
+//go:build integration
+
 // Package e2e holds llmcanary's end-to-end tests: a real Envoy routing real
 // HTTP requests to simulated pools by the weights the control plane
 // publishes over xDS. They need Envoy (and some ClickHouse) installed: run
@@ -21,7 +23,7 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/internal/local"
-	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/internal/wire"
 	"github.com/llmcanary/llmcanary/sim"
 	"github.com/llmcanary/llmcanary/xds"
@@ -48,7 +50,7 @@ type fleetOptions struct {
 
 func startFleet(t testing.TB, o fleetOptions) *fleet {
 	t.Helper()
-	if _, err := stack.EnvoyBinary(); err != nil {
+	if _, err := procs.EnvoyBinary(); err != nil {
 		t.Fatalf("end-to-end tests need a real Envoy: %v", err)
 	}
 	if o.stable.Version == "" {
@@ -247,10 +249,10 @@ func sseTokens(r io.Reader) (tokens []string, at []time.Time, err error) {
 
 func jsonDecode(resp *http.Response, v any) error { return json.NewDecoder(resp.Body).Decode(v) }
 
-// wasmModule returns the filter module (see stack.WasmModule).
+// wasmModule returns the filter module (see procs.WasmModule).
 func wasmModule(t testing.TB) string {
 	t.Helper()
-	p, err := stack.WasmModule()
+	p, err := procs.WasmModule()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,3 +1,5 @@
+//go:build integration
+
 package e2e
 
 import (
@@ -102,7 +104,7 @@ func checkRefused(t *testing.T, err error) {
 // accept only the fleet's client certificate.
 func TestXDSAndExtProcPortsRefuseClientsWithoutTheFleetsCertificate(t *testing.T) {
 	f := startFleet(t, fleetOptions{wasm: true, stableW: 50, stable: shortProfile("v1"), canary: shortProfile("v2"),
-		stack: local.Options{Telemetry: true}})
+		stack: local.Options{Telemetry: true, Measure: timeAll}})
 	ctx := context.Background()
 	for _, c := range intruders(t, f.Certs) {
 		t.Run("xDS/"+c.name, func(t *testing.T) {
@@ -190,7 +192,7 @@ func TestXDSAndExtProcPortsRefuseClientsWithoutTheFleetsCertificate(t *testing.T
 // is recorded, and Envoy's own TLS counters show both links are TLS.
 func TestEnvoyWithItsClientCertificateRoutesAndRecordsOverMTLS(t *testing.T) {
 	f := startFleet(t, fleetOptions{wasm: true, stableW: 50, stable: shortProfile("v1"), canary: shortProfile("v2"),
-		stack: local.Options{Telemetry: true}})
+		stack: local.Options{Telemetry: true, Measure: timeAll}})
 	const n = 200
 	served := map[string]int{}
 	for i, a := range f.parallel(t, n, func(i int) request { return request{body: streamBody, headers: user(i)} }) {
@@ -223,7 +225,7 @@ func TestEnvoyWithItsClientCertificateRoutesAndRecordsOverMTLS(t *testing.T) {
 // certificate from file SDS, which the telemetry service then accepts.
 func TestRotatedCertificatesReachNewConnectionsWithoutARestart(t *testing.T) {
 	f := startFleet(t, fleetOptions{wasm: true, stableW: 50, stable: shortProfile("v1"), canary: shortProfile("v2"),
-		stack: local.Options{Telemetry: true}})
+		stack: local.Options{Telemetry: true, Measure: timeAll}})
 	ctx := context.Background()
 	ports := map[string]string{"xDS": f.CP.XDSAddr, "ext_proc": f.Telemetry.Addr, "management API": f.CP.APIAddr}
 	oldServer, oldClient := certSerial(t, f.Certs.ServerCert()), certSerial(t, f.Certs.ClientCert())

@@ -1,3 +1,5 @@
+//go:build integration
+
 package e2e
 
 import (
@@ -12,14 +14,19 @@ import (
 	"github.com/llmcanary/llmcanary/internal/local"
 	"github.com/llmcanary/llmcanary/internal/wire"
 	"github.com/llmcanary/llmcanary/sim"
+	"github.com/llmcanary/llmcanary/xds"
 )
 
 const streamBody = `{"model":"` + model + `","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"tell me"}]}`
 const streamBodyNoUsage = `{"model":"` + model + `","stream":true,"messages":[{"role":"user","content":"tell me"}]}`
 
+// timeAll times every request: the telemetry tests check what each timed
+// request records, not which are timed (TestStableIsMeasuredByUser does).
+var timeAll = xds.Measure{All: true}
+
 func telemetryFleet(t *testing.T, stable, canary sim.Profile) *fleet {
 	return startFleet(t, fleetOptions{wasm: true, stableW: 50, stable: stable, canary: canary,
-		stack: local.Options{Telemetry: true}})
+		stack: local.Options{Telemetry: true, Measure: timeAll}})
 }
 
 // rows counts the telemetry rows of the model, and the distinct request ids.
@@ -181,7 +188,7 @@ func TestEnvoyKeepsServingWhenTheTelemetryServiceDies(t *testing.T) {
 func TestClientCancelIsNotCountedAgainstTheVersion(t *testing.T) {
 	slow := sim.Profile{Version: "v1", Model: model, TTFT: sim.Fixed(10), ITL: sim.Fixed(50), OutputTokens: sim.FixedCount(40)}
 	cutting := sim.Profile{Version: "v2", Model: model, TTFT: sim.Fixed(10), ITL: sim.Fixed(5), OutputTokens: sim.FixedCount(40), AbortRate: 1}
-	f := startFleet(t, fleetOptions{wasm: true, stableW: 100, stable: slow, canary: cutting, stack: local.Options{Telemetry: true}})
+	f := startFleet(t, fleetOptions{wasm: true, stableW: 100, stable: slow, canary: cutting, stack: local.Options{Telemetry: true, Measure: timeAll}})
 	ctx := context.Background()
 	const n = 10
 	for i := 0; i < n; i++ { // read the first token, then hang up

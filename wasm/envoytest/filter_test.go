@@ -1,3 +1,5 @@
+//go:build integration
+
 package envoytest
 
 import (
@@ -327,11 +329,12 @@ func TestInvalidConfigurationIsRejected(t *testing.T) {
 		t.Fatal("HTTPFilter accepted a short hash_key")
 	}
 	e.writeRawFilterConfig(t, `{"hash_key":"short","models":["m1"]}`)
-	time.Sleep(time.Second)
+	// The module's refusal is the event to wait for: once Envoy has logged
+	// it, the update is over and the old listener must still serve.
+	if !waitLog(e, "invalid filter config", 10*time.Second) {
+		t.Fatalf("envoy log does not mention the rejected configuration:\n%s", e.proc.Tail(20))
+	}
 	if r := do(t, "POST", e.url+"/v1/chat/completions", nil, chatBody(model, "")); r.status != 200 {
 		t.Fatalf("after a rejected update: got %d %s, want the old configuration serving 200", r.status, r.body)
-	}
-	if !waitLog(e, "invalid filter config", 5*time.Second) {
-		t.Errorf("envoy log does not mention the rejected configuration:\n%s", e.proc.Tail(20))
 	}
 }

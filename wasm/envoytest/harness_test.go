@@ -1,3 +1,5 @@
+//go:build integration
+
 package envoytest
 
 import (
@@ -29,7 +31,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/internal/wire"
 	"github.com/llmcanary/llmcanary/wasm/filterconfig"
 )
@@ -42,10 +44,10 @@ const (
 	forceKey      = "operator-force-key-1"
 )
 
-// buildModule returns the filter module (see stack.WasmModule).
+// buildModule returns the filter module (see procs.WasmModule).
 func buildModule(t testing.TB) string {
 	t.Helper()
-	p, err := stack.WasmModule()
+	p, err := procs.WasmModule()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +93,7 @@ func startEcho(t testing.TB, name string) *echo {
 // envoy is a running Envoy with two listeners on the same routes: one with
 // the wasm filter, one without (the baseline for the overhead benchmark).
 type envoy struct {
-	proc      *stack.Proc
+	proc      *procs.Proc
 	dir       string
 	url       string // listener with the filter
 	plainURL  string // listener without it
@@ -137,12 +139,12 @@ func startEnvoy(t testing.TB, cfg filterconfig.Config) *envoy {
 // "filtered", "plain", "noop" (noopModule) and "gonoop" (wasm/cmd/noop).
 func startEnvoyWith(t testing.TB, cfg filterconfig.Config, serve ...string) *envoy {
 	t.Helper()
-	bin, err := stack.LookBinary("LLMCANARY_ENVOY", "envoy", "run `make deps`, or put Envoy ≥ 1.36 on PATH")
+	bin, err := procs.LookBinary("LLMCANARY_ENVOY", "envoy", "run `make deps`, or put Envoy ≥ 1.36 on PATH")
 	if err != nil {
 		t.Fatalf("envoy is required for this test: %v", err)
 	}
 	stable, canary := startEcho(t, stableVersion), startEcho(t, canaryVersion)
-	ports, err := stack.FreePorts(5)
+	ports, err := procs.FreePorts(5)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +174,7 @@ func startEnvoyWith(t testing.TB, cfg filterconfig.Config, serve ...string) *env
 		t.Fatal(err)
 	}
 	e.started = time.Now()
-	e.proc, err = stack.StartProc("envoy", filepath.Join(e.dir, "envoy.log"), bin,
+	e.proc, err = procs.StartProc("envoy", filepath.Join(e.dir, "envoy.log"), bin,
 		"-c", bootPath, "--base-id-path", filepath.Join(e.dir, "base-id"), "--use-dynamic-base-id",
 		"--log-level", "warn", "--component-log-level", "wasm:info", "--concurrency", "1")
 	if err != nil {
@@ -191,7 +193,7 @@ func startEnvoyWith(t testing.TB, cfg filterconfig.Config, serve ...string) *env
 	defer cancel()
 	for _, l := range e.listeners(t, nil) {
 		p := int(l.GetAddress().GetSocketAddress().GetPortValue())
-		if err := stack.WaitTCP(ctx, fmt.Sprintf("127.0.0.1:%d", p)); err != nil {
+		if err := procs.WaitTCP(ctx, fmt.Sprintf("127.0.0.1:%d", p)); err != nil {
 			t.Fatalf("envoy did not open its listeners: %v\n%s", err, e.proc.Tail(40))
 		}
 	}
@@ -569,7 +571,7 @@ func TestMain(m *testing.M) {
 		pkgCleanups[i]()
 	}
 	pkgMu.Unlock()
-	stack.RemoveBuiltWasmModule()
+	procs.RemoveBuiltWasmModule()
 	if goNoopPath != "" {
 		os.RemoveAll(filepath.Dir(goNoopPath))
 	}

@@ -10,6 +10,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"hash"
+
+	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
 // Bucket returns the sticky bucket of identity under hashKey: the first
@@ -38,12 +40,41 @@ func NewBucketer(hashKey []byte) *Bucketer {
 }
 
 // Bucket returns Bucket(hashKey, identity).
-func (b *Bucketer) Bucket(identity string) uint64 {
+func (b *Bucketer) Bucket(identity string) uint64 { return b.Keys(identity).Bucket }
+
+// Keys are what the filter derives from one identity: the sticky bucket
+// that picks the version, and the two sampling keys that decide whether a
+// stable request is measured (see wire.HeaderSample). The three come from
+// disjoint bytes of one keyed hash, so they are independent of each other:
+// whether a user is in the canary says nothing about whether they are in
+// the stable sample or the background sample.
+type Keys struct {
+	Bucket             uint64
+	Sample, Background uint16 // in [0, wire.SampleScale)
+}
+
+// Keys returns the keys of identity.
+func (b *Bucketer) Keys(identity string) Keys {
 	b.mac.Reset()
 	b.buf = append(b.buf[:0], identity...)
 	b.mac.Write(b.buf)
-	return binary.BigEndian.Uint64(b.mac.Sum(b.sum[:0]))
+	sum := b.mac.Sum(b.sum[:0])
+	return Keys{
+		Bucket:     binary.BigEndian.Uint64(sum[0:8]),
+		Sample:     sampleKey(binary.BigEndian.Uint64(sum[8:16])),
+		Background: sampleKey(binary.BigEndian.Uint64(sum[16:24])),
+	}
 }
+
+// RandomKeys are the keys of a request without identity: each request is
+// its own user.
+func RandomKeys(random func() uint64) Keys {
+	return Keys{Bucket: random(), Sample: sampleKey(random()), Background: sampleKey(random())}
+}
+
+// sampleKey reduces 64 hash bits to a key in [0, wire.SampleScale); the
+// modulo's bias is below 1e-15.
+func sampleKey(x uint64) uint16 { return uint16(x % wire.SampleScale) }
 
 // PickCluster returns the index of the cluster Envoy's weighted_clusters
 // picks for bucket when it is the value of the route's header_name, or -1

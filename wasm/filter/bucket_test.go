@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"gonum.org/v1/gonum/stat/distuv"
+
+	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
 var testKey = []byte("unit-test-hash-key-0123")
@@ -145,4 +147,62 @@ func TestBucketerReusedGivesBucketsOfFreshHMACs(t *testing.T) {
 			t.Fatalf("reused Bucketer gives %d for %q, a fresh HMAC %d", got, id, want)
 		}
 	}
+}
+
+// The canary is chosen by the bucket, the stable sample by the sample key
+// and the users measured before a rollout by the background key. The
+// analyzer's comparisons are fair only if these are independent: a user's
+// being measured must say nothing about their arm, or about whether they
+// have a baseline from before the rollout.
+func TestSamplingKeysAreUniformAndIndependentOfTheBucket(t *testing.T) {
+	const ids = 200_000
+	b := NewBucketer(testKey)
+	var n [2][2][2]float64 // canary (top 10 % of buckets) × sampled (key < 20 %) × background (key < 30 %)
+	for i := 0; i < ids; i++ {
+		k := b.Keys(fmt.Sprintf("user-%d", i))
+		if k.Sample >= wire.SampleScale || k.Background >= wire.SampleScale {
+			t.Fatalf("keys %+v out of range", k)
+		}
+		canary := PickCluster(k.Bucket, []uint32{9000, 1000}) == 1
+		n[b2i(canary)][b2i(k.Sample < 2000)][b2i(k.Background < 3000)]++
+	}
+	// Chi-square test of independence of the three binary variables
+	// against the product of their margins.
+	var m [3][2]float64
+	for a := 0; a < 2; a++ {
+		for s := 0; s < 2; s++ {
+			for g := 0; g < 2; g++ {
+				m[0][a] += n[a][s][g]
+				m[1][s] += n[a][s][g]
+				m[2][g] += n[a][s][g]
+			}
+		}
+	}
+	for i, want := range []float64{0.1, 0.2, 0.3} {
+		if got := m[i][1] / ids; math.Abs(got-want) > 0.005 {
+			t.Errorf("variable %d: share %.4f, want %.2f", i, got, want)
+		}
+	}
+	var chi2 float64
+	for a := 0; a < 2; a++ {
+		for s := 0; s < 2; s++ {
+			for g := 0; g < 2; g++ {
+				e := m[0][a] * m[1][s] * m[2][g] / (ids * ids)
+				chi2 += (n[a][s][g] - e) * (n[a][s][g] - e) / e
+			}
+		}
+	}
+	if p := (distuv.ChiSquared{K: 4}).Survival(chi2); p <= 0.001 {
+		t.Fatalf("chi-square %.1f, p=%.5f: arm, stable sample and background are not independent", chi2, p)
+	}
+	if b.Keys("alice") != NewBucketer(testKey).Keys("alice") {
+		t.Fatal("an identity's keys are not stable")
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

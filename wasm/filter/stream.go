@@ -186,17 +186,24 @@ func (s *Stream) bodyDone() Action {
 	return s.finish()
 }
 
-// finish sets the bucket and lets the request go on to the router.
+// finish sets the bucket and the sampling keys and lets the request go on
+// to the router.
 func (s *Stream) finish() Action {
-	var bucket uint64
+	var k Keys
 	if id, ok := Identity(s.p.cfg.Identity, s.req); ok {
-		bucket = s.p.bucketer.Bucket(id)
+		k = s.p.bucketer.Keys(id)
 	} else {
-		bucket = s.p.random()
+		k = RandomKeys(s.p.random)
 	}
-	if err := s.h.SetRequestHeader(wire.HeaderBucket, strconv.FormatUint(bucket, 10)); err != nil {
-		s.h.Warn("llmcanary: " + err.Error())
-		return s.reply(APIError{Status: 500, Message: "gateway filter error", Code: "internal_error"})
+	var buf [20]byte
+	for _, h := range [...]struct {
+		name string
+		v    uint64
+	}{{wire.HeaderBucket, k.Bucket}, {wire.HeaderSample, uint64(k.Sample)}, {wire.HeaderBackground, uint64(k.Background)}} {
+		if err := s.h.SetRequestHeader(h.name, string(strconv.AppendUint(buf[:0], h.v, 10))); err != nil {
+			s.h.Warn("llmcanary: " + err.Error())
+			return s.reply(APIError{Status: 500, Message: "gateway filter error", Code: "internal_error"})
+		}
 	}
 	return Continue
 }
@@ -223,6 +230,7 @@ func (s *Stream) sanitise() error {
 	}
 	remove(wire.HeaderKey)
 	remove(wire.HeaderModel)
+	remove(wire.HeaderSampleRate)
 	switch ch := s.p.cfg.CategoryHeader; {
 	case !s.p.cfg.CategoryHeaderTrusted:
 		remove(wire.HeaderCategory)

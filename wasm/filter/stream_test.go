@@ -72,6 +72,8 @@ func TestStream(t *testing.T) {
 		return append([][2]string{{":method", "POST"}, {":path", "/v1/chat/completions?x=1"}}, extra...)
 	}
 	bucket := func(id string) string { return strconv.FormatUint(Bucket(testKey, id), 10) }
+	sample := func(id string) string { return strconv.Itoa(int(NewBucketer(testKey).Keys(id).Sample)) }
+	background := func(id string) string { return strconv.Itoa(int(NewBucketer(testKey).Keys(id).Background)) }
 	cases := []struct {
 		name       string
 		headers    [][2]string
@@ -83,12 +85,12 @@ func TestStream(t *testing.T) {
 	}{
 		{"body path holds headers, then routes by the body's model", post([2]string{wire.HeaderUserID, "alice"}), `{"model":"m1"}`, Pause, 0, "",
 			map[string]string{wire.HeaderModel: "m1", wire.HeaderBucket: bucket("alice")}},
-		{"client model and bucket are replaced", post([2]string{wire.HeaderModel, "evil"}, [2]string{wire.HeaderBucket, "1"}, [2]string{wire.HeaderUserID, "alice"}), `{"model":"m1"}`, Pause, 0, "",
-			map[string]string{wire.HeaderModel: "m1", wire.HeaderBucket: bucket("alice")}},
+		{"client model, bucket and sampling keys are replaced", post([2]string{wire.HeaderModel, "evil"}, [2]string{wire.HeaderBucket, "1"}, [2]string{wire.HeaderSample, "0"}, [2]string{wire.HeaderBackground, "0"}, [2]string{wire.HeaderUserID, "alice"}), `{"model":"m1"}`, Pause, 0, "",
+			map[string]string{wire.HeaderModel: "m1", wire.HeaderBucket: bucket("alice"), wire.HeaderSample: sample("alice"), wire.HeaderBackground: background("alice")}},
 		{"body user field is an identity source", post(), `{"model":"m1","user":"bob"}`, Pause, 0, "",
 			map[string]string{wire.HeaderBucket: bucket("bob")}},
-		{"no identity gives a random bucket", post(), `{"model":"m1"}`, Pause, 0, "",
-			map[string]string{wire.HeaderBucket: "42"}},
+		{"no identity gives a random bucket and random sampling keys", post(), `{"model":"m1"}`, Pause, 0, "",
+			map[string]string{wire.HeaderBucket: "42", wire.HeaderSample: "42", wire.HeaderBackground: "42"}},
 		{"other paths strip the model header and continue", [][2]string{{":method", "GET"}, {":path", "/v1/models"}, {wire.HeaderModel, "m1"}, {wire.HeaderUserID, "alice"}}, "", Continue, 0, "",
 			map[string]string{wire.HeaderModel: "", wire.HeaderBucket: bucket("alice")}},
 		{"GET on a body path is not body-routed", [][2]string{{":method", "GET"}, {":path", "/v1/chat/completions"}}, "", Continue, 0, "",

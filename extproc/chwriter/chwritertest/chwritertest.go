@@ -9,12 +9,12 @@ import (
 
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter"
-	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/procs"
 )
 
 // WriteRecords stores recs in database db and returns once every one is
 // inserted.
-func WriteRecords(tb testing.TB, ch *stack.ClickHouse, db string, recs []extproc.Record) {
+func WriteRecords(tb testing.TB, ch *procs.ClickHouse, db string, recs []extproc.Record) {
 	tb.Helper()
 	w, err := chwriter.New(context.Background(), chwriter.Options{
 		Addr: ch.Addr, Database: db, SpoolDir: tb.TempDir(),
@@ -31,5 +31,27 @@ func WriteRecords(tb testing.TB, ch *stack.ClickHouse, db string, recs []extproc
 	}
 	if st := w.Stats(); st.Written != uint64(len(recs)) {
 		tb.Fatalf("writer stats %+v, want %d rows written", st, len(recs))
+	}
+}
+
+// WriteLog stores access-log entries in database db's request log and
+// returns once every one is inserted.
+func WriteLog(tb testing.TB, ch *procs.ClickHouse, db string, entries []extproc.LogEntry) {
+	tb.Helper()
+	w, err := chwriter.New(context.Background(), chwriter.Options{
+		Addr: ch.Addr, Database: db, SpoolDir: tb.TempDir(),
+		BatchSize: 5000, QueueSize: len(entries) + 1,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, e := range entries {
+		w.WriteLog(e)
+	}
+	if err := w.Close(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	if st := w.LogStats(); st.Written != uint64(len(entries)) {
+		tb.Fatalf("request log stats %+v, want %d rows written", st, len(entries))
 	}
 }

@@ -14,12 +14,12 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
-	"github.com/llmcanary/llmcanary/internal/stack"
+	"github.com/llmcanary/llmcanary/internal/procs"
 )
 
 var (
 	sharedOnce sync.Once
-	sharedCH   *stack.ClickHouse
+	sharedCH   *procs.ClickHouse
 	sharedDir  string
 	sharedErr  error
 	dbSeq      atomic.Int64
@@ -39,7 +39,7 @@ func Main(m *testing.M) {
 
 // Shared returns the test binary's shared server, starting it on first use.
 // A missing ClickHouse fails the test; it never skips.
-func Shared(tb testing.TB) *stack.ClickHouse {
+func Shared(tb testing.TB) *procs.ClickHouse {
 	tb.Helper()
 	sharedOnce.Do(func() {
 		sharedDir, sharedErr = os.MkdirTemp("", "llmcanary-clickhouse-")
@@ -48,7 +48,7 @@ func Shared(tb testing.TB) *stack.ClickHouse {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		defer cancel()
-		sharedCH, sharedErr = stack.StartClickHouse(ctx, stack.ClickHouseOptions{Dir: sharedDir})
+		sharedCH, sharedErr = procs.StartClickHouse(ctx, procs.ClickHouseOptions{Dir: sharedDir})
 	})
 	if sharedErr != nil {
 		tb.Fatalf("start clickhouse (install it with make deps): %v", sharedErr)
@@ -57,11 +57,11 @@ func Shared(tb testing.TB) *stack.ClickHouse {
 }
 
 // Own starts a server for this test alone, stopped when it ends.
-func Own(tb testing.TB) *stack.ClickHouse {
+func Own(tb testing.TB) *procs.ClickHouse {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	ch, err := stack.StartClickHouse(ctx, stack.ClickHouseOptions{Dir: tb.TempDir()})
+	ch, err := procs.StartClickHouse(ctx, procs.ClickHouseOptions{Dir: tb.TempDir()})
 	if err != nil {
 		tb.Fatalf("start clickhouse (install it with make deps): %v", err)
 	}
@@ -73,7 +73,7 @@ func Own(tb testing.TB) *stack.ClickHouse {
 func NewDatabase() string { return fmt.Sprintf("t%d_%d", os.Getpid(), dbSeq.Add(1)) }
 
 // Connect opens a native connection closed when the test ends.
-func Connect(tb testing.TB, ch *stack.ClickHouse) driver.Conn {
+func Connect(tb testing.TB, ch *procs.ClickHouse) driver.Conn {
 	tb.Helper()
 	conn, err := ch.Conn(context.Background())
 	if err != nil {

@@ -1,5 +1,13 @@
 package analyzer
 
+// The simulation of rollouts that validates the decision rules: sticky
+// users of skewed activity with their own latency and answer quality,
+// routed at the stages' weights and decided by Decide at the runner's
+// cadence. It is test support, not API: the decision tests draw their
+// windows from it (decide_test.go), the slow tier checks false-alarm and
+// detection rates with it (simulate_test.go), and `make bench` prints
+// every scenario (rolloutsim_bench_test.go).
+
 import (
 	"errors"
 	"fmt"
@@ -12,6 +20,7 @@ import (
 
 	"github.com/llmcanary/llmcanary/analyzer/stats"
 	"github.com/llmcanary/llmcanary/internal/config"
+	"github.com/llmcanary/llmcanary/xds"
 )
 
 // ArmModel draws one version's simulated answers for one user. Latencies
@@ -79,6 +88,13 @@ type RolloutSimConfig struct {
 	// NaiveAtTolerance makes the naive comparison test "worse by more than
 	// the tolerance" instead of "worse at all".
 	NaiveAtTolerance bool
+	// Sampling measures as the gateway does by need (xds.SamplingOf): a
+	// stable user's requests are measured only while the user's sample
+	// key is under the stable rate of the stage's weight, and only users
+	// under the background rate have a TTFT and inter-token baseline
+	// (every user has a latency baseline: Envoy's access log records
+	// every request). Nil: every request is measured.
+	Sampling *xds.Measure
 }
 
 // RolloutSimResult summarises simulated rollouts.
@@ -215,9 +231,12 @@ func quantileOf(xs []float64, q float64) float64 {
 
 // simUser is one simulated user.
 type simUser struct {
-	bucket  float64 // uniform: on the canary while bucket < weight
-	latency float64 // persistent latency factor
-	logit   float64 // persistent shift of the bad-answer logit
+	bucket float64 // uniform: on the canary while bucket < weight
+	// Uniform sampling keys, independent of the bucket (wire.HeaderSample,
+	// wire.HeaderBackground).
+	sample, background float64
+	latency            float64 // persistent latency factor
+	logit              float64 // persistent shift of the bad-answer logit
 }
 
 func simulateOne(cfg RolloutSimConfig, r *rand.Rand) simOutcome {
@@ -229,9 +248,11 @@ func simulateOne(cfg RolloutSimConfig, r *rand.Rand) simOutcome {
 	var total float64
 	for i := range users {
 		users[i] = simUser{
-			bucket:  r.Float64(),
-			latency: math.Exp(pop.LatencySigma * r.NormFloat64()),
-			logit:   pop.QualitySigma * r.NormFloat64(),
+			bucket:     r.Float64(),
+			sample:     r.Float64(),
+			background: r.Float64(),
+			latency:    math.Exp(pop.LatencySigma * r.NormFloat64()),
+			logit:      pop.QualitySigma * r.NormFloat64(),
 		}
 		total += math.Exp(pop.ActivitySigma * r.NormFloat64())
 		cum[i] = total
@@ -244,6 +265,10 @@ func simulateOne(cfg RolloutSimConfig, r *rand.Rand) simOutcome {
 		// Before the rollout every request goes to stable; only the users'
 		// levels are kept.
 		n := int(cfg.RatePerSecond * cfg.Baseline.Seconds())
+		background := 1.0
+		if cfg.Sampling != nil {
+			background = stableRate(*cfg.Sampling, 0)
+		}
 		for range n {
 			u := min(sort.SearchFloat64s(cum, r.Float64()*total), len(users)-1)
 			req := Request{User: uint64(u)}
@@ -251,8 +276,11 @@ func simulateOne(cfg RolloutSimConfig, r *rand.Rand) simOutcome {
 			if req.Outcome != OutcomeSuccess {
 				continue
 			}
+			// Envoy's access log records every request's duration; only
+			// the background sample's TTFT and inter-token latency are
+			// measured.
 			for k, v := range rawTailValues(req) {
-				if !math.IsNaN(v) {
+				if !math.IsNaN(v) && (k == 0 || users[u].background < background) {
 					tally.AddBaseline(uint64(u), k, 1, math.Log(v))
 				}
 			}
@@ -307,17 +335,30 @@ func simulateOne(cfg RolloutSimConfig, r *rand.Rand) simOutcome {
 		u = min(u, len(users)-1)
 		user := users[u]
 		w := stages[st.Stage].Weight / 100
-		req := Request{At: now, User: uint64(u), Canary: user.bucket < w}
+		req := Request{At: now, User: uint64(u), Canary: user.bucket < w, SampleRate: 1}
 		model := cfg.Stable
 		if req.Canary {
 			model = cfg.Canary
 			o.canaryServed++
+		} else if cfg.Sampling != nil {
+			req.SampleRate = stableRate(*cfg.Sampling, stages[st.Stage].Weight)
+			if user.sample >= req.SampleRate {
+				continue // served, not measured
+			}
 		}
 		drawRequest(&req, model, user, 1+cfg.Drift/3*drift(now), r)
 		tally.Add(req)
 	}
 	o.action = ActionHold
 	return o
+}
+
+// stableRate is the stable sample's rate at a canary weight in percent, as
+// the control plane sets it.
+func stableRate(p xds.Measure, weight float64) float64 {
+	m := &xds.Model{Stable: "stable", Versions: []xds.Version{{Name: "stable"}, {Name: "canary"}},
+		Weights: map[string]float64{"stable": 100 - weight, "canary": weight}}
+	return xds.SamplingOf(m, p, true).StableRate
 }
 
 func drawRequest(req *Request, model ArmModel, u simUser, drift float64, r *rand.Rand) {
@@ -473,7 +514,11 @@ func slowTail(s stats.Sampler, median, sigma, f float64) stats.Sampler {
 // with a persistent latency factor (log-sd 0.5) and bad-answer propensity
 // (logit-sd 1); traffic is 20 requests per second with a ±30 % daily
 // cycle shared by both arms; the runner looks every 2 s, and has the hour
-// before the rollout as each user's latency baseline.
+// before the rollout as each user's latency baseline. Requests are
+// measured as the gateway measures them by default (xds.Measure: every
+// canary request, a stable sample twice the canaries' traffic, 1 % of
+// users before the rollout); two scenarios repeat with every request
+// timed.
 func Scenarios(rollouts int, seed uint64) []Scenario {
 	base := BaseArm()
 	pop := Population{Users: 5000, ActivitySigma: 1, LatencySigma: 0.5, QualitySigma: 1}
@@ -482,8 +527,15 @@ func Scenarios(rollouts int, seed uint64) []Scenario {
 		return Scenario{Name: name, Target: target, Config: RolloutSimConfig{
 			Rollouts: rollouts, Seed: seed, Policy: SimPolicy(), Users: pop,
 			RatePerSecond: 20, Drift: 0.3, LookEvery: 2 * time.Second, Baseline: time.Hour,
-			Stable: base, Canary: canary,
+			Stable: base, Canary: canary, Sampling: &xds.Measure{},
 		}}
+	}
+	// everyRequest measures all of stable too, the opt-in that costs the
+	// gateway most: what sampling stable gives up, side by side.
+	everyRequest := func(sc Scenario) Scenario {
+		sc.Name += " (all timed)"
+		sc.Config.Sampling = nil
+		return sc
 	}
 	aa := mk("aa", "false rollback <= 5 %, false SRM pause <= 1 %", base)
 	small := mk("aa-50-users", "false rollback <= 5 %, false SRM pause <= 1 %", base)
@@ -512,8 +564,10 @@ func Scenarios(rollouts int, seed uint64) []Scenario {
 	over.ErrorRate = base.ErrorRate + 0.015
 	return []Scenario{
 		aa,
+		everyRequest(aa),
 		small,
 		quality,
+		everyRequest(quality),
 		mk("errors-0.5-to-5", "median <= 60 canary requests", errs),
 		mk("p99-latency+30%", "median <= 300 canary requests", p99),
 		mk("ttft-p99+30%", "median <= 300 canary requests", ttft),

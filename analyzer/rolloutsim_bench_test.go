@@ -1,11 +1,9 @@
-package bench
+package analyzer
 
 import (
 	"fmt"
 	"math"
 	"testing"
-
-	"github.com/llmcanary/llmcanary/analyzer"
 )
 
 // BenchmarkRolloutDecisions runs simulated rollouts through the analyzer's
@@ -16,8 +14,8 @@ import (
 func BenchmarkRolloutDecisions(b *testing.B) {
 	fmt.Printf("\nsimulated rollouts through analyzer.Decide (seed 7, 1000 each)\n")
 	fmt.Printf("  %-18s %9s %9s %9s %8s %8s %15s %13s  %s\n", "scenario", "promoted", "rollback", "paused", "srm", "naive", "canary@rollback", "canary@promote", "target")
-	for _, sc := range analyzer.Scenarios(1000, 7) {
-		res, err := analyzer.SimulateRollouts(sc.Config)
+	for _, sc := range Scenarios(1000, 7) {
+		res, err := SimulateRollouts(sc.Config)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -1,8 +1,12 @@
-// Package stack starts and stops the real servers llmcanary runs with —
-// Envoy, ClickHouse and llmcanary's own parts — on free loopback ports with
-// their own directories. Tests, benchmarks, `llmcanary up` and the demo all
-// use it, so what is tested is what users run.
-package stack
+// Package procs starts and stops real processes, each on free loopback
+// ports in a directory of its own: the servers llmcanary runs with (a
+// ClickHouse server, Envoy) and llmcanary's own services as separate
+// processes (`llmcanary extproc`, `llmcanary analyzer`). One process per
+// call, no wiring between them: package local assembles a whole stack
+// from these and the in-process services, and tests that need one real
+// server (chtest, the Envoy harnesses) call procs directly. What is tested
+// is what users run.
+package procs
 
 import (
 	"context"

@@ -1,4 +1,6 @@
-package stack
+//go:build integration
+
+package procs
 
 import (
 	"context"
