@@ -76,7 +76,7 @@ func pct(d []time.Duration, p float64) time.Duration {
 // requests (getrusage before and after each phase). Phases alternate so a
 // drift in machine load hits both sides alike.
 //
-//	go test -run '^$' -bench . -benchtime 1x ./extproc/envoytest/
+//	go test -tags integration -run '^$' -bench . -benchtime 1x ./extproc/envoytest/
 func BenchmarkExtprocOverhead(b *testing.B) {
 	const (
 		perPhase = 150
@@ -189,7 +189,7 @@ func (c *logCounter) waitFor(b *testing.B, n int) {
 // phase ends when the service has every access-log entry and record, so
 // Envoy's sending is counted. 3 interleaved rounds; medians.
 //
-//	go test -run '^$' -bench AccessLogEnvoyCPU -benchtime 1x ./extproc/envoytest/
+//	go test -tags integration -run '^$' -bench AccessLogEnvoyCPU -benchtime 1x ./extproc/envoytest/
 func BenchmarkAccessLogEnvoyCPU(b *testing.B) {
 	const (
 		rounds   = 3
