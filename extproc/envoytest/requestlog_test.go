@@ -35,9 +35,9 @@ func directRoute() *routev3.Route {
 }
 
 // downRoute sends requests whose hdrRoute header is "down" to downCluster,
-// whose pool refuses connections.
+// whose pool refuses connections; it measures them all.
 func downRoute() *routev3.Route {
-	r := headerRoute("down", nil, nil)
+	r := headerRoute("down", nil, rateHeader(1))
 	r.Action = &routev3.Route_Route{Route: &routev3.RouteAction{
 		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: downCluster},
 		Timeout:          durationpb.New(5 * time.Second),
@@ -103,7 +103,7 @@ func TestEnvoyRecordsEveryRequestInTheRequestLog(t *testing.T) {
 		// The router's own 503 still names the version: the route's
 		// response headers apply to it.
 		10: {env.withURL, h(10, hdrRoute, "down"), logRow{model: model, version: downVersion, cluster: downCluster, path: "/v1/chat/completions", status: 503,
-			flags: "UF", details: "upstream_reset_before_response_started{remote_connection_failure"}, false},
+			flags: "UF", details: "upstream_reset_before_response_started{remote_connection_failure", sampleRate: 1}, true},
 		// The pool cutting its answer mid-stream keeps the 200 already
 		// sent; the flag and the details say what happened.
 		11: {env.withURL, h(11, hdrMode, "reset", hdrTokens, "6", hdrITL, "5"), func() logRow {
@@ -124,6 +124,7 @@ func TestEnvoyRecordsEveryRequestInTheRequestLog(t *testing.T) {
 			measured++
 		}
 	}
+	// Every request a route measures has a requests row, and no other has.
 	waitForRows(t, func() bool {
 		return w.LogStats().Written >= uint64(len(requests)) && w.Stats().Written >= uint64(measured)
 	})
@@ -193,8 +194,26 @@ func TestEnvoyRecordsEveryRequestInTheRequestLog(t *testing.T) {
 	if err := conn.QueryRow(ctx, q).Scan(&joined); err != nil {
 		t.Fatal(err)
 	}
-	if joined != uint64(measured) {
-		t.Errorf("%d measured requests have both rows, want %d", joined, measured)
+	var requestRows uint64
+	if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT count() FROM %s.%s", db, wire.TableRequests)).Scan(&requestRows); err != nil {
+		t.Fatal(err)
+	}
+	if joined != uint64(measured) || requestRows != uint64(measured) {
+		t.Errorf("%d measured requests have both rows and requests has %d rows, want %d", joined, requestRows, measured)
+		rs, err := conn.Query(ctx, fmt.Sprintf("SELECT bucket, request_id, failure, status FROM %s.%s", db, wire.TableRequests))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rs.Close()
+		for rs.Next() {
+			var bucket uint64
+			var id, failure string
+			var status uint16
+			if err := rs.Scan(&bucket, &id, &failure, &status); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("requests row: bucket %d id %s failure %q status %d", bucket, id, failure, status)
+		}
 	}
 	{
 		var failure string
