@@ -27,10 +27,10 @@ wasm: ## build the proxy-wasm filter (upstream Go, wasip1 reactor)
 	  GOOS=wasip1 GOARCH=wasm $(GO) build -buildmode=c-shared -o bin/llmcanary-filter.wasm ./wasm/cmd/filter; \
 	fi
 
-test: deps build ## install, build, then run every tier: unit, integration (real ClickHouse and Envoy), end to end
+test: deps build ## install, build, then run every tier: unit, integration (real ClickHouse and Envoy), end to end (whole e2e log in bin/e2e.log)
 	$(GO) vet -tags $(TAGS) $(PKGS)
 	$(GO) test -count=1 -tags $(TAGS) $$($(GO) list $(PKGS) | grep -v /test/e2e)
-	$(GO) test -count=1 -p 1 -v -tags $(TAGS) -timeout 25m $(E2E) 2>&1 | tee /tmp/llmcanary-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}
+	$(GO) test -count=1 -p 1 -v -tags $(TAGS) -timeout 25m $(E2E) 2>&1 | tee bin/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}
 
 test-unit: ## the fast tier: unit tests and loopback gRPC/HTTP tests, no Envoy or ClickHouse needed (-short: the rule simulation shortened)
 	$(GO) test -count=1 -short $(PKGS)

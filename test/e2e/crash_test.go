@@ -66,20 +66,21 @@ func TestCrashOfTelemetryLosesNoFinishedRequestsRow(t *testing.T) {
 	}
 	lastAnswer := time.Now()
 	// Envoy streams to the service beside the client: wait until the
-	// service has seen every request end, then give the row the time of a
-	// disk write before the crash.
+	// service has seen every request end and its row is on disk in the
+	// spool (what a finished request is owed), then crash.
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		v, err := ep.Metric(ctx, "llmcanary_extproc_requests_total")
-		if err == nil && v >= n {
-			break
+	for _, m := range []string{"llmcanary_extproc_requests_total", "llmcanary_telemetry_logged_total"} {
+		for {
+			v, err := ep.Metric(ctx, m)
+			if err == nil && v >= n {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s is %v of %d requests (%v)", m, v, n, err)
+			}
+			time.Sleep(5 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the service saw %v of %d requests end (%v)", v, n, err)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
-	time.Sleep(50 * time.Millisecond)
 	if err := ep.Proc.Kill(); err != nil {
 		t.Fatal(err)
 	}
