@@ -1,3 +1,5 @@
+//go:build integration
+
 // Package grafana_test checks deploy/grafana/llmcanary.json against a real
 // ClickHouse (the 18.16 server the project supports, started by the test):
 // every ClickHouse query of the dashboard — panels, annotations,
