@@ -2,7 +2,6 @@ package filter
 
 import (
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -67,7 +66,7 @@ type Plugin struct {
 func NewPlugin(cfg filterconfig.Config) (*Plugin, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("filter config: %w", err)
+		return nil, errors.New("filter config: " + err.Error())
 	}
 	keys, err := ParseForceKeys(cfg.ForceKeys)
 	if err != nil {
