@@ -35,11 +35,11 @@ type Body struct {
 func ParseBody(data []byte, fields ...string) (Body, error) {
 	var model jsonscan.Value
 	var small [4]jsonscan.Value // found values by index in fields, without allocating for the usual few
-	found := small[:0]
-	if len(fields) > len(small) {
-		found = make([]jsonscan.Value, len(fields))
-	} else {
+	var found []jsonscan.Value
+	if len(fields) <= len(small) {
 		found = small[:len(fields)]
+	} else {
+		found = make([]jsonscan.Value, len(fields))
 	}
 	err := jsonscan.ScanMembers(data, func(key []byte, v jsonscan.Value) {
 		if string(key) == "model" {

@@ -287,8 +287,8 @@ func (s *Stream) finish() Action {
 // replaced by a fresh one, which Envoy then returns in the response.
 func (s *Stream) sanitise(h *requestHeaders) error {
 	var errs []error
-	remove := func(h header, name string) {
-		if h.ok {
+	remove := func(seen header, name string) {
+		if seen.ok {
 			errs = append(errs, s.h.RemoveRequestHeader(name))
 		}
 	}
