@@ -395,3 +395,39 @@ func Unquote(raw []byte) (string, bool) {
 	}
 	return string(out), true
 }
+
+// String names the kind as JSON does: "null", "boolean", "number",
+// "string", "array", "object"; "invalid" for Invalid.
+func (k Kind) String() string {
+	switch k {
+	case Null:
+		return "null"
+	case Bool:
+		return "boolean"
+	case Number:
+		return "number"
+	case String:
+		return "string"
+	case Array:
+		return "array"
+	case Object:
+		return "object"
+	}
+	return "invalid"
+}
+
+// Next returns the first JSON value in data (after optional whitespace)
+// and the bytes that follow it. It validates only that value; rest is
+// whatever comes after, so a caller that wants exactly one document
+// checks that rest holds only whitespace (see OnlySpace).
+func Next(data []byte) (v Value, rest []byte, err error) {
+	i := skipSpace(data, 0)
+	end, err := skipValue(data, i, 0)
+	if err != nil {
+		return Value{}, nil, ErrSyntax
+	}
+	return Value{Kind: kindAt(data[i]), Raw: data[i:end]}, data[end:], nil
+}
+
+// OnlySpace reports whether data holds nothing but JSON whitespace.
+func OnlySpace(data []byte) bool { return skipSpace(data, 0) == len(data) }

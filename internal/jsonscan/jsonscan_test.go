@@ -186,3 +186,34 @@ func FuzzMembersAgreesWithEncodingJSON(f *testing.F) {
 		}
 	})
 }
+
+func TestNextSplitsTheFirstValueFromWhatFollows(t *testing.T) {
+	cases := []struct {
+		name, in  string
+		kind      Kind
+		raw, rest string
+		err       bool
+	}{
+		{"object then another", ` {"a":1} {}`, Object, `{"a":1}`, ` {}`, false},
+		{"lone string", `"x"`, String, `"x"`, ``, false},
+		{"number stops at a space", `12 3`, Number, `12`, ` 3`, false},
+		{"literal", "null\n", Null, `null`, "\n", false},
+		{"broken object", `{"a":}`, Invalid, ``, ``, true},
+		{"empty", `  `, Invalid, ``, ``, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			v, rest, err := Next([]byte(c.in))
+			if (err != nil) != c.err || v.Kind != c.kind || string(v.Raw) != c.raw || string(rest) != c.rest {
+				t.Fatalf("Next(%q) = %v %q, rest %q, err %v; want %v %q, rest %q, err %v",
+					c.in, v.Kind, v.Raw, rest, err, c.kind, c.raw, c.rest, c.err)
+			}
+		})
+	}
+	if !OnlySpace([]byte(" \t\r\n")) || OnlySpace([]byte(" x")) {
+		t.Error("OnlySpace misjudges whitespace")
+	}
+	if Object.String() != "object" || Bool.String() != "boolean" || Invalid.String() != "invalid" {
+		t.Error("kind names are not JSON's")
+	}
+}

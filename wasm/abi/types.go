@@ -14,7 +14,6 @@
 package abi
 
 import (
-	"encoding/binary"
 	"errors"
 	"strconv"
 	"unsafe"
@@ -226,11 +225,10 @@ func SerializeMap(pairs [][2]string) []byte {
 	for _, p := range pairs {
 		size += 8 + len(p[0]) + 1 + len(p[1]) + 1
 	}
-	b := make([]byte, 4, size)
-	binary.LittleEndian.PutUint32(b, uint32(len(pairs)))
+	b := appendUint32(make([]byte, 0, size), uint32(len(pairs)))
 	for _, p := range pairs {
-		b = binary.LittleEndian.AppendUint32(b, uint32(len(p[0])))
-		b = binary.LittleEndian.AppendUint32(b, uint32(len(p[1])))
+		b = appendUint32(b, uint32(len(p[0])))
+		b = appendUint32(b, uint32(len(p[1])))
 	}
 	for _, p := range pairs {
 		b = append(b, p[0]...)
@@ -254,7 +252,7 @@ func DeserializeMap(b []byte) ([][2]string, error) {
 	if len(b) < 4 {
 		return nil, wrapError(strconv.Itoa(len(b))+" bytes", ErrMalformedMap)
 	}
-	n := int(binary.LittleEndian.Uint32(b))
+	n := int(uint32At(b, 0))
 	if n < 0 || n > (len(b)-4)/8 {
 		return nil, wrapError(strconv.Itoa(n)+" pairs in "+strconv.Itoa(len(b))+" bytes", ErrMalformedMap)
 	}
@@ -262,8 +260,8 @@ func DeserializeMap(b []byte) ([][2]string, error) {
 	data := b[4+8*n:]
 	pairs := make([][2]string, 0, n)
 	for i := 0; i < n; i++ {
-		kl := int(binary.LittleEndian.Uint32(sizes[8*i:]))
-		vl := int(binary.LittleEndian.Uint32(sizes[8*i+4:]))
+		kl := int(uint32At(sizes, 8*i))
+		vl := int(uint32At(sizes, 8*i+4))
 		if kl < 0 || vl < 0 || kl+vl+2 > len(data) || kl+vl+2 < 0 {
 			return nil, wrapError("pair "+strconv.Itoa(i)+" overruns the buffer", ErrMalformedMap)
 		}
@@ -273,6 +271,17 @@ func DeserializeMap(b []byte) ([][2]string, error) {
 		pairs = append(pairs, [2]string{k, v})
 	}
 	return pairs, nil
+}
+
+// The map layout's integers are little-endian uint32s. They are read and
+// written with shifts: encoding/binary would link reflect into the module.
+
+func uint32At(b []byte, i int) uint32 {
+	return uint32(b[i]) | uint32(b[i+1])<<8 | uint32(b[i+2])<<16 | uint32(b[i+3])<<24
+}
+
+func appendUint32(b []byte, v uint32) []byte {
+	return append(b, byte(v), byte(v>>8), byte(v>>16), byte(v>>24))
 }
 
 // aliasString returns b as a string without copying it; b must not change

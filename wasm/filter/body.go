@@ -17,8 +17,9 @@ var (
 type Body struct {
 	// Model is the body's "model".
 	Model string
-	// Fields holds the requested top-level fields whose values are strings.
-	Fields map[string]string
+	// Fields holds the requested top-level fields whose values are
+	// non-empty strings, as (name, value) in the order they were asked for.
+	Fields [][2]string
 }
 
 // ParseBody parses an OpenAI request body, returning its model and the
@@ -26,23 +27,26 @@ type Body struct {
 // ignored). The body must be one valid JSON object with a non-empty string
 // model.
 //
-// It reads the body in one pass without decoding it (jsonscan) and
+// It reads the body in one pass without decoding it (jsonscan.ScanMembers) and
 // decodes only the values it returns, with encoding/json's rules, which
 // decided before: keys match exactly after unescaping, and of duplicate
 // keys the last one wins ({"model":"a","model":"b"} names "b"), also when
 // the last one is null or not a string.
 func ParseBody(data []byte, fields ...string) (Body, error) {
 	var model jsonscan.Value
-	var found []jsonscan.Value // by index in fields
-	err := jsonscan.Members(data, func(key []byte, v jsonscan.Value) {
+	var small [4]jsonscan.Value // found values by index in fields, without allocating for the usual few
+	var found []jsonscan.Value
+	if len(fields) <= len(small) {
+		found = small[:len(fields)]
+	} else {
+		found = make([]jsonscan.Value, len(fields))
+	}
+	err := jsonscan.ScanMembers(data, func(key []byte, v jsonscan.Value) {
 		if string(key) == "model" {
 			model = v
 		}
 		for i, f := range fields {
 			if string(key) == f {
-				if found == nil {
-					found = make([]jsonscan.Value, len(fields))
-				}
 				found[i] = v
 			}
 		}
@@ -76,10 +80,7 @@ func ParseBody(data []byte, fields ...string) (Body, error) {
 			continue
 		}
 		if s, _ := jsonscan.Unquote(v.Raw); s != "" {
-			if b.Fields == nil {
-				b.Fields = map[string]string{}
-			}
-			b.Fields[fields[i]] = s
+			b.Fields = append(b.Fields, [2]string{fields[i], s})
 		}
 	}
 	return b, nil

@@ -5,14 +5,7 @@
 // fake, so everything here runs natively.
 package filter
 
-import (
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/binary"
-	"hash"
-
-	"github.com/llmcanary/llmcanary/internal/wire"
-)
+import "github.com/llmcanary/llmcanary/internal/wire"
 
 // Bucket returns the sticky bucket of identity under hashKey: the first
 // eight bytes, big-endian, of HMAC-SHA256(hashKey, identity). Any Envoy with
@@ -23,20 +16,15 @@ func Bucket(hashKey []byte, identity string) uint64 {
 	return NewBucketer(hashKey).Bucket(identity)
 }
 
-// Bucketer computes Bucket under one key, reusing one keyed HMAC state:
-// hmac.New hashes the key into fresh inner and outer states and allocates
-// them, which was most of the filter's work per request; Reset restores the
-// keyed state instead. Not safe for concurrent use — a proxy-wasm VM runs
-// one callback at a time.
-type Bucketer struct {
-	mac hash.Hash
-	buf []byte // the identity's bytes
-	sum [sha256.Size]byte
-}
+// Bucketer computes Bucket under one key. It hashes the key once (see
+// keyedhash.go), so each identity costs two SHA-256 blocks when shorter
+// than 56 bytes, and nothing is allocated. It is immutable, so safe for
+// concurrent use.
+type Bucketer struct{ mac hmacSHA256 }
 
 // NewBucketer returns a Bucketer for hashKey.
 func NewBucketer(hashKey []byte) *Bucketer {
-	return &Bucketer{mac: hmac.New(sha256.New, hashKey)}
+	return &Bucketer{mac: newHMACSHA256(hashKey)}
 }
 
 // Bucket returns Bucket(hashKey, identity).
@@ -53,17 +41,12 @@ type Keys struct {
 	Sample, Background uint16 // in [0, wire.SampleScale)
 }
 
-// Keys returns the keys of identity.
+// Keys returns the keys of identity: the first three big-endian 8-byte
+// words of the MAC, that is its state words paired.
 func (b *Bucketer) Keys(identity string) Keys {
-	b.mac.Reset()
-	b.buf = append(b.buf[:0], identity...)
-	b.mac.Write(b.buf)
-	sum := b.mac.Sum(b.sum[:0])
-	return Keys{
-		Bucket:     binary.BigEndian.Uint64(sum[0:8]),
-		Sample:     sampleKey(binary.BigEndian.Uint64(sum[8:16])),
-		Background: sampleKey(binary.BigEndian.Uint64(sum[16:24])),
-	}
+	h := b.mac.sum(identity)
+	word := func(i int) uint64 { return uint64(h[i])<<32 | uint64(h[i+1]) }
+	return Keys{Bucket: word(0), Sample: sampleKey(word(2)), Background: sampleKey(word(4))}
 }
 
 // RandomKeys are the keys of a request without identity: each request is

@@ -18,6 +18,10 @@ func errBadBody(err error) APIError {
 	return APIError{Status: 400, Message: err.Error(), Code: "invalid_request_body"}
 }
 
+func errInternal() APIError {
+	return APIError{Status: 500, Message: "gateway filter error", Code: "internal_error"}
+}
+
 func errUnknownModel(model string) APIError {
 	return APIError{Status: 404, Message: "The model `" + model + "` does not exist", Code: "model_not_found"}
 }

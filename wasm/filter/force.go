@@ -1,24 +1,24 @@
 package filter
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/hex"
-	"fmt"
+	"errors"
+	"strconv"
+
+	"github.com/llmcanary/llmcanary/wasm/filterconfig"
 )
 
 // ForceKeys holds the digests of the accepted force keys.
-type ForceKeys [][sha256.Size]byte
+type ForceKeys [][sha256Size]byte
 
 // ParseForceKeys decodes hex SHA-256 digests.
 func ParseForceKeys(hexDigests []string) (ForceKeys, error) {
 	ks := make(ForceKeys, 0, len(hexDigests))
 	for i, h := range hexDigests {
-		b, err := hex.DecodeString(h)
-		if err != nil || len(b) != sha256.Size {
-			return nil, fmt.Errorf("force key %d: not a hex SHA-256 digest", i)
+		d, ok := filterconfig.ParseDigest(h)
+		if !ok {
+			return nil, errors.New("force key " + strconv.Itoa(i) + ": not a hex SHA-256 digest")
 		}
-		ks = append(ks, [sha256.Size]byte(b))
+		ks = append(ks, d)
 	}
 	return ks, nil
 }
@@ -30,10 +30,15 @@ func (ks ForceKeys) Accepts(key string) bool {
 	if key == "" {
 		return false
 	}
-	sum := sha256.Sum256([]byte(key))
-	match := 0
+	sum := sha256Sum(key)
+	var match byte
 	for i := range ks {
-		match |= subtle.ConstantTimeCompare(sum[:], ks[i][:])
+		var diff byte
+		for j := range sum {
+			diff |= sum[j] ^ ks[i][j]
+		}
+		// diff is 0 for a match; (diff-1)>>8 is then all ones, else zero.
+		match |= byte((uint32(diff) - 1) >> 8)
 	}
-	return match == 1
+	return match != 0
 }

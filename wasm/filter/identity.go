@@ -38,16 +38,18 @@ func CookieValue(cookieHeaders []string, name string) (string, bool) {
 
 // Request is what identity resolution sees of a request: its headers (names
 // lower-case, as Envoy presents them) and, on body-routed paths, the body's
-// top-level string fields.
+// top-level string fields (name, value), in the order of the configured
+// body-field sources.
 type Request struct {
 	Headers    [][2]string
-	BodyFields map[string]string
+	BodyFields [][2]string
 }
 
-// Header returns the first value of the header named name.
+// Header returns the first value of the header named name, compared
+// case-insensitively.
 func (r Request) Header(name string) (string, bool) {
 	for _, h := range r.Headers {
-		if strings.EqualFold(h[0], name) {
+		if sameHeaderName(h[0], name) {
 			return h[1], true
 		}
 	}
@@ -58,11 +60,27 @@ func (r Request) Header(name string) (string, bool) {
 func (r Request) HeaderValues(name string) []string {
 	var vs []string
 	for _, h := range r.Headers {
-		if strings.EqualFold(h[0], name) {
+		if sameHeaderName(h[0], name) {
 			vs = append(vs, h[1])
 		}
 	}
 	return vs
+}
+
+// BodyField returns the value of the body's string field name.
+func (r Request) BodyField(name string) string {
+	for _, f := range r.BodyFields {
+		if f[0] == name {
+			return f[1]
+		}
+	}
+	return ""
+}
+
+// sameHeaderName compares header names case-insensitively; the lengths
+// first, so the usual mismatch costs one comparison.
+func sameHeaderName(a, b string) bool {
+	return len(a) == len(b) && (a == b || strings.EqualFold(a, b))
 }
 
 // Identity returns the identity from the first source, in order, that is
@@ -76,7 +94,7 @@ func Identity(sources []filterconfig.Source, r Request) (string, bool) {
 		case s.Cookie != "":
 			v, _ = CookieValue(r.HeaderValues("cookie"), s.Cookie)
 		case s.BodyField != "":
-			v = r.BodyFields[s.BodyField]
+			v = r.BodyField(s.BodyField)
 		}
 		if v != "" {
 			return v, true

@@ -50,10 +50,10 @@ func TestIdentityTakesTheFirstPresentSource(t *testing.T) {
 		want string
 		ok   bool
 	}{
-		{"header first", Request{Headers: [][2]string{{"x-user-id", "h"}, {"cookie", "session=c"}}, BodyFields: map[string]string{"user": "b"}}, "h", true},
+		{"header first", Request{Headers: [][2]string{{"x-user-id", "h"}, {"cookie", "session=c"}}, BodyFields: [][2]string{{"user", "b"}}}, "h", true},
 		{"header name is case-insensitive", Request{Headers: [][2]string{{"X-User-Id", "h"}}}, "h", true},
 		{"empty header falls through to the cookie", Request{Headers: [][2]string{{"x-user-id", ""}, {"cookie", "session=c"}}}, "c", true},
-		{"body field last", Request{Headers: [][2]string{{"cookie", "other=c"}}, BodyFields: map[string]string{"user": "b"}}, "b", true},
+		{"body field last", Request{Headers: [][2]string{{"cookie", "other=c"}}, BodyFields: [][2]string{{"user", "b"}}}, "b", true},
 		{"nothing present", Request{Headers: [][2]string{{":path", "/"}}}, "", false},
 	}
 	for _, c := range cases {
@@ -75,7 +75,7 @@ func TestParseBody(t *testing.T) {
 		err    error
 	}{
 		{"chat request", `{"model":"m1","messages":[{"role":"user","content":"hi"}]}`, nil, Body{Model: "m1"}, nil},
-		{"user field read when asked", `{"model":"m1","user":"u7"}`, []string{"user"}, Body{Model: "m1", Fields: map[string]string{"user": "u7"}}, nil},
+		{"user field read when asked", `{"model":"m1","user":"u7"}`, []string{"user"}, Body{Model: "m1", Fields: [][2]string{{"user", "u7"}}}, nil},
 		{"non-string field ignored", `{"model":"m1","user":42}`, []string{"user"}, Body{Model: "m1"}, nil},
 		{"escaped model", `{"model":"m\u0031"}`, nil, Body{Model: "m1"}, nil},
 		{"malformed", `{"model":`, nil, Body{}, ErrMalformedBody},
@@ -90,12 +90,12 @@ func TestParseBody(t *testing.T) {
 		{"duplicate model: the last wins, as encoding/json", `{"model":"a","model":"m1"}`, nil, Body{Model: "m1"}, nil},
 		{"duplicate model: a last null means no model", `{"model":"m1","model":null}`, nil, Body{}, ErrMissingModel},
 		{"duplicate model: a last number is not text", `{"model":"m1","model":[1]}`, nil, Body{}, ErrModelNotText},
-		{"duplicate user: the last wins", `{"user":"u1","model":"m1","user":"u2"}`, []string{"user"}, Body{Model: "m1", Fields: map[string]string{"user": "u2"}}, nil},
+		{"duplicate user: the last wins", `{"user":"u1","model":"m1","user":"u2"}`, []string{"user"}, Body{Model: "m1", Fields: [][2]string{{"user", "u2"}}}, nil},
 		{"a nested model is not the model", `{"messages":[{"model":"x"}],"meta":{"model":"y"}}`, nil, Body{}, ErrMissingModel},
 		{"nested model before the top-level one", `{"meta":{"model":"y","user":"z"},"model":"m1"}`, []string{"user"}, Body{Model: "m1"}, nil},
 		{"escaped key names the model", `{"mod\u0065l":"m1"}`, nil, Body{Model: "m1"}, nil},
 		{"key case matters", `{"Model":"m1"}`, nil, Body{}, ErrMissingModel},
-		{"whitespace around everything", " \n{ \"model\" :\t\"m1\" ,\r\n\"user\" : \"u\" } \n", []string{"user"}, Body{Model: "m1", Fields: map[string]string{"user": "u"}}, nil},
+		{"whitespace around everything", " \n{ \"model\" :\t\"m1\" ,\r\n\"user\" : \"u\" } \n", []string{"user"}, Body{Model: "m1", Fields: [][2]string{{"user", "u"}}}, nil},
 		{"strings with quotes and braces inside", `{"messages":[{"content":"\"model\":\"x\"}{"}],"model":"m1"}`, nil, Body{Model: "m1"}, nil},
 		{"invalid JSON after the model is malformed", `{"model":"m1","messages":[}`, nil, Body{}, ErrMalformedBody},
 	}
@@ -167,10 +167,7 @@ func parseBodyWithEncodingJSON(data []byte, fields ...string) (Body, error) {
 		}
 		var s string
 		if json.Unmarshal(raw, &s) == nil && s != "" {
-			if b.Fields == nil {
-				b.Fields = map[string]string{}
-			}
-			b.Fields[f] = s
+			b.Fields = append(b.Fields, [2]string{f, s})
 		}
 	}
 	return b, nil

@@ -1,10 +1,5 @@
 package filter
 
-import (
-	"encoding/binary"
-	"encoding/hex"
-)
-
 // MaxRequestIDLen bounds a client's x-request-id. The id keys telemetry rows
 // and feedback, travels in logs and headers, and is echoed to the client.
 const MaxRequestIDLen = 128
@@ -31,11 +26,22 @@ func WellFormedRequestID(id string) bool {
 // newRequestID returns a random UUID (version 4) drawn from random, the
 // form Envoy generates itself.
 func newRequestID(random func() uint64) string {
-	var b [16]byte
-	binary.BigEndian.PutUint64(b[:8], random())
-	binary.BigEndian.PutUint64(b[8:], random())
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+	hi, lo := random(), random()
+	hi = hi&^(0xf<<12) | 0x4<<12 // version 4, in byte 6
+	lo = lo&^(0x3<<62) | 0x2<<62 // variant 10, in byte 8
+	var id [36]byte
+	j := 0
+	for i := 0; i < 32; i++ {
+		if i == 8 || i == 12 || i == 16 || i == 20 {
+			id[j] = '-'
+			j++
+		}
+		w, shift := hi, 60-4*i
+		if i >= 16 {
+			w, shift = lo, 60-4*(i-16)
+		}
+		id[j] = hexDigits[w>>shift&0xf]
+		j++
+	}
+	return string(id[:])
 }

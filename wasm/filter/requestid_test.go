@@ -1,6 +1,9 @@
 package filter
 
 import (
+	"encoding/binary"
+	"encoding/hex"
+	"math/rand/v2"
 	"regexp"
 	"strings"
 	"testing"
@@ -39,5 +42,32 @@ func TestClientRequestIDIsKeptOnlyWhenWellFormed(t *testing.T) {
 				t.Fatalf("ill-formed id %q became %q, want a fresh UUID", c.id, got)
 			}
 		})
+	}
+}
+
+// newRequestIDAsBefore is newRequestID as written with encoding/binary and
+// encoding/hex, before the module dropped them.
+func newRequestIDAsBefore(random func() uint64) string {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], random())
+	binary.BigEndian.PutUint64(b[8:], random())
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+func TestNewRequestIDIsAVersion4UUIDOfItsRandomBits(t *testing.T) {
+	for seed := uint64(0); seed < 1000; seed++ {
+		r1, r2 := rand.New(rand.NewPCG(seed, 7)), rand.New(rand.NewPCG(seed, 7))
+		if got, want := newRequestID(r1.Uint64), newRequestIDAsBefore(r2.Uint64); got != want {
+			t.Fatalf("seed %d: %s, want %s", seed, got, want)
+		}
+	}
+	for _, x := range []uint64{0, ^uint64(0)} {
+		id := newRequestID(func() uint64 { return x })
+		if len(id) != 36 || id[14] != '4' || !strings.ContainsRune("89ab", rune(id[19])) {
+			t.Errorf("from %x: %s is not a version 4 UUID", x, id)
+		}
 	}
 }

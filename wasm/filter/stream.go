@@ -2,7 +2,6 @@ package filter
 
 import (
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -61,13 +60,16 @@ type Plugin struct {
 	models     map[string]bool
 	bodyFields []string
 	random     func() uint64
+	// categorySource is the configured CategoryHeader, lower-case, when it
+	// is not x-llmcanary-category itself; else empty.
+	categorySource string
 }
 
 // NewPlugin prepares cfg (defaults applied, then validated).
 func NewPlugin(cfg filterconfig.Config) (*Plugin, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("filter config: %w", err)
+		return nil, errors.New("filter config: " + err.Error())
 	}
 	keys, err := ParseForceKeys(cfg.ForceKeys)
 	if err != nil {
@@ -76,6 +78,9 @@ func NewPlugin(cfg filterconfig.Config) (*Plugin, error) {
 	p := &Plugin{cfg: cfg, bucketer: NewBucketer([]byte(cfg.HashKey)), keys: keys, models: map[string]bool{}, random: rand.Uint64}
 	for _, m := range cfg.Models {
 		p.models[m] = true
+	}
+	if ch := strings.ToLower(cfg.CategoryHeader); ch != wire.HeaderCategory {
+		p.categorySource = ch
 	}
 	for _, s := range cfg.Identity {
 		if s.BodyField != "" {
@@ -89,7 +94,16 @@ func NewPlugin(cfg filterconfig.Config) (*Plugin, error) {
 func (p *Plugin) Config() filterconfig.Config { return p.cfg }
 
 // NewStream starts the state of one HTTP stream.
-func (p *Plugin) NewStream(h Host) *Stream { return &Stream{p: p, h: h} }
+func (p *Plugin) NewStream(h Host) *Stream {
+	s := new(Stream)
+	s.Reset(p, h)
+	return s
+}
+
+// Reset makes s the state of a new HTTP stream of p, as NewStream does,
+// in memory the caller owns (the wasm module keeps it in its per-stream
+// context, one allocation for both).
+func (s *Stream) Reset(p *Plugin, h Host) { *s = Stream{p: p, h: h} }
 
 // Stream is the filter's state for one HTTP stream. Its callbacks are
 // called in stream order from one goroutine.
@@ -109,21 +123,20 @@ func (s *Stream) OnRequestHeaders(endOfStream bool) Action {
 	hs, err := s.h.RequestHeaders()
 	if err != nil {
 		s.h.Warn("llmcanary: read request headers: " + err.Error())
-		return s.reply(APIError{Status: 500, Message: "gateway filter error", Code: "internal_error"})
+		return s.reply(errInternal())
 	}
 	s.req = Request{Headers: hs}
-	if err := s.sanitise(); err != nil {
+	h := s.p.readHeaders(hs)
+	if err := s.sanitise(&h); err != nil {
 		s.h.Warn("llmcanary: " + err.Error())
-		return s.reply(APIError{Status: 500, Message: "gateway filter error", Code: "internal_error"})
+		return s.reply(errInternal())
 	}
-	method, _ := s.req.Header(":method")
-	path, _ := s.req.Header(":path")
-	path, _, _ = strings.Cut(path, "?")
-	if method != "POST" || !BodyPaths[path] {
+	path, _, _ := strings.Cut(h.path.v, "?")
+	if h.method.v != "POST" || !BodyPaths[path] {
 		return s.finish()
 	}
-	if cl, ok := s.req.Header("content-length"); ok {
-		if n, err := strconv.ParseUint(cl, 10, 63); err == nil && n > uint64(s.p.cfg.MaxBodyBytes) {
+	if h.contentLength.ok {
+		if n, err := strconv.ParseUint(h.contentLength.v, 10, 63); err == nil && n > uint64(s.p.cfg.MaxBodyBytes) {
 			return s.reply(errTooLarge())
 		}
 	}
@@ -132,6 +145,57 @@ func (s *Stream) OnRequestHeaders(endOfStream bool) Action {
 	}
 	s.holding = true
 	return Pause
+}
+
+// header is the first value of a request header, if it is present.
+type header struct {
+	v  string
+	ok bool
+}
+
+// requestHeaders are the request headers the filter reads itself (identity
+// sources aside), found in one pass over the headers.
+type requestHeaders struct {
+	method, path, contentLength, requestID  header
+	key, force, model, sampleRate, category header
+	categorySource                          header // the configured CategoryHeader, when it is another header
+}
+
+// readHeaders finds the headers the filter reads in hs. Names are compared
+// exactly: the host presents them lower-case (see Host).
+func (p *Plugin) readHeaders(hs [][2]string) requestHeaders {
+	var r requestHeaders
+	first := func(h *header, v string) {
+		if !h.ok {
+			*h = header{v, true}
+		}
+	}
+	for _, kv := range hs {
+		if kv[0] == p.categorySource {
+			first(&r.categorySource, kv[1])
+		}
+		switch kv[0] {
+		case ":method":
+			first(&r.method, kv[1])
+		case ":path":
+			first(&r.path, kv[1])
+		case "content-length":
+			first(&r.contentLength, kv[1])
+		case wire.HeaderRequestID:
+			first(&r.requestID, kv[1])
+		case wire.HeaderKey:
+			first(&r.key, kv[1])
+		case wire.HeaderForce:
+			first(&r.force, kv[1])
+		case wire.HeaderModel:
+			first(&r.model, kv[1])
+		case wire.HeaderSampleRate:
+			first(&r.sampleRate, kv[1])
+		case wire.HeaderCategory:
+			first(&r.category, kv[1])
+		}
+	}
+	return r
 }
 
 // OnRequestBody buffers the body of a held request; at its end it reads
@@ -179,7 +243,7 @@ func (s *Stream) bodyDone() Action {
 	}
 	if err := s.h.SetRequestHeader(wire.HeaderModel, b.Model); err != nil {
 		s.h.Warn("llmcanary: " + err.Error())
-		return s.reply(APIError{Status: 500, Message: "gateway filter error", Code: "internal_error"})
+		return s.reply(errInternal())
 	}
 	s.req.BodyFields = b.Fields
 	s.holding = false
@@ -195,14 +259,21 @@ func (s *Stream) finish() Action {
 	} else {
 		k = RandomKeys(s.p.random)
 	}
-	var buf [20]byte
-	for _, h := range [...]struct {
-		name string
-		v    uint64
-	}{{wire.HeaderBucket, k.Bucket}, {wire.HeaderSample, uint64(k.Sample)}, {wire.HeaderBackground, uint64(k.Background)}} {
-		if err := s.h.SetRequestHeader(h.name, string(strconv.AppendUint(buf[:0], h.v, 10))); err != nil {
+	// The three values are written into one buffer and made one string,
+	// which each header value is a part of: one allocation, not three.
+	var buf [3 * 21]byte
+	b := strconv.AppendUint(buf[:0], k.Bucket, 10)
+	n1 := len(b)
+	b = strconv.AppendUint(b, uint64(k.Sample), 10)
+	n2 := len(b)
+	b = strconv.AppendUint(b, uint64(k.Background), 10)
+	all := string(b)
+	for _, h := range [...]struct{ name, v string }{
+		{wire.HeaderBucket, all[:n1]}, {wire.HeaderSample, all[n1:n2]}, {wire.HeaderBackground, all[n2:]},
+	} {
+		if err := s.h.SetRequestHeader(h.name, h.v); err != nil {
 			s.h.Warn("llmcanary: " + err.Error())
-			return s.reply(APIError{Status: 500, Message: "gateway filter error", Code: "internal_error"})
+			return s.reply(errInternal())
 		}
 	}
 	return Continue
@@ -214,31 +285,30 @@ func (s *Stream) finish() Action {
 // when the operator trusts the hop that sets it (else it is dropped), and
 // a request id (Envoy keeps a client's own) that is not well-formed is
 // replaced by a fresh one, which Envoy then returns in the response.
-func (s *Stream) sanitise() error {
+func (s *Stream) sanitise(h *requestHeaders) error {
 	var errs []error
-	remove := func(name string) {
-		if _, ok := s.req.Header(name); ok {
+	remove := func(seen header, name string) {
+		if seen.ok {
 			errs = append(errs, s.h.RemoveRequestHeader(name))
 		}
 	}
-	if id, ok := s.req.Header(wire.HeaderRequestID); !ok || !WellFormedRequestID(id) {
+	if !h.requestID.ok || !WellFormedRequestID(h.requestID.v) {
 		errs = append(errs, s.h.SetRequestHeader(wire.HeaderRequestID, newRequestID(s.p.random)))
 	}
-	key, _ := s.req.Header(wire.HeaderKey)
-	if _, forced := s.req.Header(wire.HeaderForce); forced && !s.p.keys.Accepts(key) {
-		remove(wire.HeaderForce)
+	if h.force.ok && !s.p.keys.Accepts(h.key.v) {
+		remove(h.force, wire.HeaderForce)
 	}
-	remove(wire.HeaderKey)
-	remove(wire.HeaderModel)
-	remove(wire.HeaderSampleRate)
-	switch ch := s.p.cfg.CategoryHeader; {
+	remove(h.key, wire.HeaderKey)
+	remove(h.model, wire.HeaderModel)
+	remove(h.sampleRate, wire.HeaderSampleRate)
+	switch {
 	case !s.p.cfg.CategoryHeaderTrusted:
-		remove(wire.HeaderCategory)
-	case ch != wire.HeaderCategory:
-		if v, ok := s.req.Header(ch); ok && v != "" {
-			errs = append(errs, s.h.SetRequestHeader(wire.HeaderCategory, v))
+		remove(h.category, wire.HeaderCategory)
+	case s.p.categorySource != "":
+		if v := h.categorySource; v.ok && v.v != "" {
+			errs = append(errs, s.h.SetRequestHeader(wire.HeaderCategory, v.v))
 		} else {
-			remove(wire.HeaderCategory)
+			remove(h.category, wire.HeaderCategory)
 		}
 	}
 	return errors.Join(errs...)

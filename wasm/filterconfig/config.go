@@ -5,11 +5,8 @@
 package filterconfig
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
-	"fmt"
+	"strconv"
 
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
@@ -91,6 +88,7 @@ func (c Config) WithDefaults() Config {
 // Validate reports every problem of c, joined.
 func (c Config) Validate() error {
 	var errs []error
+	bad := func(msg string) { errs = append(errs, errors.New(msg)) }
 	for i, s := range c.Identity {
 		n := 0
 		for _, v := range []string{s.Header, s.Cookie, s.BodyField} {
@@ -99,27 +97,27 @@ func (c Config) Validate() error {
 			}
 		}
 		if n != 1 {
-			errs = append(errs, fmt.Errorf("identity[%d]: exactly one of header, cookie, body_field must be set", i))
+			bad("identity[" + strconv.Itoa(i) + "]: exactly one of header, cookie, body_field must be set")
 		}
 	}
 	if len(c.HashKey) < MinHashKeyBytes {
-		errs = append(errs, fmt.Errorf("hash_key: must be at least %d bytes, got %d", MinHashKeyBytes, len(c.HashKey)))
+		bad("hash_key: must be at least " + strconv.Itoa(MinHashKeyBytes) + " bytes, got " + strconv.Itoa(len(c.HashKey)))
 	}
 	for i, d := range c.ForceKeys {
-		if b, err := hex.DecodeString(d); err != nil || len(b) != sha256.Size {
-			errs = append(errs, fmt.Errorf("force_keys[%d]: not a hex SHA-256 digest", i))
+		if _, ok := ParseDigest(d); !ok {
+			bad("force_keys[" + strconv.Itoa(i) + "]: not a hex SHA-256 digest")
 		}
 	}
 	if c.MaxBodyBytes < 0 {
-		errs = append(errs, fmt.Errorf("max_body_bytes: must not be negative, got %d", c.MaxBodyBytes))
+		bad("max_body_bytes: must not be negative, got " + strconv.Itoa(c.MaxBodyBytes))
 	}
 	seen := map[string]bool{}
 	for i, m := range c.Models {
 		switch {
 		case m == "":
-			errs = append(errs, fmt.Errorf("models[%d]: empty name", i))
+			bad("models[" + strconv.Itoa(i) + "]: empty name")
 		case seen[m]:
-			errs = append(errs, fmt.Errorf("models[%d]: duplicate %q", i, m))
+			bad("models[" + strconv.Itoa(i) + "]: duplicate " + strconv.Quote(m))
 		}
 		seen[m] = true
 	}
@@ -131,21 +129,44 @@ func (c Config) Validate() error {
 func Parse(data []byte) (Config, error) {
 	var c Config
 	if err := decodeStrict(data, &c); err != nil {
-		return Config{}, fmt.Errorf("parse filter config: %w", err)
+		return Config{}, errors.New("parse filter config: " + err.Error())
 	}
 	c = c.WithDefaults()
 	if err := c.Validate(); err != nil {
-		return Config{}, fmt.Errorf("invalid filter config: %w", err)
+		return Config{}, errors.New("invalid filter config: " + err.Error())
 	}
 	return c, nil
 }
 
-// Marshal returns the JSON the filter reads.
-func (c Config) Marshal() ([]byte, error) { return json.Marshal(c) }
+// DigestSize is the length of a SHA-256 digest in bytes.
+const DigestSize = 32
 
-// ForceKeyDigest returns the hex SHA-256 digest of a force key, the form
-// force_keys stores.
-func ForceKeyDigest(key string) string {
-	sum := sha256.Sum256([]byte(key))
-	return hex.EncodeToString(sum[:])
+// ParseDigest decodes a hex SHA-256 digest (64 hex digits, either case),
+// the form of force_keys.
+func ParseDigest(s string) ([DigestSize]byte, bool) {
+	var d [DigestSize]byte
+	if len(s) != 2*DigestSize {
+		return d, false
+	}
+	for i := range d {
+		hi, ok1 := unhex(s[2*i])
+		lo, ok2 := unhex(s[2*i+1])
+		if !ok1 || !ok2 {
+			return d, false
+		}
+		d[i] = hi<<4 | lo
+	}
+	return d, true
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	case c >= 'A' && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
 }

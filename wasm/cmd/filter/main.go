@@ -60,12 +60,14 @@ func (p *pluginContext) NewHttpContext(uint32) abi.HttpContext {
 	if p.plugin == nil {
 		return abi.DefaultHttpContext{}
 	}
-	return &httpContext{s: p.plugin.NewStream(host{})}
+	c := new(httpContext)
+	c.s.Reset(p.plugin, host{})
+	return c
 }
 
 type httpContext struct {
 	abi.DefaultHttpContext
-	s *filter.Stream
+	s filter.Stream
 }
 
 func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) abi.Action {

@@ -1,0 +1,50 @@
+package filter
+
+import (
+	"testing"
+
+	"github.com/llmcanary/llmcanary/internal/wire"
+	"github.com/llmcanary/llmcanary/wasm/filterconfig"
+)
+
+// countingHost is a Host that serves fixed headers and body and only
+// counts the edits, so that a benchmark measures the filter's own work.
+type countingHost struct {
+	headers [][2]string
+	body    []byte
+	sets    int
+}
+
+func (h *countingHost) RequestHeaders() ([][2]string, error)  { return h.headers, nil }
+func (h *countingHost) SetRequestHeader(string, string) error { h.sets++; return nil }
+func (h *countingHost) RemoveRequestHeader(string) error      { h.sets++; return nil }
+func (h *countingHost) RequestBody(size int) ([]byte, error)  { return h.body[:size], nil }
+func (h *countingHost) SendLocalResponse(int, [][2]string, []byte) error {
+	panic("the benchmark's request must be routed")
+}
+func (h *countingHost) Warn(string) {}
+
+// BenchmarkStreamRoutesAChatRequest is the filter's work for one
+// body-routed chat request as Envoy presents it (headers as curl and the
+// OpenAI clients send them, a small JSON body naming the model and the
+// user), without the host calls' own cost.
+func BenchmarkStreamRoutesAChatRequest(b *testing.B) {
+	p, err := NewPlugin(filterconfig.Config{HashKey: string(testKey), ForceKeys: []string{filterconfig.ForceKeyDigest("op-key")}, Models: []string{"m1"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	body := []byte(`{"model":"m1","messages":[{"role":"user","content":"Say hello in five words."}],"stream":true,"max_tokens":16,"user":"user-1234"}`)
+	h := &countingHost{headers: [][2]string{
+		{":authority", "127.0.0.1:10000"}, {":path", "/v1/chat/completions"}, {":method", "POST"}, {":scheme", "http"},
+		{"user-agent", "OpenAI/Python 1.50.0"}, {"accept", "application/json"}, {"content-type", "application/json"},
+		{"content-length", "120"}, {"authorization", "Bearer sk-0123456789abcdef0123456789abcdef"},
+		{wire.HeaderUserID, "user-1234"}, {"x-forwarded-proto", "http"}, {wire.HeaderRequestID, "3f0c2a9e-8b1d-4c55-9a4e-1b2c3d4e5f60"},
+	}, body: body}
+	b.ReportAllocs()
+	for b.Loop() {
+		s := p.NewStream(h)
+		if s.OnRequestHeaders(false) != Pause || s.OnRequestBody(len(body), true) != Continue {
+			b.Fatal("request not routed")
+		}
+	}
+}
