@@ -117,6 +117,16 @@ func (c *ClickHouse) Running() bool {
 	return c.proc != nil && !c.proc.Exited()
 }
 
+// Pid returns the server's process id, 0 before it started.
+func (c *ClickHouse) Pid() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.proc == nil {
+		return 0
+	}
+	return c.proc.Pid()
+}
+
 // Restart stops the server if it still runs and starts it again with the
 // same directory and ports; data written before is kept.
 func (c *ClickHouse) Restart(ctx context.Context) error {

@@ -154,35 +154,49 @@ func (e *Extproc) Signal(sig syscall.Signal) error {
 // Metric returns the sum of a Prometheus series' samples (every label
 // set) from the process's /metrics.
 func (e *Extproc) Metric(ctx context.Context, name string) (float64, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+e.MetricsAddr+"/metrics", nil)
+	all, err := e.Metrics(ctx)
 	if err != nil {
 		return 0, err
 	}
+	v, ok := all[name]
+	if !ok {
+		return 0, fmt.Errorf("metric %s not exported", name)
+	}
+	return v, nil
+}
+
+// Metrics reads the process's /metrics once and returns each series'
+// sum over its label sets, by name.
+func (e *Extproc) Metrics(ctx context.Context) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+e.MetricsAddr+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	var sum float64
-	found := false
+	sums := map[string]float64{}
 	for _, line := range strings.Split(string(b), "\n") {
-		k, v, ok := strings.Cut(line, " ")
-		if !ok || (k != name && !strings.HasPrefix(k, name+"{")) {
+		// name{label="value", …} sample; a label value may hold spaces.
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 || strings.HasPrefix(line, "#") {
 			continue
+		}
+		k, v := line[:i], line[i+1:]
+		if j := strings.IndexAny(k, "{ "); j >= 0 {
+			k = k[:j]
 		}
 		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 		if err != nil {
-			return 0, fmt.Errorf("metric %s: %w", name, err)
+			return nil, fmt.Errorf("metric %s: %w", k, err)
 		}
-		sum += f
-		found = true
+		sums[k] += f
 	}
-	if !found {
-		return 0, fmt.Errorf("metric %s not exported", name)
-	}
-	return sum, nil
+	return sums, nil
 }

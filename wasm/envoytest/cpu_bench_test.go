@@ -7,31 +7,23 @@ import (
 	"net/http"
 	"os"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
-// procCPU returns the CPU time (user + system) process pid has used, its
-// exited threads included, from /proc/<pid>/stat. The kernel counts it in
-// clock ticks (10 ms), so a phase must use far more than that.
+// procCPU returns process pid's CPU time (procs.ProcCPU: clock ticks,
+// exited threads included).
 func procCPU(t testing.TB, pid int) time.Duration {
 	t.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	d, err := procs.ProcCPU(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Fields after the parenthesised command name (which may hold spaces):
-	// state is field 3, utime 14, stime 15.
-	rest := string(data[strings.LastIndexByte(string(data), ')')+2:])
-	f := strings.Fields(rest)
-	var utime, stime int64
-	fmt.Sscan(f[11], &utime)
-	fmt.Sscan(f[12], &stime)
-	return time.Duration(utime+stime) * (time.Second / 100) // USER_HZ is 100 on Linux
+	return d
 }
 
 func median(v []float64) float64 {
@@ -40,27 +32,17 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
-// threadsCPU returns the CPU time the live threads of process pid have
-// used, in nanoseconds, from /proc/<pid>/task/*/schedstat. Envoy's threads
-// live as long as it does, so between two readings in steady state this is
-// the process's CPU, with a precision procCPU's clock ticks lack.
+// threadsCPU returns the CPU time of process pid's live threads
+// (procs.ThreadsCPU: nanoseconds). Envoy's threads live as long as it
+// does, so between two readings in steady state this is the process's CPU,
+// with a precision procCPU's clock ticks lack.
 func threadsCPU(t testing.TB, pid int) time.Duration {
 	t.Helper()
-	dirs, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	d, err := procs.ThreadsCPU(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sum int64
-	for _, d := range dirs {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, d.Name()))
-		if err != nil {
-			continue // the thread exited
-		}
-		var ns int64
-		fmt.Sscan(string(data), &ns)
-		sum += ns
-	}
-	return time.Duration(sum)
+	return d
 }
 
 // cpuPhase sends n requests through url with c in flight and returns Envoy's

@@ -572,8 +572,5 @@ func TestMain(m *testing.M) {
 	}
 	pkgMu.Unlock()
 	procs.RemoveBuiltWasmModule()
-	if goNoopPath != "" {
-		os.RemoveAll(filepath.Dir(goNoopPath))
-	}
 	os.Exit(code)
 }

@@ -1,0 +1,24 @@
+package noopwasm
+
+import (
+	"bytes"
+	"testing"
+)
+
+// Envoy loading the module is tested in wasm/envoytest; this checks its
+// header and that it exports what Envoy looks up by name.
+func TestModuleIsWasmOneExportingTheABIVersionAndTheRequestCallbacks(t *testing.T) {
+	m := Module()
+	if !bytes.HasPrefix(m, []byte{0x00, 'a', 's', 'm', 0x01, 0x00, 0x00, 0x00}) {
+		t.Fatalf("module starts % x, want the wasm magic and version 1", m[:min(8, len(m))])
+	}
+	for _, name := range []string{"memory", "proxy_abi_version_0_2_1", "proxy_on_memory_allocate", "proxy_on_context_create",
+		"proxy_on_request_headers", "proxy_on_request_body", "proxy_on_done", "proxy_on_delete"} {
+		if !bytes.Contains(m, append([]byte{byte(len(name))}, name...)) {
+			t.Errorf("no export named %s", name)
+		}
+	}
+	if len(m) > 1024 {
+		t.Errorf("module is %d bytes; it should need no compiling", len(m))
+	}
+}
