@@ -3,7 +3,7 @@
 // Package bench measures llmcanary's cost on the request path and how fast
 // its decisions reach Envoy, against baselines measured in the same run:
 //
-//	make bench   (go test -run '^$' -bench . -benchtime 1x ./test/bench/)
+//	make bench   (go test -tags integration -run '^$' -bench . -benchtime 1x ./test/bench/)
 //
 // Every figure is printed as a table; ratios compare like with like on the
 // same machine at the same moment, so they travel better than raw numbers.
@@ -15,10 +15,11 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,108 +32,96 @@ import (
 
 const model = "bench-model"
 
-// target is one way to reach the zero-latency pool.
-type target struct {
-	name    string
-	addr    string
-	headers map[string]string
-}
-
-type result struct {
-	lat     []time.Duration
-	elapsed time.Duration
-	n       int
-	errors  int
-}
-
-func (r result) pct(p float64) time.Duration {
-	if len(r.lat) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), r.lat...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	i := int(p * float64(len(s)-1))
-	return s[i]
-}
-
-func (r result) rps() float64 { return float64(r.n) / r.elapsed.Seconds() }
-
 var client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, MaxConnsPerHost: 64}}
 
-// run sends n requests with conc workers and times each.
-func run(t target, body string, n, conc int) result {
+// load is what the load generator saw of one phase.
+type load struct {
+	n, errors int
+	canary    int // answers served by v2
+	elapsed   time.Duration
+	lat       []time.Duration // each request's, from sending to the answer's end
+	firstErr  error
+}
+
+// sendLoad sends n chat requests with body to addr, conc at a time, each
+// from the user user returns, and times each.
+func sendLoad(addr, body string, n, conc int, user func() string) load {
+	var next atomic.Int64
+	lats := make([][]time.Duration, conc)
 	var mu sync.Mutex
-	var res result
-	next := make(chan struct{})
+	var out load
 	var wg sync.WaitGroup
 	start := time.Now()
 	for w := 0; w < conc; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for range next {
-				req, _ := http.NewRequest("POST", "http://"+t.addr+"/v1/chat/completions", strings.NewReader(body))
-				req.Header.Set("content-type", "application/json")
-				for k, v := range t.headers {
-					req.Header.Set(k, v)
-				}
+			var errors, canary int
+			var firstErr error
+			for next.Add(1) <= int64(n) {
+				u := user()
 				s := time.Now()
-				resp, err := client.Do(req)
-				ok := err == nil
-				if ok {
-					_, err = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					ok = err == nil && resp.StatusCode == 200
+				version, err := post(addr, body, u)
+				lats[w] = append(lats[w], time.Since(s))
+				if err != nil {
+					errors++
+					if firstErr == nil {
+						firstErr = err
+					}
 				}
-				d := time.Since(s)
-				mu.Lock()
-				res.lat = append(res.lat, d)
-				if !ok {
-					res.errors++
+				if version == "v2" {
+					canary++
 				}
-				mu.Unlock()
 			}
+			mu.Lock()
+			out.errors += errors
+			out.canary += canary
+			if out.firstErr == nil {
+				out.firstErr = firstErr
+			}
+			mu.Unlock()
 		}()
 	}
-	for i := 0; i < n; i++ {
-		next <- struct{}{}
-	}
-	close(next)
 	wg.Wait()
-	res.elapsed, res.n = time.Since(start), n
-	return res
-}
-
-// interleave measures every target in alternating rounds so that a noisy
-// moment on the machine hits all of them alike.
-func interleave(targets []target, body string, rounds, perRound, conc int) []result {
-	out := make([]result, len(targets))
-	for r := 0; r < rounds; r++ {
-		for i, t := range targets {
-			x := run(t, body, perRound, conc)
-			out[i].lat = append(out[i].lat, x.lat...)
-			out[i].elapsed += x.elapsed
-			out[i].n += x.n
-			out[i].errors += x.errors
-		}
+	out.elapsed, out.n = time.Since(start), n
+	for _, l := range lats {
+		out.lat = append(out.lat, l...)
 	}
 	return out
 }
 
-func report(b *testing.B, title string, targets []target, res []result) {
-	var sb strings.Builder
-	fmt.Fprintf(&sb, "\n%s\n%-34s %9s %9s %10s %8s %8s %8s %6s\n", title, "path", "p50", "p99", "req/s", "p50 ×", "p99 ×", "rps ×", "errors")
-	base := res[0]
-	for i, t := range targets {
-		r := res[i]
-		fmt.Fprintf(&sb, "%-34s %9s %9s %10.0f %8.2f %8.2f %8.2f %6d\n", t.name,
-			r.pct(0.5).Round(time.Microsecond), r.pct(0.99).Round(time.Microsecond), r.rps(),
-			float64(r.pct(0.5))/float64(base.pct(0.5)), float64(r.pct(0.99))/float64(base.pct(0.99)), r.rps()/base.rps(), r.errors)
-		if i > 0 {
-			b.ReportMetric(float64(r.pct(0.5))/float64(base.pct(0.5)), strings.ReplaceAll(t.name, " ", "_")+"_p50_ratio")
-		}
+// post sends one chat request from user, with the model header the wasm
+// filter would set (the filter replaces it; without the filter the route
+// needs it), reads the whole answer and returns the version that served
+// it.
+func post(addr, body, user string) (string, error) {
+	req, err := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions", strings.NewReader(body))
+	if err != nil {
+		return "", err
 	}
-	fmt.Print(sb.String())
+	req.Header.Set("content-type", "application/json")
+	req.Header.Set(wire.HeaderUserID, user)
+	req.Header.Set(wire.HeaderModel, model)
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return resp.Header.Get(wire.HeaderVersion), err
+}
+
+// percentile returns the p-quantile (0 ≤ p ≤ 1) of lat, 0 when empty.
+func percentile(lat []time.Duration, p float64) time.Duration {
+	if len(lat) == 0 {
+		return 0
+	}
+	s := slices.Clone(lat)
+	slices.Sort(s)
+	return s[int(p*float64(len(s)-1))]
 }
 
 func startStack(b *testing.B, o local.Options, stable sim.Profile) (*local.Local, *local.SimServer) {
@@ -176,37 +165,6 @@ func wasmModule(b *testing.B) string {
 	return p
 }
 
-// BenchmarkGatewayOverhead: the zero-latency pool called directly, through
-// Envoy with llmcanary's routes, with the wasm filter, and with wasm plus
-// ext_proc writing to ClickHouse.
-func BenchmarkGatewayOverhead(b *testing.B) {
-	zero := sim.Profile{Version: "v1", Model: model, OutputTokens: sim.FixedCount(16)}
-	plain, direct := startStack(b, local.Options{}, zero)
-	withWasm, _ := startStack(b, local.Options{Wasm: &xds.WasmOptions{Path: wasmModule(b), HashKey: "bench-hash-key-0123456789"}}, zero)
-	full, _ := startStack(b, local.Options{Telemetry: true, Wasm: &xds.WasmOptions{Path: wasmModule(b), HashKey: "bench-hash-key-0123456789"}}, zero)
-	user := map[string]string{wire.HeaderUserID: "bench-user"}
-	targets := []target{
-		{"pool directly (baseline)", direct.Addr, nil},
-		{"Envoy, llmcanary routes", plain.Gateway[0], map[string]string{wire.HeaderModel: model}},
-		{"Envoy + wasm filter", withWasm.Gateway[0], user},
-		{"Envoy + wasm + ext_proc→ClickHouse", full.Gateway[0], user},
-	}
-	for _, body := range []struct{ name, body string }{
-		{"non-streamed", `{"model":"` + model + `","messages":[{"role":"user","content":"hi"}]}`},
-		{"streamed, 16 tokens", `{"model":"` + model + `","stream":true,"messages":[{"role":"user","content":"hi"}]}`},
-	} {
-		for _, t := range targets { // warm up connections and the VM
-			run(t, body.body, 200, 4)
-		}
-		lat := interleave(targets, body.body, 5, 400, 1)
-		report(b, "latency, one request at a time, "+body.name+" (2000 requests per path)", targets, lat)
-		thr := interleave(targets, body.body, 5, 1000, 8)
-		report(b, "throughput, 8 concurrent, "+body.name+" (5000 requests per path)", targets, thr)
-	}
-	for i := 0; i < b.N; i++ {
-	}
-}
-
 // BenchmarkXDSPropagation: from the management API call to Envoy serving the
 // new weights, over 50 changes. A probe bucket flips between versions on
 // every change; the time is taken when the first request lands on the new
@@ -245,11 +203,11 @@ func BenchmarkXDSPropagation(b *testing.B) {
 		}
 		lat = append(lat, time.Since(start))
 	}
-	r := result{lat: lat}
+	p50, p99, top := percentile(lat, 0.5), percentile(lat, 0.99), percentile(lat, 1)
 	fmt.Printf("\nxDS propagation, API call → Envoy serving the new weights, 50 changes\n  p50 %v   p99 %v   max %v\n",
-		r.pct(0.5).Round(100*time.Microsecond), r.pct(0.99).Round(100*time.Microsecond), r.pct(1).Round(100*time.Microsecond))
-	b.ReportMetric(float64(r.pct(0.99).Microseconds())/1000, "p99_ms")
-	b.ReportMetric(float64(r.pct(0.5).Microseconds())/1000, "p50_ms")
+		p50.Round(100*time.Microsecond), p99.Round(100*time.Microsecond), top.Round(100*time.Microsecond))
+	b.ReportMetric(float64(p99.Microseconds())/1000, "p99_ms")
+	b.ReportMetric(float64(p50.Microseconds())/1000, "p50_ms")
 	for i := 0; i < b.N; i++ {
 	}
 }
@@ -258,16 +216,17 @@ func BenchmarkXDSPropagation(b *testing.B) {
 // through the wasm filter, sampled every 20k: it must level off, not grow
 // with the number of requests.
 func BenchmarkWasmFilterMemory(b *testing.B) {
-	l, _ := startStack(b, local.Options{Wasm: &xds.WasmOptions{Path: wasmModule(b), HashKey: "bench-hash-key-0123456789"}},
+	l, _ := startStack(b, local.Options{Wasm: &xds.WasmOptions{Path: wasmModule(b), HashKey: hashKey}},
 		sim.Profile{Version: "v1", Model: model, OutputTokens: sim.FixedCount(2)})
 	pid := l.Envoys[0].Proc.Pid()
 	body := `{"model":"` + model + `","messages":[{"role":"user","content":"hi"}],"user":"u"}`
 	fmt.Printf("\nEnvoy resident memory with the wasm filter\n%10s %10s\n", "requests", "RSS MiB")
 	fmt.Printf("%10d %10.1f\n", 0, rssMiB(pid))
 	for done := 0; done < 100000; done += 20000 {
-		res := run(target{addr: l.Gateway[0], headers: map[string]string{wire.HeaderUserID: "u" + strconv.Itoa(done)}}, body, 20000, 8)
+		user := "u" + strconv.Itoa(done)
+		res := sendLoad(l.Gateway[0], body, 20000, 8, func() string { return user })
 		if res.errors > 0 {
-			b.Fatalf("%d errors", res.errors)
+			b.Fatalf("%d errors, first: %v", res.errors, res.firstErr)
 		}
 		fmt.Printf("%10d %10.1f\n", done+20000, rssMiB(pid))
 	}
