@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"os"
 	"strings"
 	"testing"
@@ -78,25 +77,4 @@ func TestUpStackFileDrivesThePrintedRollout(t *testing.T) {
 	if !strings.Contains(list, id) || !strings.Contains(list, info.Canary) {
 		t.Fatalf("rollout list does not show %s of %s:\n%s", id, info.Canary, list)
 	}
-}
-
-// stdoutOf runs f with os.Stdout captured and returns what it wrote.
-func stdoutOf(t *testing.T, f func() error) string {
-	t.Helper()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := os.Stdout
-	os.Stdout = w
-	done := make(chan []byte)
-	go func() { b, _ := io.ReadAll(r); done <- b }()
-	ferr := f()
-	os.Stdout = old
-	w.Close()
-	out := string(<-done)
-	if ferr != nil {
-		t.Fatalf("%v (printed %q)", ferr, out)
-	}
-	return out
 }
