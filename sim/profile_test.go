@@ -136,3 +136,15 @@ func TestBuiltinProfilesAreValid(t *testing.T) {
 		t.Fatal("an unknown built-in profile was accepted")
 	}
 }
+
+func TestBuiltinPoolsAnswerWithoutFailures(t *testing.T) {
+	for _, name := range []string{"stable", "canary-healthy", "canary-regressed"} {
+		p, err := Builtin(name)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if p.ErrorRate != 0 || p.RateLimitRate != 0 || p.AbortRate != 0 {
+			t.Errorf("%s fails requests (error %v, rate limit %v, abort %v); only a profile that asks for failures may", name, p.ErrorRate, p.RateLimitRate, p.AbortRate)
+		}
+	}
+}

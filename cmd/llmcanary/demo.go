@@ -103,27 +103,21 @@ both rollouts, go to --out.`)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	begin := time.Now()
 
-	say("starting ClickHouse, Envoy (wasm + ext_proc filters), the control plane, telemetry (both reached over mTLS), the pools and a judge")
+	say("starting ClickHouse, Envoy (wasm + ext_proc filters), the control plane, telemetry (both reached over mTLS), the analyzer, the pools and a judge")
 	stablePool, badPool := demoProfile("v1", 1, 1, 0.03), demoProfile("v2-ft", 2, 1.3, 0.14)
-	s, err := startUp(ctx, upOptions{dir: o.dir, stable: &stablePool, canary: &badPool, capture: 1, log: log})
+	policy := demoPolicy()
+	s, err := startUp(ctx, upOptions{dir: o.dir, stable: &stablePool, canary: &badPool, capture: 1, log: log,
+		analyzer: func(ao *analyzersvc.Options) {
+			ao.Interval = config.Duration(500 * time.Millisecond)
+			ao.Policy = &policy
+			ao.JudgeInterval, ao.JudgeBatchSize, ao.JudgeConcurrency = config.Duration(250*time.Millisecond), 200, 8
+		}})
 	if err != nil {
 		return err
 	}
 	defer s.Stop()
 	say("gateway http://%s  model %q  stable %s, canary %s at 0 %%", s.Gateway[0], s.Model, stablePool.Version, badPool.Version)
-
-	ao := analyzersvc.Defaults()
-	ao.Listen, ao.DataDir, ao.Token = "127.0.0.1:0", filepath.Join(o.dir, "analyzer"), local.DevToken
-	ao.ControlPlane, ao.ControlPlaneCA, ao.ClickHouse = s.CP.APIURL, s.Certs.CA(), s.ClickHouse.Addr
-	ao.Interval, ao.Logger = config.Duration(500*time.Millisecond), log
-	policy := demoPolicy()
-	ao.Policy = &policy
-	ao.JudgeEndpoint, ao.JudgeInterval, ao.JudgeBatchSize, ao.JudgeConcurrency = "http://"+s.Judge.Addr, config.Duration(250*time.Millisecond), 200, 8
-	an, err := analyzersvc.Start(ctx, ao)
-	if err != nil {
-		return err
-	}
-	defer an.Stop()
+	an := s.Analyzer
 	runner := an.Runner
 
 	bg, stopBG := context.WithCancel(ctx)
