@@ -45,7 +45,7 @@ type Options struct {
 	Addr string
 	// Database holds the tables; default wire.Database.
 	Database string
-	// BatchSize is the most rows per insert; default 500.
+	// BatchSize is the most rows per insert; default 5000.
 	BatchSize int
 	// FlushInterval is the longest a spooled record waits for a full batch
 	// before it is inserted; default 1 s. It does not delay durability:
@@ -84,7 +84,7 @@ func (o *Options) setDefaults() {
 		o.Database = wire.Database
 	}
 	if o.BatchSize == 0 {
-		o.BatchSize = 500
+		o.BatchSize = 5000
 	}
 	if o.FlushInterval == 0 {
 		o.FlushInterval = time.Second
