@@ -471,7 +471,7 @@ func measuredShare(w float64, m Measurements) float64 {
 	return w * rc / (w*rc + (1-w)*rs)
 }
 
-// knownRate is a sample rate, 1 when unknown.
+// knownRate is a sample rate, 1 when unknown (unset, NaN or out of range).
 func knownRate(r float64) float64 {
 	if r > 0 && r <= 1 {
 		return r

@@ -286,6 +286,14 @@ func simulateOne(cfg RolloutSimConfig, r *rand.Rand) simOutcome {
 			}
 		}
 	}
+	// Each stage's stable sample rate, as the control plane sets it.
+	stableRates := make([]float64, len(stages))
+	for i, sg := range stages {
+		stableRates[i] = 1
+		if cfg.Sampling != nil {
+			stableRates[i] = stableRate(*cfg.Sampling, sg.Weight)
+		}
+	}
 	nextLook := now.Add(cfg.LookEvery)
 	// Bound the simulated time: every stage at its maximum, plus slack.
 	end := start.Add(time.Duration(len(stages)+1) * p.MaxStageDuration.D())
@@ -341,7 +349,7 @@ func simulateOne(cfg RolloutSimConfig, r *rand.Rand) simOutcome {
 			model = cfg.Canary
 			o.canaryServed++
 		} else if cfg.Sampling != nil {
-			req.SampleRate = stableRate(*cfg.Sampling, stages[st.Stage].Weight)
+			req.SampleRate = stableRates[st.Stage]
 			if user.sample >= req.SampleRate {
 				continue // served, not measured
 			}

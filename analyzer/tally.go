@@ -41,13 +41,6 @@ type Request struct {
 	SampleRate float64
 }
 
-// rate returns r's sample rate, 1 when unset.
-func (r Request) rate() float64 {
-	if r.SampleRate > 0 && r.SampleRate <= 1 {
-		return r.SampleRate
-	}
-	return 1
-}
 
 // TallyOptions says how requests become measurements.
 type TallyOptions struct {
@@ -149,7 +142,7 @@ func (t *Tally) StartStage(from time.Time) {
 
 // Add counts one request; requests must come in time order.
 func (t *Tally) Add(r Request) {
-	t.rates[b2i(r.Canary)] = r.rate()
+	t.rates[b2i(r.Canary)] = knownRate(r.SampleRate)
 	t.calibrate(r)
 	t.event(r)
 	if r.At.Before(t.stageFrom) {

@@ -388,28 +388,19 @@ func weightedRoutes(m *Model, modelHdr *routev3.HeaderMatcher, ms measuring) ([]
 	if smp == nil {
 		return []*routev3.Route{weightedRoute(m, "weighted", nil, []*routev3.HeaderMatcher{modelHdr})}, nil
 	}
-	stableCfg := func(rate float64) (*clusterMeasure, error) {
+	// The canary's setting, stable's, and stable's for users outside
+	// the sample.
+	var cms [3]*clusterMeasure
+	for i, rate := range []float64{smp.CanaryRate, smp.StableRate, 0} {
 		cfg, err := ms.perRoute(rate)
-		return &clusterMeasure{rate: rate, config: cfg}, err
-	}
-	canary, err := stableCfg(smp.CanaryRate)
-	if err != nil {
-		return nil, err
-	}
-	if smp.Key == "" {
-		stable, err := stableCfg(smp.StableRate)
 		if err != nil {
 			return nil, err
 		}
-		return []*routev3.Route{weightedRoute(m, "weighted", []*clusterMeasure{stable, canary}, []*routev3.HeaderMatcher{modelHdr})}, nil
+		cms[i] = &clusterMeasure{rate: rate, config: cfg}
 	}
-	sampled, err := stableCfg(smp.StableRate)
-	if err != nil {
-		return nil, err
-	}
-	unsampled, err := stableCfg(0)
-	if err != nil {
-		return nil, err
+	canary, sampled, unsampled := cms[0], cms[1], cms[2]
+	if smp.Key == "" {
+		return []*routev3.Route{weightedRoute(m, "weighted", []*clusterMeasure{sampled, canary}, []*routev3.HeaderMatcher{modelHdr})}, nil
 	}
 	keyHdr := &routev3.HeaderMatcher{Name: smp.Key, HeaderMatchSpecifier: &routev3.HeaderMatcher_RangeMatch{
 		RangeMatch: &typev3.Int64Range{Start: 0, End: smp.threshold()},

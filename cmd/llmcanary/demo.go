@@ -210,7 +210,6 @@ both rollouts, go to --out.`)
 		return err
 	}
 	an.Stop() // the decision log's last rows go in before the report reads them
-	<-an.Done()
 	reportPath, err := writeReport(ctx, s, filepath.Join(o.out, "report.html"), bad, healthy)
 	if err != nil {
 		return err

@@ -156,9 +156,9 @@ type header struct {
 // requestHeaders are the request headers the filter reads itself (identity
 // sources aside), found in one pass over the headers.
 type requestHeaders struct {
-	method, path, contentLength, requestID  header
-	key, force, model, sampleRate, category header
-	categorySource                          header // the configured CategoryHeader, when it is another header
+	method, path, contentLength, requestID header
+	key, force, model, category            header
+	categorySource                         header // the configured CategoryHeader, when it is another header
 }
 
 // readHeaders finds the headers the filter reads in hs. Names are compared
@@ -189,8 +189,6 @@ func (p *Plugin) readHeaders(hs [][2]string) requestHeaders {
 			first(&r.force, kv[1])
 		case wire.HeaderModel:
 			first(&r.model, kv[1])
-		case wire.HeaderSampleRate:
-			first(&r.sampleRate, kv[1])
 		case wire.HeaderCategory:
 			first(&r.category, kv[1])
 		}
@@ -300,7 +298,6 @@ func (s *Stream) sanitise(h *requestHeaders) error {
 	}
 	remove(h.key, wire.HeaderKey)
 	remove(h.model, wire.HeaderModel)
-	remove(h.sampleRate, wire.HeaderSampleRate)
 	switch {
 	case !s.p.cfg.CategoryHeaderTrusted:
 		remove(h.category, wire.HeaderCategory)
