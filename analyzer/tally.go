@@ -41,7 +41,6 @@ type Request struct {
 	SampleRate float64
 }
 
-
 // TallyOptions says how requests become measurements.
 type TallyOptions struct {
 	// TailQuantile is the quantile of the tail thresholds. Default 0.99.
