@@ -29,9 +29,13 @@ type Record struct {
 	Cluster   string
 	Path      string
 	Bucket    uint64
-	Forced    bool   // pinned with x-llmcanary-force: excluded from statistics
-	Category  string // x-llmcanary-category, if any
-	Streamed  bool
+	Forced    bool // pinned with x-llmcanary-force: excluded from statistics
+	// Shadow marks the answer of a mirrored request (see xds.Shadow): the
+	// user never saw it; it is stored apart (wire.TableShadow), always
+	// with its text, paired by RequestID with the user's answer.
+	Shadow   bool
+	Category string // x-llmcanary-category, if any
+	Streamed bool
 	// SampleRate is the share of its arm's users whose requests are
 	// measured, in (0, 1]: the route opens the ext_proc stream with it
 	// (wire.MetadataSampleRate), so each row stands for 1/SampleRate

@@ -222,6 +222,9 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 		s.metrics.badSampleRate.Inc()
 	}
 	st.rec.SampleRate = rate
+	if m, v, ok := streamShadow(srv.Context()); ok {
+		s.markShadow(st, m, v)
+	}
 	defer func() {
 		if st.finished {
 			return
@@ -274,6 +277,10 @@ type stream struct {
 	metaModel  string
 	metaVer    string
 	finished   bool
+	// shadowModel and shadowVersion are set on the stream of a mirrored
+	// request (rec.Shadow): they name what answered it, whatever the
+	// copied request headers say.
+	shadowModel, shadowVersion string
 }
 
 func (s *Server) newStream(now time.Time) *stream {
@@ -395,7 +402,7 @@ func (st *stream) responseHeaders(hm *corev3.HeaderMap) {
 // counted in a metric and never become rows. A request routed to a pool
 // that could not be reached did reach its version and is recorded.
 func (st *stream) reachedPool() bool {
-	return st.metaVer != "" || st.rec.Version != ""
+	return st.rec.Shadow || st.metaVer != "" || st.rec.Version != ""
 }
 
 // finish completes the record and hands it to the sink. It runs once per
@@ -432,6 +439,9 @@ func (s *Server) record(st *stream, end End, at time.Time) {
 	}
 	if r.Version == "" {
 		r.Version = st.metaVer
+	}
+	if r.Shadow {
+		r.Model, r.Version, r.Forced = st.shadowModel, st.shadowVersion, false
 	}
 	r.Streamed = st.meter.streamed()
 	if st.meter.kind == bodyUnknown && st.reqStream != nil {

@@ -143,6 +143,13 @@ func (h *harness) play(t *testing.T, msgs []*extprocv3.ProcessingRequest, how en
 		time.Sleep(50 * time.Millisecond)
 		scancel()
 	}
+	return h.received(t, ctx)
+}
+
+// received returns the next record the sink gets, failing when ctx ends
+// first.
+func (h *harness) received(t *testing.T, ctx context.Context) Record {
+	t.Helper()
 	select {
 	case r := <-h.sink.ch:
 		return r

@@ -215,6 +215,16 @@ func (e *extProcExtension) HTTPFilter(*State) (*hcmv3.HttpFilter, error) {
 	return envoyconfig.HTTPFilter(envoyconfig.FilterOptions{ClusterName: extProcCluster, CaptureRequestBody: e.o.CaptureRequestBody})
 }
 
+// ShadowFilters observe a version's mirrored requests from its shadow
+// cluster and report them to the telemetry service as shadow answers.
+func (e *extProcExtension) ShadowFilters(model, version string) ([]*hcmv3.HttpFilter, error) {
+	f, err := envoyconfig.ShadowFilter(envoyconfig.FilterOptions{ClusterName: extProcCluster, StatPrefix: "shadow"}, model, version)
+	if err != nil {
+		return nil, err
+	}
+	return []*hcmv3.HttpFilter{f}, nil
+}
+
 // MeasurePolicy is the policy the routes apply.
 func (e *extProcExtension) MeasurePolicy() Measure { return e.o.Measure }
 

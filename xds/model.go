@@ -56,6 +56,9 @@ type Model struct {
 	// CategoryOverrides send every request of a category (the
 	// x-llmcanary-category header) to one version, e.g. {"code": "v2"}.
 	CategoryOverrides map[string]string `json:"category_overrides,omitempty"`
+	// Shadow, when set, mirrors a share of the model's user traffic to one
+	// version whose answers are recorded and never returned (see Shadow).
+	Shadow *Shadow `json:"shadow,omitempty"`
 	// Sampling is how the model's traffic is measured under its current
 	// weights (see Measure). The management API sets it in its answers;
 	// it is ignored on input and never stored.
@@ -216,6 +219,11 @@ func (m *Model) Validate() error {
 	} else if math.Abs(sum-100) > 1e-6 {
 		bad("weights add up to %v, not 100", strconv.FormatFloat(sum, 'f', -1, 64))
 	}
+	if m.Shadow != nil {
+		if err := m.Shadow.validate(m); err != nil {
+			bad("shadow: %v", err)
+		}
+	}
 	for cat, v := range m.CategoryOverrides {
 		if cat == "" {
 			bad("category override with an empty category")
@@ -281,6 +289,10 @@ func (m *Model) clone() *Model {
 	c.Weights = make(map[string]float64, len(m.Weights))
 	for k, w := range m.Weights {
 		c.Weights[k] = w
+	}
+	if m.Shadow != nil {
+		sh := *m.Shadow
+		c.Shadow = &sh
 	}
 	if m.CategoryOverrides != nil {
 		c.CategoryOverrides = make(map[string]string, len(m.CategoryOverrides))

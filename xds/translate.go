@@ -151,6 +151,16 @@ func Translate(s *State, g Gateway) (*Resources, error) {
 				r.Endpoints = append(r.Endpoints, eds)
 			}
 		}
+		if m.Shadow != nil {
+			c, eds, err := shadowCluster(m, g)
+			if err != nil {
+				return nil, err
+			}
+			r.Clusters = append(r.Clusters, c)
+			if eds != nil {
+				r.Endpoints = append(r.Endpoints, eds)
+			}
+		}
 	}
 	for _, ext := range g.Extensions {
 		r.Clusters = append(r.Clusters, ext.Clusters()...)
@@ -443,7 +453,8 @@ func weightedRoute(m *Model, why string, measure []*clusterMeasure, headers []*r
 		Name:  m.Name + "/" + why,
 		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: headers},
 		Action: &routev3.Route_Route{Route: routeAction(&routev3.RouteAction{
-			ClusterSpecifier: &routev3.RouteAction_WeightedClusters{WeightedClusters: wc},
+			ClusterSpecifier:      &routev3.RouteAction_WeightedClusters{WeightedClusters: wc},
+			RequestMirrorPolicies: mirrorPolicy(m),
 		})},
 	}
 }

@@ -19,8 +19,9 @@ import (
 // rowKind says how the writer stores rows of one type: in which tables,
 // under which key, and under which names it counts them.
 type rowKind[R any] struct {
-	// tables hold the rows; the first holds every row and is the one the
-	// writer's counts (Stats) are about.
+	// tables hold the rows; the primary ones hold each row once and are
+	// the ones the writer's counts (Stats) are about; the first names the
+	// kind in metrics.
 	tables []table[R]
 	// id points to the row's request id, the key replay deduplicates by.
 	id func(r *R) *string
@@ -36,7 +37,7 @@ type rowKind[R any] struct {
 }
 
 var requestRows = rowKind[extproc.Record]{
-	tables: []table[extproc.Record]{requestsTable, capturesTable},
+	tables: []table[extproc.Record]{requestsTable, capturesTable, shadowTable},
 	id:     func(r *extproc.Record) *string { return &r.RequestID },
 	time:   func(r *extproc.Record) time.Time { return r.Time },
 	sanitize: func(r *extproc.Record) {
@@ -527,10 +528,10 @@ func (p *pipe[R]) insertPending(ctx context.Context, mode insertMode) error {
 // insert writes batch into the kind's tables, each the rows it keeps.
 // With dedup, rows whose request_id is already in a table are skipped,
 // which makes replaying a batch idempotent. It returns the rows of the
-// first table inserted and skipped.
+// primary tables inserted and skipped.
 func (p *pipe[R]) insert(ctx context.Context, batch []R, dedup bool) (int, int, error) {
 	var rows int
-	for i, t := range p.kind.tables {
+	for _, t := range p.kind.tables {
 		sub := batch
 		if t.keep != nil {
 			sub = nil
@@ -547,8 +548,8 @@ func (p *pipe[R]) insert(ctx context.Context, batch []R, dedup bool) (int, int, 
 		if err != nil {
 			return 0, 0, err
 		}
-		if i == 0 {
-			rows = n
+		if t.primary {
+			rows += n
 		}
 	}
 	return rows, len(batch) - rows, nil

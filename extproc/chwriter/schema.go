@@ -116,6 +116,13 @@ var captureColumns = []column[extproc.Record]{
 	col("completion", "String", func(r *extproc.Record) any { return r.Completion }),
 }
 
+// shadowColumns is the schema of wire.TableShadow: a request row and its
+// text, for every mirrored request a shadow version answered.
+var shadowColumns = append(append([]column[extproc.Record](nil), requestColumns...),
+	col("prompt", "String", func(r *extproc.Record) any { return r.Prompt }),
+	col("completion", "String", func(r *extproc.Record) any { return r.Completion }),
+)
+
 // requestLogColumns is the schema of wire.TableRequestLog, one row per
 // extproc.LogEntry: every request through Envoy.
 var requestLogColumns = []column[extproc.LogEntry]{
@@ -151,6 +158,9 @@ type table[R any] struct {
 	cols []column[R]
 	// keep selects the rows of a batch that the table holds; nil: all.
 	keep func(r *R) bool
+	// primary tables together hold each row exactly once; the writer's
+	// counts are about them (the others hold extra detail of some rows).
+	primary bool
 }
 
 func (t table[R]) def() tableDef {
@@ -165,11 +175,14 @@ func (t table[R]) createSQL(db string) string { return t.def().createSQL(db) }
 func (t table[R]) insertSQL(db string) string { return t.def().insertSQL(db) }
 
 var (
-	requestsTable   = table[extproc.Record]{name: wire.TableRequests, cols: requestColumns}
-	capturesTable   = table[extproc.Record]{name: wire.TableCaptures, cols: captureColumns, keep: func(r *extproc.Record) bool { return r.Captured }}
-	requestLogTable = table[extproc.LogEntry]{name: wire.TableRequestLog, cols: requestLogColumns}
+	// A mirrored request's answer goes to the shadow table only: it was
+	// never a user's request, so no query of user traffic can count it.
+	requestsTable   = table[extproc.Record]{name: wire.TableRequests, cols: requestColumns, keep: func(r *extproc.Record) bool { return !r.Shadow }, primary: true}
+	capturesTable   = table[extproc.Record]{name: wire.TableCaptures, cols: captureColumns, keep: func(r *extproc.Record) bool { return r.Captured && !r.Shadow }}
+	shadowTable     = table[extproc.Record]{name: wire.TableShadow, cols: shadowColumns, keep: func(r *extproc.Record) bool { return r.Shadow }, primary: true}
+	requestLogTable = table[extproc.LogEntry]{name: wire.TableRequestLog, cols: requestLogColumns, primary: true}
 	// tables are all the writer's tables.
-	tables = []tableDef{requestsTable.def(), capturesTable.def(), requestLogTable.def()}
+	tables = []tableDef{requestsTable.def(), capturesTable.def(), shadowTable.def(), requestLogTable.def()}
 )
 
 func (t tableDef) createSQL(db string) string {

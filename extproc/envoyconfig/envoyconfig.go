@@ -63,6 +63,38 @@ type FilterOptions struct {
 // service from ever failing a request. Response trailers are sent so that
 // responses ending in trailers also reach their end.
 func HTTPFilter(o FilterOptions) (*hcmv3.HttpFilter, error) {
+	cfg, err := processor(o)
+	if err != nil {
+		return nil, err
+	}
+	return filter(cfg)
+}
+
+// ShadowFilter returns the ext_proc filter that observes the mirrored
+// requests of model's version as an upstream filter of the version's
+// shadow cluster (Envoy mirrors in the router, after every downstream
+// filter, so only an upstream filter sees the mirrored answer). Its
+// streams open with the shadow metadata (wire.MetadataShadowModel,
+// wire.MetadataShadowVersion), and it always streams the request body:
+// the service records every mirrored prompt and answer, since each one
+// is half of a judged pair.
+func ShadowFilter(o FilterOptions, model, version string) (*hcmv3.HttpFilter, error) {
+	if model == "" || version == "" {
+		return nil, errors.New("ext_proc shadow filter: model and version are required")
+	}
+	o.CaptureRequestBody = true
+	cfg, err := processor(o)
+	if err != nil {
+		return nil, err
+	}
+	cfg.GrpcService.InitialMetadata = []*corev3.HeaderValue{
+		{Key: wire.MetadataShadowModel, Value: model},
+		{Key: wire.MetadataShadowVersion, Value: version},
+	}
+	return filter(cfg)
+}
+
+func processor(o FilterOptions) (*extprocfilterv3.ExternalProcessor, error) {
 	if o.ClusterName == "" {
 		return nil, errors.New("ext_proc filter: cluster name is required")
 	}
@@ -79,7 +111,7 @@ func HTTPFilter(o FilterOptions) (*hcmv3.HttpFilter, error) {
 	if o.CaptureRequestBody {
 		reqBody = extprocfilterv3.ProcessingMode_STREAMED
 	}
-	cfg := &extprocfilterv3.ExternalProcessor{
+	return &extprocfilterv3.ExternalProcessor{
 		GrpcService: &corev3.GrpcService{
 			TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
 				EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: o.ClusterName},
@@ -100,7 +132,10 @@ func HTTPFilter(o FilterOptions) (*hcmv3.HttpFilter, error) {
 		MessageTimeout:       durationpb.New(o.MessageTimeout),
 		DeferredCloseTimeout: durationpb.New(o.DeferredCloseTimeout),
 		StatPrefix:           o.StatPrefix,
-	}
+	}, nil
+}
+
+func filter(cfg *extprocfilterv3.ExternalProcessor) (*hcmv3.HttpFilter, error) {
 	if err := cfg.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("ext_proc filter: %w", err)
 	}

@@ -50,6 +50,16 @@ const SampleScale = 10000
 // stream without it was measured at rate 1.
 const MetadataSampleRate = HeaderSampleRate
 
+// MetadataShadowModel and MetadataShadowVersion are the gRPC metadata
+// keys with which a shadow cluster's telemetry filter opens its streams:
+// the stream observes a mirrored request of that model answered by that
+// version. Only the control plane's configuration sets them, so a client
+// cannot pass its request off as a mirror.
+const (
+	MetadataShadowModel   = "x-llmcanary-shadow-model"
+	MetadataShadowVersion = "x-llmcanary-shadow-version"
+)
+
 // BodyFieldUser is the OpenAI request body's end-user field, the default
 // identity source after HeaderUserID.
 const BodyFieldUser = "user"
@@ -84,6 +94,9 @@ const (
 	MetaVersion          = "version"
 	MetaPriceInputPer1K  = "price_input_per_1k"
 	MetaPriceOutputPer1K = "price_output_per_1k"
+	// MetaShadow is true on a version's shadow cluster, which receives
+	// only mirrored requests.
+	MetaShadow = "shadow"
 )
 
 // ClickHouse objects.
@@ -100,6 +113,11 @@ const (
 	// sampled requests (written by the telemetry service, read by the
 	// quality judge).
 	TableCaptures = "captures"
+	// TableShadow has one row per mirrored request answered by a shadow
+	// version: its timing, failure and text, keyed by the request id of
+	// the user's request it copies (whose answer is in TableRequests and
+	// TableCaptures). It is never user traffic: no user saw these answers.
+	TableShadow = "shadow_answers"
 
 	// FailureClientCancel is the failure of a request whose client went
 	// away first: recorded by the telemetry service, never counted
