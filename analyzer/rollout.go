@@ -59,8 +59,10 @@ type Rollout struct {
 	Updated    time.Time         `json:"updated"`
 	Last       *Decision         `json:"last,omitempty"`
 	Experiment *ExperimentReport `json:"experiment,omitempty"`
-	LastError  string            `json:"last_error,omitempty"`
-	History    []Event           `json:"history"`
+	// Shadow is the rollout's shadow stage, if it has one.
+	Shadow    *ShadowStage `json:"shadow,omitempty"`
+	LastError string       `json:"last_error,omitempty"`
+	History   []Event      `json:"history"`
 }
 
 // Event is one entry of a rollout's history.
@@ -107,6 +109,9 @@ func (r *Rollout) CanaryWeight() float64 {
 	}
 	if r.Mode == ModeABTest {
 		return r.Split
+	}
+	if r.Shadow.Running() {
+		return 0 // users stay on stable; the canary sees mirrored copies
 	}
 	stages := r.Plan.Policy.EvaluatedStages()
 	if r.Stage >= 0 && r.Stage < len(stages) {

@@ -69,6 +69,9 @@ type Runner struct {
 	// Stages, if set, records every stage's window (see StageLog) from
 	// the moment Run starts.
 	Stages StageLog
+	// Pairs reads the shadow stages' pairs; a rollout with a shadow stage
+	// holds without it.
+	Pairs ShadowSource
 
 	// Refresh is the longest the runner goes without a look at a running
 	// rollout when the source reports no new data (time alone moves a
@@ -236,6 +239,9 @@ func (r *Runner) Step(ctx context.Context, id string) (*Rollout, error) {
 		}
 		r.setSynced(id, true)
 	}
+	if ro.Shadow.Running() {
+		return r.stepShadow(ctx, ro, now)
+	}
 	w := Window{Model: ro.Model, Stable: ro.Stable, Canary: ro.Canary, RolloutFrom: ro.Created, From: ro.StageStarted, To: now,
 		TailQuantile: ro.Plan.Policy.TailQuantile, BaselineFrom: ro.Created.Add(-ro.Plan.Policy.Baseline.D())}
 	if !r.changed(ctx, ro, w, now) {
@@ -338,6 +344,7 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 		return out, errors.Join(fmt.Errorf("runner: %s of %s: %w", a, ro.ID, err), serr)
 	}
 	r.setSynced(ro.ID, true)
+	r.endShadow(ctx, ro)
 	r.log().Info("rollout traffic moved", "rollout", ro.ID, "model", ro.Model, "action", a, "canary_weight", w)
 	started := now
 	if a == ActionAdvance {
@@ -355,6 +362,7 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 		x.Pending, x.PendingAt, x.Updated, x.LastError = "", time.Time{}, started, ""
 		x.record(Event{At: started, Kind: "action", Action: a, Reason: fmt.Sprintf("traffic moved: %s %g %%, %s %g %%", x.Stable, 100-w, x.Canary, w)})
 		x.Status = t.Status
+		x.Shadow.end(ShadowEnded, started)
 		if t.Stage != x.Stage {
 			x.Stage, x.StageStarted = t.Stage, started
 			x.State = NextStageState(x.State, decided, started)
@@ -433,7 +441,10 @@ type StartRequest struct {
 	// Policy overrides fields of the planned policy, as a model override
 	// in the policy file does (e.g. {"stages": [...], "tolerances": {...}}).
 	Policy json.RawMessage `json:"policy,omitempty"`
-	Actor  string          `json:"-"`
+	// Shadow, when set, runs a shadow stage before the first user stage
+	// (zero fields take DefaultShadowPolicy's values).
+	Shadow *ShadowPolicy `json:"shadow,omitempty"`
+	Actor  string        `json:"-"`
 }
 
 // Start validates a request against the control plane's model, plans the
@@ -515,6 +526,11 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	if req.Mode == ModeABTest {
 		ro.Plan.Strategy = "abtest"
 	}
+	if req.Shadow != nil {
+		if ro.Shadow, err = newShadowStage(*req.Shadow, req.Mode, now); err != nil {
+			return nil, err
+		}
+	}
 	// Reserve the model before touching traffic: a second Start of the
 	// same model (or one while a rollout of it is active) fails here and
 	// never moves weights this rollout has set.
@@ -527,14 +543,26 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	if err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), ro.Stable); err != nil {
 		return nil, fmt.Errorf("%w: set the first stage's weights: %w", ErrControlPlane, err)
 	}
+	if ro.Shadow.Running() {
+		if err := r.setShadow(ctx, ro.Model, ro.Shadow.Policy.Mirror(ro.Canary)); err != nil {
+			return nil, fmt.Errorf("%w: mirror requests to the canary: %w", ErrControlPlane, err)
+		}
+	}
 	// The first window opens when the fleet serves the first stage.
 	if applied := r.waitApplied(ctx, ro.ID, now); applied.After(now) {
 		ro.StageStarted, ro.State = applied, NewStageState(0, applied)
+		if ro.Shadow != nil {
+			ro.Shadow.Started = applied
+		}
 	}
 	reason := fmt.Sprintf("started by %s: %s risk (%s), %s plan; canary %s at %g %%, stable %s at %g %%",
 		actor(req.Actor), plan.Risk, plan.RiskReason, ro.Plan.Strategy, ro.Canary, w, ro.Stable, 100-w)
+	if ro.Shadow.Running() {
+		reason += fmt.Sprintf("; shadow stage first: %g %% of user requests mirrored to %s, at most %d in flight", ro.Shadow.Policy.Percent, ro.Canary, ro.Shadow.Policy.MaxConcurrent)
+	}
 	ro.record(Event{At: now, Kind: "operator", Code: CodeOperator, Actor: actor(req.Actor), Reason: reason})
 	if err := r.Store.Create(ro); err != nil {
+		r.endShadow(ctx, ro)
 		// Put the traffic back as it was; the reservation kept every other
 		// start of this model away from it meanwhile.
 		if rerr := r.Traffic.SetWeights(ctx, ro.Model, model.Weights, model.Stable); rerr != nil {
@@ -593,6 +621,7 @@ func (r *Runner) Operate(ctx context.Context, id string, op Operation, actorName
 		if err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), t.Stable); err != nil {
 			return nil, fmt.Errorf("%w: %s: set weights: %w", ErrControlPlane, op, err)
 		}
+		r.endShadow(ctx, ro)
 	}
 	reason := fmt.Sprintf("%s by %s", op, actor(actorName))
 	if move {
@@ -606,6 +635,9 @@ func (r *Runner) Operate(ctx context.Context, id string, op Operation, actorName
 	}
 	out, err := r.Store.Update(id, func(x *Rollout) error {
 		x.Status, x.Updated, x.Pending = t.Status, now, ""
+		if move {
+			x.Shadow.end(ShadowEnded, now)
+		}
 		if op == OpResume {
 			x.StageStarted = now
 			x.State = RestartStageState(x.State, now)

@@ -1,6 +1,7 @@
 package analyzer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -114,6 +115,19 @@ func (p ShadowPolicy) Mirror(canary string) *xds.Shadow {
 	return &xds.Shadow{Version: canary, Percent: p.Percent, MaxConcurrent: p.MaxConcurrent}
 }
 
+// ShadowWindow selects a shadow stage's pairs: the mirrored requests of
+// Model answered by Canary from From to To, paired with Stable's answers.
+type ShadowWindow struct {
+	Model, Stable, Canary string
+	From, To              time.Time
+}
+
+// ShadowSource reads a shadow stage's pairs (chsource.Source on
+// ClickHouse). Nothing mirrored yet is zero counts, not an error.
+type ShadowSource interface {
+	ShadowPairs(ctx context.Context, w ShadowWindow) (ShadowPairs, error)
+}
+
 // ShadowPairs is what the telemetry holds about the shadow stage's pairs:
 // each a user's request answered by stable and its mirrored copy
 // answered by the canary, matched by request id. Pairs whose stable
@@ -123,11 +137,12 @@ type ShadowPairs struct {
 	// successful stable answer.
 	Mirrored int `json:"mirrored"`
 	Paired   int `json:"paired"`
-	// CanaryFailed counts pairs whose shadow answer failed: each is a
-	// loss without a judge.
+	// CanaryFailed counts pairs whose shadow answer failed: the judge
+	// scores it 0 without a call, so each is a loss unless stable's
+	// answer scored 0 too.
 	CanaryFailed int `json:"canary_failed"`
-	// Wins, Losses, Ties are the judge's verdicts on pairs where both
-	// answered: the canary's answer scored higher, stable's, or the same.
+	// Wins, Losses, Ties are the verdicts of the judged pairs: the
+	// canary's answer scored higher, stable's, or the same.
 	Wins   int `json:"wins"`
 	Losses int `json:"losses"`
 	Ties   int `json:"ties"`
@@ -156,17 +171,35 @@ type ShadowDecision struct {
 	Percent       float64     `json:"percent"`
 	MaxConcurrent uint32      `json:"max_concurrent"`
 	Pairs         ShadowPairs `json:"pairs"`
-	// Sign is the sign test of the pairs' verdicts (harm);
-	// ScoreDiff the paired difference of judged scores, stable minus
-	// canary (tolerance); Latency the mean log ratio of the canary's
-	// total latency over stable's, and LatencyRatio its exponential.
-	Sign         stats.SignResult `json:"sign"`
-	ScoreDiff    stats.MeanResult `json:"score_diff"`
-	Latency      stats.MeanResult `json:"latency"`
-	LatencyRatio float64          `json:"latency_ratio"`
+	// Losses is the sign test of the verdicts: the canary's share of the
+	// decided pairs it lost (harm); ScoreDiff the paired difference of
+	// judged scores, stable's minus the canary's (tolerance); Latency the
+	// ratio of the canary's total latency over stable's (geometric mean;
+	// its p-value is the harm test's, its interval the tolerance's).
+	Losses    PairTest `json:"losses"`
+	ScoreDiff PairTest `json:"score_diff"`
+	Latency   PairTest `json:"latency"`
 	// Alpha is the rollout's level: the two harm tests share it, each
 	// tolerance is shown at it.
 	Alpha float64 `json:"alpha"`
+}
+
+// PairTest is one test of a shadow stage's pairs, as decisions record
+// it: no interval until the test has its data.
+type PairTest struct {
+	Estimate float64         `json:"estimate"`
+	CI       *stats.Interval `json:"ci,omitempty"`
+	PValue   float64         `json:"p_value"`
+	Harm     bool            `json:"harm"`
+}
+
+func pairTest(est float64, ci stats.Interval, p float64, harm, ok bool) PairTest {
+	t := PairTest{PValue: p, Harm: harm}
+	if ok && !math.IsNaN(est) {
+		t.Estimate = est
+		t.CI = &ci
+	}
+	return t
 }
 
 // ActionProceed ends a shadow stage that passed: the rollout goes on to
@@ -180,7 +213,7 @@ const CodeShadowPassed Code = "shadow_passed"
 // pure. The two questions of the user stages, on pairs:
 //
 //  1. harm rolls back: the canary's answers shown (always-valid sign
-//     test, ties dropped, failed shadow answers lost) to lose more often
+//     test, ties dropped, failed shadow answers scored 0) to lose more often
 //     than they win, with a mean score difference of at least HarmMargin
 //     of the quality tolerance; or its paired latency shown slower than
 //     HarmMargin of the latency tolerance with an estimate beyond the
@@ -194,34 +227,36 @@ const CodeShadowPassed Code = "shadow_passed"
 func DecideShadow(sp ShadowPolicy, alpha, harmMargin float64, started time.Time, pairs ShadowPairs, now time.Time) ShadowDecision {
 	sp = sp.WithDefaults()
 	d := ShadowDecision{At: now, Percent: sp.Percent, MaxConcurrent: sp.MaxConcurrent, Pairs: pairs, Alpha: alpha}
-	losses := pairs.Losses + pairs.CanaryFailed
-	d.Sign, _ = stats.SignTest(pairs.Wins, losses, pairs.Ties, alpha/2)
-	var scoreErr, latErr error
-	d.ScoreDiff, scoreErr = stats.PairedMeanTest(pairs.ScoreN, pairs.ScoreDiffMean, pairs.ScoreDiffVar,
+	losses := pairs.Losses
+	sign, _ := stats.SignTest(pairs.Wins, losses, pairs.Ties, alpha/2)
+	score, scoreErr := stats.PairedMeanTest(pairs.ScoreN, pairs.ScoreDiffMean, pairs.ScoreDiffVar,
 		harmMargin*sp.QualityTolerance, sp.QualityTolerance, alpha, sp.MinLatencyPairs)
 	tol := math.Log1p(sp.LatencyTolerance)
-	d.Latency, latErr = stats.PairedMeanTest(pairs.LatencyN, pairs.LogRatioMean, pairs.LogRatioVar,
+	lat, latErr := stats.PairedMeanTest(pairs.LatencyN, pairs.LogRatioMean, pairs.LogRatioVar,
 		math.Log1p(harmMargin*sp.LatencyTolerance), tol, alpha/2, sp.MinLatencyPairs)
-	d.LatencyRatio = math.Exp(pairs.LogRatioMean)
 	// The tolerance side is shown at the full alpha (a separate question).
 	latOK, _ := stats.PairedMeanTest(pairs.LatencyN, pairs.LogRatioMean, pairs.LogRatioVar, 0, tol, alpha, sp.MinLatencyPairs)
+	ratioCI := stats.Interval{Lo: math.Exp(latOK.CI.Lo), Hi: math.Exp(latOK.CI.Hi)}
+	d.Losses = pairTest(sign.LossShare, sign.CI, sign.PValue, sign.Harm, losses+pairs.Wins > 0)
+	d.ScoreDiff = pairTest(score.Mean, score.CI, score.PValue, score.Harm, scoreErr == nil)
+	d.Latency = pairTest(math.Exp(pairs.LogRatioMean), ratioCI, lat.PValue, lat.Harm, latErr == nil)
 	judged := pairs.Wins + losses + pairs.Ties
 	evidence := fmt.Sprintf("%d judged pairs: canary won %d, lost %d (%d failed), %d ties; stable's score minus the canary's %s (CS %s); latency ratio %s over %d pairs (CS %s)",
-		judged, pairs.Wins, losses, pairs.CanaryFailed, pairs.Ties, num3(pairs.ScoreDiffMean, scoreErr == nil), interval(d.ScoreDiff.CI, scoreErr == nil, false),
-		ratio(d.LatencyRatio, latErr == nil), pairs.LatencyN, interval(latOK.CI, latErr == nil, true))
+		judged, pairs.Wins, losses, pairs.CanaryFailed, pairs.Ties, num3(pairs.ScoreDiffMean, scoreErr == nil), interval(score.CI, scoreErr == nil, false),
+		ratio(d.Latency.Estimate, latErr == nil), pairs.LatencyN, interval(latOK.CI, latErr == nil, true))
 	switch {
-	case d.Sign.Harm && pairs.ScoreDiffMean >= harmMargin*sp.QualityTolerance:
+	case sign.Harm && pairs.ScoreDiffMean >= harmMargin*sp.QualityTolerance:
 		d.Action, d.Code = ActionRollback, CodeHarm
 		d.Reason = fmt.Sprintf("rollback: in shadow, the canary's answers lose to stable's on the same prompts more often than they win (loss share %s, always-valid p %.3g ≤ %.3g); %s",
-			pct(d.Sign.LossShare), d.Sign.PValue, alpha/2, evidence)
-	case latErr == nil && d.Latency.Harm && d.LatencyRatio > 1+sp.LatencyTolerance:
+			pct(sign.LossShare), sign.PValue, alpha/2, evidence)
+	case latErr == nil && lat.Harm && d.Latency.Estimate > 1+sp.LatencyTolerance:
 		d.Action, d.Code = ActionRollback, CodeHarm
 		d.Reason = fmt.Sprintf("rollback: in shadow, the canary is slower than stable on the same prompts by more than %.0f %% (always-valid p %.3g ≤ %.3g); %s",
-			100*sp.LatencyTolerance, d.Latency.PValue, alpha/2, evidence)
-	case judged >= sp.MinPairs && scoreErr == nil && d.ScoreDiff.CI.Hi < sp.QualityTolerance && latErr == nil && latOK.CI.Hi < tol:
+			100*sp.LatencyTolerance, lat.PValue, alpha/2, evidence)
+	case judged >= sp.MinPairs && scoreErr == nil && score.CI.Hi < sp.QualityTolerance && latErr == nil && latOK.CI.Hi < tol:
 		d.Action, d.Code = ActionProceed, CodeShadowPassed
 		d.Reason = fmt.Sprintf("shadow passed: the canary's judged score is at most %.3f below stable's (tolerance %.3f) and its latency at most %s stable's (tolerance %s); %s",
-			d.ScoreDiff.CI.Hi, sp.QualityTolerance, ratio(math.Exp(latOK.CI.Hi), true), ratio(1+sp.LatencyTolerance, true), evidence)
+			score.CI.Hi, sp.QualityTolerance, ratio(math.Exp(latOK.CI.Hi), true), ratio(1+sp.LatencyTolerance, true), evidence)
 	case now.Sub(started) >= sp.MaxDuration.D():
 		d.Action, d.Code = ActionPause, CodeInconclusive
 		d.Reason = fmt.Sprintf("pause: the shadow stage ran %v without a decision; %s", sp.MaxDuration.D(), evidence)

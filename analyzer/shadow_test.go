@@ -40,11 +40,11 @@ func TestDecideShadow(t *testing.T) {
 	}{
 		{"nothing mirrored yet holds", ShadowPairs{}, time.Minute, ActionHold, CodeNoData, "no mirrored answer"},
 		{"a canary losing most decided pairs rolls back", pairsOf(1, 14, 60, 1, 0.2), time.Minute, ActionRollback, CodeHarm, "lose to stable's"},
-		{"failed shadow answers count as losses", func() ShadowPairs {
-			p := pairsOf(1, 2, 60, 1, 0.2)
-			p.CanaryFailed, p.ScoreDiffMean = 12, 0.2
+		{"failed shadow answers are losses and are named", func() ShadowPairs {
+			p := pairsOf(1, 14, 60, 1, 0.2)
+			p.CanaryFailed = 12
 			return p
-		}(), time.Minute, ActionRollback, CodeHarm, "12 failed"},
+		}(), time.Minute, ActionRollback, CodeHarm, "lost 14 (12 failed)"},
 		{"a canary much slower on the same prompts rolls back", pairsOf(2, 2, 60, 1.6, 0.2), time.Minute, ActionRollback, CodeHarm, "slower than stable"},
 		{"an equal canary with too few pairs holds", pairsOf(3, 3, 94, 1, 0.2), time.Minute, ActionHold, CodeMinSamples, "100 of 200 judged pairs"},
 		{"an equal canary with enough pairs passes", pairsOf(5, 5, 390, 1, 0.2), time.Minute, ActionProceed, CodeShadowPassed, "shadow passed"},

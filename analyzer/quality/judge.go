@@ -147,19 +147,22 @@ func NewJudge(o JudgeOptions) (*Judge, error) {
 // failing round (judge or ClickHouse down) is logged when the failure
 // starts and when it ends, not on every round, and its captures are
 // graded by a later round.
-func (j *Judge) Run(ctx context.Context) error {
+func (j *Judge) Run(ctx context.Context) error { return j.loop(ctx, "quality judge", j.RunOnce) }
+
+// loop runs once rounds as Run describes; name prefixes its logs.
+func (j *Judge) loop(ctx context.Context, name string, once func(context.Context) (int, error)) error {
 	failing := false
 	for {
-		n, err := j.RunOnce(ctx)
+		n, err := once(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
 		switch {
 		case err != nil && !failing:
-			j.log.Warn("quality judge: round failed, retrying every interval", "interval", j.o.Interval, "err", err)
+			j.log.Warn(name+": round failed, retrying every interval", "interval", j.o.Interval, "err", err)
 			failing = true
 		case err == nil && failing:
-			j.log.Info("quality judge: rounds succeed again", "judged", n)
+			j.log.Info(name+": rounds succeed again", "judged", n)
 			failing = false
 		}
 		wait := j.o.Interval

@@ -73,21 +73,24 @@ func (s *Score) values() []any {
 // CreateTableSQL returns the CREATE TABLE statement of Table in database.
 // Like the telemetry tables it is partitioned by day, so retention drops
 // partitions, and ordered like them, so a window's scores are a key range.
-func CreateTableSQL(database string) string {
+func CreateTableSQL(database string) string { return createSQL(database, Table) }
+
+// createSQL is the CREATE TABLE statement of a table of scores.
+func createSQL(database, table string) string {
 	defs := make([]string, len(columns))
 	for i, c := range columns {
 		defs[i] = fmt.Sprintf("    %s %s", c.name, c.typ)
 	}
 	return fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s.%s (\n%s\n) ENGINE = MergeTree\nPARTITION BY date\nORDER BY (model, version, ts, request_id)",
-		database, Table, strings.Join(defs, ",\n"))
+		database, table, strings.Join(defs, ",\n"))
 }
 
-func insertSQL(database string) string {
+func insertSQL(database, table string) string {
 	names := make([]string, len(columns))
 	for i, c := range columns {
 		names[i] = c.name
 	}
-	return fmt.Sprintf("INSERT INTO %s.%s (%s)", database, Table, strings.Join(names, ", "))
+	return fmt.Sprintf("INSERT INTO %s.%s (%s)", database, table, strings.Join(names, ", "))
 }
 
 var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -165,6 +168,12 @@ func (s *ScoreStore) Database() string { return s.db }
 // Write inserts scores in one batch. It checks every score first and
 // writes none when one is invalid.
 func (s *ScoreStore) Write(ctx context.Context, scores []Score) error {
+	return writeScores(ctx, s.conn, insertSQL(s.db, Table), scores)
+}
+
+// writeScores inserts scores in one batch with insert, after checking
+// every one.
+func writeScores(ctx context.Context, conn driver.Conn, insert string, scores []Score) error {
 	for i := range scores {
 		if err := scores[i].validate(); err != nil {
 			return err
@@ -173,7 +182,7 @@ func (s *ScoreStore) Write(ctx context.Context, scores []Score) error {
 	if len(scores) == 0 {
 		return nil
 	}
-	b, err := s.conn.PrepareBatch(ctx, insertSQL(s.db))
+	b, err := conn.PrepareBatch(ctx, insert)
 	if err != nil {
 		return fmt.Errorf("quality: prepare insert: %w", err)
 	}
@@ -195,7 +204,7 @@ func (s *Score) validate() error {
 		return errors.New("quality: score without a request id")
 	case !(s.Score >= 0 && s.Score <= 1):
 		return fmt.Errorf("quality: score %v of request %s is outside [0, 1]", s.Score, s.RequestID)
-	case s.Source != SourceJudge && s.Source != SourceFeedback:
+	case s.Source != SourceJudge && s.Source != SourceFeedback && s.Source != SourceShadowJudge:
 		return fmt.Errorf("quality: unknown score source %q", s.Source)
 	case s.Time.IsZero():
 		return fmt.Errorf("quality: score of request %s has no request time", s.RequestID)
