@@ -41,7 +41,7 @@ func (s *ShadowStage) end(status string, at time.Time) {
 }
 
 // ShadowSetter is implemented by a TrafficSetter that can mirror a
-// model's traffic (ControlPlaneClient); nil stops mirroring.
+// model's traffic (ControlPlaneClient).
 type ShadowSetter interface {
 	SetShadow(ctx context.Context, model string, s *xds.Shadow) error
 }
@@ -70,6 +70,15 @@ func sameShadow(a, b *xds.Shadow) bool {
 	return a.Version == b.Version && a.Percent == b.Percent && a.Concurrency() == b.Concurrency()
 }
 
+// stopMirror is the setting that ends a stage's mirror: 0 % to the same
+// version with the same cap, so the shadow cluster stays as it is while
+// mirrored requests finish (see xds.Shadow.Percent).
+func stopMirror(p ShadowPolicy, canary string) *xds.Shadow {
+	m := p.Mirror(canary)
+	m.Percent = 0
+	return m
+}
+
 func (r *Runner) setShadow(ctx context.Context, model string, s *xds.Shadow) error {
 	ss, ok := r.Traffic.(ShadowSetter)
 	if !ok {
@@ -83,7 +92,7 @@ func (r *Runner) setShadow(ctx context.Context, model string, s *xds.Shadow) err
 // plane keeps mirroring until the next change of the model).
 func (r *Runner) endShadow(ctx context.Context, ro *Rollout) {
 	if ro.Shadow.Running() {
-		if err := r.setShadow(ctx, ro.Model, nil); err != nil {
+		if err := r.setShadow(ctx, ro.Model, stopMirror(ro.Shadow.Policy, ro.Canary)); err != nil {
 			r.log().Warn("shadow mirror not removed", "rollout", ro.ID, "model", ro.Model, "error", err)
 		}
 	}
@@ -116,7 +125,7 @@ func (r *Runner) stepShadow(ctx context.Context, ro *Rollout, now time.Time) (*R
 	started := now
 	switch d.Action {
 	case ActionRollback, ActionProceed:
-		if err := r.setShadow(ctx, ro.Model, nil); err != nil {
+		if err := r.setShadow(ctx, ro.Model, stopMirror(sh.Policy, ro.Canary)); err != nil {
 			return r.recordError(ro, now, CodeTrafficFailed, fmt.Sprintf("%s decided but the mirror could not be removed: %v; retrying at the next look", d.Action, err), err)
 		}
 		w := 0.0
@@ -138,11 +147,11 @@ func (r *Runner) stepShadow(ctx context.Context, ro *Rollout, now time.Time) (*R
 		case ActionRollback:
 			x.Shadow.end(ShadowFailed, now)
 			x.Status = RolloutRolledBack
-			x.record(Event{At: now, Kind: "action", Action: ActionRollback, Reason: fmt.Sprintf("mirror removed; traffic: %s 100 %%, %s 0 %% (no user was served by it)", x.Stable, x.Canary)})
+			x.record(Event{At: now, Kind: "action", Action: ActionRollback, Reason: fmt.Sprintf("mirror stopped; traffic: %s 100 %%, %s 0 %% (no user was served by it)", x.Stable, x.Canary)})
 		case ActionProceed:
 			x.Shadow.end(ShadowPassed, started)
 			x.StageStarted, x.State = started, NewStageState(0, started)
-			x.record(Event{At: started, Kind: "action", Action: ActionProceed, Reason: fmt.Sprintf("mirror removed; first user stage: %s %g %%, %s %g %%", x.Stable, 100-x.CanaryWeight(), x.Canary, x.CanaryWeight())})
+			x.record(Event{At: started, Kind: "action", Action: ActionProceed, Reason: fmt.Sprintf("mirror stopped; first user stage: %s %g %%, %s %g %%", x.Stable, 100-x.CanaryWeight(), x.Canary, x.CanaryWeight())})
 		case ActionPause:
 			x.Status = RolloutPaused
 		}

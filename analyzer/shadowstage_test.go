@@ -101,7 +101,7 @@ func TestShadowStageActs(t *testing.T) {
 			if w := mt.last().weights["v2"]; w != tc.wantWeight {
 				t.Fatalf("canary weight %v, want %v", w, tc.wantWeight)
 			}
-			if (mt.mirror() != nil) != tc.wantMirror {
+			if mt.mirror().Mirrors() != tc.wantMirror {
 				t.Fatalf("mirror %+v, want set: %v", mt.mirror(), tc.wantMirror)
 			}
 			if e := got.History[len(got.History)-1]; e.Code != tc.wantCode && got.History[len(got.History)-2].Code != tc.wantCode {
@@ -120,7 +120,7 @@ func TestOperatorRollbackInShadowRemovesTheMirror(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if mt.mirror() != nil || got.Shadow.Status != ShadowEnded || got.Status != RolloutRolledBack {
+	if mt.mirror().Mirrors() || got.Shadow.Status != ShadowEnded || got.Status != RolloutRolledBack {
 		t.Fatalf("mirror %+v, shadow %s, status %s", mt.mirror(), got.Shadow.Status, got.Status)
 	}
 }

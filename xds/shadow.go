@@ -33,8 +33,12 @@ type Shadow struct {
 	// version.
 	Version string `json:"version"`
 	// Percent of the model's weighted (user) requests that are mirrored,
-	// in (0, MaxShadowPercent], at most two decimals. It is the default
-	// of the route's runtime fraction (runtime key ShadowRuntimeKey).
+	// in [0, MaxShadowPercent], at most two decimals. It is the default
+	// of the route's runtime fraction (runtime key ShadowRuntimeKey). 0
+	// mirrors nothing and keeps the shadow cluster as it is: the analyzer
+	// ends a shadow stage so, because Envoy 1.37 can crash when a cluster
+	// whose upstream ext_proc filter still has streams open changes or
+	// goes away (seen with the mirror switched off under load).
 	Percent float64 `json:"percent"`
 	// MaxConcurrent caps the mirrored requests in flight at the version's
 	// pool (its shadow cluster's circuit breaker): a mirrored request over
@@ -53,6 +57,9 @@ const (
 	// flight.
 	DefaultShadowConcurrency = 16
 )
+
+// Mirrors reports whether s mirrors any request.
+func (s *Shadow) Mirrors() bool { return s != nil && s.Percent > 0 }
 
 // Concurrency returns the effective cap on mirrored requests in flight.
 func (s Shadow) Concurrency() uint32 {
@@ -73,8 +80,8 @@ func (s Shadow) validate(m *Model) error {
 		errs = append(errs, fmt.Errorf("version %q is the stable version; mirror to a canary", s.Version))
 	}
 	switch {
-	case math.IsNaN(s.Percent) || !(s.Percent > 0) || s.Percent > MaxShadowPercent:
-		errs = append(errs, fmt.Errorf("percent is %v; mirror more than 0 and at most %d %%", s.Percent, MaxShadowPercent))
+	case math.IsNaN(s.Percent) || s.Percent < 0 || s.Percent > MaxShadowPercent:
+		errs = append(errs, fmt.Errorf("percent is %v; mirror from 0 to at most %d %%", s.Percent, MaxShadowPercent))
 	case math.Abs(s.Percent*100-math.Round(s.Percent*100)) > 1e-6:
 		errs = append(errs, fmt.Errorf("percent is %v; at most two decimals (basis points)", s.Percent))
 	}
@@ -102,7 +109,7 @@ type ShadowObserver interface {
 // mirrorPolicy returns the route's mirror policy for m, or nil without
 // shadow.
 func mirrorPolicy(m *Model) []*routev3.RouteAction_RequestMirrorPolicy {
-	if m.Shadow == nil {
+	if !m.Shadow.Mirrors() {
 		return nil
 	}
 	return []*routev3.RouteAction_RequestMirrorPolicy{{
@@ -118,12 +125,34 @@ func mirrorPolicy(m *Model) []*routev3.RouteAction_RequestMirrorPolicy {
 	}}
 }
 
-// shadowCluster derives the shadow cluster of m's shadow version from the
+// shadowVersions are the versions of m that have a shadow cluster: with an
+// observer of mirrored requests (ext_proc), every version but stable,
+// whether it is mirrored to now or not. Envoy 1.37 may crash when a
+// cluster whose upstream ext_proc filter still has streams open goes away
+// (seen when the mirror was switched off under load), so a version's
+// shadow cluster lives as long as the version does, with the cap of the
+// model's shadow setting while it names the version (at 0 % too);
+// without an observer, only the shadow version's.
+func shadowVersions(m *Model, g Gateway) []Version {
+	observed := false
+	for _, ext := range g.Extensions {
+		_, ok := ext.(ShadowObserver)
+		observed = observed || ok
+	}
+	var out []Version
+	for _, v := range m.Ordered() {
+		if v.Name != m.Stable && (observed || m.Shadow != nil && m.Shadow.Version == v.Name) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// shadowCluster derives the shadow cluster of one of m's versions from the
 // version's own cluster: the same pool, the concurrency cap as its circuit
 // breaker, the observers' upstream filters, and shadow marked in its
 // metadata.
-func shadowCluster(m *Model, g Gateway) (*clusterv3.Cluster, *endpointv3.ClusterLoadAssignment, error) {
-	v, _ := m.Version(m.Shadow.Version)
+func shadowCluster(m *Model, v Version, g Gateway) (*clusterv3.Cluster, *endpointv3.ClusterLoadAssignment, error) {
 	c, eds := cluster(m, v, g)
 	c = proto.Clone(c).(*clusterv3.Cluster)
 	name := ShadowClusterName(m.Name, v.Name)
@@ -134,7 +163,10 @@ func shadowCluster(m *Model, g Gateway) (*clusterv3.Cluster, *endpointv3.Cluster
 	} else {
 		c.LoadAssignment.ClusterName = name
 	}
-	n := m.Shadow.Concurrency()
+	n := uint32(DefaultShadowConcurrency)
+	if m.Shadow != nil && m.Shadow.Version == v.Name {
+		n = m.Shadow.Concurrency()
+	}
 	c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
 		MaxConnections:     wrapperspb.UInt32(n),
 		MaxPendingRequests: wrapperspb.UInt32(n),

@@ -26,7 +26,7 @@ func TestShadowValidation(t *testing.T) {
 		{"stable cannot shadow itself", Shadow{Version: "v1", Percent: 10}, "stable version"},
 		{"an unknown version", Shadow{Version: "v9", Percent: 10}, "not one of"},
 		{"no version", Shadow{Percent: 10}, "version is not set"},
-		{"nothing mirrored", Shadow{Version: "v2"}, "percent is 0"},
+		{"a mirror switched off keeps its version and cap", Shadow{Version: "v2", MaxConcurrent: 4}, ""},
 		{"over the cap", Shadow{Version: "v2", Percent: MaxShadowPercent + 1}, "at most 50"},
 		{"negative", Shadow{Version: "v2", Percent: -1}, "percent is -1"},
 		{"three decimals", Shadow{Version: "v2", Percent: 1.005}, "two decimals"},

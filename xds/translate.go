@@ -151,8 +151,8 @@ func Translate(s *State, g Gateway) (*Resources, error) {
 				r.Endpoints = append(r.Endpoints, eds)
 			}
 		}
-		if m.Shadow != nil {
-			c, eds, err := shadowCluster(m, g)
+		for _, v := range shadowVersions(m, g) {
+			c, eds, err := shadowCluster(m, v, g)
 			if err != nil {
 				return nil, err
 			}

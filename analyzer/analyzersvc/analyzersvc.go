@@ -216,6 +216,13 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 			return fail(err)
 		}
 	}
+	// The same judge grades both answers of each shadow pair.
+	var shadowJudge *quality.ShadowJudge
+	if judge != nil {
+		if shadowJudge, err = quality.NewShadowJudge(ctx, judge); err != nil {
+			return fail(err)
+		}
+	}
 	source := chsource.New(conn, o.Database)
 	source.KeepValues = true // A/B reports' win rates
 	reg := health.NewRegistry()
@@ -235,7 +242,7 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 		return fail(err)
 	}
 	s.Runner = &analyzer.Runner{
-		Store: store, Source: mon.Source(source), Traffic: cp, Models: cp,
+		Store: store, Source: mon.Source(source), Traffic: cp, Models: cp, Pairs: source,
 		Policy: policy, Interval: o.Interval.D(), Refresh: o.Refresh.D(), Log: log, Stages: stages,
 	}
 	api := analyzer.NewAPI(s.Runner, o.Token, log)
@@ -261,13 +268,14 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)} // refused TLS handshakes, among others
 
 	ctx, s.Lifecycle = lifecycle.New(ctx)
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	go func() { errc <- s.http.Serve(lis) }()
 	go func() { errc <- s.Runner.Run(ctx) }()
 	logDone := make(chan struct{})
 	go func() { s.decisions.Run(ctx, o.Interval.D()); close(logDone) }()
 	if judge != nil {
 		go func() { errc <- judge.Run(ctx) }()
+		go func() { errc <- shadowJudge.Run(ctx) }()
 	}
 	log.Info("analyzer running", "api", s.Addr, "tls", o.TLS.Enabled(), "control_plane", o.ControlPlane, "clickhouse", o.ClickHouse, "interval", o.Interval.D(), "judge", o.JudgeEndpoint)
 	go func() {

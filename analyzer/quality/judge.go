@@ -212,47 +212,13 @@ func (j *Judge) RunOnce(ctx context.Context) (int, error) {
 	// round rather than scored without its exact time.
 	caps = slices.DeleteFunc(caps, func(c capture) bool { _, ok := meta[c.requestID]; return !ok })
 
-	gctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		mu       sync.Mutex
-		scores   []Score
-		firstErr error
-		wg       sync.WaitGroup
-		work     = make(chan capture)
-	)
-	for range min(j.o.Concurrency, len(caps)) {
-		wg.Go(func() {
-			for c := range work {
-				v, err := j.grade(gctx, c)
-				mu.Lock()
-				switch {
-				case err == nil:
-					row := meta[c.requestID]
-					row.Score, row.Source = v, SourceJudge
-					scores = append(scores, row)
-				case errors.Is(err, errUngradable):
-					j.log.Warn("quality judge: skipping a capture it cannot grade", "request_id", c.requestID, "err", err)
-					j.giveUp(c.requestID)
-				case firstErr == nil && gctx.Err() == nil:
-					firstErr = err
-					cancel()
-				}
-				mu.Unlock()
-			}
+	scores, firstErr := gradeAll(ctx, j, "quality judge", caps, func(c capture) string { return c.requestID },
+		func(ctx context.Context, c capture) ([]Score, error) {
+			v, err := j.grade(ctx, c)
+			row := meta[c.requestID]
+			row.Score, row.Source = v, SourceJudge
+			return []Score{row}, err
 		})
-	}
-feed:
-	for _, c := range caps {
-		select {
-		case work <- c:
-		case <-gctx.Done():
-			break feed
-		}
-	}
-	close(work)
-	wg.Wait()
-
 	if err := j.o.Store.Write(ctx, scores); err != nil {
 		return 0, fmt.Errorf("judge: %w", err)
 	}
@@ -263,6 +229,52 @@ feed:
 		return len(scores), fmt.Errorf("judge: %w", firstErr)
 	}
 	return len(scores), nil
+}
+
+// gradeAll grades items on the judge's Concurrency workers and returns
+// the scores of those graded. An item the judge cannot grade is logged
+// and not sent again by this process; the first other failure stops the
+// rest and is returned with the scores already had.
+func gradeAll[T any](ctx context.Context, j *Judge, name string, items []T, id func(T) string, grade func(context.Context, T) ([]Score, error)) ([]Score, error) {
+	gctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu       sync.Mutex
+		scores   []Score
+		firstErr error
+		wg       sync.WaitGroup
+		work     = make(chan T)
+	)
+	for range min(j.o.Concurrency, len(items)) {
+		wg.Go(func() {
+			for it := range work {
+				sc, err := grade(gctx, it)
+				mu.Lock()
+				switch {
+				case err == nil:
+					scores = append(scores, sc...)
+				case errors.Is(err, errUngradable):
+					j.log.Warn(name+": skipping what it cannot grade", "request_id", id(it), "err", err)
+					j.giveUp(id(it))
+				case firstErr == nil && gctx.Err() == nil:
+					firstErr = err
+					cancel()
+				}
+				mu.Unlock()
+			}
+		})
+	}
+feed:
+	for _, it := range items {
+		select {
+		case work <- it:
+		case <-gctx.Done():
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+	return scores, firstErr
 }
 
 func (j *Judge) giveUp(id string) {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/llmcanary/llmcanary/internal/wire"
@@ -67,44 +66,7 @@ func (s *ShadowJudge) RunOnce(ctx context.Context) (int, error) {
 	if err != nil || len(pairs) == 0 {
 		return 0, err
 	}
-	var (
-		mu       sync.Mutex
-		scores   []Score
-		firstErr error
-		wg       sync.WaitGroup
-		work     = make(chan shadowPair)
-	)
-	gctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	for range min(s.j.o.Concurrency, len(pairs)) {
-		wg.Go(func() {
-			for p := range work {
-				sc, err := s.grade(gctx, p)
-				mu.Lock()
-				switch {
-				case err == nil:
-					scores = append(scores, sc...)
-				case errors.Is(err, errUngradable):
-					s.j.log.Warn("shadow judge: skipping a pair it cannot grade", "request_id", p.requestID, "err", err)
-					s.j.giveUp(p.requestID)
-				case firstErr == nil && gctx.Err() == nil:
-					firstErr = err
-					cancel()
-				}
-				mu.Unlock()
-			}
-		})
-	}
-feed:
-	for _, p := range pairs {
-		select {
-		case work <- p:
-		case <-gctx.Done():
-			break feed
-		}
-	}
-	close(work)
-	wg.Wait()
+	scores, firstErr := gradeAll(ctx, s.j, "shadow judge", pairs, func(p shadowPair) string { return p.requestID }, s.grade)
 	if err := writeScores(ctx, s.j.o.Conn, insertSQL(s.j.o.Database, ShadowTable), scores); err != nil {
 		return 0, fmt.Errorf("shadow judge: %w", err)
 	}

@@ -29,6 +29,9 @@ const rolloutUsage = `Usage: llmcanary rollout <action> [flags] [id]
 
 Actions:
   start     --model M --canary V [--stable V] [--abtest --split 50] [--policy file.yaml]
+            [--shadow 10 [--shadow-max-concurrent 16] [--shadow-min-pairs 200]]
+                                    --shadow: a shadow stage first, mirroring that
+                                    percentage of user requests to the canary
   list      [--model M]
   status    <id> [--watch] [--json]
   pause     <id> [--note text]
@@ -62,7 +65,8 @@ func runRollout(ctx context.Context, args []string) error {
 	var (
 		model, canary, stable, policyFile, note, out *string
 		abtest, watch, asJSON                        *bool
-		split                                        *float64
+		split, shadow                                *float64
+		shadowMax, shadowPairs                       *int
 		every                                        *time.Duration
 	)
 	switch action {
@@ -73,6 +77,9 @@ func runRollout(ctx context.Context, args []string) error {
 		abtest = fs.Bool("abtest", false, "run an A/B test at a fixed split instead of a staged rollout")
 		split = fs.Float64("split", 0, "canary percentage of an A/B test (default 50)")
 		policyFile = fs.String("policy", "", "YAML file overriding fields of the planned policy")
+		shadow = fs.Float64("shadow", 0, "run a shadow stage first, mirroring this percentage of user requests to the canary (0: none)")
+		shadowMax = fs.Int("shadow-max-concurrent", 0, "mirrored requests in flight at the canary at most (default 16)")
+		shadowPairs = fs.Int("shadow-min-pairs", 0, "judged pairs before the shadow stage may pass (default 200)")
 	case "list":
 		model = fs.String("model", "", "only this model's rollouts")
 	case "status":
@@ -109,6 +116,12 @@ func runRollout(ctx context.Context, args []string) error {
 		req := analyzer.StartRequest{Model: *model, Canary: *canary, Stable: *stable, Split: *split}
 		if *abtest {
 			req.Mode = analyzer.ModeABTest
+		}
+		if *shadow != 0 || *shadowMax != 0 || *shadowPairs != 0 {
+			if *shadow <= 0 || *shadowMax < 0 || *shadowPairs < 0 {
+				return fmt.Errorf("--shadow %v must be a positive percentage (and the shadow limits not negative)", *shadow)
+			}
+			req.Shadow = &analyzer.ShadowPolicy{Percent: *shadow, MaxConcurrent: uint32(*shadowMax), MinPairs: *shadowPairs}
 		}
 		if *policyFile != "" {
 			raw, err := policyOverride(*policyFile)
@@ -217,6 +230,21 @@ func readToken(file string) (string, error) {
 	return "", errors.New("no API token: use --token-file or set LLMCANARY_API_TOKEN")
 }
 
+// printShadow writes a rollout's shadow stage: the mirrored load and its
+// cap, the pairs and the tests.
+func printShadow(w io.Writer, sh *analyzer.ShadowStage) {
+	if sh == nil {
+		return
+	}
+	fmt.Fprintf(w, "shadow   %s: %g %% of user requests mirrored to the canary, at most %d in flight\n", sh.Status, sh.Policy.Percent, sh.Policy.MaxConcurrent)
+	if d := sh.Last; d != nil {
+		pp := d.Pairs
+		fmt.Fprintf(w, "pairs    %d mirrored, %d paired; judged: canary won %d, lost %d (%d failed), tied %d  %s\n",
+			pp.Mirrored, pp.Paired, pp.Wins, pp.Losses, pp.CanaryFailed, pp.Ties, bar(ratio(float64(pp.Wins+pp.Losses+pp.Ties), float64(sh.Policy.MinPairs))))
+		fmt.Fprintf(w, "         loss share %.2f (p=%.4f), score gap %.3f, latency ratio %.3f\n", d.Losses.Estimate, d.Losses.PValue, d.ScoreDiff.Estimate, d.Latency.Estimate)
+	}
+}
+
 func envOr(name, def string) string {
 	if v := os.Getenv(name); v != "" {
 		return v
@@ -244,6 +272,7 @@ func printStatus(w io.Writer, ro *analyzer.RolloutView) {
 			}
 		}
 	} else {
+		printShadow(w, ro.Shadow)
 		fmt.Fprintf(w, "stage    %d of %d at %g %%  %s\n", p.Stage, p.Stages, p.Weight, bar(float64(p.Stage)/float64(max(p.Stages, 1))))
 		fmt.Fprintf(w, "samples  %d of %d canary requests  %s\n", p.Samples, p.MinSamples, bar(ratio(float64(p.Samples), float64(p.MinSamples))))
 		fmt.Fprintf(w, "time     %s of %s minimum (%s maximum)  %s\n", p.InStage.Round(time.Second), p.MinDuration, p.MaxDuration, bar(ratio(float64(p.InStage), float64(p.MinDuration))))

@@ -59,8 +59,9 @@ func startAnalyzer(t *testing.T, f *fleet, dir string) *analyzerProc {
 		t.Fatal(err)
 	}
 	cp := analyzer.ControlPlaneClient{Client: f.API}
+	src := chsource.New(conn, wire.Database)
 	r := &analyzer.Runner{
-		Store: store, Source: chsource.New(conn, wire.Database), Traffic: cp, Models: cp,
+		Store: store, Source: src, Pairs: src, Traffic: cp, Models: cp,
 		Policy: compressedPolicy(), Interval: 250 * time.Millisecond,
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -9,9 +9,12 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/llmcanary/llmcanary/analyzer"
+	"github.com/llmcanary/llmcanary/analyzer/quality"
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/internal/local"
 	"github.com/llmcanary/llmcanary/internal/wire"
@@ -150,5 +153,139 @@ func TestMirroredRequestsReachTheShadowVersionWhileUsersGetOnlyStablesAnswers(t 
 	}
 	if got := f.countRows(t, wire.TableRequests, "version = 'v1'"); got != n {
 		t.Fatalf("%d stable request rows, want %d", got, n)
+	}
+}
+
+// startShadowJudge grades shadow pairs with a simulated judge until the
+// test ends.
+func startShadowJudge(t *testing.T, f *fleet) {
+	t.Helper()
+	js, err := local.StartSim(sim.Profile{Version: "judge", Judge: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(js.Stop)
+	conn, err := f.ClickHouse.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	store, err := quality.OpenScoreStore(ctx, conn, wire.Database)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := quality.NewJudge(quality.JudgeOptions{Conn: conn, Store: store, Endpoint: "http://" + js.Addr, Interval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sj, err := quality.NewShadowJudge(ctx, j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = sj.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; conn.Close() })
+}
+
+func TestShadowStageRollsBackARegressedCanaryBeforeAnyUserReachesIt(t *testing.T) {
+	stable := analyzerProfile("v1", 0)
+	stable.BadAnswerRate = 0.02
+	canary := analyzerProfile("v2", 0)
+	canary.BadAnswerRate = 0.5
+	f := startFleet(t, fleetOptions{wasm: true, stableW: 100, stable: stable, canary: canary,
+		stack: local.Options{Telemetry: true, Measure: timeAll, Capture: extproc.CaptureOptions{Rate: 1}}})
+	startShadowJudge(t, f)
+	a := startAnalyzer(t, f, t.TempDir())
+	ro, err := a.runner.Start(context.Background(), analyzer.StartRequest{Model: model, Canary: "v2",
+		Shadow: &analyzer.ShadowPolicy{Percent: 50, MaxConcurrent: 8, MinPairs: 1000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := f.API.Model(context.Background(), model); err != nil || m.Shadow == nil || m.Shadow.Version != "v2" || m.Weights["v2"] != 0 {
+		t.Fatalf("the control plane must mirror to v2 with v2 at 0 %%: %+v %v", m, err)
+	}
+	stop, sent := drive(t, f)
+	got := waitStatus(t, a, ro.ID, 90*time.Second, analyzer.RolloutRolledBack, analyzer.RolloutPromoted, analyzer.RolloutPaused)
+	stop()
+	if got.Status != analyzer.RolloutRolledBack || got.Shadow == nil || got.Shadow.Status != analyzer.ShadowFailed || got.Last.Code != analyzer.CodeHarm {
+		t.Fatalf("rollout %s, shadow %+v: want rolled back on shadow evidence; %s", got.Status, got.Shadow, lastReasonOf(got))
+	}
+	t.Logf("%d user requests sent; %s", sent.Load(), got.Last.Reason)
+	if m, err := f.API.Model(context.Background(), model); err != nil || m.Shadow.Mirrors() || m.Weights["v2"] != 0 {
+		t.Fatalf("after the rollback the mirror must be off and v2 at 0 %%: %+v %v", m, err)
+	}
+	// No user was served by the canary, ever: not one request row, not
+	// one access-log entry.
+	if n := f.countRows(t, wire.TableRequests, "version = 'v2'"); n != 0 {
+		t.Fatalf("%d user requests were served by the regressed canary", n)
+	}
+	if n := f.countRows(t, wire.TableRequestLog, "version = 'v2'"); n != 0 {
+		t.Fatalf("%d access-log entries of the regressed canary", n)
+	}
+	if n := f.countRows(t, wire.TableShadow, "version = 'v2'"); n == 0 {
+		t.Fatal("no shadow answer was recorded")
+	}
+	if n := f.countRows(t, quality.ShadowTable, "1"); n == 0 {
+		t.Fatal("no shadow pair was judged")
+	}
+	for v, n := range served(t, f, 100) {
+		if v != "v1" {
+			t.Fatalf("%d requests served by %q after the rollback", n, v)
+		}
+	}
+}
+
+func TestMirrorSwitchedOnAndOffUnderLoadNeverFailsAUserRequest(t *testing.T) {
+	f, _ := shadowFleet(t, sim.Profile{Seed: 7, OutputTokens: sim.FixedCount(8)}, 50)
+	ctx := context.Background()
+	var failed, total atomic.Int64
+	stopCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for w := range 6 {
+		wg.Go(func() {
+			for i := 0; stopCtx.Err() == nil; i++ {
+				a, err := f.try(request{body: streamBody, headers: user(w*1_000_000 + i)})
+				total.Add(1)
+				if err != nil || a.status != 200 || a.version != "v1" {
+					failed.Add(1)
+					return
+				}
+			}
+		})
+	}
+	for i := range 20 {
+		m, err := f.API.Model(ctx, model)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Sampling = nil
+		// Off by removing the setting or by 0 %, on again.
+		switch i % 4 {
+		case 0:
+			m.Shadow = nil
+		case 2:
+			m.Shadow = &xds.Shadow{Version: "shadow"}
+		default:
+			m.Shadow = &xds.Shadow{Version: "shadow", Percent: 50}
+		}
+		if _, err := f.API.PutModel(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = f.API.WaitApplied(wctx)
+		cancel()
+		// Let mirrored requests be in flight when the next change lands.
+		time.Sleep(300 * time.Millisecond)
+		if err != nil || failed.Load() > 0 {
+			stop()
+			wg.Wait()
+			t.Fatalf("change %d: %d of %d user requests failed (%v)", i, failed.Load(), total.Load(), err)
+		}
+	}
+	stop()
+	wg.Wait()
+	t.Logf("%d user requests while the mirror was switched 20 times, %d failed", total.Load(), failed.Load())
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d user requests failed or were not stable's", failed.Load(), total.Load())
 	}
 }
