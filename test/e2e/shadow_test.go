@@ -289,3 +289,34 @@ func TestMirrorSwitchedOnAndOffUnderLoadNeverFailsAUserRequest(t *testing.T) {
 		t.Fatalf("%d of %d user requests failed or were not stable's", failed.Load(), total.Load())
 	}
 }
+
+func TestShadowStagePassesAHealthyCanaryToItsFirstUserStage(t *testing.T) {
+	stable := analyzerProfile("v1", 0)
+	stable.BadAnswerRate = 0.02
+	canary := analyzerProfile("v2", 0)
+	canary.BadAnswerRate, canary.Seed = 0.02, 7 // its own draws: not the same answers as stable
+	f := startFleet(t, fleetOptions{wasm: true, stableW: 100, stable: stable, canary: canary,
+		stack: local.Options{Telemetry: true, Measure: timeAll, Capture: extproc.CaptureOptions{Rate: 1}}})
+	startShadowJudge(t, f)
+	a := startAnalyzer(t, f, t.TempDir())
+	ro, err := a.runner.Start(context.Background(), analyzer.StartRequest{Model: model, Canary: "v2",
+		Shadow: &analyzer.ShadowPolicy{Percent: 50, MinPairs: 150, QualityTolerance: 0.1, LatencyTolerance: 0.5}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop, _ := drive(t, f)
+	defer stop()
+	var got *analyzer.Rollout
+	waitFor(t, 120*time.Second, "a passed shadow stage", func() bool {
+		got, err = a.runner.Store.Get(ro.ID)
+		return err == nil && (got.Shadow.Status != analyzer.ShadowRunning || got.Status != analyzer.RolloutRunning)
+	})
+	if got.Shadow.Status != analyzer.ShadowPassed || got.Status != analyzer.RolloutRunning || got.Stage != 0 {
+		t.Fatalf("rollout %s at stage %d, shadow %s: want the shadow stage passed; %s", got.Status, got.Stage, got.Shadow.Status, lastReasonOf(got))
+	}
+	t.Logf("%s", got.Shadow.Last.Reason)
+	first := got.Plan.Policy.EvaluatedStages()[0].Weight
+	if m, err := f.API.Model(context.Background(), model); err != nil || m.Shadow.Mirrors() || m.Weights["v2"] != first {
+		t.Fatalf("after the pass the mirror must be off and v2 at %g %%: %+v %v", first, m, err)
+	}
+}
