@@ -76,11 +76,9 @@ func demoPolicy() analyzer.Policy {
 func runDemo(ctx context.Context, args []string) error {
 	fs := newFlagSet("demo", `Starts a whole local stack (see 'llmcanary up') plus the analyzer and an LLM
 judge, sends live traffic from simulated users, and runs two rollouts with
-stage times compressed to seconds, each starting with a shadow stage (a
-quarter of the users' requests mirrored to the canary, both answers judged,
-no user served by it): a fine-tuned checkpoint that is 30 % slower and
-hallucinates on 14 % of answers (3 % before), rolled back in shadow, then a
-healthy one that passes its shadow stage and is promoted to 100 %. Progress shows live;
+stage times compressed to seconds: a fine-tuned checkpoint that is 30 %
+slower and hallucinates on 14 % of answers (3 % before), rolled back
+automatically, then a healthy one, promoted to 100 %. Progress shows live;
 pictures of weight over time and latency per version, and an HTML report of
 both rollouts, go to --out.`)
 	var o demoOptions
@@ -160,11 +158,7 @@ both rollouts, go to --out.`)
 	say("sending %.0f streamed requests per second from 5000 simulated users; every answer is graded by the judge", o.rate)
 
 	// Rollout 1: the regressed fine-tune.
-	// Both start with a shadow stage: a quarter of the users' requests are
-	// mirrored to the canary and both answers to each are judged, before
-	// any user is served by it.
-	bad, err := watchRollout(ctx, runner, analyzer.StartRequest{Model: s.Model, Canary: badPool.Version, Actor: "demo",
-		Shadow: &analyzer.ShadowPolicy{Percent: 25}}, o.timeout)
+	bad, err := watchRollout(ctx, runner, analyzer.StartRequest{Model: s.Model, Canary: badPool.Version, Actor: "demo"}, o.timeout)
 	if err != nil {
 		return err
 	}
@@ -188,8 +182,7 @@ both rollouts, go to --out.`)
 	servedMu.Lock()
 	canaryName = goodPool.Version
 	servedMu.Unlock()
-	healthy, err := watchRollout(ctx, runner, analyzer.StartRequest{Model: s.Model, Canary: goodPool.Version, Actor: "demo",
-		Shadow: &analyzer.ShadowPolicy{Percent: 25, MinPairs: 150}}, o.timeout)
+	healthy, err := watchRollout(ctx, runner, analyzer.StartRequest{Model: s.Model, Canary: goodPool.Version, Actor: "demo"}, o.timeout)
 	if err != nil {
 		return err
 	}
@@ -260,14 +253,6 @@ func watchRollout(ctx context.Context, r *analyzer.Runner, req analyzer.StartReq
 		line := fmt.Sprintf("stage %d/%d at %3.0f%% %s  canary requests %4d/%-4d  %4.0fs  %s",
 			p.Stage, p.Stages, p.Weight, bar(ratio(float64(p.Samples), float64(max(p.MinSamples, 1)))), p.Samples, p.MinSamples,
 			p.InStage.Seconds(), clip(reason, 150))
-		if sh := ro.Shadow; sh.Running() {
-			judged := 0
-			if sh.Last != nil {
-				judged = sh.Last.Pairs.Wins + sh.Last.Pairs.Losses + sh.Last.Pairs.Ties
-			}
-			line = fmt.Sprintf("shadow: %g%% of requests mirrored (at most %d in flight), no user on the canary  judged pairs %4d/%-4d  %4.0fs  %s",
-				sh.Policy.Percent, sh.Policy.MaxConcurrent, judged, sh.Policy.MinPairs, time.Since(sh.Started).Seconds(), clip(reason, 120))
-		}
 		if line != lastLine && time.Since(lastPrint) > 2*time.Second || !ro.Status.Active() {
 			say("%s", line)
 			lastLine, lastPrint = line, time.Now()
