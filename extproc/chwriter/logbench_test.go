@@ -11,12 +11,17 @@ import (
 	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 )
 
+// cpuNow is this process's CPU time so far (user and system).
 func cpuNow() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// BenchmarkWriterLogRowsCPU measures the writer's own CPU per request-log
+// row (this process's CPU; ClickHouse's is not counted): queue, write-ahead
+// spool, insert. Run: go test -tags integration -run '^$' -bench
+// LogRowsCPU -benchtime 3x ./extproc/chwriter/
 func BenchmarkWriterLogRowsCPU(b *testing.B) {
 	ch := chtest.Shared(b)
 	w, err := New(context.Background(), Options{
