@@ -124,7 +124,7 @@ func BenchmarkAccessLoggerEnvoyCPU(b *testing.B) {
 	common := func(cluster string) *grpcalsv3.CommonGrpcAccessLogConfig {
 		return &grpcalsv3.CommonGrpcAccessLogConfig{
 			LogName: "llmcanary", TransportApiVersion: corev3.ApiVersion_V3,
-			GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: cluster}}},
+			GrpcService:         &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: cluster}}},
 			BufferFlushInterval: durationpb.New(envoyconfig.AccessLogFlushInterval),
 			BufferSizeBytes:     wrapperspb.UInt32(envoyconfig.AccessLogBufferBytes),
 		}
