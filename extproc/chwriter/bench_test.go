@@ -89,7 +89,7 @@ func benchDirect(b *testing.B, batchSize int) {
 			recs[i].RequestID = randomID()
 		}
 		for lo := 0; lo < len(recs); lo += batchSize {
-			m, _, err := w.requests.insert(ctx, recs[lo:min(lo+batchSize, len(recs))], false)
+			m, _, err := w.shards[0].requests.insert(ctx, recs[lo:min(lo+batchSize, len(recs))], false)
 			if err != nil {
 				b.Fatal(err)
 			}
