@@ -142,3 +142,17 @@ func adoptLoneTable(ctx context.Context, conn driver.Conn, l layout, name string
 	}
 	return nil
 }
+
+// exists reports whether this server has the database (what "database")
+// or the table db.name (what "table").
+func exists(ctx context.Context, conn driver.Conn, what, db, name string) (bool, error) {
+	q, args := "SELECT count() FROM system.tables WHERE database = ? AND name = ?", []any{db, name}
+	if what == "database" {
+		q, args = "SELECT count() FROM system.databases WHERE name = ?", []any{db}
+	}
+	var n uint64
+	if err := conn.QueryRow(ctx, q, args...).Scan(&n); err != nil {
+		return false, fmt.Errorf("look up %s %s: %w", what, name, err)
+	}
+	return n > 0, nil
+}

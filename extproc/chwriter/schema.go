@@ -262,7 +262,18 @@ func migrate(ctx context.Context, conn driver.Conn, l layout) (serverVersion, er
 			on = " ON CLUSTER " + l.cluster
 		}
 	}
-	if err := conn.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+db+on); err != nil {
+	// In a cluster, what this server already has is not created again: ON
+	// CLUSTER DDL waits for every host, and one shard away must not keep
+	// the others from taking rows once their schema is in place.
+	create := func(what, name, q string) error {
+		if l.cluster != "" {
+			if ok, err := exists(ctx, conn, what, db, name); err != nil || ok {
+				return err
+			}
+		}
+		return conn.Exec(ctx, q)
+	}
+	if err := create("database", db, "CREATE DATABASE IF NOT EXISTS "+db+on); err != nil {
 		return v, fmt.Errorf("create database %s: %w", db, err)
 	}
 	for _, t := range tables {
@@ -272,7 +283,7 @@ func migrate(ctx context.Context, conn driver.Conn, l layout) (serverVersion, er
 				return v, err
 			}
 		}
-		if err := conn.Exec(ctx, t.createAsSQL(db, local, on, l.engine(local))); err != nil {
+		if err := create("table", local, t.createAsSQL(db, local, on, l.engine(local))); err != nil {
 			return v, fmt.Errorf("create table %s.%s: %w", db, local, err)
 		}
 		// A replicated table passes the ALTER on to its replicas, so
@@ -283,7 +294,7 @@ func migrate(ctx context.Context, conn driver.Conn, l layout) (serverVersion, er
 		if l.cluster == "" {
 			continue
 		}
-		if err := conn.Exec(ctx, l.distributedSQL(t, on)); err != nil {
+		if err := create("table", t.name, l.distributedSQL(t, on)); err != nil {
 			return v, fmt.Errorf("create distributed table %s.%s: %w", db, t.name, err)
 		}
 		if err := addColumns(ctx, conn, db, t.name, t.cols, on); err != nil {
