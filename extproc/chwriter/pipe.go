@@ -26,8 +26,6 @@ type rowKind[R any] struct {
 	id func(r *R) *string
 	// time is when the row's request started; it picks the partition.
 	time func(r *R) time.Time
-	// bucket is the row's user bucket; it picks the shard.
-	bucket func(r *R) uint64
 	// sanitize makes a row storable (no NaN in a Float64 column).
 	sanitize func(r *R)
 	// subdir is the row type's spool directory inside Options.SpoolDir;
@@ -41,7 +39,6 @@ var requestRows = rowKind[extproc.Record]{
 	tables: []table[extproc.Record]{requestsTable, capturesTable},
 	id:     func(r *extproc.Record) *string { return &r.RequestID },
 	time:   func(r *extproc.Record) time.Time { return r.Time },
-	bucket: func(r *extproc.Record) uint64 { return r.Bucket },
 	sanitize: func(r *extproc.Record) {
 		for _, f := range []*float64{&r.TTFTMs, &r.TotalMs, &r.ITLMeanMs, &r.ITLP50Ms, &r.ITLP95Ms, &r.ITLMaxMs, &r.CostUSD, &r.SampleRate} {
 			finite(f)
@@ -55,7 +52,6 @@ var requestLogRows = rowKind[extproc.LogEntry]{
 	tables: []table[extproc.LogEntry]{requestLogTable},
 	id:     func(e *extproc.LogEntry) *string { return &e.RequestID },
 	time:   func(e *extproc.LogEntry) time.Time { return e.Time },
-	bucket: func(e *extproc.LogEntry) uint64 { return e.Bucket },
 	sanitize: func(e *extproc.LogEntry) {
 		finite(&e.DurationMs)
 		finite(&e.SampleRate)
