@@ -306,7 +306,9 @@ func isUnknownTable(err error) bool {
 // Rows of plain numbers scan without reflection; arrays built by
 // groupArray scan element by element through reflection in clickhouse-go
 // and were ten times slower. Without a quality table it reads the requests
-// alone.
+// alone. The join is GLOBAL: when the requests table is a Distributed
+// table over a cluster, the scores (on this server only) are read once
+// here and sent to every shard.
 func (s *Source) readRequests(ctx context.Context, w analyzer.Window, t *analyzer.Tally) (int, error) {
 	filter := windowFilter(w.RolloutFrom, w.To)
 	cols := fmt.Sprintf(`ts_ms,
@@ -323,7 +325,7 @@ func (s *Source) readRequests(ctx context.Context, w analyzer.Window, t *analyze
     sample_rate`, analyzer.OutcomeSuccess, wire.FailureClientCancel, analyzer.OutcomeCancelled, analyzer.OutcomeFailure)
 	withScores := fmt.Sprintf(`SELECT %[1]s, judged, score
 FROM %[2]s.%[3]s
-ANY LEFT JOIN (
+GLOBAL ANY LEFT JOIN (
     SELECT request_id, toUInt8(1) AS judged, avg(score) AS score
     FROM (
         SELECT request_id, source, any(score) AS score

@@ -300,12 +300,14 @@ func (j *Judge) pending(ctx context.Context) ([]capture, error) {
 	args = append(args, priority, j.o.BatchSize)
 	// A capture is graded only when its request succeeded: a failed one
 	// is counted as a failure, and its partial text says nothing about
-	// the version's answers.
+	// the version's answers. GLOBAL runs the subqueries once, here: when
+	// the telemetry is a Distributed table over a cluster, the scores
+	// live on this server only and the requests table is distributed too.
 	q := fmt.Sprintf(`SELECT request_id, model, version, ts, prompt, completion
 FROM %[1]s.%[2]s
 WHERE date >= %[3]s AND ts >= toDateTime(%[4]d)
-  AND request_id NOT IN (SELECT request_id FROM %[1]s.%[5]s WHERE date >= %[3]s AND source = ?)
-  AND request_id IN (SELECT request_id FROM %[1]s.%[6]s WHERE date >= %[3]s AND ts >= toDateTime(%[4]d) AND failure = '')%[7]s
+  AND request_id GLOBAL NOT IN (SELECT request_id FROM %[1]s.%[5]s WHERE date >= %[3]s AND source = ?)
+  AND request_id GLOBAL IN (SELECT request_id FROM %[1]s.%[6]s WHERE date >= %[3]s AND ts >= toDateTime(%[4]d) AND failure = '')%[7]s
 ORDER BY has(?, version) DESC, ts DESC
 LIMIT ?`, db, wire.TableCaptures, dateLit(since), since.Unix(), Table, wire.TableRequests, skip)
 	rows, err := j.o.Conn.Query(ctx, q, args...)

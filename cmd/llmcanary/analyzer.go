@@ -25,7 +25,7 @@ func bindAnalyzer(fs *flag.FlagSet, o *analyzersvc.Options) {
 	fs.StringVar(&o.TokenFile, "token-file", o.TokenFile, "file holding the rollout API's bearer token (default: $LLMCANARY_API_TOKEN)")
 	fs.StringVar(&o.ControlPlane, "control-plane", o.ControlPlane, "base URL of the control plane's management API")
 	fs.StringVar(&o.ControlPlaneTokenFile, "control-plane-token-file", o.ControlPlaneTokenFile, "file holding the management API's token (default: the rollout API's token)")
-	fs.StringVar(&o.ClickHouse, "clickhouse", o.ClickHouse, "ClickHouse native-protocol address")
+	fs.StringVar(&o.ClickHouse, "clickhouse", o.ClickHouse, "ClickHouse native-protocol address (with a telemetry cluster: any of its servers)")
 	fs.StringVar(&o.Database, "database", o.Database, "ClickHouse database of the telemetry")
 	fs.DurationVar((*time.Duration)(&o.Interval), "interval", o.Interval.D(), "how often each running rollout is checked for new rows; a look decides as soon as evidence arrives")
 	fs.DurationVar((*time.Duration)(&o.Refresh), "refresh", o.Refresh.D(), "the longest a running rollout goes without a look when no new rows arrive")

@@ -172,23 +172,30 @@ var (
 	tables = []tableDef{requestsTable.def(), capturesTable.def(), requestLogTable.def()}
 )
 
-func (t tableDef) createSQL(db string) string {
+// createSQL creates the table on a lone server.
+func (t tableDef) createSQL(db string) string { return t.createAsSQL(db, t.name, "", "MergeTree") }
+
+// createAsSQL creates the table under name with engine; on is "" or
+// " ON CLUSTER name".
+func (t tableDef) createAsSQL(db, name, on, engine string) string {
 	defs := make([]string, len(t.cols))
 	for i, c := range t.cols {
 		defs[i] = "    " + c.ddl()
 	}
 	// MergeTree with PARTITION BY is the custom-partitioning syntax 18.16
 	// already has; daily partitions make retention a DROP PARTITION.
-	return fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s.%s (\n%s\n) ENGINE = MergeTree\nPARTITION BY date\nORDER BY (model, version, ts, request_id)",
-		db, t.name, strings.Join(defs, ",\n"))
+	return fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s.%s%s (\n%s\n) ENGINE = %s\nPARTITION BY date\nORDER BY (model, version, ts, request_id)",
+		db, name, on, strings.Join(defs, ",\n"), engine)
 }
 
-func (t tableDef) insertSQL(db string) string {
+func (t tableDef) insertSQL(db string) string { return t.insertIntoSQL(db, t.name) }
+
+func (t tableDef) insertIntoSQL(db, name string) string {
 	names := make([]string, len(t.cols))
 	for i, c := range t.cols {
 		names[i] = c.name
 	}
-	return fmt.Sprintf("INSERT INTO %s.%s (%s)", db, t.name, strings.Join(names, ", "))
+	return fmt.Sprintf("INSERT INTO %s.%s (%s)", db, name, strings.Join(names, ", "))
 }
 
 // serverVersion is a ClickHouse version as SELECT version() reports it.
@@ -217,19 +224,27 @@ func (v serverVersion) atLeast(major, minor int) bool {
 // with retentionDays > 0, servers ≥ 19.6 expire partitions by TTL; older
 // ones rely on DropPartitionsBefore.
 func extraDDL(v serverVersion, db string, retentionDays int) []string {
+	return extraDDLIn(v, layout{db: db, retentionDays: retentionDays})
+}
+
+// extraDDLIn is extraDDL for the tables that hold the rows on a server
+// of layout l.
+func extraDDLIn(v serverVersion, l layout) []string {
 	var out []string
-	if retentionDays > 0 && v.atLeast(19, 6) {
+	if l.retentionDays > 0 && v.atLeast(19, 6) {
 		for _, t := range tables {
-			out = append(out, fmt.Sprintf("ALTER TABLE %s.%s MODIFY TTL date + toIntervalDay(%d)", db, t.name, retentionDays))
+			out = append(out, fmt.Sprintf("ALTER TABLE %s.%s MODIFY TTL date + toIntervalDay(%d)", l.db, l.local(t.name), l.retentionDays))
 		}
 	}
 	return out
 }
 
-// migrate creates the database and tables if missing and adds the columns
-// an existing table lacks. 18.16 has no ADD COLUMN IF NOT EXISTS, so the
-// existing columns are read from system.columns.
-func migrate(ctx context.Context, conn driver.Conn, db string, retentionDays int) (serverVersion, error) {
+// migrate creates the database and tables of layout l if missing and adds
+// the columns an existing table lacks. 18.16 has no ADD COLUMN IF NOT
+// EXISTS, so the existing columns are read from system.columns. In a
+// cluster it also checks the cluster's config, creates the Distributed
+// tables, and adopts a lone server's tables as the shard's local ones.
+func migrate(ctx context.Context, conn driver.Conn, l layout) (serverVersion, error) {
 	var vs string
 	if err := conn.QueryRow(ctx, "SELECT version()").Scan(&vs); err != nil {
 		return serverVersion{}, fmt.Errorf("server version: %w", err)
@@ -238,37 +253,87 @@ func migrate(ctx context.Context, conn driver.Conn, db string, retentionDays int
 	if err != nil {
 		return serverVersion{}, err
 	}
-	if err := conn.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+db); err != nil {
+	db, on := l.db, ""
+	if l.cluster != "" {
+		if err := checkCluster(ctx, conn, l); err != nil {
+			return v, err
+		}
+		if onClusterDDL(ctx, conn, v) {
+			on = " ON CLUSTER " + l.cluster
+		}
+	}
+	// In a cluster, what this server already has is not created again: ON
+	// CLUSTER DDL waits for every host, and one shard away must not keep
+	// the others from taking rows once their schema is in place.
+	create := func(what, name, q string) error {
+		if l.cluster != "" {
+			if ok, err := exists(ctx, conn, what, db, name); err != nil || ok {
+				return err
+			}
+		}
+		return conn.Exec(ctx, q)
+	}
+	if err := create("database", db, "CREATE DATABASE IF NOT EXISTS "+db+on); err != nil {
 		return v, fmt.Errorf("create database %s: %w", db, err)
 	}
 	for _, t := range tables {
-		if err := conn.Exec(ctx, t.createSQL(db)); err != nil {
-			return v, fmt.Errorf("create table %s.%s: %w", db, t.name, err)
+		local := l.local(t.name)
+		if l.cluster != "" {
+			if err := adoptLoneTable(ctx, conn, l, t.name); err != nil {
+				return v, err
+			}
 		}
-		have, err := existingColumns(ctx, conn, db, t.name)
-		if err != nil {
+		if err := create("table", local, t.createAsSQL(db, local, on, l.engine(local))); err != nil {
+			return v, fmt.Errorf("create table %s.%s: %w", db, local, err)
+		}
+		// A replicated table passes the ALTER on to its replicas, so
+		// each shard's local table is migrated on the shard's server.
+		if err := addColumns(ctx, conn, db, local, t.cols, ""); err != nil {
 			return v, err
 		}
-		prev := ""
-		for _, c := range t.cols {
-			if !have[c.name] {
-				q := fmt.Sprintf("ALTER TABLE %s.%s ADD COLUMN %s", db, t.name, c.ddl())
-				if prev != "" {
-					q += " AFTER " + prev
-				}
-				if err := conn.Exec(ctx, q); err != nil {
-					return v, fmt.Errorf("add column %s.%s.%s: %w", db, t.name, c.name, err)
-				}
-			}
-			prev = c.name
+		if l.cluster == "" {
+			continue
+		}
+		if err := create("table", t.name, l.distributedSQL(t, on)); err != nil {
+			return v, fmt.Errorf("create distributed table %s.%s: %w", db, t.name, err)
+		}
+		if err := addColumns(ctx, conn, db, t.name, t.cols, on); err != nil {
+			return v, err
 		}
 	}
-	for _, q := range extraDDL(v, db, retentionDays) {
+	for _, q := range extraDDLIn(v, l) {
 		if err := conn.Exec(ctx, q); err != nil {
 			return v, fmt.Errorf("schema extra %q: %w", q, err)
 		}
 	}
 	return v, nil
+}
+
+// addColumns adds the columns of cols that table db.tbl lacks on this
+// server, each after its predecessor; with on (ON CLUSTER) it adds them
+// on every host that lacks them.
+func addColumns(ctx context.Context, conn driver.Conn, db, tbl string, cols []columnDef, on string) error {
+	have, err := existingColumns(ctx, conn, db, tbl)
+	if err != nil {
+		return err
+	}
+	prev := ""
+	for _, c := range cols {
+		if !have[c.name] {
+			q := fmt.Sprintf("ALTER TABLE %s.%s%s ADD COLUMN %s", db, tbl, on, c.ddl())
+			if on != "" {
+				q = fmt.Sprintf("ALTER TABLE %s.%s%s ADD COLUMN IF NOT EXISTS %s", db, tbl, on, c.ddl())
+			}
+			if prev != "" {
+				q += " AFTER " + prev
+			}
+			if err := conn.Exec(ctx, q); err != nil {
+				return fmt.Errorf("add column %s.%s.%s: %w", db, tbl, c.name, err)
+			}
+		}
+		prev = c.name
+	}
+	return nil
 }
 
 func existingColumns(ctx context.Context, conn driver.Conn, db, tbl string) (map[string]bool, error) {
@@ -291,10 +356,12 @@ func existingColumns(ctx context.Context, conn driver.Conn, db, tbl string) (map
 // dropPartitionsBefore drops every daily partition of the writer's tables
 // whose rows are all older than the day of before (UTC). It returns how
 // many partitions it dropped.
-func dropPartitionsBefore(ctx context.Context, conn driver.Conn, db string, before time.Time) (int, error) {
+func dropPartitionsBefore(ctx context.Context, conn driver.Conn, l layout, before time.Time) (int, error) {
 	cut := day(before)
 	dropped := 0
-	for _, t := range tables {
+	db := l.db
+	for _, td := range tables {
+		t := tableDef{name: l.local(td.name)}
 		rows, err := conn.Query(ctx,
 			fmt.Sprintf("SELECT DISTINCT partition_id FROM system.parts WHERE database = ? AND table = ? AND active AND max_date < %s", dateLit(cut)),
 			db, t.name)
