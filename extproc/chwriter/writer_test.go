@@ -452,7 +452,7 @@ func TestMigrationAddsColumnsAnOlderTableLacks(t *testing.T) {
 	conn := chtest.Connect(t, ch)
 	ctx := context.Background()
 	old := table[extproc.Record]{name: requestsTable.name, cols: requestsTable.cols[:10]}
-	for _, q := range []string{"CREATE DATABASE " + db, old.createSQL(db)} {
+	for _, q := range []string{"CREATE DATABASE " + db, old.createSQL(db, serverVersion{18, 16})} {
 		if err := conn.Exec(ctx, q); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
@@ -554,7 +554,8 @@ func TestParseVersionAndExtras(t *testing.T) {
 		{"18.16.1", 30, 0},
 		{"19.5.4.22", 30, 0},
 		{"19.6.1", 30, len(tables)},
-		{"24.3.1.2672", 7, len(tables)},
+		{"22.2.3", 7, len(tables)},
+		{"24.3.1.2672", 7, 2 * len(tables)},
 		{"24.3.1.2672", 0, 0},
 	}
 	for _, tc := range cases {
