@@ -279,3 +279,41 @@ func stageWindow(i int, from time.Time) analyzer.StageWindow {
 	return analyzer.StageWindow{RolloutID: "r1", Model: "m", Stable: "v1", Canary: "v2", Stage: i, Weight: float64(i+1) * 10,
 		Started: from, Updated: from}
 }
+
+// The writer's own statements besides the INSERTs: the replay's lookup of
+// ids already stored, and retention by dropping old daily partitions.
+func TestReplayLookupAndPartitionDropRunOnAModernServer(t *testing.T) {
+	conn := chdbtest.Start(t)
+	modernVersion(t, conn)
+	ctx := context.Background()
+	db := "tel"
+	if err := Migrate(ctx, conn, db, 0); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	recs := []extproc.Record{
+		{Time: now.Add(-72 * time.Hour), RequestID: "three-days-old", Model: "m", Version: "v1"},
+		{Time: now.Add(-time.Minute), RequestID: "stored", Model: "m", Version: "v1"},
+	}
+	insertRows(t, conn, db, requestsTable, recs)
+	p := &pipe[extproc.Record]{w: &Writer{conn: conn, o: Options{Database: db}}, kind: requestRows}
+	replayed := append(recs[1:], extproc.Record{Time: now, RequestID: "new", Model: "m", Version: "v1"})
+	have, err := p.existingIDs(ctx, wire.TableRequests, replayed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(have) != 1 || !have["stored"] {
+		t.Errorf("ids already stored: %v, want only the one stored", have)
+	}
+	n, err := dropPartitionsBefore(ctx, conn, db, now.Add(-24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := chdbtest.Values(ctx, conn, "SELECT request_id FROM tel.requests")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 || len(res.Rows) != 1 || res.Rows[0][0] != "stored" {
+		t.Errorf("dropped %d partitions, left %v: want the old day's partition gone and the recent row kept", n, res.Rows)
+	}
+}
