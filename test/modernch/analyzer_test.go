@@ -133,14 +133,29 @@ func writeTraffic(t *testing.T) servers {
 	}
 	s.rollout = &analyzer.Rollout{ID: "r-1", Model: model, Stable: "v1", Canary: "v2", Mode: analyzer.ModeCanary,
 		Plan: analyzer.Plan{Policy: analyzer.DefaultPolicy()}, Status: analyzer.RolloutRunning, Created: s.start, Updated: s.start.Add(20 * time.Minute)}
-	dl, err := chsource.NewDecisionLog(ctx, s.old, s.db, nil)
+	writeDecisions(t, s.old, s.db, s.rollout)
+
+	copied, err := modernch.Mirror(ctx, s.old, s.modern, s.db)
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := *s.rollout
+	t.Logf("rows on both servers: %v", copied)
+	return s
+}
+
+// writeDecisions records three looks at a rollout through the decision
+// log, as the analyzer does: two metrics each, one interval unbounded below.
+func writeDecisions(t *testing.T, conn driver.Conn, db string, ro *analyzer.Rollout) {
+	t.Helper()
+	ctx := context.Background()
+	dl, err := chsource.NewDecisionLog(ctx, conn, db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := *ro
 	for k := range 3 {
 		after := before
-		after.Last = &analyzer.Decision{At: s.start.Add(time.Duration(k+1) * 5 * time.Minute), Action: analyzer.ActionHold, Code: analyzer.CodeMinSamples,
+		after.Last = &analyzer.Decision{At: ro.Created.Add(time.Duration(k+1) * 5 * time.Minute), Action: analyzer.ActionHold, Code: analyzer.CodeMinSamples,
 			Metrics: []analyzer.MetricResult{
 				{Metric: analyzer.MetricLatency, Kind: analyzer.KindRelative, Status: analyzer.StatusUndecided, Estimate: 0.15, Tolerance: 0.2, CI: &stats.Interval{Lo: 0.05 * float64(k), Hi: 0.4}},
 				{Metric: analyzer.MetricErrorRate, Kind: analyzer.KindPoints, Status: analyzer.StatusUndecided, Estimate: 0.02, Tolerance: 0.03, CI: &stats.Interval{Lo: math.Inf(-1), Hi: 0.05}},
@@ -150,13 +165,38 @@ func writeTraffic(t *testing.T) servers {
 		before = after
 	}
 	dl.Flush(ctx)
+}
 
-	copied, err := modernch.Mirror(ctx, s.old, s.modern, s.db)
-	if err != nil {
-		t.Fatal(err)
+// The decision log's own INSERTs on a modern server, read back by the
+// report's reader: the same looks as on 18.16.
+func TestDecisionLogWritesAndReadsBackAlikeOnAModernServer(t *testing.T) {
+	ctx := context.Background()
+	ch := chtest.Shared(t)
+	db := chtest.NewDatabase()
+	old, modern := chtest.Connect(t, ch), chdbtest.Start(t)
+	ro := &analyzer.Rollout{ID: "r-2", Model: model, Stable: "v1", Canary: "v2", Created: time.Now().UTC().Add(-time.Hour)}
+	var looks [2][]chsource.Look
+	for i, conn := range []driver.Conn{old, modern} {
+		if err := conn.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+db); err != nil {
+			t.Fatal(err)
+		}
+		writeDecisions(t, conn, db, ro)
+		var err error
+		if looks[i], err = chsource.ReadLooks(ctx, conn, db, ro.ID); err != nil {
+			t.Fatal(err)
+		}
 	}
-	t.Logf("rows on both servers: %v", copied)
-	return s
+	if len(looks[0]) != 6 {
+		t.Fatalf("%d looks read back from 18.16, want 6", len(looks[0]))
+	}
+	if d := differences(reflect.ValueOf(looks[0]), reflect.ValueOf(looks[1]), "looks"); len(d) > 0 {
+		t.Errorf("the modern server keeps other looks:\n%s", strings.Join(d, "\n"))
+	}
+	for _, tbl := range []string{chsource.EventsTable, chsource.LooksTable} {
+		if _, err := chdbtest.Compare(ctx, old, modern, fmt.Sprintf("SELECT * FROM %s.%s", db, tbl)); err != nil {
+			t.Error(err)
+		}
+	}
 }
 
 func TestMeasureGivesTheSameMeasurementsOnAModernServer(t *testing.T) {
