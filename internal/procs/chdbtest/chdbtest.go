@@ -54,8 +54,6 @@ type Conn struct {
 	cmd *exec.Cmd
 	in  io.WriteCloser
 	out *bufio.Reader
-	// Statements lists every statement run, in order.
-	Statements []string
 }
 
 var _ driver.Conn = (*Conn)(nil)
@@ -120,7 +118,6 @@ type result struct {
 func (c *Conn) run(sql string) (*result, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.Statements = append(c.Statements, sql)
 	line, err := json.Marshal(map[string]string{"sql": sql})
 	if err != nil {
 		return nil, err
