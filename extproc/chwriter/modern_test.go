@@ -99,12 +99,12 @@ func TestModernServerGetsLowCardinalityDateTime64CodecsAndTTL(t *testing.T) {
 			"ts": "DateTime64(3) CODEC(Delta(8), ZSTD(1))", "ts_ms": "UInt64 CODEC(Delta(8), ZSTD(1))", "date": "Date",
 			"request_id": "String", "model": "LowCardinality(String)", "version": "LowCardinality(String)",
 			"failure": "LowCardinality(String)", "finish_reason": "LowCardinality(String)", "category": "LowCardinality(String)",
-			"ttft_ms": "Float64 CODEC(ZSTD(1))", "total_ms": "Float64 CODEC(ZSTD(1))", "bucket": "UInt64", "sample_rate": "Float64",
+			"ttft_ms": "Float64 CODEC(Gorilla(8), ZSTD(1))", "total_ms": "Float64 CODEC(Gorilla(8), ZSTD(1))", "bucket": "UInt64", "sample_rate": "Float64",
 		},
 		wire.TableCaptures: {"ts": "DateTime64(3) CODEC(Delta(8), ZSTD(1))", "model": "LowCardinality(String)", "prompt": "String"},
 		wire.TableRequestLog: {
 			"ts": "DateTime64(3) CODEC(Delta(8), ZSTD(1))", "version": "LowCardinality(String)", "response_flags": "LowCardinality(String)",
-			"duration_ms": "Float64 CODEC(ZSTD(1))",
+			"duration_ms": "Float64 CODEC(Gorilla(8), ZSTD(1))",
 		},
 	}
 	for tbl, cols := range want {
@@ -159,7 +159,7 @@ func TestMigrationUpgradesAn1816StyleTableOnAModernServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := columnTypes(t, conn, db, wire.TableRequests)
-	for c, typ := range map[string]string{"ts": "DateTime", "model": "String", "failure": "LowCardinality(String)", "ttft_ms": "Float64 CODEC(ZSTD(1))", "sample_rate": "Float64"} {
+	for c, typ := range map[string]string{"ts": "DateTime", "model": "String", "failure": "LowCardinality(String)", "ttft_ms": "Float64 CODEC(Gorilla(8), ZSTD(1))", "sample_rate": "Float64"} {
 		if got[c] != typ {
 			t.Errorf("%s is %q after the migration, want %q", c, got[c], typ)
 		}

@@ -58,12 +58,14 @@ func colDefault[R any](name, typ, def string, value func(r *R) any) column[R] {
 // few distinct values per table: LowCardinality stores it as a dictionary
 // index. Times and their milliseconds grow nearly monotonically within a
 // part (ordered by model, version, ts): Delta then ZSTD. Durations are
-// noisy floats, where ZSTD alone does as well as Gorilla or Delta.
+// noisy floats: on 200 000 lognormal latencies Gorilla then ZSTD stored
+// 3 % less than ZSTD alone and 7 % less than the default LZ4; Delta and
+// FPC did no better than ZSTD alone.
 const (
 	lowCardinality = "LowCardinality(String)"
 	dateTime64     = "DateTime64(3)"
 	codecTime      = "Delta, ZSTD(1)"
-	codecDuration  = "ZSTD(1)"
+	codecDuration  = "Gorilla, ZSTD(1)"
 )
 
 // label is a String column stored as LowCardinality(String) on a modern
@@ -84,7 +86,8 @@ func millis[R any](value func(r *R) any) column[R] {
 	return column[R]{columnDef{name: "ts_ms", typ: "UInt64", codec: codecTime}, value}
 }
 
-// duration is a Float64 of milliseconds, ZSTD on a modern server.
+// duration is a Float64 of milliseconds, Gorilla and ZSTD on a modern
+// server.
 func duration[R any](name string, value func(r *R) any) column[R] {
 	return column[R]{columnDef{name: name, typ: "Float64", codec: codecDuration}, value}
 }
