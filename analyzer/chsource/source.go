@@ -267,8 +267,10 @@ func (s *Source) check(w analyzer.Window) error {
 // model and versions with From <= ts_ms < To; all adds that they reached
 // their version by the split. The date and ts bounds are implied by ts_ms;
 // they are there so ClickHouse prunes partitions by date and granules by
-// the (model, version, ts) key. The three placeholders of each are the
-// model and the two versions.
+// the (model, version, ts) key. The upper ts bound is exclusive at the
+// next whole second, so it holds for a DateTime ts (seconds, 18.16) and a
+// DateTime64(3) ts (milliseconds, modern servers) alike. The three
+// placeholders of each are the model and the two versions.
 type windowSQL struct{ key, all string }
 
 func windowFilter(from, to time.Time) windowSQL {
@@ -276,10 +278,10 @@ func windowFilter(from, to time.Time) windowSQL {
 	last := toMs - 1
 	key := fmt.Sprintf(`date >= %s AND date <= %s
   AND model = ? AND version IN (?, ?)
-  AND ts >= toDateTime(%d) AND ts <= toDateTime(%d)
+  AND ts >= toDateTime(%d) AND ts < toDateTime(%d)
   AND ts_ms >= %d AND ts_ms < %d`,
 		dateLit(time.UnixMilli(fromMs)), dateLit(time.UnixMilli(last)),
-		floorDiv(fromMs, 1000), floorDiv(last, 1000), fromMs, toMs)
+		floorDiv(fromMs, 1000), floorDiv(last, 1000)+1, fromMs, toMs)
 	return windowSQL{key: key, all: key + "\n  AND forced = 0 AND category = ''"}
 }
 
@@ -334,7 +336,7 @@ GLOBAL ANY LEFT JOIN (
         GROUP BY request_id, source
     )
     GROUP BY request_id
-) USING request_id
+) AS scores USING request_id
 WHERE %[6]s
 ORDER BY ts_ms`, cols, s.db, wire.TableRequests, quality.Table, filter.key, filter.all)
 	args := []any{w.Canary, w.Model, w.Stable, w.Canary, w.Model, w.Stable, w.Canary}

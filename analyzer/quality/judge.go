@@ -333,7 +333,8 @@ LIMIT ?`, db, wire.TableCaptures, dateLit(since), since.Unix(), Table, wire.Tabl
 // the score row to fill: the request's exact time, model, version and
 // forced flag, which the analyzer's window filter reads from the quality
 // row. The lookup reads only the days and seconds the captures cover (a
-// capture has its request's time).
+// capture has its request's time). The upper ts bound is exclusive at the
+// next whole second, right for a DateTime and a DateTime64(3) ts alike.
 func (j *Judge) requestInfo(ctx context.Context, caps []capture) (map[string]Score, error) {
 	lo, hi := caps[0].ts, caps[0].ts
 	ids := make([]any, len(caps))
@@ -342,8 +343,8 @@ func (j *Judge) requestInfo(ctx context.Context, caps []capture) (map[string]Sco
 		ids[i] = c.requestID
 	}
 	q := fmt.Sprintf(`SELECT request_id, ts_ms, model, version, forced FROM %s.%s
-WHERE date >= %s AND date <= %s AND ts >= toDateTime(%d) AND ts <= toDateTime(%d) AND request_id IN ?`,
-		j.o.Database, wire.TableRequests, dateLit(lo), dateLit(hi), lo.Unix(), hi.Unix())
+WHERE date >= %s AND date <= %s AND ts >= toDateTime(%d) AND ts < toDateTime(%d) AND request_id IN ?`,
+		j.o.Database, wire.TableRequests, dateLit(lo), dateLit(hi), lo.Unix(), hi.Unix()+1)
 	rows, err := j.o.Conn.Query(ctx, q, clickhouse.GroupSet{Value: ids})
 	if err != nil {
 		return nil, fmt.Errorf("judge: look up requests: %w", err)

@@ -168,7 +168,7 @@ ANY INNER JOIN
 (
     SELECT request_id, prompt, completion FROM %[1]s.%[3]s
     WHERE date >= %[4]s AND date <= %[5]s AND model = ? AND version = ?
-) USING request_id
+) AS answers USING request_id
 WHERE date >= %[4]s AND date <= %[5]s AND model = ? AND version = ? AND source = ? AND forced = 0
   AND ts_ms >= ? AND ts_ms < ?
 ORDER BY score ASC, ts_ms ASC, request_id ASC

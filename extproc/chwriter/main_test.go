@@ -121,7 +121,7 @@ func createOlderRequests(tb testing.TB, conn driver.Conn, db string, ncols int, 
 	tb.Helper()
 	ctx := context.Background()
 	old := table[extproc.Record]{name: requestsTable.name, cols: requestsTable.cols[:ncols]}
-	for _, q := range []string{"CREATE DATABASE " + db, old.createSQL(db)} {
+	for _, q := range []string{"CREATE DATABASE " + db, old.createSQL(db, serverVersion{18, 16})} {
 		if err := conn.Exec(ctx, q); err != nil {
 			tb.Fatalf("%s: %v", q, err)
 		}

@@ -529,7 +529,8 @@ func TestParseVersionAndExtras(t *testing.T) {
 		{"18.16.1", 30, 0},
 		{"19.5.4.22", 30, 0},
 		{"19.6.1", 30, len(tables)},
-		{"24.3.1.2672", 7, len(tables)},
+		{"22.2.3", 7, len(tables)},
+		{"24.3.1.2672", 7, 2 * len(tables)},
 		{"24.3.1.2672", 0, 0},
 	}
 	for _, tc := range cases {
