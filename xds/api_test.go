@@ -36,7 +36,13 @@ func newTestAPI(t *testing.T, dir string) (*httptest.Server, *StateStore, *Publi
 
 func call(t *testing.T, srv *httptest.Server, method, path, token, body string, hdr ...string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+	return callURL(t, method, srv.URL+path, token, body, hdr...)
+}
+
+// callURL makes one API call to url and returns the status and body.
+func callURL(t *testing.T, method, url, token, body string, hdr ...string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +52,7 @@ func call(t *testing.T, srv *httptest.Server, method, path, token, body string, 
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	resp, err := srv.Client().Do(req)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
