@@ -15,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	grpchealth "google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/llmcanary/llmcanary/internal/config"
@@ -212,6 +214,9 @@ func Start(ctx context.Context, o Options) (*ControlPlane, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	gs := grpc.NewServer(gopts...)
 	RegisterServer(ctx, gs, pub, log)
+	// Envoys bootstrapped with several replicas health-check each one
+	// (grpc.health.v1) to pick where their ADS stream goes.
+	healthpb.RegisterHealthServer(gs, grpchealth.NewServer())
 	reg := health.NewRegistry()
 	handler, err := observe(reg, store, pub, NewAPI(store, pub, token, log).Handler())
 	if err != nil {
