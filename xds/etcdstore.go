@@ -14,6 +14,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/llmcanary/llmcanary/internal/config"
 	"github.com/llmcanary/llmcanary/internal/mtls"
@@ -80,6 +82,12 @@ func (o EtcdOptions) client() (*clientv3.Client, error) {
 		DialKeepAliveTime:    5 * time.Second,
 		DialKeepAliveTimeout: 2 * time.Second,
 		Logger:               zap.NewNop(),
+		// After an outage the connection is retried every 2 s at most,
+		// not grpc's default of up to 2 minutes.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: o.DialTimeout.D(),
+		})},
 	}
 	if o.CA != "" || o.Cert != "" {
 		tc, err := mtls.ClientConfig(o.CA, o.Cert, o.Key)

@@ -127,14 +127,7 @@ func TestEtcdStoreFollowPublishesAnotherReplicasChangesInRevisionOrder(t *testin
 	}
 	// b opened before revision 1 was written, so it publishes 1, 2, 3.
 	for want := uint64(1); want <= 3; want++ {
-		select {
-		case s := <-got:
-			if s.Revision != want {
-				t.Fatalf("b published revision %d, want %d", s.Revision, want)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("b did not publish revision %d", want)
-		}
+		awaitRevision(t, got, want)
 	}
 	if s := b.State(); s.Revision != 3 || s.Models["llama"].Weights["v2"] != 10 {
 		t.Fatalf("b holds revision %d weights %v", s.Revision, s.Models["llama"].Weights)
@@ -242,5 +235,62 @@ func TestEtcdOptionsValidate(t *testing.T) {
 				t.Fatalf("Validate() = %v, want %q", err, c.want)
 			}
 		})
+	}
+}
+
+func TestEtcdStoreServesTheLastStateWhileEtcdIsAwayAndCatchesUpWhenItIsBack(t *testing.T) {
+	srv := etcdtest.Start(t)
+	o := etcdOptions(srv, "/x/")
+	o.DialTimeout = config.Duration(time.Second)
+	a, b := openEtcd(t, o), openEtcd(t, o)
+	got := make(chan *State, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b.Follow(ctx, func(s *State) error { got <- s; return nil })
+	if _, err := a.Update(0, "test", "create", setStable(100), nil); err != nil {
+		t.Fatal(err)
+	}
+	awaitRevision(t, got, 1)
+
+	srv.Stop()
+	if _, err := a.Update(0, "test", "during the outage", setStable(90), nil); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("change while etcd is away: %v, want ErrUnavailable", err)
+	}
+	if _, err := b.Changes(); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("audit trail while etcd is away: %v, want ErrUnavailable", err)
+	}
+	if s := b.State(); s.Revision != 1 || s.Models["llama"].Weights["v1"] != 100 {
+		t.Fatalf("b while etcd is away holds revision %d %v, want the last state", s.Revision, s.Models["llama"].Weights)
+	}
+
+	srv.Restart(t)
+	// The first writes after the restart may still meet a closed
+	// connection; the client reconnects on its own.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_, err := a.Update(0, "test", "after the outage", setStable(80), nil)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrUnavailable) || time.Now().After(deadline) {
+			t.Fatalf("change after etcd came back: %v", err)
+		}
+	}
+	awaitRevision(t, got, 2)
+	if s := b.State(); s.Models["llama"].Weights["v2"] != 20 {
+		t.Fatalf("b caught up to weights %v, want v2=20", s.Models["llama"].Weights)
+	}
+}
+
+// awaitRevision waits for a published state and checks its revision.
+func awaitRevision(t *testing.T, got <-chan *State, want uint64) {
+	t.Helper()
+	select {
+	case s := <-got:
+		if s.Revision != want {
+			t.Fatalf("published revision %d, want %d", s.Revision, want)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("revision %d was not published", want)
 	}
 }

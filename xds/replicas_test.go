@@ -18,7 +18,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/llmcanary/llmcanary/internal/config"
 	"github.com/llmcanary/llmcanary/internal/etcdtest"
+	"github.com/llmcanary/llmcanary/internal/procs"
 )
 
 // startReplica starts a control plane on loopback whose state lives in
@@ -222,5 +224,24 @@ func BenchmarkXDSPropagationReplicas(b *testing.B) {
 			fmt.Printf("\nxDS propagation, %s store, API call → %d ADS clients hold the new routes, %d changes\n  p50 %v   p99 %v   max %v\n",
 				store, clients, changes, q(0.5), q(0.99), lat[len(lat)-1])
 		})
+	}
+}
+
+func TestReplicaStartingWithEtcdUnreachableFailsWithAClearError(t *testing.T) {
+	ports, err := procs.FreePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := DefaultOptions()
+	o.XDSListen, o.APIListen, o.Token, o.Logger = "127.0.0.1:0", "127.0.0.1:0", testToken, quiet
+	o.Etcd.Endpoints = []string{fmt.Sprintf("http://127.0.0.1:%d", ports[0])}
+	o.Etcd.DialTimeout = config.Duration(500 * time.Millisecond)
+	cp, err := Start(context.Background(), o)
+	if err == nil {
+		cp.Stop()
+		t.Fatal("a replica started without its state")
+	}
+	if !strings.Contains(err.Error(), "unreachable") || !strings.Contains(err.Error(), o.Etcd.Endpoints[0]) {
+		t.Fatalf("start with etcd down: %v; want the endpoint named as unreachable", err)
 	}
 }
