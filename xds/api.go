@@ -108,6 +108,10 @@ func (a *API) getFleet(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) getChanges(w http.ResponseWriter, r *http.Request) {
 	cs, err := a.store.Changes()
+	if errors.Is(err, ErrUnavailable) {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "internal", err.Error())
 		return
