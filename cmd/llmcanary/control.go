@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/llmcanary/llmcanary/internal/config"
@@ -26,7 +27,7 @@ func bindControl(fs *flag.FlagSet, o *xds.Options) {
 	fs.StringVar(&o.XDSListen, "xds-listen", o.XDSListen, "gRPC address Envoys dial for ADS")
 	fs.StringVar(&o.APIListen, "api-listen", o.APIListen, "management API address")
 	fs.StringVar(&o.DataDir, "data-dir", o.DataDir, "directory of the durable desired state (unused with --etcd-endpoints)")
-	fs.Var(&config.Strings{P: &o.Etcd.Endpoints}, "etcd-endpoints", "etcd client `URL` holding the desired state shared by control plane replicas instead of --data-dir (repeatable)")
+	fs.Var(commaStrings{&config.Strings{P: &o.Etcd.Endpoints}}, "etcd-endpoints", "etcd client `URLs`, comma-separated or repeated, holding the desired state shared by control plane replicas instead of --data-dir")
 	fs.StringVar(&o.Etcd.Prefix, "etcd-prefix", o.Etcd.Prefix, "prefix of the control plane's etcd keys (one per fleet)")
 	fs.DurationVar((*time.Duration)(&o.Etcd.DialTimeout), "etcd-dial-timeout", o.Etcd.DialTimeout.D(), "bound on connecting to etcd and on each request")
 	fs.StringVar(&o.Etcd.CA, "etcd-ca", o.Etcd.CA, "PEM CA certificates that verify etcd's server certificate (https endpoints; empty: the system's roots)")
@@ -116,6 +117,20 @@ func (f extprocField) Set(v string) error {
 
 // IsBoolFlag lets --measure-all stand without a value.
 func (f extprocField) IsBoolFlag() bool { return f.boolean }
+
+// commaStrings is a repeatable flag whose values may also be given
+// comma-separated, as etcdctl takes its endpoints.
+type commaStrings struct{ *config.Strings }
+
+// Set adds each comma-separated value.
+func (c commaStrings) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if err := c.Strings.Set(strings.TrimSpace(p)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // uint32Value is a uint32 flag.
 type uint32Value struct{ p *uint32 }
