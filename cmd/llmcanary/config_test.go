@@ -122,9 +122,7 @@ func TestConfigurationDocExamplesLoad(t *testing.T) {
 // keys were the flag names (xds_listen, nested tls) still loads.
 func TestControlConfigWithUnderscoresAndNestedTLSLoads(t *testing.T) {
 	o := xds.DefaultOptions()
-	fs := flag.NewFlagSet("control", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	bindControl(fs, &o)
+	fs := controlFlags(&o)
 	err := config.Apply(fs, []byte(`
 xds_listen: 0.0.0.0:18000
 api_listen: 0.0.0.0:18080
@@ -194,9 +192,7 @@ func TestCommandLineOverridesTheConfigFile(t *testing.T) {
 // writes them) and as flags; the state then needs no data directory.
 func TestControlConfigWithAnEtcdMappingLoads(t *testing.T) {
 	o := xds.DefaultOptions()
-	fs := flag.NewFlagSet("control", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	bindControl(fs, &o)
+	fs := controlFlags(&o)
 	err := config.Apply(fs, []byte(`
 data-dir: ""
 token-file: /etc/llmcanary/api-token
@@ -227,9 +223,7 @@ func TestEtcdEndpointsFlagTakesACommaSeparatedListOrRepeats(t *testing.T) {
 		{"--etcd-endpoints", "http://a:2379", "--etcd-endpoints", "http://b:2379"},
 	} {
 		o := xds.DefaultOptions()
-		fs := flag.NewFlagSet("control", flag.ContinueOnError)
-		fs.SetOutput(io.Discard)
-		bindControl(fs, &o)
+		fs := controlFlags(&o)
 		if err := fs.Parse(args); err != nil {
 			t.Fatal(err)
 		}
@@ -237,4 +231,12 @@ func TestEtcdEndpointsFlagTakesACommaSeparatedListOrRepeats(t *testing.T) {
 			t.Errorf("%v: endpoints %q, want %q", args, o.Etcd.Endpoints, want)
 		}
 	}
+}
+
+// controlFlags returns the flags of llmcanary control bound to o.
+func controlFlags(o *xds.Options) *flag.FlagSet {
+	fs := flag.NewFlagSet("control", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	bindControl(fs, o)
+	return fs
 }
