@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmcanary/llmcanary/envoy"
 	"github.com/llmcanary/llmcanary/internal/etcdtest"
 	"github.com/llmcanary/llmcanary/internal/local"
 	"github.com/llmcanary/llmcanary/internal/procs"
@@ -183,6 +184,12 @@ func TestControlPlaneReplicasOnEtcdServeEveryEnvoyAndSurviveTheLossOfOne(t *test
 		time.Sleep(20 * time.Millisecond)
 	}
 	moved := time.Since(killed)
+	// The bound: A's health check fails within an interval plus its
+	// timeout, the stream's retry comes within the backoff cap, and a
+	// second for connecting on a busy machine.
+	if bound := envoy.XDSHealthInterval + time.Second + envoy.XDSRetryMaxInterval + time.Second; moved > bound {
+		t.Fatalf("gw-0 streamed from replica B %v after A was killed; the bootstrap bounds it by %v", moved, bound)
+	}
 
 	// A later change through B reaches both Envoys.
 	rev = setWeights(t, apiB, 80)
