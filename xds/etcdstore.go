@@ -122,6 +122,11 @@ type EtcdStore struct {
 	mu     sync.Mutex
 	state  *State
 	modRev int64 // ModRevision of stateKey that state was read from (0: none yet)
+	// seen is the etcd revision up to which this replica knows the state
+	// key: a watch (re)starts after it. It moves past modRev as the rest
+	// of etcd changes, so a restarted watch never asks for history that
+	// etcd may have compacted since the key's last write.
+	seen int64
 	follow func(*State) error
 }
 
@@ -162,6 +167,7 @@ func OpenEtcdStore(ctx context.Context, o EtcdOptions, log *slog.Logger) (*EtcdS
 			return nil, err
 		}
 	}
+	s.seen = resp.Header.Revision
 	return s, nil
 }
 
@@ -246,14 +252,18 @@ func (s *EtcdStore) commitLocked(next *State, c Change) (bool, error) {
 		return false, fmt.Errorf("%w: etcd: write revision %d: %w", ErrUnavailable, next.Revision, err)
 	}
 	if resp.Succeeded {
-		s.state, s.modRev = next, resp.Header.Revision
+		s.state, s.modRev, s.seen = next, resp.Header.Revision, resp.Header.Revision
 		return true, nil
 	}
 	kvs := resp.Responses[0].GetResponseRange().GetKvs()
 	if len(kvs) == 0 {
 		return false, fmt.Errorf("store: etcd key %s vanished; the control plane's state was deleted behind its back", s.stateKey)
 	}
-	return false, s.adoptLocked(kvs[0], true)
+	if err := s.adoptLocked(kvs[0], true); err != nil {
+		return false, err
+	}
+	s.seen = max(s.seen, resp.Header.Revision)
+	return false, nil
 }
 
 // changeKey is the audit trail's key of a revision, zero-padded so that
@@ -270,10 +280,13 @@ func (s *EtcdStore) refreshLocked() error {
 	if err != nil {
 		return fmt.Errorf("%w: etcd: read state: %w", ErrUnavailable, err)
 	}
-	if len(resp.Kvs) == 0 {
-		return nil
+	if len(resp.Kvs) > 0 {
+		if err := s.adoptLocked(resp.Kvs[0], true); err != nil {
+			return err
+		}
 	}
-	return s.adoptLocked(resp.Kvs[0], true)
+	s.seen = max(s.seen, resp.Header.Revision)
+	return nil
 }
 
 // adoptLocked makes the state stored in kv current if it is newer than the
@@ -309,13 +322,15 @@ func (s *EtcdStore) Follow(ctx context.Context, publish func(*State) error) {
 // watch adopts every newer state written to the key. clientv3 resumes a
 // broken watch by itself from the next revision; when the watch ends with
 // an error (the history it needs was compacted, the client lost its
-// leader) the state is read afresh and watched again.
+// leader) the state is read afresh and watched again, after a backoff
+// when the watch delivered nothing. It ends with ctx or the client.
 func (s *EtcdStore) watch(ctx context.Context) {
 	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
+	for ctx.Err() == nil && s.cli.Ctx().Err() == nil {
 		s.mu.Lock()
-		from := s.modRev + 1
+		from := s.seen + 1
 		s.mu.Unlock()
+		delivered := false
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		for resp := range s.cli.Watch(wctx, s.stateKey, clientv3.WithRev(from)) {
 			if err := resp.Err(); err != nil {
@@ -331,12 +346,13 @@ func (s *EtcdStore) watch(ctx context.Context) {
 				if err := s.adoptLocked(ev.Kv, true); err != nil {
 					s.log.Error("ignoring a state in etcd this replica cannot read", "error", err)
 				}
+				s.seen = max(s.seen, ev.Kv.ModRevision)
 			}
 			s.mu.Unlock()
-			backoff = 100 * time.Millisecond
+			delivered = true
 		}
 		cancel()
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || s.cli.Ctx().Err() != nil {
 			return
 		}
 		s.mu.Lock()
@@ -344,13 +360,17 @@ func (s *EtcdStore) watch(ctx context.Context) {
 		s.mu.Unlock()
 		if err != nil {
 			s.log.Warn("etcd unreachable; serving the last state", "revision", s.State().Revision, "error", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, 2*time.Second)
 		}
+		if delivered {
+			backoff = 100 * time.Millisecond
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
 	}
 }
 

@@ -1,10 +1,13 @@
 package xds
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -293,4 +296,66 @@ func awaitRevision(t *testing.T, got <-chan *State, want uint64) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("revision %d was not published", want)
 	}
+}
+
+// A replica that starts following after etcd compacted the history since
+// the state key's last write reads the state afresh and keeps following.
+func TestEtcdStoreFollowsAcrossACompactedHistory(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a := openEtcd(t, etcdOptions(srv, "/x/"))
+	if _, err := a.Update(0, "test", "create", setStable(100), nil); err != nil {
+		t.Fatal(err)
+	}
+	var logs lockedBuffer
+	b, err := OpenEtcdStore(context.Background(), etcdOptions(srv, "/x/"), slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := a.Update(0, "test", "step", setStable(95), nil); err != nil {
+		t.Fatal(err)
+	}
+	// Other keys move etcd's revision on; then history is compacted up to
+	// now, past the revision b would watch from.
+	for i := range 5 {
+		srv.Put(t, fmt.Sprintf("/other/%d", i), "x")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := srv.Client.Get(ctx, "/other/4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Client.Compact(ctx, resp.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *State, 10)
+	b.Follow(ctx, func(s *State) error { got <- s; return nil })
+	awaitRevision(t, got, 2)
+	if _, err := a.Update(0, "test", "after the compaction", setStable(90), nil); err != nil {
+		t.Fatal(err)
+	}
+	awaitRevision(t, got, 3)
+	// One watch met the compaction; the one after it started past it.
+	if n := strings.Count(logs.String(), "reading it afresh"); n != 1 {
+		t.Fatalf("the watch restarted %d times, want once:\n%s", n, logs.String())
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger's concurrent writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
