@@ -126,7 +126,7 @@ type EtcdStore struct {
 	// key: a watch (re)starts after it. It moves past modRev as the rest
 	// of etcd changes, so a restarted watch never asks for history that
 	// etcd may have compacted since the key's last write.
-	seen int64
+	seen   int64
 	follow func(*State) error
 }
 
