@@ -170,7 +170,9 @@ const (
 // given, and a new stream goes to the first healthy one. A stream broken
 // by a dead replica is retried after the backoff above; once that
 // replica's check has failed (within an interval) the retry reaches the
-// next replica. Envoy keeps its configuration in the meantime.
+// next replica. Envoy keeps its configuration in the meantime. Over mTLS
+// the first checks fail (the SDS certificates load just after they start),
+// so at start the stream goes to whichever replica passes first.
 const XDSHealthInterval = 500 * time.Millisecond
 
 // protoDuration writes d as a protobuf JSON/YAML duration ("0.100s").

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,16 +18,18 @@ import (
 	"github.com/llmcanary/llmcanary/envoy"
 	"github.com/llmcanary/llmcanary/internal/etcdtest"
 	"github.com/llmcanary/llmcanary/internal/local"
+	"github.com/llmcanary/llmcanary/internal/mtls"
 	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/sim"
 	"github.com/llmcanary/llmcanary/xds"
 )
 
-// Two control plane replicas (`llmcanary control` processes) share their
-// state through a real etcd; two real Envoys each prefer a different one
-// and list both. A change through either replica reaches both Envoys, and
-// when replica A is killed mid-rollout its Envoy moves to B while the
-// traffic through both gateways never fails.
+// Two control plane replicas (`llmcanary control` processes, xDS over
+// mTLS) share their state through a real etcd; two real Envoys each list
+// both, in opposite orders. A change through the replica an Envoy does not
+// stream from reaches it; when the replica it streams from is killed
+// mid-rollout, it moves to the other while the traffic through both
+// gateways never fails, and a later change reaches both.
 func TestControlPlaneReplicasOnEtcdServeEveryEnvoyAndSurviveTheLossOfOne(t *testing.T) {
 	if _, err := procs.EnvoyBinary(); err != nil {
 		t.Fatalf("end-to-end tests need a real Envoy: %v", err)
@@ -48,9 +51,20 @@ func TestControlPlaneReplicasOnEtcdServeEveryEnvoyAndSurviveTheLossOfOne(t *test
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As in production: xDS over mTLS (the health checks too), the API
+	// over TLS.
+	certs, err := mtls.Generate(mtls.GenerateOptions{Dir: filepath.Join(dir, "tls")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiHTTP, err := mtls.HTTPClient(certs.CA())
+	if err != nil {
+		t.Fatal(err)
+	}
 	etcdArgs := []string{"--etcd-endpoints", strings.Join(etcd.Endpoints, ","), "--etcd-prefix", "/e2e/"}
 	replica := func(name string) *procs.Control {
-		c, err := procs.StartControl(ctx, procs.ControlOptions{Name: name, Dir: dir, Token: local.DevToken, ListenerPort: ports[0], Args: etcdArgs})
+		c, err := procs.StartControl(ctx, procs.ControlOptions{Name: name, Dir: dir, Token: local.DevToken, ListenerPort: ports[0],
+			TLS: certs.ServerFiles(), Args: etcdArgs})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -63,8 +77,8 @@ func TestControlPlaneReplicasOnEtcdServeEveryEnvoyAndSurviveTheLossOfOne(t *test
 		return c
 	}
 	a, b := replica("a"), replica("b")
-	apiA := &xds.Client{BaseURL: a.APIURL, Token: local.DevToken, Actor: "e2e"}
-	apiB := &xds.Client{BaseURL: b.APIURL, Token: local.DevToken, Actor: "e2e"}
+	apiA := &xds.Client{BaseURL: a.APIURL, Token: local.DevToken, Actor: "e2e", HTTP: apiHTTP}
+	apiB := &xds.Client{BaseURL: b.APIURL, Token: local.DevToken, Actor: "e2e", HTTP: apiHTTP}
 	if _, err := apiA.PutModel(ctx, &xds.Model{
 		Name: model, Stable: "v1",
 		Versions: []xds.Version{{Name: "v1", Endpoints: []string{stable.Addr}}, {Name: "v2", Endpoints: []string{canary.Addr}}},
@@ -77,7 +91,7 @@ func TestControlPlaneReplicasOnEtcdServeEveryEnvoyAndSurviveTheLossOfOne(t *test
 	var envoys []*procs.Envoy
 	gateways := []string{"127.0.0.1:" + strconv.Itoa(ports[0]), "127.0.0.1:" + strconv.Itoa(ports[1])}
 	for i, xdsList := range []string{a.XDS + "," + b.XDS, b.XDS + "," + a.XDS} {
-		eo := procs.EnvoyOptions{Dir: filepath.Join(dir, "envoy"), NodeID: fmt.Sprintf("gw-%d", i), XDS: xdsList}
+		eo := procs.EnvoyOptions{Dir: filepath.Join(dir, "envoy"), NodeID: fmt.Sprintf("gw-%d", i), XDS: xdsList, TLSDir: string(certs)}
 		if i == 1 {
 			eo.ListenerPort = ports[1]
 		}
@@ -119,15 +133,33 @@ func TestControlPlaneReplicasOnEtcdServeEveryEnvoyAndSurviveTheLossOfOne(t *test
 		return ids
 	}
 
-	// A change through A is served by the Envoy that streams from B.
-	rev := setWeights(t, apiA, 50)
-	waitBoth(rev)
-	if got := nodesOn(apiB); len(got) != 1 || got[0] != "gw-1" {
-		t.Fatalf("replica B serves %v, want gw-1 alone", got)
+	waitBoth(1)
+	// Each Envoy prefers its first replica, but over mTLS its first health
+	// checks fail (Envoy loads the SDS certificates just after starting
+	// them), so a stream goes to the replica whose check passes first and
+	// stays there while that replica lives. The test follows gw-0: X is
+	// the replica it streams from, Y the other.
+	replicas, apis, names := []*procs.Control{a, b}, []*xds.Client{apiA, apiB}, []string{"A", "B"}
+	streamsFrom := func(node string) int {
+		t.Helper()
+		for i, api := range apis {
+			if slices.Contains(nodesOn(api), node) {
+				return i
+			}
+		}
+		t.Fatalf("no replica serves %s", node)
+		return -1
 	}
+	x := streamsFrom("gw-0")
+	y := 1 - x
+	t.Logf("gw-0 (prefers A) streams from %s, gw-1 (prefers B) from %s", names[x], names[streamsFrom("gw-1")])
+
+	// A change through Y is served by gw-0, which streams from X.
+	rev := setWeights(t, apis[y], 50)
+	waitBoth(rev)
 	for gw := range envoys {
 		if v := served(gw, 7500); v != "v2" {
-			t.Fatalf("after the change through A, gateway %d sends position 7500 to %q, want v2", gw, v)
+			t.Fatalf("after the change through %s, gateway %d sends position 7500 to %q, want v2", names[y], gw, v)
 		}
 	}
 
@@ -170,16 +202,12 @@ func TestControlPlaneReplicasOnEtcdServeEveryEnvoyAndSurviveTheLossOfOne(t *test
 		}
 	}()
 
-	// Kill A mid-rollout: gw-0 moves to B.
+	// Kill X mid-rollout: gw-0 moves to Y.
 	killed := time.Now()
-	a.Proc.Kill()
-	for {
-		ids := nodesOn(apiB)
-		if len(ids) == 2 {
-			break
-		}
+	replicas[x].Proc.Kill()
+	for !slices.Contains(nodesOn(apis[y]), "gw-0") {
 		if time.Since(killed) > 30*time.Second {
-			t.Fatalf("30 s after replica A was killed, B serves %v", ids)
+			t.Fatalf("30 s after replica %s was killed, gw-0 does not stream from %s", names[x], names[y])
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -188,22 +216,22 @@ func TestControlPlaneReplicasOnEtcdServeEveryEnvoyAndSurviveTheLossOfOne(t *test
 	// timeout, the stream's retry comes within the backoff cap, and a
 	// second for connecting on a busy machine.
 	if bound := envoy.XDSHealthInterval + time.Second + envoy.XDSRetryMaxInterval + time.Second; moved > bound {
-		t.Fatalf("gw-0 streamed from replica B %v after A was killed; the bootstrap bounds it by %v", moved, bound)
+		t.Fatalf("gw-0 streamed from replica %s %v after %s was killed; the bootstrap bounds it by %v", names[y], moved, names[x], bound)
 	}
 
-	// A later change through B reaches both Envoys.
-	rev = setWeights(t, apiB, 80)
+	// A later change through Y reaches both Envoys.
+	rev = setWeights(t, apis[y], 80)
 	waitBoth(rev)
 	for gw := range envoys {
 		if v := served(gw, 3000); v != "v2" {
-			t.Fatalf("after the change through B, gateway %d sends position 3000 to %q, want v2", gw, v)
+			t.Fatalf("after the change through %s, gateway %d sends position 3000 to %q, want v2", names[y], gw, v)
 		}
 	}
 	stopTraffic()
-	t.Logf("gw-0 streamed from replica B %v after A was killed; %d requests through both gateways, %d failed",
-		moved.Round(time.Millisecond), sent.Load(), failed.Load())
+	t.Logf("gw-0 streamed from replica %s %v after %s was killed; %d requests through both gateways, %d failed",
+		names[y], moved.Round(time.Millisecond), names[x], sent.Load(), failed.Load())
 	if failed.Load() != 0 {
-		t.Fatalf("%d of %d requests failed while replica A died; first: %v", failed.Load(), sent.Load(), firstErr.Load())
+		t.Fatalf("%d of %d requests failed while replica %s died; first: %v", failed.Load(), sent.Load(), names[x], firstErr.Load())
 	}
 	if sent.Load() < 50 {
 		t.Fatalf("only %d requests were sent across the failover", sent.Load())
