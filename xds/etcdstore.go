@@ -198,6 +198,9 @@ func (s *EtcdStore) Update(expect uint64, actor, summary string, change func(*St
 		}
 	}
 	for attempt := 1; ; attempt++ {
+		if attempt > maxCASAttempts {
+			return nil, fmt.Errorf("%w: the state moved on %d times in a row while this change was applied", ErrRevisionChanged, maxCASAttempts)
+		}
 		if expect != 0 && expect != s.state.Revision {
 			return nil, fmt.Errorf("%w: expected revision %d, current is %d", ErrRevisionChanged, expect, s.state.Revision)
 		}
@@ -217,9 +220,6 @@ func (s *EtcdStore) Update(expect uint64, actor, summary string, change func(*St
 			return nil, err
 		}
 		if !won {
-			if attempt == maxCASAttempts {
-				return nil, fmt.Errorf("%w: lost %d writes in a row to other replicas", ErrRevisionChanged, attempt)
-			}
 			continue
 		}
 		if err := publish(); err != nil {
