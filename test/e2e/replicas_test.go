@@ -87,13 +87,14 @@ func TestControlPlaneReplicasOnEtcdServeEveryEnvoyAndSurviveTheLossOfOne(t *test
 		t.Fatal(err)
 	}
 
-	// gw-0 prefers A, gw-1 prefers B; gw-1 binds its own listener port.
+	// gw-0 prefers A, gw-1 prefers B; gw-1 binds its own listener port and
+	// takes delta xDS.
 	var envoys []*procs.Envoy
 	gateways := []string{"127.0.0.1:" + strconv.Itoa(ports[0]), "127.0.0.1:" + strconv.Itoa(ports[1])}
 	for i, xdsList := range []string{a.XDS + "," + b.XDS, b.XDS + "," + a.XDS} {
 		eo := procs.EnvoyOptions{Dir: filepath.Join(dir, "envoy"), NodeID: fmt.Sprintf("gw-%d", i), XDS: xdsList, TLSDir: string(certs)}
 		if i == 1 {
-			eo.ListenerPort = ports[1]
+			eo.ListenerPort, eo.Delta = ports[1], true
 		}
 		e, err := procs.StartEnvoy(ctx, eo)
 		if err != nil {
