@@ -46,8 +46,8 @@ test-integration: deps build ## each package's tests against a real ClickHouse a
 test-e2e: deps build ## end-to-end tests: the whole stack with real Envoy and ClickHouse
 	$(GO) test -count=1 -p 1 -v -tags $(TAGS) -timeout 25m $(E2E)
 
-bench: deps build ## measure the gateway's cost per process and configuration, xDS propagation, filter and ext_proc cost, ClickHouse rates (LLMCANARY_BENCH_SCALE=0.2: shorter gateway phases)
-	LLMCANARY_BIN=$(CURDIR)/bin/llmcanary $(GO) test -tags $(TAGS) -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/ ./wasm/envoytest/ ./extproc/ ./extproc/envoytest/ ./extproc/chwriter/ ./analyzer/chsource/ ./analyzer/
+bench: deps build ## measure the gateway's cost per process and configuration, xDS propagation (one control plane, and replicas on etcd), filter and ext_proc cost, ClickHouse rates (LLMCANARY_BENCH_SCALE=0.2: shorter gateway phases)
+	LLMCANARY_BIN=$(CURDIR)/bin/llmcanary $(GO) test -tags $(TAGS) -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/ ./wasm/envoytest/ ./extproc/ ./extproc/envoytest/ ./extproc/chwriter/ ./analyzer/chsource/ ./analyzer/ ./xds/
 	$(GO) test -run '^$$' -bench . ./analyzer/stats/ ./sim/
 
 soak: deps build ## run the whole stack for 10 minutes at 50 streamed req/s with a rollout advancing; memory per process and lost rows (LLMCANARY_SOAK_DURATION, LLMCANARY_SOAK_RATE)

@@ -13,12 +13,41 @@ import (
 	"github.com/llmcanary/llmcanary/internal/httpapi"
 )
 
+// Store is the desired state as the control plane consumes it: the API
+// changes it, the metrics and readiness checks read it, and the control
+// plane publishes what other writers make current. StateStore (a local
+// file, the default) and EtcdStore (etcd, shared by replicas) implement it;
+// both are safe for concurrent use.
+type Store interface {
+	// State returns a copy of the current state.
+	State() *State
+	// Update applies change to a copy of the current state, validates it,
+	// calls prepare with it (translate and validate every resource) and
+	// only then writes it with the next revision and calls the publish
+	// function prepare returned, in revision order. A non-zero expect that
+	// is not the current revision fails with ErrRevisionChanged. change
+	// may be called more than once (a write lost to another replica is
+	// retried against the newer state), so it must only edit its argument.
+	Update(expect uint64, actor, summary string, change func(*State) error, prepare func(*State) (func() error, error)) (*State, error)
+	// Changes returns the audit trail, oldest first.
+	Changes() ([]Change, error)
+	// Follow has publish called, in revision order and never at the same
+	// time as an Update's publish, with every state another writer makes
+	// current, until ctx ends. It returns at once.
+	Follow(ctx context.Context, publish func(*State) error)
+}
+
+var (
+	_ Store = (*StateStore)(nil)
+	_ Store = (*EtcdStore)(nil)
+)
+
 // API is the management API: HTTP/JSON, every /v1 call authorised by a
 // bearer token. It is documented in xds/openapi.yaml. Every change goes
-// through StateStore.Update, so it is validated, versioned, durable and
+// through Store.Update, so it is validated, versioned, durable and
 // published, or rejected with nothing changed.
 type API struct {
-	store   *StateStore
+	store   Store
 	pub     *Publisher
 	token   []byte
 	log     *slog.Logger
@@ -26,7 +55,7 @@ type API struct {
 }
 
 // NewAPI returns the management API. token must not be empty.
-func NewAPI(store *StateStore, pub *Publisher, token string, log *slog.Logger) *API {
+func NewAPI(store Store, pub *Publisher, token string, log *slog.Logger) *API {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -79,6 +108,10 @@ func (a *API) getFleet(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) getChanges(w http.ResponseWriter, r *http.Request) {
 	cs, err := a.store.Changes()
+	if errors.Is(err, ErrUnavailable) {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "internal", err.Error())
 		return
@@ -198,6 +231,8 @@ func (a *API) update(w http.ResponseWriter, r *http.Request, summary string, cha
 			code, status = "revision_changed", http.StatusPreconditionFailed
 		case errors.Is(err, ErrInvalid):
 			code, status = "invalid", http.StatusBadRequest
+		case errors.Is(err, ErrUnavailable):
+			code, status = "unavailable", http.StatusServiceUnavailable
 		}
 		if st == nil {
 			a.log.Warn("change rejected", "change", summary, "actor", actor, "error", err)

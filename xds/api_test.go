@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -36,7 +37,13 @@ func newTestAPI(t *testing.T, dir string) (*httptest.Server, *StateStore, *Publi
 
 func call(t *testing.T, srv *httptest.Server, method, path, token, body string, hdr ...string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+	return callURL(t, method, srv.URL+path, token, body, hdr...)
+}
+
+// callURL makes one API call to url and returns the status and body.
+func callURL(t *testing.T, method, url, token, body string, hdr ...string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +53,7 @@ func call(t *testing.T, srv *httptest.Server, method, path, token, body string, 
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	resp, err := srv.Client().Do(req)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,5 +244,34 @@ func TestAPIWeightChangeNoEnvoyServesYetSaysSoInTheAnswer(t *testing.T) {
 	}
 	if code, body := call(t, srv, "PUT", "/v1/models/llama/weights?wait=1h", testToken, `{"weights":{"v1":100}}`); code != 400 || !strings.Contains(body, "wait") {
 		t.Fatalf("wait beyond the cap: %d %s", code, body)
+	}
+}
+
+// unreachableStore is a hand-written Store whose backend is away: it has
+// a state to read and refuses every write and audit read.
+type unreachableStore struct{ StateStore }
+
+func (*unreachableStore) Update(uint64, string, string, func(*State) error, func(*State) (func() error, error)) (*State, error) {
+	return nil, fmt.Errorf("%w: etcd: context deadline exceeded", ErrUnavailable)
+}
+
+func (*unreachableStore) Changes() ([]Change, error) {
+	return nil, fmt.Errorf("%w: etcd: context deadline exceeded", ErrUnavailable)
+}
+
+func TestAPIAnswers503WhileTheStoreIsUnreachable(t *testing.T) {
+	st := &unreachableStore{StateStore{state: &State{Models: map[string]*Model{}}}}
+	srv := httptest.NewServer(NewAPI(st, NewPublisher(DefaultGateway(), quiet), testToken, quiet).Handler())
+	defer srv.Close()
+	for _, c := range []struct{ method, path, body string }{
+		{"PUT", "/v1/models/llama", llamaModel},
+		{"GET", "/v1/changes", ""},
+	} {
+		if code, body := call(t, srv, c.method, c.path, testToken, c.body); code != http.StatusServiceUnavailable || !strings.Contains(body, "unavailable") {
+			t.Errorf("%s %s: %d %s, want 503 unavailable", c.method, c.path, code, body)
+		}
+	}
+	if code, _ := call(t, srv, "GET", "/v1/state", testToken, ""); code != http.StatusOK {
+		t.Errorf("GET /v1/state: %d, want the last state served", code)
 	}
 }

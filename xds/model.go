@@ -28,6 +28,10 @@ var (
 	ErrNotFound        = errors.New("not found")
 	ErrConflict        = errors.New("conflict")
 	ErrRevisionChanged = errors.New("revision changed")
+	// ErrUnavailable: the store could not be reached (etcd away). A write
+	// that failed so may still have been applied: read the revision before
+	// retrying.
+	ErrUnavailable = errors.New("store unavailable")
 )
 
 // State is the desired state of the fleet. It is what the management API
