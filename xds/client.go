@@ -58,7 +58,11 @@ func (c *Client) SetWeights(ctx context.Context, model string, weights map[strin
 // when the stable version changes.
 func (c *Client) SetWeightsBecause(ctx context.Context, model string, weights map[string]float64, stable string, cause Cause) (*Model, error) {
 	var out Model
-	return &out, c.do(ctx, "PUT", "/v1/models/"+url.PathEscape(model)+"/weights", WeightsRequest{Weights: weights, Stable: stable, Cause: cause}, &out)
+	hc := c.client()
+	if cause.Actor != "" {
+		hc.Actor = cause.Actor
+	}
+	return &out, hc.Do(ctx, "PUT", "/v1/models/"+url.PathEscape(model)+"/weights", WeightsRequest{Weights: weights, Stable: stable, Cause: cause}, &out)
 }
 
 // SetCohorts replaces a model's cohorts.

@@ -34,6 +34,9 @@ const MaxStableHistory = 200
 type Cause struct {
 	Rollout string `json:"rollout,omitempty"`
 	Reason  string `json:"reason,omitempty"`
+	// Actor, when set, is sent as the change's actor instead of the
+	// client's own (an operator acting through the analyzer).
+	Actor string `json:"-"`
 }
 
 // stables returns every model's stable version.
