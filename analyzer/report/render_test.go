@@ -15,7 +15,9 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/chsource"
 	"github.com/llmcanary/llmcanary/analyzer/stats"
+	"github.com/llmcanary/llmcanary/internal/config"
 	"github.com/llmcanary/llmcanary/internal/procs"
+	"github.com/llmcanary/llmcanary/xds"
 )
 
 var t0 = time.Date(2026, 3, 1, 3, 0, 0, 0, time.UTC)
@@ -75,6 +77,9 @@ func TestReportRendersInChromiumWithEverySectionAndNoBlankPage(t *testing.T) {
 	d2 := fixture()
 	d2.Rollout.ID, d2.Rollout.Canary, d2.Rollout.Status = "r-20260301-031000-beef", "v3-ft", analyzer.RolloutPromoted
 	d2.Worst, d2.Cohorts = nil, nil
+	cost := analyzer.PlanCost(analyzer.Plan{MinEvaluation: config.Duration(2 * time.Hour), Policy: d1.Rollout.Plan.Policy},
+		xds.VersionMetadata{Replicas: 2, GPUsPerReplica: 4, PricePerGPUHour: 3, CapacityRPS: 5}, 40, analyzer.RateObserved)
+	d1.Rollout.Plan.Cost = &cost
 	var buf bytes.Buffer
 	if err := Write(&buf, "llmcanary rollouts: llama-3-8b", []Data{d1, d2}); err != nil {
 		t.Fatal(err)
@@ -102,6 +107,7 @@ func TestReportRendersInChromiumWithEverySectionAndNoBlankPage(t *testing.T) {
 		"latency: effect and interval at each look", "quality: effect and interval at each look",
 		"Latency and time to first token per version", "Total response time per version", "Time to first token per version",
 		"Decisions", "advance: 2 % to 5 %, no harm shown", "seen at 8 looks",
+		"GPU cost", "adds 16.0 GPU-hours, 48.00 at 3.00 per GPU-hour", "above its pool's capacity of 5.0/s",
 		"Cohort traffic", "not part of the comparison", "opt_in", "431",
 		"No request was routed by a cohort rule during the rollout",
 		"Worst canary answers", "[email]", "[number]", "The capital of Australia is Sydney.",
