@@ -18,8 +18,9 @@ type Cost struct {
 	// ExtraGPUHours is CanaryGPUs over the plan's minimum evaluation: what
 	// the rollout adds to running stable alone.
 	ExtraGPUHours float64 `json:"extra_gpu_hours"`
-	// ExtraUSD prices ExtraGPUHours at the canary's price per GPU-hour; 0
-	// when no price is declared.
+	// ExtraUSD prices ExtraGPUHours at the canary's price per GPU-hour
+	// (in dollars, like every price of the metadata); 0 when no price is
+	// declared.
 	ExtraUSD float64 `json:"extra_usd"`
 	// RequestRateRPS is the model's request rate the stages were checked
 	// at, and RateSource where it comes from: "observed" (the request
@@ -62,7 +63,7 @@ func PlanCost(p Plan, canary xds.VersionMetadata, rps float64, source string) Co
 		c.Warnings = append(c.Warnings, "the canary's price per GPU-hour is not declared: the money is unknown")
 		c.Summary = fmt.Sprintf("running the canary's %d GPUs beside stable for the %s minimum evaluation adds %.1f GPU-hours", c.CanaryGPUs, roundHours(p.MinEvaluation.D()), c.ExtraGPUHours)
 	default:
-		c.Summary = fmt.Sprintf("running the canary's %d GPUs beside stable for the %s minimum evaluation adds %.1f GPU-hours, %.2f at %.2f per GPU-hour",
+		c.Summary = fmt.Sprintf("running the canary's %d GPUs beside stable for the %s minimum evaluation adds %.1f GPU-hours, $%.2f at $%.2f per GPU-hour",
 			c.CanaryGPUs, roundHours(p.MinEvaluation.D()), c.ExtraGPUHours, c.ExtraUSD, canary.PricePerGPUHour)
 	}
 	switch {

@@ -18,7 +18,7 @@ func TestPlanCostStatesTheCanaryPoolsExtraGPUHoursAndMoney(t *testing.T) {
 	if c.CanaryGPUs != 8 || c.ExtraGPUHours != 24 || c.ExtraUSD != 60 {
 		t.Fatalf("cost %+v, want 8 GPUs, 24 GPU-hours, 60", c)
 	}
-	if len(c.Warnings) != 0 || !strings.Contains(c.Summary, "24.0 GPU-hours, 60.00 at 2.50 per GPU-hour") {
+	if len(c.Warnings) != 0 || !strings.Contains(c.Summary, "24.0 GPU-hours, $60.00 at $2.50 per GPU-hour") {
 		t.Fatalf("summary %q, warnings %q", c.Summary, c.Warnings)
 	}
 }

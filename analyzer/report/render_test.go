@@ -107,7 +107,7 @@ func TestReportRendersInChromiumWithEverySectionAndNoBlankPage(t *testing.T) {
 		"latency: effect and interval at each look", "quality: effect and interval at each look",
 		"Latency and time to first token per version", "Total response time per version", "Time to first token per version",
 		"Decisions", "advance: 2 % to 5 %, no harm shown", "seen at 8 looks",
-		"GPU cost", "adds 16.0 GPU-hours, 48.00 at 3.00 per GPU-hour", "above its pool's capacity of 5.0/s",
+		"GPU cost", "adds 16.0 GPU-hours, $48.00 at $3.00 per GPU-hour", "above its pool's capacity of 5.0/s",
 		"Cohort traffic", "not part of the comparison", "opt_in", "431",
 		"No request was routed by a cohort rule during the rollout",
 		"Worst canary answers", "[email]", "[number]", "The capital of Australia is Sydney.",

@@ -86,3 +86,24 @@ func TestCohortConfigRejectsConflictsAndUnknownModels(t *testing.T) {
 		}
 	}
 }
+
+func TestAConfiguredCohortHeaderOfTheOperatorsOwnPassesOn(t *testing.T) {
+	p, err := NewPlugin(filterconfig.Config{
+		HashKey: string(testKey), Models: []string{"m1"}, CohortHeader: "X-Group", CohortHeaderTrusted: true,
+		Cohorts: []filterconfig.ModelCohorts{{Model: "m1", OptIn: filterconfig.Members{Cohorts: []string{"staff"}}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"model":"m1"}`
+	h := &fakeHost{headers: [][2]string{{":method", "POST"}, {":path", "/v1/completions"}, {"x-group", "staff"}}, body: []byte(body)}
+	s := p.NewStream(h)
+	s.OnRequestHeaders(false)
+	s.OnRequestBody(len(body), true)
+	if got, _ := h.get(wire.HeaderAssigned); got != wire.AssignedOptIn {
+		t.Fatalf("%s = %q, want %s", wire.HeaderAssigned, got, wire.AssignedOptIn)
+	}
+	if v, ok := h.get("x-group"); !ok || v != "staff" {
+		t.Fatalf("the operator's own header was removed or changed: %q %v", v, ok)
+	}
+}

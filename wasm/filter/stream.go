@@ -339,9 +339,12 @@ func (s *Stream) sanitise(h *requestHeaders) error {
 	remove(h.key, wire.HeaderKey)
 	remove(h.model, wire.HeaderModel)
 	remove(h.assigned, wire.HeaderAssigned)
-	// The cohort header never reaches a pool: it is read here, when it
-	// may be trusted, and the decision travels in wire.HeaderAssigned.
-	remove(h.cohort, s.p.cohortHeader)
+	// x-llmcanary-cohort never reaches a pool: it is read here, when it
+	// may be trusted, and the decision travels in wire.HeaderAssigned. A
+	// configured header of the operator's own is left as it is.
+	if s.p.cohortHeader == wire.HeaderCohort {
+		remove(h.cohort, wire.HeaderCohort)
+	}
 	switch {
 	case !s.p.cfg.CategoryHeaderTrusted:
 		remove(h.category, wire.HeaderCategory)
