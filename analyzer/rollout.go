@@ -2,6 +2,8 @@ package analyzer
 
 import (
 	"time"
+
+	"github.com/llmcanary/llmcanary/xds"
 )
 
 // Status is where a rollout stands.
@@ -41,9 +43,12 @@ type Rollout struct {
 	Canary string `json:"canary"`
 	Mode   Mode   `json:"mode"`
 	// Split is the canary's fixed percentage in A/B mode.
-	Split  float64 `json:"split,omitempty"`
-	Plan   Plan    `json:"plan"`
-	Status Status  `json:"status"`
+	Split float64 `json:"split,omitempty"`
+	// Reverts is the stable change a revert undoes (its Previous is this
+	// rollout's canary); nil for any other rollout.
+	Reverts *xds.StableChange `json:"reverts,omitempty"`
+	Plan    Plan              `json:"plan"`
+	Status  Status            `json:"status"`
 	// Stage indexes Plan.Policy.EvaluatedStages; StageStarted is when its
 	// window began. Both survive a restart of the analyzer.
 	Stage        int        `json:"stage"`

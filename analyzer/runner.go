@@ -26,15 +26,22 @@ type ControlPlaneClient struct {
 }
 
 var (
-	_ TrafficSetter  = ControlPlaneClient{}
-	_ TrafficApplier = ControlPlaneClient{}
-	_ ModelReader    = ControlPlaneClient{}
+	_ TrafficSetter       = ControlPlaneClient{}
+	_ CausedTrafficSetter = ControlPlaneClient{}
+	_ TrafficApplier      = ControlPlaneClient{}
+	_ ModelReader         = ControlPlaneClient{}
 )
 
 // SetWeights sets the model's weights through the management API, which
 // applies them atomically.
 func (c ControlPlaneClient) SetWeights(ctx context.Context, model string, weights map[string]float64, stable string) error {
 	_, err := c.Client.SetWeights(ctx, model, weights, stable)
+	return err
+}
+
+// SetWeightsBecause sets the model's weights and says why.
+func (c ControlPlaneClient) SetWeightsBecause(ctx context.Context, model string, weights map[string]float64, stable string, cause xds.Cause) error {
+	_, err := c.Client.SetWeightsBecause(ctx, model, weights, stable, cause)
 	return err
 }
 
@@ -231,7 +238,7 @@ func (r *Runner) Step(ctx context.Context, id string) (*Rollout, error) {
 	}
 	if !r.isSynced(id) {
 		w := ro.CanaryWeight()
-		if err := r.setWeights(ctx, ro.Model, ro.Weights(w), ro.Stable); err != nil {
+		if err := r.setWeights(ctx, ro.Model, ro.Weights(w), ro.Stable, xds.Cause{Rollout: ro.ID, Reason: fmt.Sprintf("stage %d's weights re-applied", ro.Stage+1)}); err != nil {
 			return r.recordError(ro, now, CodeTrafficFailed, fmt.Sprintf("hold: could not set the stage's weights (canary %g %%) on the control plane: %v; retrying at the next look", w, err), err)
 		}
 		r.setSynced(id, true)
@@ -327,7 +334,13 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 			return nil, fmt.Errorf("runner: save the intent to %s %s: %w", a, ro.ID, err)
 		}
 	}
-	if err := r.setWeights(ctx, ro.Model, ro.Weights(w), t.Stable); err != nil {
+	why := fmt.Sprintf("%s decided by rollout %s", a, ro.ID)
+	if d != nil {
+		why = d.Reason
+	} else if ro.Last != nil && ro.Last.Action == a {
+		why = ro.Last.Reason
+	}
+	if err := r.setWeights(ctx, ro.Model, ro.Weights(w), t.Stable, xds.Cause{Rollout: ro.ID, Reason: why}); err != nil {
 		r.setSynced(ro.ID, false)
 		reason := fmt.Sprintf("%s decided but the control plane did not accept canary %g %%: %v; retrying at the next look", a, w, err)
 		out, serr := r.Store.Update(ro.ID, func(x *Rollout) error {
@@ -366,11 +379,20 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 // setWeights sets a model's weights unless the control plane already has
 // exactly them: a look that only re-asserts the current split publishes
 // no new revision.
-func (r *Runner) setWeights(ctx context.Context, model string, weights map[string]float64, stable string) error {
+func (r *Runner) setWeights(ctx context.Context, model string, weights map[string]float64, stable string, cause xds.Cause) error {
 	if r.Models != nil {
 		if cur, err := r.Models.Model(ctx, model); err == nil && cur.Stable == stable && sameWeights(cur.Weights, weights) {
 			return nil
 		}
+	}
+	return r.moveTraffic(ctx, model, weights, stable, cause)
+}
+
+// moveTraffic sets a model's weights with their cause when the
+// TrafficSetter can record it.
+func (r *Runner) moveTraffic(ctx context.Context, model string, weights map[string]float64, stable string, cause xds.Cause) error {
+	if c, ok := r.Traffic.(CausedTrafficSetter); ok {
+		return c.SetWeightsBecause(ctx, model, weights, stable, cause)
 	}
 	return r.Traffic.SetWeights(ctx, model, weights, stable)
 }
@@ -428,6 +450,10 @@ type StartRequest struct {
 	Stable string `json:"stable,omitempty"`
 	// Mode is canary (default) or abtest.
 	Mode Mode `json:"mode,omitempty"`
+	// Revert starts a canary rollout back to the version that was stable
+	// before the current one (the model's history on the control plane
+	// says which); Canary and Stable are then left empty.
+	Revert bool `json:"revert,omitempty"`
 	// Split is the canary's fixed percentage in A/B mode (default 50).
 	Split float64 `json:"split,omitempty"`
 	// Policy overrides fields of the planned policy, as a model override
@@ -448,7 +474,12 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	if req.Model == "" {
 		errs = append(errs, errors.New("model is required"))
 	}
-	if req.Canary == "" {
+	switch {
+	case req.Revert && (req.Canary != "" || req.Stable != ""):
+		errs = append(errs, errors.New("a revert names neither canary nor stable: it returns to the version that was stable before the current one"))
+	case req.Revert && req.Mode != ModeCanary:
+		errs = append(errs, errors.New("a revert is a canary rollout, not an A/B test"))
+	case !req.Revert && req.Canary == "":
 		errs = append(errs, errors.New("canary is required"))
 	}
 	switch req.Mode {
@@ -476,6 +507,15 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 			return nil, fmt.Errorf("%w: model %q does not exist on the control plane", ErrNotFound, req.Model)
 		}
 		return nil, fmt.Errorf("%w: read model %q: %w", ErrControlPlane, req.Model, err)
+	}
+	var revert *xds.StableChange
+	if req.Revert {
+		prev, err := revertTarget(model)
+		if err != nil {
+			return nil, err
+		}
+		revert = &prev
+		req.Canary, req.Stable = prev.Previous, model.Stable
 	}
 	if req.Stable == "" {
 		req.Stable = model.Stable
@@ -511,9 +551,15 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	ro := &Rollout{
 		ID: NewID(now), Model: req.Model, Stable: req.Stable, Canary: req.Canary, Mode: req.Mode, Split: req.Split,
 		Plan: plan, Status: RolloutRunning, StageStarted: now, State: NewStageState(0, now), Created: now, Updated: now,
+		Reverts: revert,
 	}
 	if req.Mode == ModeABTest {
 		ro.Plan.Strategy = "abtest"
+	}
+	if req.Mode == ModeCanary {
+		rps, source := r.requestRate(ctx, model)
+		cost := PlanCost(ro.Plan, cv.Metadata, rps, source)
+		ro.Plan.Cost = &cost
 	}
 	// Reserve the model before touching traffic: a second Start of the
 	// same model (or one while a rollout of it is active) fails here and
@@ -524,7 +570,7 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	}
 	defer release()
 	w := ro.CanaryWeight()
-	if err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), ro.Stable); err != nil {
+	if err := r.moveTraffic(ctx, ro.Model, ro.Weights(w), ro.Stable, xds.Cause{Rollout: ro.ID, Reason: "rollout " + ro.ID + " started", Actor: req.Actor}); err != nil {
 		return nil, fmt.Errorf("%w: set the first stage's weights: %w", ErrControlPlane, err)
 	}
 	// The first window opens when the fleet serves the first stage.
@@ -533,11 +579,17 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	}
 	reason := fmt.Sprintf("started by %s: %s risk (%s), %s plan; canary %s at %g %%, stable %s at %g %%",
 		actor(req.Actor), plan.Risk, plan.RiskReason, ro.Plan.Strategy, ro.Canary, w, ro.Stable, 100-w)
+	if revert != nil {
+		reason += fmt.Sprintf("; a revert to %s, stable until %s", revert.Previous, revert.At.Format(time.RFC3339))
+		if revert.Rollout != "" {
+			reason += " when rollout " + revert.Rollout + " promoted " + revert.Version
+		}
+	}
 	ro.record(Event{At: now, Kind: "operator", Code: CodeOperator, Actor: actor(req.Actor), Reason: reason})
 	if err := r.Store.Create(ro); err != nil {
 		// Put the traffic back as it was; the reservation kept every other
 		// start of this model away from it meanwhile.
-		if rerr := r.Traffic.SetWeights(ctx, ro.Model, model.Weights, model.Stable); rerr != nil {
+		if rerr := r.moveTraffic(ctx, ro.Model, model.Weights, model.Stable, xds.Cause{Rollout: ro.ID, Reason: "weights restored: rollout " + ro.ID + " could not be saved"}); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("restore weights: %w", rerr))
 		}
 		return nil, err
@@ -545,6 +597,22 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	r.setSynced(ro.ID, true)
 	r.log().Info("rollout started", "rollout", ro.ID, "model", ro.Model, "canary", ro.Canary, "risk", plan.Risk, "mode", ro.Mode)
 	return r.Store.Get(ro.ID)
+}
+
+// revertTarget returns the history entry a revert undoes: its Previous
+// is the version to return to. It is ErrConflict when the history names
+// none, or names a version the model no longer has: a revert is measured
+// like any rollout, so the version must still be deployed with endpoints.
+func revertTarget(m *xds.Model) (xds.StableChange, error) {
+	prev, err := m.PreviousStable()
+	if err != nil {
+		return prev, fmt.Errorf("%w: cannot revert model %q: %w", ErrConflict, m.Name, err)
+	}
+	if _, ok := m.Version(prev.Previous); !ok {
+		return prev, fmt.Errorf("%w: cannot revert model %q to %s, stable until %s: the version was removed from the model; put it back with its endpoints (PUT /v1/models/%s/versions/%s) and revert again",
+			ErrConflict, m.Name, prev.Previous, prev.At.Format(time.RFC3339), m.Name, prev.Previous)
+	}
+	return prev, nil
 }
 
 func actor(a string) string {
@@ -589,11 +657,6 @@ func (r *Runner) Operate(ctx context.Context, id string, op Operation, actorName
 	}
 	now := r.now()
 	w, move := t.Weight, t.Moves
-	if move {
-		if err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), t.Stable); err != nil {
-			return nil, fmt.Errorf("%w: %s: set weights: %w", ErrControlPlane, op, err)
-		}
-	}
 	reason := fmt.Sprintf("%s by %s", op, actor(actorName))
 	if move {
 		reason += fmt.Sprintf(": %s %g %%, %s %g %%", ro.Stable, 100-w, ro.Canary, w)
@@ -603,6 +666,11 @@ func (r *Runner) Operate(ctx context.Context, id string, op Operation, actorName
 	}
 	if note != "" {
 		reason += " (" + note + ")"
+	}
+	if move {
+		if err := r.moveTraffic(ctx, ro.Model, ro.Weights(w), t.Stable, xds.Cause{Rollout: ro.ID, Reason: reason, Actor: actorName}); err != nil {
+			return nil, fmt.Errorf("%w: %s: set weights: %w", ErrControlPlane, op, err)
+		}
 	}
 	out, err := r.Store.Update(id, func(x *Rollout) error {
 		x.Status, x.Updated, x.Pending = t.Status, now, ""

@@ -31,7 +31,11 @@ type Record struct {
 	Bucket    uint64
 	Forced    bool   // pinned with x-llmcanary-force: excluded from statistics
 	Category  string // x-llmcanary-category, if any
-	Streamed  bool
+	// Cohort is the cohort rule that chose the version (wire.AssignedOptIn
+	// or wire.AssignedExcluded), "" when the bucket did: such requests
+	// are not randomised and stay out of the comparison.
+	Cohort   string
+	Streamed bool
 	// SampleRate is the share of its arm's users whose requests are
 	// measured, in (0, 1]: the route opens the ext_proc stream with it
 	// (wire.MetadataSampleRate), so each row stands for 1/SampleRate
@@ -93,6 +97,8 @@ type LogEntry struct {
 	Details string
 	Bucket  uint64
 	Forced  bool
+	// Cohort: as Record.Cohort.
+	Cohort string
 	// SampleRate is the rate the request was measured at (the route's
 	// x-llmcanary-sample-rate); 0 when it was not measured.
 	SampleRate float64

@@ -67,6 +67,9 @@ func NewAPI(store Store, pub *Publisher, token string, log *slog.Logger) *API {
 type WeightsRequest struct {
 	Weights map[string]float64 `json:"weights"`
 	Stable  string             `json:"stable,omitempty"`
+	// Cause says why (the analyzer's rollout and decision); it is kept
+	// in the model's history when the stable version changes.
+	Cause
 }
 
 // ErrorBody is every error response's body.
@@ -88,6 +91,8 @@ func (a *API) Handler() http.Handler {
 	mux.HandleFunc("PUT /v1/models/{model}/versions/{version}", a.auth(a.putVersion))
 	mux.HandleFunc("DELETE /v1/models/{model}/versions/{version}", a.auth(a.deleteVersion))
 	mux.HandleFunc("PUT /v1/models/{model}/weights", a.auth(a.putWeights))
+	mux.HandleFunc("PUT /v1/models/{model}/cohorts", a.auth(a.putCohorts))
+	mux.HandleFunc("GET /v1/models/{model}/history", a.auth(a.getHistory))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -132,15 +137,23 @@ func (a *API) listModels(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"revision": st.Revision, "models": out})
 }
 
-func (a *API) getModel(w http.ResponseWriter, r *http.Request) {
+// readModel returns the state and the model the path names, or answers
+// 404 and returns false.
+func (a *API) readModel(w http.ResponseWriter, r *http.Request) (*State, *Model, bool) {
 	st := a.store.State()
 	m, ok := st.Models[r.PathValue("model")]
 	if !ok {
 		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("model %q does not exist", r.PathValue("model")))
-		return
+		return nil, nil, false
 	}
 	w.Header().Set("ETag", etag(st.Revision))
-	writeJSON(w, http.StatusOK, a.withSampling(m))
+	return st, m, true
+}
+
+func (a *API) getModel(w http.ResponseWriter, r *http.Request) {
+	if _, m, ok := a.readModel(w, r); ok {
+		writeJSON(w, http.StatusOK, a.withSampling(m))
+	}
 }
 
 // withSampling returns a copy of m that says how its traffic is measured.
@@ -191,15 +204,55 @@ func (a *API) putWeights(w http.ResponseWriter, r *http.Request) {
 	if !a.decode(w, r, &req) {
 		return
 	}
-	a.update(w, r, fmt.Sprintf("set weights of %s to %s", model, formatWeights(req.Weights)), func(s *State) error {
+	summary := fmt.Sprintf("set weights of %s to %s", model, formatWeights(req.Weights))
+	if req.Rollout != "" {
+		summary += " for rollout " + req.Rollout
+	}
+	a.updateBecause(w, r, summary, req.Cause, func(s *State) error {
 		return s.SetWeights(model, req.Weights, req.Stable)
 	}, model)
+}
+
+func (a *API) putCohorts(w http.ResponseWriter, r *http.Request) {
+	model := r.PathValue("model")
+	var c Cohorts
+	if !a.decode(w, r, &c) {
+		return
+	}
+	a.update(w, r, fmt.Sprintf("set cohorts of %s (opt-in %s; excluded %s)", model, formatMembers(c.OptIn), formatMembers(c.Excluded)),
+		func(s *State) error { return s.SetCohorts(model, c) }, model)
+}
+
+// HistoryView is a model's stable history as GET .../history answers it.
+type HistoryView struct {
+	Model   string         `json:"model"`
+	Stable  string         `json:"stable"`
+	History []StableChange `json:"history"`
+}
+
+func (a *API) getHistory(w http.ResponseWriter, r *http.Request) {
+	_, m, ok := a.readModel(w, r)
+	if !ok {
+		return
+	}
+	h := m.History
+	if h == nil {
+		h = []StableChange{}
+	}
+	writeJSON(w, http.StatusOK, HistoryView{Model: m.Name, Stable: m.Stable, History: h})
 }
 
 // update runs a change through the store and answers with the changed model
 // (or the whole state when model is ""). The revision the client read can be
 // given in If-Match; a concurrent change then fails with 412.
 func (a *API) update(w http.ResponseWriter, r *http.Request, summary string, change func(*State) error, model string) {
+	a.updateBecause(w, r, summary, Cause{}, change, model)
+}
+
+// updateBecause is update for a change with a cause: a stable version it
+// moves is recorded in the model's history with the cause's rollout and
+// reason (the summary when there is no reason).
+func (a *API) updateBecause(w http.ResponseWriter, r *http.Request, summary string, cause Cause, change func(*State) error, model string) {
 	var expect uint64
 	if im := strings.Trim(r.Header.Get("If-Match"), `" `); im != "" {
 		n, err := strconv.ParseUint(im, 10, 64)
@@ -218,6 +271,11 @@ func (a *API) update(w http.ResponseWriter, r *http.Request, summary string, cha
 	if actor == "" {
 		actor = "api"
 	}
+	reason := cause.Reason
+	if reason == "" {
+		reason = summary
+	}
+	change = withHistory(change, StableChange{At: time.Now().UTC(), Actor: actor, Rollout: cause.Rollout, Reason: reason})
 	st, err := a.store.Update(expect, actor, summary, change, a.pub.Prepare)
 	published := err == nil
 	if err != nil {
@@ -319,6 +377,14 @@ var (
 	writeJSON  = httpapi.WriteJSON
 	writeError = httpapi.WriteError
 )
+
+func formatMembers(m CohortMembers) string {
+	n := len(m.Identities) + len(m.Cohorts) + len(m.Tenants)
+	if n == 0 {
+		return "none"
+	}
+	return fmt.Sprintf("%d identities, cohorts %v, %d tenants", len(m.Identities), m.Cohorts, len(m.Tenants))
+}
 
 func formatWeights(ws map[string]float64) string {
 	keys := make([]string, 0, len(ws))

@@ -51,8 +51,30 @@ func (c *Client) PutVersion(ctx context.Context, model string, v Version) (*Mode
 
 // SetWeights sets a model's weights atomically; stable may be "" to keep it.
 func (c *Client) SetWeights(ctx context.Context, model string, weights map[string]float64, stable string) (*Model, error) {
+	return c.SetWeightsBecause(ctx, model, weights, stable, Cause{})
+}
+
+// SetWeightsBecause is SetWeights with the cause the model's history keeps
+// when the stable version changes.
+func (c *Client) SetWeightsBecause(ctx context.Context, model string, weights map[string]float64, stable string, cause Cause) (*Model, error) {
 	var out Model
-	return &out, c.do(ctx, "PUT", "/v1/models/"+url.PathEscape(model)+"/weights", WeightsRequest{Weights: weights, Stable: stable}, &out)
+	hc := c.client()
+	if cause.Actor != "" {
+		hc.Actor = cause.Actor
+	}
+	return &out, hc.Do(ctx, "PUT", "/v1/models/"+url.PathEscape(model)+"/weights", WeightsRequest{Weights: weights, Stable: stable, Cause: cause}, &out)
+}
+
+// SetCohorts replaces a model's cohorts.
+func (c *Client) SetCohorts(ctx context.Context, model string, co Cohorts) (*Model, error) {
+	var out Model
+	return &out, c.do(ctx, "PUT", "/v1/models/"+url.PathEscape(model)+"/cohorts", co, &out)
+}
+
+// History returns a model's stable history.
+func (c *Client) History(ctx context.Context, model string) (*HistoryView, error) {
+	var out HistoryView
+	return &out, c.do(ctx, "GET", "/v1/models/"+url.PathEscape(model)+"/history", nil, &out)
 }
 
 // Applied is what the answer to a change says of the fleet: how many Envoys

@@ -73,7 +73,9 @@ var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 // a category. A category override sends its category to a version the
 // operator chose, and the row does not record whether an override applied,
 // so all categorised requests are left out rather than some of them
-// wrongly kept.
+// wrongly kept. Requests a cohort rule routed (cohort = opt_in or
+// excluded) are left out too: their version was chosen for them, not
+// drawn, so they would bias both arms and the split check.
 //
 // A request whose failure is set to anything but client_cancel is a
 // failure; a client cancellation is counted as a request that neither
@@ -180,7 +182,7 @@ GROUP BY bucket`, s.db, wire.TableRequests, filter.all)
 func (s *Source) latencyBaseline(ctx context.Context, w analyzer.Window, filter windowSQL) (map[uint64][2]float64, error) {
 	q := fmt.Sprintf(`SELECT bucket, count(), sum(log(duration_ms))
 FROM %s.%s
-WHERE %s AND forced = 0 AND gateway = 0 AND status = 200 AND duration_ms > 0 AND version = ?
+WHERE %s AND forced = 0 AND cohort = '' AND gateway = 0 AND status = 200 AND duration_ms > 0 AND version = ?
 GROUP BY bucket`, s.db, wire.TableRequestLog, filter.key)
 	res, err := s.conn.Query(ctx, q, w.Model, w.Stable, w.Canary, w.Stable)
 	if err != nil {
@@ -282,7 +284,7 @@ func windowFilter(from, to time.Time) windowSQL {
   AND ts_ms >= %d AND ts_ms < %d`,
 		dateLit(time.UnixMilli(fromMs)), dateLit(time.UnixMilli(last)),
 		floorDiv(fromMs, 1000), floorDiv(last, 1000)+1, fromMs, toMs)
-	return windowSQL{key: key, all: key + "\n  AND forced = 0 AND category = ''"}
+	return windowSQL{key: key, all: key + "\n  AND forced = 0 AND category = '' AND cohort = ''"}
 }
 
 func floorDiv(a, b int64) int64 {

@@ -61,7 +61,7 @@ GLOBAL ALL INNER JOIN
     SELECT model, rollout_id, stage, weight, started_ms, ended_ms
     FROM llmcanary.rollout_stages FINAL
 ) AS stages USING model
-WHERE ts_ms >= started_ms AND (ended_ms = 0 OR ts_ms < ended_ms) AND forced = 0
+WHERE ts_ms >= started_ms AND (ended_ms = 0 OR ts_ms < ended_ms) AND forced = 0 AND cohort = ''
 GROUP BY rollout_id, stage, weight, version
 ORDER BY rollout_id, stage, version`
 

@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/llmcanary/llmcanary/analyzer"
+	"github.com/llmcanary/llmcanary/xds"
 )
 
 func init() {
@@ -29,6 +30,9 @@ const rolloutUsage = `Usage: llmcanary rollout <action> [flags] [id]
 
 Actions:
   start     --model M --canary V [--stable V] [--abtest --split 50] [--policy file.yaml]
+  revert    <model>                 a rollout back to the version that was stable
+                                    before the current one (the control plane's
+                                    history says which), measured like any other
   list      [--model M]
   status    <id> [--watch] [--json]
   pause     <id> [--note text]
@@ -73,6 +77,8 @@ func runRollout(ctx context.Context, args []string) error {
 		abtest = fs.Bool("abtest", false, "run an A/B test at a fixed split instead of a staged rollout")
 		split = fs.Float64("split", 0, "canary percentage of an A/B test (default 50)")
 		policyFile = fs.String("policy", "", "YAML file overriding fields of the planned policy")
+	case "revert":
+		policyFile = fs.String("policy", "", "YAML file overriding fields of the planned policy")
 	case "list":
 		model = fs.String("model", "", "only this model's rollouts")
 	case "status":
@@ -102,12 +108,21 @@ func runRollout(ctx context.Context, args []string) error {
 	}
 	needID := action != "start" && action != "list"
 	if needID && id == "" {
-		return fmt.Errorf("rollout %s needs a rollout id", action)
+		what := "a rollout id"
+		if action == "revert" {
+			what = "a model name"
+		}
+		return fmt.Errorf("rollout %s needs %s", action, what)
 	}
 	switch action {
-	case "start":
-		req := analyzer.StartRequest{Model: *model, Canary: *canary, Stable: *stable, Split: *split}
-		if *abtest {
+	case "start", "revert":
+		var req analyzer.StartRequest
+		if action == "revert" {
+			req = analyzer.StartRequest{Model: id, Revert: true}
+		} else {
+			req = analyzer.StartRequest{Model: *model, Canary: *canary, Stable: *stable, Split: *split}
+		}
+		if abtest != nil && *abtest {
 			req.Mode = analyzer.ModeABTest
 		}
 		if *policyFile != "" {
@@ -122,6 +137,10 @@ func runRollout(ctx context.Context, args []string) error {
 			return err
 		}
 		fmt.Printf("started %s: %s %s → %s, %s risk (%s), %s\n", ro.ID, ro.Model, ro.Stable, ro.Canary, ro.Plan.Risk, ro.Plan.RiskReason, ro.Plan.Strategy)
+		if ro.Reverts != nil {
+			fmt.Printf("reverts  %s\n", revertLine(ro.Reverts))
+		}
+		printCost(os.Stdout, ro.Plan.Cost)
 		return nil
 	case "list":
 		all, err := c.List(ctx, *model)
@@ -231,6 +250,10 @@ func printStatus(w io.Writer, ro *analyzer.RolloutView) {
 	p := ro.Progress
 	fmt.Fprintf(w, "rollout %s  %s: %s → %s  [%s, %s]\n", ro.ID, ro.Model, ro.Stable, ro.Canary, ro.Mode, ro.Status)
 	fmt.Fprintf(w, "plan     %s risk (%s), %s\n", ro.Plan.Risk, ro.Plan.RiskReason, ro.Plan.Strategy)
+	if ro.Reverts != nil {
+		fmt.Fprintf(w, "reverts  %s\n", revertLine(ro.Reverts))
+	}
+	printCost(w, ro.Plan.Cost)
 	if ro.Mode == analyzer.ModeABTest {
 		fmt.Fprintf(w, "split    canary %g %%\n", ro.Split)
 		if ro.Experiment != nil {
@@ -278,6 +301,26 @@ func printStatus(w io.Writer, ro *analyzer.RolloutView) {
 			rep = fmt.Sprintf(" (×%d)", e.Repeats+1)
 		}
 		fmt.Fprintf(w, "  %s  %s%s\n", e.At.Local().Format("15:04:05"), e.Reason, rep)
+	}
+}
+
+// revertLine says which stable change a revert undoes.
+func revertLine(c *xds.StableChange) string {
+	s := fmt.Sprintf("%s became stable on %s", c.Version, c.At.Local().Format("2006-01-02 15:04"))
+	if c.Rollout != "" {
+		s += " (rollout " + c.Rollout + ")"
+	}
+	return s + "; returning to " + c.Previous
+}
+
+// printCost writes a plan's GPU cost and its capacity warnings.
+func printCost(w io.Writer, c *analyzer.Cost) {
+	if c == nil {
+		return
+	}
+	fmt.Fprintf(w, "cost     %s\n", c.Summary)
+	for _, warn := range c.Warnings {
+		fmt.Fprintf(w, "warning  %s\n", warn)
 	}
 }
 

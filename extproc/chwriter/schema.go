@@ -141,6 +141,7 @@ var requestColumns = []column[extproc.Record]{
 	col("response_bytes", "UInt32", func(r *extproc.Record) any { return r.ResponseBytes }),
 	col("chunks", "UInt32", func(r *extproc.Record) any { return r.Chunks }),
 	colDefault("sample_rate", "Float64", "1", func(r *extproc.Record) any { return sampleRate(r.SampleRate) }),
+	col("cohort", "String", func(r *extproc.Record) any { return r.Cohort }),
 }
 
 // sampleRate is the rate a request row is stored with: a rate outside
@@ -186,6 +187,7 @@ var requestLogColumns = []column[extproc.LogEntry]{
 	col("forced", "UInt8", func(e *extproc.LogEntry) any { return b2u(e.Forced) }),
 	col("sample_rate", "Float64", func(e *extproc.LogEntry) any { return e.SampleRate }),
 	col("gateway", "UInt8", func(e *extproc.LogEntry) any { return b2u(e.Gateway) }),
+	col("cohort", "String", func(e *extproc.LogEntry) any { return e.Cohort }),
 }
 
 // tableDef is a table's name and columns: what its DDL needs.
