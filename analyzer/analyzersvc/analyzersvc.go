@@ -124,7 +124,12 @@ func Defaults() Options {
 // may also be comma-separated.
 type Endpoints []string
 
+var _ config.Repeated = (*Endpoints)(nil)
+
 func (e *Endpoints) String() string { return strings.Join(*e, ",") }
+
+// Repeated makes the key a list in a config file.
+func (*Endpoints) Repeated() {}
 
 // Set adds the comma-separated endpoints of v.
 func (e *Endpoints) Set(v string) error {
@@ -413,7 +418,7 @@ func (o Options) openStore(ctx context.Context) (rolloutStore, *clientv3.Client,
 	defer cancel()
 	if _, err := cli.Get(sctx, "health"); err != nil {
 		cli.Close()
-		return nil, nil, fmt.Errorf("etcd %v: %w", []string(o.EtcdEndpoints), err)
+		return nil, nil, fmt.Errorf("etcd %v does not answer: %w", []string(o.EtcdEndpoints), err)
 	}
 	st, err := analyzer.NewEtcdStore(cli, o.EtcdPrefix)
 	if err != nil {
