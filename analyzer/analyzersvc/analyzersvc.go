@@ -510,7 +510,9 @@ func (o Options) listen(log *slog.Logger) (net.Listener, error) {
 
 // startNotifier tells the configured webhooks of every change of the
 // store's rollouts; stop sends what is queued (for up to ten seconds).
-func startNotifier(f notify.Flags, store analyzer.Store, reg prometheus.Registerer, log *slog.Logger) (stop func(), err error) {
+func startNotifier(f notify.Flags, store interface {
+	OnChange(f func(before, after *analyzer.Rollout)) (remove func())
+}, reg prometheus.Registerer, log *slog.Logger) (stop func(), err error) {
 	cfg, err := f.Config()
 	if err != nil || len(cfg.Webhooks) == 0 {
 		return func() {}, err
