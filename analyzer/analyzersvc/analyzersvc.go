@@ -337,6 +337,7 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 	// The runner and the judge act: always with one analyzer, in the
 	// leader's terms in a group.
 	lead := func(ctx context.Context) error {
+		s.reconcile(ctx, store, log)
 		jdone := make(chan struct{})
 		go func() {
 			defer close(jdone)
@@ -389,6 +390,29 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 		s.Finish(err)
 	}()
 	return s, nil
+}
+
+// reconcile inserts the decision log rows that an analyzer stopped
+// between storing a change and inserting its rows left out, for every
+// rollout active or changed in the last hour, before this one acts.
+func (s *Service) reconcile(ctx context.Context, store analyzer.Store, log *slog.Logger) {
+	all, err := store.List()
+	if err != nil {
+		log.Warn("decision log: rollouts not reconciled", "error", err)
+		return
+	}
+	for _, ro := range all {
+		if !ro.Status.Active() && time.Since(ro.Updated) > time.Hour {
+			continue
+		}
+		n, err := s.decisions.Reconcile(ctx, ro)
+		switch {
+		case err != nil:
+			log.Warn("decision log: rollout not reconciled", "rollout", ro.ID, "error", err)
+		case n > 0:
+			log.Info("decision log: rows left out by a stopped analyzer inserted", "rollout", ro.ID, "rows", n)
+		}
+	}
 }
 
 // rolloutStore is the store as the service uses it: the runner's, and
