@@ -312,7 +312,7 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 	}
 	if etcd != nil {
 		s.Elector = &analyzer.Elector{Client: etcd, Prefix: strings.TrimRight(o.EtcdPrefix, "/") + "/leader", TTL: o.LeaderLease.D(),
-			Self: analyzer.Member{ID: o.member(s.Addr), URL: s.URL}, Fence: store.(analyzer.Fencer), Log: log}
+			Self: analyzer.Member{ID: o.member(s.Addr), URL: advertised(s.URL)}, Fence: store.(analyzer.Fencer), Log: log}
 		s.Runner.Leading = s.Elector.Check
 		checks = append(checks, health.Check{Name: "leadership", Fn: s.leadership})
 	}
@@ -466,6 +466,22 @@ func (o Options) member(addr string) string {
 	}
 	host, _ := os.Hostname()
 	return host + "/" + addr
+}
+
+// advertised is the API's URL as other hosts reach it: a wildcard listen
+// address (0.0.0.0, ::) becomes the host name.
+func advertised(base string) string {
+	u, err := url.Parse(base)
+	if err != nil {
+		return base
+	}
+	host, port, err := net.SplitHostPort(u.Host)
+	if ip := net.ParseIP(host); err == nil && ip != nil && ip.IsUnspecified() {
+		if name, err := os.Hostname(); err == nil {
+			u.Host = net.JoinHostPort(name, port)
+		}
+	}
+	return u.String()
 }
 
 // leadership is the readiness check of a group member: ok while leading;
