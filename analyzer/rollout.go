@@ -58,6 +58,11 @@ type Rollout struct {
 	// that the control plane has not yet accepted; the runner retries it
 	// before anything else.
 	Pending Action `json:"pending,omitempty"`
+	// Seq counts the changes the runner and the operators made to the
+	// rollout: each look's outcome is written only onto the Seq it was
+	// taken at, and advances it by one, so no decision is stored twice
+	// or on top of a state it did not see.
+	Seq uint64 `json:"seq,omitempty"`
 	// PendingAt is when the pending change was decided.
 	PendingAt  time.Time         `json:"pending_at,omitzero"`
 	Created    time.Time         `json:"created"`
@@ -80,6 +85,9 @@ type Event struct {
 	// with the same code keep one entry, updated to the latest numbers.
 	Repeats  int       `json:"repeats,omitempty"`
 	Decision *Decision `json:"decision,omitempty"`
+	// Seq is the rollout's Seq the entry was written with: a decision is
+	// identified by its rollout, stage and Seq.
+	Seq uint64 `json:"seq,omitempty"`
 }
 
 // MaxHistory bounds a rollout's history; the oldest entries go first.
@@ -88,6 +96,7 @@ const MaxHistory = 2000
 // record appends an event, folding a hold into the previous entry when it
 // has the same kind and code.
 func (r *Rollout) record(e Event) {
+	e.Seq = r.Seq
 	if n := len(r.History); n > 0 && e.Kind == "decision" && e.Action == ActionHold {
 		last := &r.History[n-1]
 		if last.Kind == e.Kind && last.Action == e.Action && last.Code == e.Code {

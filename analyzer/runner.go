@@ -19,6 +19,28 @@ type ModelReader interface {
 	Model(ctx context.Context, name string) (*xds.Model, error)
 }
 
+// Store keeps the rollouts for the runner and the rollout API.
+// RolloutStore (files, one analyzer) and EtcdStore (shared by analyzers
+// that elect one leader) implement it. Get and List return copies; Update
+// applies change to a copy of the stored rollout and stores the result
+// atomically, or changes nothing when change or the write fails; Create
+// fails with ErrConflict when the id exists or the model has an active
+// rollout; Reserve claims a model while a Start sets up its traffic;
+// OnChange registers a watcher of the changes the store writes.
+type Store interface {
+	OnChange(f func(before, after *Rollout)) (remove func())
+	Get(id string) (*Rollout, error)
+	List() ([]*Rollout, error)
+	Create(r *Rollout) error
+	Update(id string, change func(*Rollout) error) (*Rollout, error)
+	Reserve(model string) (release func(), err error)
+}
+
+var (
+	_ Store = (*RolloutStore)(nil)
+	_ Store = (*EtcdStore)(nil)
+)
+
 // ControlPlaneClient adapts the management API client to TrafficSetter and
 // ModelReader.
 type ControlPlaneClient struct {
@@ -61,7 +83,7 @@ func (c ControlPlaneClient) Model(ctx context.Context, name string) (*xds.Model,
 // weight change is recorded and retried at the next look; neither ever
 // promotes. Operators act on rollouts through Start and Operate.
 type Runner struct {
-	Store   *RolloutStore
+	Store   Store
 	Source  MetricsSource
 	Traffic TrafficSetter
 	Models  ModelReader
@@ -81,6 +103,11 @@ type Runner struct {
 	// rollout when the source reports no new data (time alone moves a
 	// stage past its minimum or maximum duration). Default 30 s.
 	Refresh time.Duration
+
+	// Leading, if set, tells whether this analyzer may act: Start and
+	// Operate call it first and return its error (ErrNotLeader naming the
+	// leader) without touching traffic or the store. Nil: always.
+	Leading func(ctx context.Context) error
 
 	mu     sync.Mutex
 	locks  map[string]*sync.Mutex
@@ -185,6 +212,12 @@ func (r *Runner) Run(ctx context.Context) error {
 	if r.Interval <= 0 {
 		return errors.New("runner: interval must be positive")
 	}
+	// A new term (a restart, or leadership regained) re-asserts every
+	// rollout's weights at its first look: another analyzer may have
+	// moved them meanwhile.
+	r.mu.Lock()
+	r.synced, r.marks = nil, nil
+	r.mu.Unlock()
 	if r.Stages != nil {
 		rec := newStageRecorder(ctx, r.Stages, r.log())
 		defer r.Store.OnChange(rec.changed)()
@@ -266,10 +299,9 @@ func (r *Runner) Step(ctx context.Context, id string) (*Rollout, error) {
 
 	if ro.Mode == ModeABTest {
 		rep, ns := Experiment(ro.Plan.Policy, ro.State, m, ro.Split, now)
-		return r.Store.Update(id, func(x *Rollout) error {
+		return r.update(ro, func(x *Rollout) {
 			x.State, x.Experiment, x.Updated, x.LastError = ns, &rep, now, ""
 			x.record(Event{At: now, Kind: "decision", Action: ActionHold, Code: CodeUndecided, Reason: rep.Summary})
-			return nil
 		})
 	}
 
@@ -279,12 +311,28 @@ func (r *Runner) Step(ctx context.Context, id string) (*Rollout, error) {
 	case ActionRollback, ActionAdvance, ActionPromote:
 		return r.act(ctx, ro, d.Action, now, &d)
 	}
-	return r.Store.Update(id, func(x *Rollout) error {
+	return r.update(ro, func(x *Rollout) {
 		x.State, x.Last, x.Updated, x.LastError = ns, &d, now, ""
 		if d.Action == ActionPause {
 			x.Status = RolloutPaused
 		}
 		x.record(Event{At: now, Kind: "decision", Action: d.Action, Code: d.Code, Reason: d.Reason, Decision: &d})
+	})
+}
+
+// update stores the outcome of a look taken at ro: it fails with
+// ErrConflict, changing nothing, when the stored rollout is no longer the
+// one looked at (its Seq moved: an operator acted, or another analyzer
+// wrote), and otherwise applies change with Seq advanced by one. So a
+// decision is written once, as the successor of the state it was taken
+// on, whatever store and however many analyzers.
+func (r *Runner) update(ro *Rollout, change func(*Rollout)) (*Rollout, error) {
+	return r.Store.Update(ro.ID, func(x *Rollout) error {
+		if x.Seq != ro.Seq {
+			return fmt.Errorf("%w: rollout %s changed since the look (sequence %d, now %d); the next look decides again", ErrConflict, ro.ID, ro.Seq, x.Seq)
+		}
+		x.Seq++
+		change(x)
 		return nil
 	})
 }
@@ -321,17 +369,17 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 	w := t.Weight
 	if ro.Pending != a {
 		state := ro.State
+		id := ro.ID
 		var err error
-		ro, err = r.Store.Update(ro.ID, func(x *Rollout) error {
+		ro, err = r.update(ro, func(x *Rollout) {
 			x.State, x.Pending, x.PendingAt, x.Updated = state, a, now, now
 			if d != nil {
 				x.Last = d
 				x.record(Event{At: now, Kind: "decision", Action: d.Action, Code: d.Code, Reason: d.Reason, Decision: d})
 			}
-			return nil
 		})
 		if err != nil {
-			return nil, fmt.Errorf("runner: save the intent to %s %s: %w", a, ro.ID, err)
+			return nil, fmt.Errorf("runner: save the intent to %s %s: %w", a, id, err)
 		}
 	}
 	why := fmt.Sprintf("%s decided by rollout %s", a, ro.ID)
@@ -343,10 +391,9 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 	if err := r.setWeights(ctx, ro.Model, ro.Weights(w), t.Stable, xds.Cause{Rollout: ro.ID, Reason: why}); err != nil {
 		r.setSynced(ro.ID, false)
 		reason := fmt.Sprintf("%s decided but the control plane did not accept canary %g %%: %v; retrying at the next look", a, w, err)
-		out, serr := r.Store.Update(ro.ID, func(x *Rollout) error {
+		out, serr := r.update(ro, func(x *Rollout) {
 			x.Updated, x.LastError = now, reason
 			x.record(Event{At: now, Kind: "error", Action: a, Code: CodeTrafficFailed, Reason: reason})
-			return nil
 		})
 		return out, errors.Join(fmt.Errorf("runner: %s of %s: %w", a, ro.ID, err), serr)
 	}
@@ -360,7 +407,7 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 		// old split.
 		started = r.waitApplied(ctx, ro.ID, now)
 	}
-	return r.Store.Update(ro.ID, func(x *Rollout) error {
+	return r.update(ro, func(x *Rollout) {
 		decided := x.PendingAt
 		if decided.IsZero() {
 			decided = now
@@ -372,7 +419,6 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 			x.Stage, x.StageStarted = t.Stage, started
 			x.State = NextStageState(x.State, decided, started)
 		}
-		return nil
 	})
 }
 
@@ -434,10 +480,9 @@ func (r *Runner) waitApplied(ctx context.Context, id string, now time.Time) time
 }
 
 func (r *Runner) recordError(ro *Rollout, now time.Time, code Code, reason string, cause error) (*Rollout, error) {
-	out, err := r.Store.Update(ro.ID, func(x *Rollout) error {
+	out, err := r.update(ro, func(x *Rollout) {
 		x.Updated, x.LastError = now, reason
 		x.record(Event{At: now, Kind: "decision", Action: ActionHold, Code: code, Reason: reason})
-		return nil
 	})
 	return out, errors.Join(cause, err)
 }
@@ -499,6 +544,9 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if err := r.leading(ctx); err != nil {
+		return nil, err
 	}
 	model, err := r.Models.Model(ctx, req.Model)
 	if err != nil {
@@ -615,6 +663,14 @@ func revertTarget(m *xds.Model) (xds.StableChange, error) {
 	return prev, nil
 }
 
+// leading returns nil when this analyzer may act (see Leading).
+func (r *Runner) leading(ctx context.Context) error {
+	if r.Leading == nil {
+		return nil
+	}
+	return r.Leading(ctx)
+}
+
 func actor(a string) string {
 	if a == "" {
 		return "api"
@@ -641,6 +697,9 @@ const (
 // abort only ends the rollout). Finished rollouts cannot be changed
 // (ErrConflict). If the control plane refuses, nothing changes.
 func (r *Runner) Operate(ctx context.Context, id string, op Operation, actorName, note string) (*Rollout, error) {
+	if err := r.leading(ctx); err != nil {
+		return nil, err
+	}
 	defer r.lock(id)()
 	ro, err := r.Store.Get(id)
 	if err != nil {
@@ -673,6 +732,7 @@ func (r *Runner) Operate(ctx context.Context, id string, op Operation, actorName
 		}
 	}
 	out, err := r.Store.Update(id, func(x *Rollout) error {
+		x.Seq++
 		x.Status, x.Updated, x.Pending = t.Status, now, ""
 		if op == OpResume {
 			x.StageStarted = now

@@ -35,6 +35,10 @@ func bindAnalyzer(fs *flag.FlagSet, o *analyzersvc.Options) {
 	fs.StringVar(&o.JudgeAPIKeyEnv, "judge-api-key-env", o.JudgeAPIKeyEnv, "environment variable holding the judge's API key, if any")
 	fs.DurationVar((*time.Duration)(&o.JudgeInterval), "judge-interval", o.JudgeInterval.D(), "pause between judge rounds when there is no backlog")
 	fs.StringVar(&o.ControlPlaneCA, "control-plane-ca", o.ControlPlaneCA, "PEM CA certificate that verifies an https --control-plane (default: the system's roots)")
+	fs.Var(&o.EtcdEndpoints, "etcd-endpoints", "etcd client URLs (comma-separated or repeated): keep the rollouts in etcd and elect one acting analyzer among those sharing --etcd-prefix (default: one analyzer on --data-dir)")
+	fs.StringVar(&o.EtcdPrefix, "etcd-prefix", o.EtcdPrefix, "etcd key prefix of the group's rollouts and election")
+	fs.DurationVar((*time.Duration)(&o.LeaderLease), "leader-lease", o.LeaderLease.D(), "lease of the leadership: a killed leader's successor acts within it (at least 2s)")
+	fs.StringVar(&o.Member, "member", o.Member, "this analyzer's identity in the election (default: host name and --listen)")
 	bindServerTLS(fs, &o.TLS, false, "--listen")
 	o.Notify.Bind(fs)
 }
@@ -48,7 +52,10 @@ through the control plane. Serves the rollout API (HTTP/JSON, bearer token,
 see analyzer/openapi.yaml) with POST /v1/feedback for user ratings, and
 beside it /metrics (Prometheus), /healthz and /readyz (ready: ClickHouse
 answers and the control plane takes the token). Webhooks (--notify-*) hear of
-every decision and state change. Rollouts are durable in --data-dir.`)
+every decision and state change. Rollouts are durable in --data-dir; with
+--etcd-endpoints they live in etcd, and the analyzers sharing --etcd-prefix
+elect one leader that acts while the others serve reads and refuse writes
+(503 not_leader, naming the leader) until they take over.`)
 	if err := config.Parse(fs, args, func(fs *flag.FlagSet) { bindAnalyzer(fs, &o) }); err != nil {
 		return err
 	}
