@@ -69,6 +69,10 @@ type Options struct {
 	// rows arrive.
 	Interval config.Duration `json:"interval"`
 	Refresh  config.Duration `json:"refresh"`
+	// LookTimeout bounds one look's queries; zero: Interval. A look reads
+	// every row of the rollout's window, about 440 000 rows a second, so
+	// windows of millions of rows need more than the default second.
+	LookTimeout config.Duration `json:"look-timeout"`
 	// PolicyFile is the YAML policy; empty: the built-in policy, or
 	// Policy when set.
 	PolicyFile string           `json:"policy"`
@@ -164,6 +168,9 @@ func (o Options) Validate() error {
 	}
 	if o.Interval <= 0 {
 		errs = append(errs, fmt.Errorf("--interval %v must be positive", o.Interval.D()))
+	}
+	if o.LookTimeout < 0 {
+		errs = append(errs, fmt.Errorf("--look-timeout %v must not be negative", o.LookTimeout.D()))
 	}
 	if o.Refresh < o.Interval {
 		errs = append(errs, fmt.Errorf("--refresh %v must be at least --interval %v", o.Refresh.D(), o.Interval.D()))
@@ -290,7 +297,7 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 	}
 	s.Runner = &analyzer.Runner{
 		Store: store, Source: mon.Source(source), Traffic: cp, Models: cp,
-		Policy: policy, Interval: o.Interval.D(), Refresh: o.Refresh.D(), Log: log, Stages: stages,
+		Policy: policy, Interval: o.Interval.D(), Refresh: o.Refresh.D(), QueryTimeout: o.LookTimeout.D(), Log: log, Stages: stages,
 	}
 	api := analyzer.NewAPI(s.Runner, o.Token, log)
 	api.Mount(analyzer.RouteFeedback, qstore.FeedbackHandler())

@@ -33,6 +33,7 @@ func bindAnalyzer(fs *flag.FlagSet, o *analyzersvc.Options) {
 	fs.StringVar(&o.JudgeEndpoint, "judge-endpoint", o.JudgeEndpoint, "OpenAI-compatible base URL of the judge model; empty: no judge (user feedback only)")
 	fs.StringVar(&o.JudgeModel, "judge-model", o.JudgeModel, "model name of the judge")
 	fs.StringVar(&o.JudgeAPIKeyEnv, "judge-api-key-env", o.JudgeAPIKeyEnv, "environment variable holding the judge's API key, if any")
+	fs.DurationVar((*time.Duration)(&o.LookTimeout), "look-timeout", o.LookTimeout.D(), "bound of one look's queries; 0: --interval (a look reads its window at about 440 000 rows a second)")
 	fs.DurationVar((*time.Duration)(&o.JudgeInterval), "judge-interval", o.JudgeInterval.D(), "pause between judge rounds when there is no backlog")
 	fs.StringVar(&o.ControlPlaneCA, "control-plane-ca", o.ControlPlaneCA, "PEM CA certificate that verifies an https --control-plane (default: the system's roots)")
 	fs.Var(&o.EtcdEndpoints, "etcd-endpoints", "etcd client URLs (comma-separated or repeated): keep the rollouts in etcd and elect one acting analyzer among those sharing --etcd-prefix (default: one analyzer on --data-dir)")
