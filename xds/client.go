@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/llmcanary/llmcanary/internal/httpapi"
@@ -16,10 +17,14 @@ import (
 // Client calls the management API. The CLI, the analyzer and the tests use
 // it. Safe for concurrent use.
 type Client struct {
-	BaseURL string // e.g. http://127.0.0.1:18080
+	BaseURL string // e.g. http://127.0.0.1:18080, or the replicas' URLs separated by commas
 	Token   string
 	Actor   string // recorded in the audit trail
 	HTTP    *http.Client
+
+	// api is the HTTP client made from the fields above on first use; it
+	// remembers which of several URLs answered last.
+	api atomic.Pointer[httpapi.Client]
 }
 
 // APIError is a non-2xx answer of the API.
@@ -60,7 +65,7 @@ func (c *Client) SetWeightsBecause(ctx context.Context, model string, weights ma
 	var out Model
 	hc := c.client()
 	if cause.Actor != "" {
-		hc.Actor = cause.Actor
+		hc = hc.As(cause.Actor)
 	}
 	return &out, hc.Do(ctx, "PUT", "/v1/models/"+url.PathEscape(model)+"/weights", WeightsRequest{Weights: weights, Stable: stable, Cause: cause}, &out)
 }
@@ -157,5 +162,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 }
 
 func (c *Client) client() *httpapi.Client {
-	return &httpapi.Client{API: "management api", BaseURL: c.BaseURL, Token: c.Token, Actor: c.Actor, HTTP: c.HTTP}
+	if a := c.api.Load(); a != nil {
+		return a
+	}
+	c.api.CompareAndSwap(nil, &httpapi.Client{API: "management api", BaseURL: c.BaseURL, Token: c.Token, Actor: c.Actor, HTTP: c.HTTP})
+	return c.api.Load()
 }

@@ -23,7 +23,7 @@ func bindAnalyzer(fs *flag.FlagSet, o *analyzersvc.Options) {
 	fs.StringVar(&o.Listen, "listen", o.Listen, "address of the rollout API")
 	fs.StringVar(&o.DataDir, "data-dir", o.DataDir, "directory of the durable rollouts; a restart resumes every running rollout")
 	fs.StringVar(&o.TokenFile, "token-file", o.TokenFile, "file holding the rollout API's bearer token (default: $LLMCANARY_API_TOKEN)")
-	fs.StringVar(&o.ControlPlane, "control-plane", o.ControlPlane, "base URL of the control plane's management API")
+	fs.StringVar(&o.ControlPlane, "control-plane", o.ControlPlane, "base URL of the control plane's management API; replicas: their URLs separated by commas")
 	fs.StringVar(&o.ControlPlaneTokenFile, "control-plane-token-file", o.ControlPlaneTokenFile, "file holding the management API's token (default: the rollout API's token)")
 	fs.StringVar(&o.ClickHouse, "clickhouse", o.ClickHouse, "ClickHouse native-protocol address (with a telemetry cluster: any of its servers)")
 	fs.StringVar(&o.Database, "database", o.Database, "ClickHouse database of the telemetry")

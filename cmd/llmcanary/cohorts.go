@@ -44,7 +44,7 @@ type managementFlags struct{ api, tokenFile, ca, actor *string }
 
 func addManagementFlags(fs *flag.FlagSet) managementFlags {
 	return managementFlags{
-		api:       fs.String("api", envOr("LLMCANARY_API", "http://127.0.0.1:18080"), "base URL of the management API"),
+		api:       fs.String("api", envOr("LLMCANARY_API", "http://127.0.0.1:18080"), "base URL of the management API; replicas: their URLs separated by commas"),
 		tokenFile: fs.String("token-file", "", "file holding the API bearer token (default: $LLMCANARY_API_TOKEN)"),
 		ca:        fs.String("ca", os.Getenv("LLMCANARY_CA"), "PEM CA certificate that verifies an https --api (default $LLMCANARY_CA, else the system's roots)"),
 		actor:     fs.String("actor", envOr("USER", "cli"), "name recorded in the audit trail"),

@@ -59,7 +59,7 @@ func runRollout(ctx context.Context, args []string) error {
 	}
 	action, args := args[0], args[1:]
 	fs := newFlagSet("rollout "+action, "Talks to the analyzer's rollout API.")
-	addr := fs.String("analyzer", envOr("LLMCANARY_ANALYZER", "http://127.0.0.1:18090"), "base URL of the analyzer's API")
+	addr := fs.String("analyzer", envOr("LLMCANARY_ANALYZER", "http://127.0.0.1:18090"), "base URL of the analyzer's API; several analyzers: their URLs separated by commas")
 	tokenFile := fs.String("token-file", "", "file holding the API bearer token (default: $LLMCANARY_API_TOKEN)")
 	ca := fs.String("ca", os.Getenv("LLMCANARY_CA"), "PEM CA certificate that verifies an https --analyzer (default $LLMCANARY_CA, else the system's roots)")
 	actorName := fs.String("actor", envOr("USER", "cli"), "name recorded in the rollout's history")

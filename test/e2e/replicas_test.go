@@ -220,8 +220,10 @@ func TestControlPlaneReplicasOnEtcdServeEveryEnvoyAndSurviveTheLossOfOne(t *test
 		t.Fatalf("gw-0 streamed from replica %s %v after %s was killed; the bootstrap bounds it by %v", names[y], moved, names[x], bound)
 	}
 
-	// A later change through Y reaches both Envoys.
-	rev = setWeights(t, apis[y], 80)
+	// A later change by a client that lists both replicas, the dead one
+	// first, goes through Y and reaches both Envoys.
+	both := &xds.Client{BaseURL: replicas[x].APIURL + "," + replicas[y].APIURL, Token: local.DevToken, Actor: "e2e", HTTP: apiHTTP}
+	rev = setWeights(t, both, 80)
 	waitBoth(rev)
 	for gw := range envoys {
 		if v := served(gw, 3000); v != "v2" {
