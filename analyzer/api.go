@@ -193,11 +193,26 @@ func (a *API) view(ro *Rollout) RolloutView {
 	return RolloutView{Rollout: ro, Progress: ro.ProgressAt(a.runner.now())}
 }
 
+// HeaderLeader names the leader's rollout API on a standby's refusal of a
+// write (503 not_leader).
+const HeaderLeader = "X-Llmcanary-Leader"
+
 // fail maps an error to its status: invalid 400, not found 404, conflict
-// 409, a control plane that refused or is unreachable 502.
+// 409, a control plane that refused or is unreachable 502, a write on a
+// standby 503 (not_leader, with the leader's URL in X-Llmcanary-Leader):
+// standbys refuse writes rather than forward them, so a caller always
+// knows which analyzer acted.
 func (a *API) fail(w http.ResponseWriter, what string, err error) {
 	code, status := "internal", http.StatusInternalServerError
+	var nl *NotLeaderError
 	switch {
+	case errors.As(err, &nl):
+		code, status = "not_leader", http.StatusServiceUnavailable
+		if nl.Leader.URL != "" {
+			w.Header().Set(HeaderLeader, nl.Leader.URL)
+		}
+	case errors.Is(err, ErrNotLeader):
+		code, status = "not_leader", http.StatusServiceUnavailable
 	case errors.Is(err, ErrInvalid):
 		code, status = "invalid", http.StatusBadRequest
 	case errors.Is(err, ErrNotFound):

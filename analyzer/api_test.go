@@ -113,3 +113,30 @@ func isStatus(err error, status int) bool {
 	var e *APIError
 	return errors.As(err, &e) && e.Status == status
 }
+
+func TestAPIStandbyRefusesWritesNamingTheLeaderAndServesReads(t *testing.T) {
+	r, srv := newAPIServer(t)
+	ro := r.start(t)
+	r.runner.Leading = func(context.Context) error {
+		return &NotLeaderError{Leader: Member{ID: "a", URL: "http://leader:18090"}}
+	}
+	for path, body := range map[string]string{"/v1/rollouts": `{"model":"m","canary":"v2"}`, "/v1/rollouts/" + ro.ID + "/pause": `{}`} {
+		req, _ := http.NewRequest("POST", srv.URL+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer secret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get(HeaderLeader) != "http://leader:18090" || !strings.Contains(string(b), `"not_leader"`) {
+			t.Errorf("POST %s on a standby: %d leader %q %s, want 503 not_leader naming http://leader:18090", path, resp.StatusCode, resp.Header.Get(HeaderLeader), b)
+		}
+	}
+	if got, _ := r.runner.Store.Get(ro.ID); got.Status != RolloutRunning || r.traffic.count() != 1 {
+		t.Errorf("a refused write changed something: %s, %d weight changes", got.Status, r.traffic.count())
+	}
+	if status, body := call(t, srv, "GET", "/v1/rollouts/"+ro.ID, "secret", ""); status != 200 || !strings.Contains(body, ro.ID) {
+		t.Errorf("a read on a standby: %d %s", status, body)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"sync/atomic"
 
 	"github.com/llmcanary/llmcanary/internal/httpapi"
 )
@@ -11,10 +12,14 @@ import (
 // Client calls the rollout API. The CLI and the tests use it. Safe for
 // concurrent use.
 type Client struct {
-	BaseURL string // e.g. http://127.0.0.1:18090
+	BaseURL string // e.g. http://127.0.0.1:18090, or every analyzer's URL separated by commas (the leader acts)
 	Token   string
 	Actor   string // recorded in the rollout's history
 	HTTP    *http.Client
+
+	// api is the HTTP client made from the fields above on first use; it
+	// remembers which of several URLs answered last.
+	api atomic.Pointer[httpapi.Client]
 }
 
 // APIError is a non-2xx answer of the API.
@@ -62,5 +67,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 }
 
 func (c *Client) client() *httpapi.Client {
-	return &httpapi.Client{API: "rollout api", BaseURL: c.BaseURL, Token: c.Token, Actor: c.Actor, HTTP: c.HTTP}
+	if a := c.api.Load(); a != nil {
+		return a
+	}
+	c.api.CompareAndSwap(nil, &httpapi.Client{API: "rollout api", BaseURL: c.BaseURL, Token: c.Token, Actor: c.Actor, HTTP: c.HTTP})
+	return c.api.Load()
 }

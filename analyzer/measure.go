@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/llmcanary/llmcanary/analyzer/stats"
+	"github.com/llmcanary/llmcanary/xds"
 )
 
 // Metric names one measured quantity the policy can hold a canary to.
@@ -163,4 +164,11 @@ type MetricsSource interface {
 // SetWeights must be atomic: either all weights change or none.
 type TrafficSetter interface {
 	SetWeights(ctx context.Context, model string, weights map[string]float64, stable string) error
+}
+
+// CausedTrafficSetter is a TrafficSetter that can say why traffic moves:
+// the control plane keeps the cause (the rollout, the decision's sentence,
+// the actor) in the model's history when the stable version changes.
+type CausedTrafficSetter interface {
+	SetWeightsBecause(ctx context.Context, model string, weights map[string]float64, stable string, cause xds.Cause) error
 }

@@ -44,6 +44,9 @@ type Plan struct {
 	// MinEvaluation is the least time the evaluated stages take together.
 	MinEvaluation config.Duration `json:"min_evaluation"`
 	Policy        Policy          `json:"policy"`
+	// Cost is the plan's GPU cost and capacity check (PlanCost), set
+	// when the rollout starts.
+	Cost *Cost `json:"cost,omitempty"`
 }
 
 // GradeRisk grades the change from stable to canary from their metadata:

@@ -2,6 +2,8 @@ package analyzer
 
 import (
 	"time"
+
+	"github.com/llmcanary/llmcanary/xds"
 )
 
 // Status is where a rollout stands.
@@ -41,9 +43,12 @@ type Rollout struct {
 	Canary string `json:"canary"`
 	Mode   Mode   `json:"mode"`
 	// Split is the canary's fixed percentage in A/B mode.
-	Split  float64 `json:"split,omitempty"`
-	Plan   Plan    `json:"plan"`
-	Status Status  `json:"status"`
+	Split float64 `json:"split,omitempty"`
+	// Reverts is the stable change a revert undoes (its Previous is this
+	// rollout's canary); nil for any other rollout.
+	Reverts *xds.StableChange `json:"reverts,omitempty"`
+	Plan    Plan              `json:"plan"`
+	Status  Status            `json:"status"`
 	// Stage indexes Plan.Policy.EvaluatedStages; StageStarted is when its
 	// window began. Both survive a restart of the analyzer.
 	Stage        int        `json:"stage"`
@@ -53,6 +58,11 @@ type Rollout struct {
 	// that the control plane has not yet accepted; the runner retries it
 	// before anything else.
 	Pending Action `json:"pending,omitempty"`
+	// Seq counts the changes the runner and the operators made to the
+	// rollout: each look's outcome is written only onto the Seq it was
+	// taken at, and advances it by one, so no decision is stored twice
+	// or on top of a state it did not see.
+	Seq uint64 `json:"seq,omitempty"`
 	// PendingAt is when the pending change was decided.
 	PendingAt  time.Time         `json:"pending_at,omitzero"`
 	Created    time.Time         `json:"created"`
@@ -77,6 +87,9 @@ type Event struct {
 	// with the same code keep one entry, updated to the latest numbers.
 	Repeats  int       `json:"repeats,omitempty"`
 	Decision *Decision `json:"decision,omitempty"`
+	// Seq is the rollout's Seq the entry was written with: a decision is
+	// identified by its rollout, stage and Seq.
+	Seq uint64 `json:"seq,omitempty"`
 }
 
 // MaxHistory bounds a rollout's history; the oldest entries go first.
@@ -85,6 +98,7 @@ const MaxHistory = 2000
 // record appends an event, folding a hold into the previous entry when it
 // has the same kind and code.
 func (r *Rollout) record(e Event) {
+	e.Seq = r.Seq
 	if n := len(r.History); n > 0 && e.Kind == "decision" && e.Action == ActionHold {
 		last := &r.History[n-1]
 		if last.Kind == e.Kind && last.Action == e.Action && last.Code == e.Code {

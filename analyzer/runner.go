@@ -19,6 +19,28 @@ type ModelReader interface {
 	Model(ctx context.Context, name string) (*xds.Model, error)
 }
 
+// Store keeps the rollouts for the runner and the rollout API.
+// RolloutStore (files, one analyzer) and EtcdStore (shared by analyzers
+// that elect one leader) implement it. Get and List return copies; Update
+// applies change to a copy of the stored rollout and stores the result
+// atomically, or changes nothing when change or the write fails; Create
+// fails with ErrConflict when the id exists or the model has an active
+// rollout; Reserve claims a model while a Start sets up its traffic;
+// OnChange registers a watcher of the changes the store writes.
+type Store interface {
+	OnChange(f func(before, after *Rollout)) (remove func())
+	Get(id string) (*Rollout, error)
+	List() ([]*Rollout, error)
+	Create(r *Rollout) error
+	Update(id string, change func(*Rollout) error) (*Rollout, error)
+	Reserve(model string) (release func(), err error)
+}
+
+var (
+	_ Store = (*RolloutStore)(nil)
+	_ Store = (*EtcdStore)(nil)
+)
+
 // ControlPlaneClient adapts the management API client to TrafficSetter and
 // ModelReader.
 type ControlPlaneClient struct {
@@ -26,15 +48,22 @@ type ControlPlaneClient struct {
 }
 
 var (
-	_ TrafficSetter  = ControlPlaneClient{}
-	_ TrafficApplier = ControlPlaneClient{}
-	_ ModelReader    = ControlPlaneClient{}
+	_ TrafficSetter       = ControlPlaneClient{}
+	_ CausedTrafficSetter = ControlPlaneClient{}
+	_ TrafficApplier      = ControlPlaneClient{}
+	_ ModelReader         = ControlPlaneClient{}
 )
 
 // SetWeights sets the model's weights through the management API, which
 // applies them atomically.
 func (c ControlPlaneClient) SetWeights(ctx context.Context, model string, weights map[string]float64, stable string) error {
 	_, err := c.Client.SetWeights(ctx, model, weights, stable)
+	return err
+}
+
+// SetWeightsBecause sets the model's weights and says why.
+func (c ControlPlaneClient) SetWeightsBecause(ctx context.Context, model string, weights map[string]float64, stable string, cause xds.Cause) error {
+	_, err := c.Client.SetWeightsBecause(ctx, model, weights, stable, cause)
 	return err
 }
 
@@ -54,7 +83,7 @@ func (c ControlPlaneClient) Model(ctx context.Context, name string) (*xds.Model,
 // weight change is recorded and retried at the next look; neither ever
 // promotes. Operators act on rollouts through Start and Operate.
 type Runner struct {
-	Store   *RolloutStore
+	Store   Store
 	Source  MetricsSource
 	Traffic TrafficSetter
 	Models  ModelReader
@@ -77,6 +106,11 @@ type Runner struct {
 	// rollout when the source reports no new data (time alone moves a
 	// stage past its minimum or maximum duration). Default 30 s.
 	Refresh time.Duration
+
+	// Leading, if set, tells whether this analyzer may act: Start and
+	// Operate call it first and return its error (ErrNotLeader naming the
+	// leader) without touching traffic or the store. Nil: always.
+	Leading func(ctx context.Context) error
 
 	mu     sync.Mutex
 	locks  map[string]*sync.Mutex
@@ -181,6 +215,12 @@ func (r *Runner) Run(ctx context.Context) error {
 	if r.Interval <= 0 {
 		return errors.New("runner: interval must be positive")
 	}
+	// A new term (a restart, or leadership regained) re-asserts every
+	// rollout's weights at its first look: another analyzer may have
+	// moved them meanwhile.
+	r.mu.Lock()
+	r.synced, r.marks = nil, nil
+	r.mu.Unlock()
 	if r.Stages != nil {
 		rec := newStageRecorder(ctx, r.Stages, r.log())
 		defer r.Store.OnChange(rec.changed)()
@@ -234,7 +274,7 @@ func (r *Runner) Step(ctx context.Context, id string) (*Rollout, error) {
 	}
 	if !r.isSynced(id) {
 		w := ro.CanaryWeight()
-		if err := r.setWeights(ctx, ro.Model, ro.Weights(w), ro.Stable); err != nil {
+		if err := r.setWeights(ctx, ro.Model, ro.Weights(w), ro.Stable, xds.Cause{Rollout: ro.ID, Reason: fmt.Sprintf("stage %d's weights re-applied", ro.Stage+1)}); err != nil {
 			return r.recordError(ro, now, CodeTrafficFailed, fmt.Sprintf("hold: could not set the stage's weights (canary %g %%) on the control plane: %v; retrying at the next look", w, err), err)
 		}
 		r.setSynced(id, true)
@@ -265,10 +305,9 @@ func (r *Runner) Step(ctx context.Context, id string) (*Rollout, error) {
 
 	if ro.Mode == ModeABTest {
 		rep, ns := Experiment(ro.Plan.Policy, ro.State, m, ro.Split, now)
-		return r.Store.Update(id, func(x *Rollout) error {
+		return r.update(ro, func(x *Rollout) {
 			x.State, x.Experiment, x.Updated, x.LastError = ns, &rep, now, ""
 			x.record(Event{At: now, Kind: "decision", Action: ActionHold, Code: CodeUndecided, Reason: rep.Summary})
-			return nil
 		})
 	}
 
@@ -278,12 +317,28 @@ func (r *Runner) Step(ctx context.Context, id string) (*Rollout, error) {
 	case ActionRollback, ActionAdvance, ActionPromote:
 		return r.act(ctx, ro, d.Action, now, &d)
 	}
-	return r.Store.Update(id, func(x *Rollout) error {
+	return r.update(ro, func(x *Rollout) {
 		x.State, x.Last, x.Updated, x.LastError = ns, &d, now, ""
 		if d.Action == ActionPause {
 			x.Status = RolloutPaused
 		}
 		x.record(Event{At: now, Kind: "decision", Action: d.Action, Code: d.Code, Reason: d.Reason, Decision: &d})
+	})
+}
+
+// update stores the outcome of a look taken at ro: it fails with
+// ErrConflict, changing nothing, when the stored rollout is no longer the
+// one looked at (its Seq moved: an operator acted, or another analyzer
+// wrote), and otherwise applies change with Seq advanced by one. So a
+// decision is written once, as the successor of the state it was taken
+// on, whatever store and however many analyzers.
+func (r *Runner) update(ro *Rollout, change func(*Rollout)) (*Rollout, error) {
+	return r.Store.Update(ro.ID, func(x *Rollout) error {
+		if x.Seq != ro.Seq {
+			return fmt.Errorf("%w: rollout %s changed since the look (sequence %d, now %d); the next look decides again", ErrConflict, ro.ID, ro.Seq, x.Seq)
+		}
+		x.Seq++
+		change(x)
 		return nil
 	})
 }
@@ -320,26 +375,31 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 	w := t.Weight
 	if ro.Pending != a {
 		state := ro.State
+		id := ro.ID
 		var err error
-		ro, err = r.Store.Update(ro.ID, func(x *Rollout) error {
+		ro, err = r.update(ro, func(x *Rollout) {
 			x.State, x.Pending, x.PendingAt, x.Updated = state, a, now, now
 			if d != nil {
 				x.Last = d
 				x.record(Event{At: now, Kind: "decision", Action: d.Action, Code: d.Code, Reason: d.Reason, Decision: d})
 			}
-			return nil
 		})
 		if err != nil {
-			return nil, fmt.Errorf("runner: save the intent to %s %s: %w", a, ro.ID, err)
+			return nil, fmt.Errorf("runner: save the intent to %s %s: %w", a, id, err)
 		}
 	}
-	if err := r.setWeights(ctx, ro.Model, ro.Weights(w), t.Stable); err != nil {
+	why := fmt.Sprintf("%s decided by rollout %s", a, ro.ID)
+	if d != nil {
+		why = d.Reason
+	} else if ro.Last != nil && ro.Last.Action == a {
+		why = ro.Last.Reason
+	}
+	if err := r.setWeights(ctx, ro.Model, ro.Weights(w), t.Stable, xds.Cause{Rollout: ro.ID, Reason: why}); err != nil {
 		r.setSynced(ro.ID, false)
 		reason := fmt.Sprintf("%s decided but the control plane did not accept canary %g %%: %v; retrying at the next look", a, w, err)
-		out, serr := r.Store.Update(ro.ID, func(x *Rollout) error {
+		out, serr := r.update(ro, func(x *Rollout) {
 			x.Updated, x.LastError = now, reason
 			x.record(Event{At: now, Kind: "error", Action: a, Code: CodeTrafficFailed, Reason: reason})
-			return nil
 		})
 		return out, errors.Join(fmt.Errorf("runner: %s of %s: %w", a, ro.ID, err), serr)
 	}
@@ -354,7 +414,7 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 		// old split.
 		started = r.waitApplied(ctx, ro.ID, now)
 	}
-	return r.Store.Update(ro.ID, func(x *Rollout) error {
+	return r.update(ro, func(x *Rollout) {
 		decided := x.PendingAt
 		if decided.IsZero() {
 			decided = now
@@ -367,18 +427,26 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 			x.Stage, x.StageStarted = t.Stage, started
 			x.State = NextStageState(x.State, decided, started)
 		}
-		return nil
 	})
 }
 
 // setWeights sets a model's weights unless the control plane already has
 // exactly them: a look that only re-asserts the current split publishes
 // no new revision.
-func (r *Runner) setWeights(ctx context.Context, model string, weights map[string]float64, stable string) error {
+func (r *Runner) setWeights(ctx context.Context, model string, weights map[string]float64, stable string, cause xds.Cause) error {
 	if r.Models != nil {
 		if cur, err := r.Models.Model(ctx, model); err == nil && cur.Stable == stable && sameWeights(cur.Weights, weights) {
 			return nil
 		}
+	}
+	return r.moveTraffic(ctx, model, weights, stable, cause)
+}
+
+// moveTraffic sets a model's weights with their cause when the
+// TrafficSetter can record it.
+func (r *Runner) moveTraffic(ctx context.Context, model string, weights map[string]float64, stable string, cause xds.Cause) error {
+	if c, ok := r.Traffic.(CausedTrafficSetter); ok {
+		return c.SetWeightsBecause(ctx, model, weights, stable, cause)
 	}
 	return r.Traffic.SetWeights(ctx, model, weights, stable)
 }
@@ -420,10 +488,9 @@ func (r *Runner) waitApplied(ctx context.Context, id string, now time.Time) time
 }
 
 func (r *Runner) recordError(ro *Rollout, now time.Time, code Code, reason string, cause error) (*Rollout, error) {
-	out, err := r.Store.Update(ro.ID, func(x *Rollout) error {
+	out, err := r.update(ro, func(x *Rollout) {
 		x.Updated, x.LastError = now, reason
 		x.record(Event{At: now, Kind: "decision", Action: ActionHold, Code: code, Reason: reason})
-		return nil
 	})
 	return out, errors.Join(cause, err)
 }
@@ -436,6 +503,10 @@ type StartRequest struct {
 	Stable string `json:"stable,omitempty"`
 	// Mode is canary (default) or abtest.
 	Mode Mode `json:"mode,omitempty"`
+	// Revert starts a canary rollout back to the version that was stable
+	// before the current one (the model's history on the control plane
+	// says which); Canary and Stable are then left empty.
+	Revert bool `json:"revert,omitempty"`
 	// Split is the canary's fixed percentage in A/B mode (default 50).
 	Split float64 `json:"split,omitempty"`
 	// Policy overrides fields of the planned policy, as a model override
@@ -459,7 +530,12 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	if req.Model == "" {
 		errs = append(errs, errors.New("model is required"))
 	}
-	if req.Canary == "" {
+	switch {
+	case req.Revert && (req.Canary != "" || req.Stable != ""):
+		errs = append(errs, errors.New("a revert names neither canary nor stable: it returns to the version that was stable before the current one"))
+	case req.Revert && req.Mode != ModeCanary:
+		errs = append(errs, errors.New("a revert is a canary rollout, not an A/B test"))
+	case !req.Revert && req.Canary == "":
 		errs = append(errs, errors.New("canary is required"))
 	}
 	switch req.Mode {
@@ -480,6 +556,9 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	if err := r.leading(ctx); err != nil {
+		return nil, err
+	}
 	model, err := r.Models.Model(ctx, req.Model)
 	if err != nil {
 		var apiErr *xds.APIError
@@ -487,6 +566,15 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 			return nil, fmt.Errorf("%w: model %q does not exist on the control plane", ErrNotFound, req.Model)
 		}
 		return nil, fmt.Errorf("%w: read model %q: %w", ErrControlPlane, req.Model, err)
+	}
+	var revert *xds.StableChange
+	if req.Revert {
+		prev, err := revertTarget(model)
+		if err != nil {
+			return nil, err
+		}
+		revert = &prev
+		req.Canary, req.Stable = prev.Previous, model.Stable
 	}
 	if req.Stable == "" {
 		req.Stable = model.Stable
@@ -522,6 +610,7 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	ro := &Rollout{
 		ID: NewID(now), Model: req.Model, Stable: req.Stable, Canary: req.Canary, Mode: req.Mode, Split: req.Split,
 		Plan: plan, Status: RolloutRunning, StageStarted: now, State: NewStageState(0, now), Created: now, Updated: now,
+		Reverts: revert,
 	}
 	if req.Mode == ModeABTest {
 		ro.Plan.Strategy = "abtest"
@@ -530,6 +619,11 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 		if ro.Shadow, err = newShadowStage(*req.Shadow, req.Mode, now); err != nil {
 			return nil, err
 		}
+	}
+	if req.Mode == ModeCanary {
+		rps, source := r.requestRate(ctx, model)
+		cost := PlanCost(ro.Plan, cv.Metadata, rps, source)
+		ro.Plan.Cost = &cost
 	}
 	// Reserve the model before touching traffic: a second Start of the
 	// same model (or one while a rollout of it is active) fails here and
@@ -540,7 +634,7 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	}
 	defer release()
 	w := ro.CanaryWeight()
-	if err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), ro.Stable); err != nil {
+	if err := r.moveTraffic(ctx, ro.Model, ro.Weights(w), ro.Stable, xds.Cause{Rollout: ro.ID, Reason: "rollout " + ro.ID + " started", Actor: req.Actor}); err != nil {
 		return nil, fmt.Errorf("%w: set the first stage's weights: %w", ErrControlPlane, err)
 	}
 	if ro.Shadow.Running() {
@@ -560,12 +654,18 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	if ro.Shadow.Running() {
 		reason += fmt.Sprintf("; shadow stage first: %g %% of user requests mirrored to %s, at most %d in flight", ro.Shadow.Policy.Percent, ro.Canary, ro.Shadow.Policy.MaxConcurrent)
 	}
+	if revert != nil {
+		reason += fmt.Sprintf("; a revert to %s, stable until %s", revert.Previous, revert.At.Format(time.RFC3339))
+		if revert.Rollout != "" {
+			reason += " when rollout " + revert.Rollout + " promoted " + revert.Version
+		}
+	}
 	ro.record(Event{At: now, Kind: "operator", Code: CodeOperator, Actor: actor(req.Actor), Reason: reason})
 	if err := r.Store.Create(ro); err != nil {
 		r.endShadow(ctx, ro)
 		// Put the traffic back as it was; the reservation kept every other
 		// start of this model away from it meanwhile.
-		if rerr := r.Traffic.SetWeights(ctx, ro.Model, model.Weights, model.Stable); rerr != nil {
+		if rerr := r.moveTraffic(ctx, ro.Model, model.Weights, model.Stable, xds.Cause{Rollout: ro.ID, Reason: "weights restored: rollout " + ro.ID + " could not be saved"}); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("restore weights: %w", rerr))
 		}
 		return nil, err
@@ -573,6 +673,30 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	r.setSynced(ro.ID, true)
 	r.log().Info("rollout started", "rollout", ro.ID, "model", ro.Model, "canary", ro.Canary, "risk", plan.Risk, "mode", ro.Mode)
 	return r.Store.Get(ro.ID)
+}
+
+// revertTarget returns the history entry a revert undoes: its Previous
+// is the version to return to. It is ErrConflict when the history names
+// none, or names a version the model no longer has: a revert is measured
+// like any rollout, so the version must still be deployed with endpoints.
+func revertTarget(m *xds.Model) (xds.StableChange, error) {
+	prev, err := m.PreviousStable()
+	if err != nil {
+		return prev, fmt.Errorf("%w: cannot revert model %q: %w", ErrConflict, m.Name, err)
+	}
+	if _, ok := m.Version(prev.Previous); !ok {
+		return prev, fmt.Errorf("%w: cannot revert model %q to %s, stable until %s: the version was removed from the model; put it back with its endpoints (PUT /v1/models/%s/versions/%s) and revert again",
+			ErrConflict, m.Name, prev.Previous, prev.At.Format(time.RFC3339), m.Name, prev.Previous)
+	}
+	return prev, nil
+}
+
+// leading returns nil when this analyzer may act (see Leading).
+func (r *Runner) leading(ctx context.Context) error {
+	if r.Leading == nil {
+		return nil
+	}
+	return r.Leading(ctx)
 }
 
 func actor(a string) string {
@@ -601,6 +725,9 @@ const (
 // abort only ends the rollout). Finished rollouts cannot be changed
 // (ErrConflict). If the control plane refuses, nothing changes.
 func (r *Runner) Operate(ctx context.Context, id string, op Operation, actorName, note string) (*Rollout, error) {
+	if err := r.leading(ctx); err != nil {
+		return nil, err
+	}
 	defer r.lock(id)()
 	ro, err := r.Store.Get(id)
 	if err != nil {
@@ -617,12 +744,6 @@ func (r *Runner) Operate(ctx context.Context, id string, op Operation, actorName
 	}
 	now := r.now()
 	w, move := t.Weight, t.Moves
-	if move {
-		if err := r.Traffic.SetWeights(ctx, ro.Model, ro.Weights(w), t.Stable); err != nil {
-			return nil, fmt.Errorf("%w: %s: set weights: %w", ErrControlPlane, op, err)
-		}
-		r.endShadow(ctx, ro)
-	}
 	reason := fmt.Sprintf("%s by %s", op, actor(actorName))
 	if move {
 		reason += fmt.Sprintf(": %s %g %%, %s %g %%", ro.Stable, 100-w, ro.Canary, w)
@@ -633,7 +754,14 @@ func (r *Runner) Operate(ctx context.Context, id string, op Operation, actorName
 	if note != "" {
 		reason += " (" + note + ")"
 	}
+	if move {
+		if err := r.moveTraffic(ctx, ro.Model, ro.Weights(w), t.Stable, xds.Cause{Rollout: ro.ID, Reason: reason, Actor: actorName}); err != nil {
+			return nil, fmt.Errorf("%w: %s: set weights: %w", ErrControlPlane, op, err)
+		}
+		r.endShadow(ctx, ro)
+	}
 	out, err := r.Store.Update(id, func(x *Rollout) error {
+		x.Seq++
 		x.Status, x.Updated, x.Pending = t.Status, now, ""
 		if move {
 			x.Shadow.end(ShadowEnded, now)

@@ -136,7 +136,7 @@ func newRig(t *testing.T) *rig {
 	return r
 }
 
-func (r *rig) newRunner(st *RolloutStore) *Runner {
+func (r *rig) newRunner(st Store) *Runner {
 	models := fakeModels{traffic: r.traffic, models: map[string]*xds.Model{"m": {
 		Name: "m", Stable: "v1",
 		Versions: []xds.Version{
@@ -146,6 +146,19 @@ func (r *rig) newRunner(st *RolloutStore) *Runner {
 		Weights: map[string]float64{"v1": 100},
 	}}}
 	return &Runner{Store: st, Source: r.source, Traffic: r.traffic, Models: models, Policy: testPolicy(), Interval: time.Minute, Now: r.clock.now}
+}
+
+// killAfterTrafficMoves takes a look with runner that is killed (a panic)
+// right after the control plane took its weights.
+func (r *rig) killAfterTrafficMoves(t *testing.T, runner *Runner, id string) {
+	t.Helper()
+	r.traffic.crash = func() { panic("killed") }
+	defer func() {
+		if recover() == nil {
+			t.Fatal("the runner was not killed")
+		}
+	}()
+	runner.Step(context.Background(), id)
 }
 
 func (r *rig) start(t *testing.T) *Rollout {
@@ -313,15 +326,7 @@ func TestRunnerKilledAtAStageChangeFinishesTheMoveAndNeverReverts(t *testing.T) 
 	ro := r.start(t)
 	r.source.m = window(1, 40000, 10000, testArm(), testArm())
 	r.clock.add(11 * time.Minute)
-	r.traffic.crash = func() { panic("killed") }
-	func() {
-		defer func() {
-			if recover() == nil {
-				t.Fatal("the runner was not killed")
-			}
-		}()
-		r.runner.Step(context.Background(), ro.ID)
-	}()
+	r.killAfterTrafficMoves(t, r.runner, ro.ID)
 	st, err := OpenRolloutStore(r.dir)
 	if err != nil {
 		t.Fatal(err)

@@ -132,7 +132,7 @@ func (r *Runner) stepShadow(ctx context.Context, ro *Rollout, now time.Time) (*R
 		if d.Action == ActionProceed {
 			w = p.EvaluatedStages()[0].Weight
 		}
-		if err := r.setWeights(ctx, ro.Model, ro.Weights(w), ro.Stable); err != nil {
+		if err := r.setWeights(ctx, ro.Model, ro.Weights(w), ro.Stable, xds.Cause{Rollout: ro.ID, Reason: d.Reason}); err != nil {
 			r.setSynced(ro.ID, false)
 			return r.recordError(ro, now, CodeTrafficFailed, fmt.Sprintf("%s decided but the control plane did not accept canary %g %%: %v; retrying at the next look", d.Action, w, err), err)
 		}

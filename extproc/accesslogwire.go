@@ -57,6 +57,7 @@ type wireEntry struct {
 	flags *accesslogdata.ResponseFlags // nil when the entry carries none
 	// headers collected from the maps, turned into LogEntry fields at the end
 	model, bucket, force, rate, version string
+	cohort                              string
 	hasRate                             bool
 	start, duration, lastTx             secondsNanos
 	hasStart, hasDuration, hasLastTx    bool
@@ -193,6 +194,8 @@ func (w *wireEntry) request(b []byte) error {
 				w.bucket = string(val)
 			case wire.HeaderForce:
 				w.force = string(val)
+			case wire.HeaderAssigned:
+				w.cohort = string(val)
 			case wire.HeaderSampleRate:
 				w.rate, w.hasRate = string(val), true
 			}
@@ -274,6 +277,6 @@ func (w *wireEntry) finish() {
 	}
 	fillEntry(&w.e, entryHeaders{
 		duration: d, flags: w.flags, model: w.model, bucket: w.bucket, force: w.force,
-		version: w.version, rate: w.rate, hasRate: w.hasRate,
+		version: w.version, rate: w.rate, hasRate: w.hasRate, cohort: w.cohort,
 	})
 }

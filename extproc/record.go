@@ -29,12 +29,16 @@ type Record struct {
 	Cluster   string
 	Path      string
 	Bucket    uint64
-	Forced    bool // pinned with x-llmcanary-force: excluded from statistics
+	Forced    bool   // pinned with x-llmcanary-force: excluded from statistics
+	Category  string // x-llmcanary-category, if any
+	// Cohort is the cohort rule that chose the version (wire.AssignedOptIn
+	// or wire.AssignedExcluded), "" when the bucket did: such requests
+	// are not randomised and stay out of the comparison.
+	Cohort string
 	// Shadow marks the answer of a mirrored request (see xds.Shadow): the
 	// user never saw it; it is stored apart (wire.TableShadow), always
 	// with its text, paired by RequestID with the user's answer.
 	Shadow   bool
-	Category string // x-llmcanary-category, if any
 	Streamed bool
 	// SampleRate is the share of its arm's users whose requests are
 	// measured, in (0, 1]: the route opens the ext_proc stream with it
@@ -97,6 +101,8 @@ type LogEntry struct {
 	Details string
 	Bucket  uint64
 	Forced  bool
+	// Cohort: as Record.Cohort.
+	Cohort string
 	// SampleRate is the rate the request was measured at (the route's
 	// x-llmcanary-sample-rate); 0 when it was not measured.
 	SampleRate float64

@@ -68,6 +68,7 @@ type entryHeaders struct {
 	duration                            time.Duration
 	flags                               *accesslogdata.ResponseFlags
 	model, bucket, force, version, rate string // header values; rate only when hasRate
+	cohort                              string
 	hasRate                             bool
 }
 
@@ -77,7 +78,7 @@ type entryHeaders struct {
 // rate) and the response's version header, as envoyconfig.AccessLog asks
 // Envoy to log them.
 func fillEntry(l *LogEntry, h entryHeaders) {
-	l.Model, l.Version, l.Forced = h.model, h.version, h.force != ""
+	l.Model, l.Version, l.Forced, l.Cohort = h.model, h.version, h.force != "", h.cohort
 	l.DurationMs = ms(h.duration)
 	l.Flags = FormatResponseFlags(h.flags)
 	if i := strings.IndexByte(l.Path, '?'); i >= 0 {

@@ -89,6 +89,12 @@ func TestLogEntryKeepsWhatTheRequestLogNeeds(t *testing.T) {
 				Status: 200, Flags: "UR,DC", Details: "upstream_reset_after_response_started{remote_reset}", Bucket: 12345, Forced: true, SampleRate: 1},
 		},
 		{
+			"an opt-in user's request is labelled with its cohort",
+			entry{"r6", "/v1/chat/completions", "llama_v2", "via_upstream", 200, with(routed, wire.HeaderAssigned, wire.AssignedOptIn, wire.HeaderSampleRate, "1"), served, nil},
+			LogEntry{RequestID: "r6", Model: "llama", Version: "v2", Cluster: "llama_v2", Path: "/v1/chat/completions",
+				Status: 200, Details: "via_upstream", Bucket: 12345, Cohort: wire.AssignedOptIn, SampleRate: 1},
+		},
+		{
 			"a route's direct response is the gateway's",
 			entry{"r4", "/v1/models", "", wire.DetailsDirectResponse, 200, nil, nil, nil},
 			LogEntry{RequestID: "r4", Path: "/v1/models", Status: 200, Details: wire.DetailsDirectResponse, Gateway: true},
@@ -180,7 +186,7 @@ func logEntryFromProto(e *accesslogdata.HTTPAccessLogEntry) LogEntry {
 	rate, hasRate := rh[wire.HeaderSampleRate]
 	fillEntry(&l, entryHeaders{
 		duration: d.AsDuration(), flags: c.GetResponseFlags(),
-		model: rh[wire.HeaderModel], bucket: rh[wire.HeaderBucket], force: rh[wire.HeaderForce],
+		model: rh[wire.HeaderModel], bucket: rh[wire.HeaderBucket], force: rh[wire.HeaderForce], cohort: rh[wire.HeaderAssigned],
 		version: resp.GetResponseHeaders()[wire.HeaderVersion], rate: rate, hasRate: hasRate,
 	})
 	return l
@@ -221,6 +227,7 @@ func TestAccessLogReaderAgreesWithProtoUnmarshal(t *testing.T) {
 		e := benchLogEntry(7)
 		e.CommonProperties.ResponseFlags = &accesslogdata.ResponseFlags{UpstreamRemoteReset: true, DownstreamConnectionTermination: true}
 		e.Request.RequestHeaders[wire.HeaderForce] = "v7"
+		e.Request.RequestHeaders[wire.HeaderAssigned] = wire.AssignedOptIn
 		return e
 	}
 	noDuration := full()

@@ -351,6 +351,8 @@ func (st *stream) requestHeaders(hm *corev3.HeaderMap) {
 			st.rec.Forced = v != ""
 		case wire.HeaderCategory:
 			st.rec.Category = v
+		case wire.HeaderAssigned:
+			st.rec.Cohort = v
 		case ":path":
 			if i := strings.IndexByte(v, '?'); i >= 0 {
 				v = v[:i]

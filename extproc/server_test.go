@@ -368,14 +368,14 @@ func TestServerRecordsStreamedRequests(t *testing.T) {
 			name: "forced and categorised requests are labelled and refusals detected",
 			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
 				return []*extprocv3.ProcessingRequest{
-					reqHeaders(t, start, wire.HeaderForce, "v2", wire.HeaderCategory, "code"),
+					reqHeaders(t, start, wire.HeaderForce, "v2", wire.HeaderCategory, "code", wire.HeaderAssigned, wire.AssignedExcluded),
 					respHeaders("200", "text/event-stream", false),
 					respBody(delta("I'm sorry, but I can't")+delta(" help with that.")+finishStop+"data: [DONE]\n\n", true),
 				}
 			},
 			check: func(t *testing.T, r Record) {
-				if !r.Forced || r.Category != "code" || !r.Refusal || r.Captured {
-					t.Fatalf("forced %v category %q refusal %v captured %v", r.Forced, r.Category, r.Refusal, r.Captured)
+				if !r.Forced || r.Category != "code" || r.Cohort != wire.AssignedExcluded || !r.Refusal || r.Captured {
+					t.Fatalf("forced %v category %q cohort %q refusal %v captured %v", r.Forced, r.Category, r.Cohort, r.Refusal, r.Captured)
 				}
 			},
 		},

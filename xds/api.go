@@ -13,12 +13,41 @@ import (
 	"github.com/llmcanary/llmcanary/internal/httpapi"
 )
 
+// Store is the desired state as the control plane consumes it: the API
+// changes it, the metrics and readiness checks read it, and the control
+// plane publishes what other writers make current. StateStore (a local
+// file, the default) and EtcdStore (etcd, shared by replicas) implement it;
+// both are safe for concurrent use.
+type Store interface {
+	// State returns a copy of the current state.
+	State() *State
+	// Update applies change to a copy of the current state, validates it,
+	// calls prepare with it (translate and validate every resource) and
+	// only then writes it with the next revision and calls the publish
+	// function prepare returned, in revision order. A non-zero expect that
+	// is not the current revision fails with ErrRevisionChanged. change
+	// may be called more than once (a write lost to another replica is
+	// retried against the newer state), so it must only edit its argument.
+	Update(expect uint64, actor, summary string, change func(*State) error, prepare func(*State) (func() error, error)) (*State, error)
+	// Changes returns the audit trail, oldest first.
+	Changes() ([]Change, error)
+	// Follow has publish called, in revision order and never at the same
+	// time as an Update's publish, with every state another writer makes
+	// current, until ctx ends. It returns at once.
+	Follow(ctx context.Context, publish func(*State) error)
+}
+
+var (
+	_ Store = (*StateStore)(nil)
+	_ Store = (*EtcdStore)(nil)
+)
+
 // API is the management API: HTTP/JSON, every /v1 call authorised by a
 // bearer token. It is documented in xds/openapi.yaml. Every change goes
-// through StateStore.Update, so it is validated, versioned, durable and
+// through Store.Update, so it is validated, versioned, durable and
 // published, or rejected with nothing changed.
 type API struct {
-	store   *StateStore
+	store   Store
 	pub     *Publisher
 	token   []byte
 	log     *slog.Logger
@@ -26,7 +55,7 @@ type API struct {
 }
 
 // NewAPI returns the management API. token must not be empty.
-func NewAPI(store *StateStore, pub *Publisher, token string, log *slog.Logger) *API {
+func NewAPI(store Store, pub *Publisher, token string, log *slog.Logger) *API {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -38,6 +67,9 @@ func NewAPI(store *StateStore, pub *Publisher, token string, log *slog.Logger) *
 type WeightsRequest struct {
 	Weights map[string]float64 `json:"weights"`
 	Stable  string             `json:"stable,omitempty"`
+	// Cause says why (the analyzer's rollout and decision); it is kept
+	// in the model's history when the stable version changes.
+	Cause
 }
 
 // ErrorBody is every error response's body.
@@ -59,6 +91,8 @@ func (a *API) Handler() http.Handler {
 	mux.HandleFunc("PUT /v1/models/{model}/versions/{version}", a.auth(a.putVersion))
 	mux.HandleFunc("DELETE /v1/models/{model}/versions/{version}", a.auth(a.deleteVersion))
 	mux.HandleFunc("PUT /v1/models/{model}/weights", a.auth(a.putWeights))
+	mux.HandleFunc("PUT /v1/models/{model}/cohorts", a.auth(a.putCohorts))
+	mux.HandleFunc("GET /v1/models/{model}/history", a.auth(a.getHistory))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -79,6 +113,10 @@ func (a *API) getFleet(w http.ResponseWriter, r *http.Request) {
 
 func (a *API) getChanges(w http.ResponseWriter, r *http.Request) {
 	cs, err := a.store.Changes()
+	if errors.Is(err, ErrUnavailable) {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "internal", err.Error())
 		return
@@ -99,15 +137,23 @@ func (a *API) listModels(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"revision": st.Revision, "models": out})
 }
 
-func (a *API) getModel(w http.ResponseWriter, r *http.Request) {
+// readModel returns the state and the model the path names, or answers
+// 404 and returns false.
+func (a *API) readModel(w http.ResponseWriter, r *http.Request) (*State, *Model, bool) {
 	st := a.store.State()
 	m, ok := st.Models[r.PathValue("model")]
 	if !ok {
 		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("model %q does not exist", r.PathValue("model")))
-		return
+		return nil, nil, false
 	}
 	w.Header().Set("ETag", etag(st.Revision))
-	writeJSON(w, http.StatusOK, a.withSampling(m))
+	return st, m, true
+}
+
+func (a *API) getModel(w http.ResponseWriter, r *http.Request) {
+	if _, m, ok := a.readModel(w, r); ok {
+		writeJSON(w, http.StatusOK, a.withSampling(m))
+	}
 }
 
 // withSampling returns a copy of m that says how its traffic is measured.
@@ -158,15 +204,55 @@ func (a *API) putWeights(w http.ResponseWriter, r *http.Request) {
 	if !a.decode(w, r, &req) {
 		return
 	}
-	a.update(w, r, fmt.Sprintf("set weights of %s to %s", model, formatWeights(req.Weights)), func(s *State) error {
+	summary := fmt.Sprintf("set weights of %s to %s", model, formatWeights(req.Weights))
+	if req.Rollout != "" {
+		summary += " for rollout " + req.Rollout
+	}
+	a.updateBecause(w, r, summary, req.Cause, func(s *State) error {
 		return s.SetWeights(model, req.Weights, req.Stable)
 	}, model)
+}
+
+func (a *API) putCohorts(w http.ResponseWriter, r *http.Request) {
+	model := r.PathValue("model")
+	var c Cohorts
+	if !a.decode(w, r, &c) {
+		return
+	}
+	a.update(w, r, fmt.Sprintf("set cohorts of %s (opt-in %s; excluded %s)", model, formatMembers(c.OptIn), formatMembers(c.Excluded)),
+		func(s *State) error { return s.SetCohorts(model, c) }, model)
+}
+
+// HistoryView is a model's stable history as GET .../history answers it.
+type HistoryView struct {
+	Model   string         `json:"model"`
+	Stable  string         `json:"stable"`
+	History []StableChange `json:"history"`
+}
+
+func (a *API) getHistory(w http.ResponseWriter, r *http.Request) {
+	_, m, ok := a.readModel(w, r)
+	if !ok {
+		return
+	}
+	h := m.History
+	if h == nil {
+		h = []StableChange{}
+	}
+	writeJSON(w, http.StatusOK, HistoryView{Model: m.Name, Stable: m.Stable, History: h})
 }
 
 // update runs a change through the store and answers with the changed model
 // (or the whole state when model is ""). The revision the client read can be
 // given in If-Match; a concurrent change then fails with 412.
 func (a *API) update(w http.ResponseWriter, r *http.Request, summary string, change func(*State) error, model string) {
+	a.updateBecause(w, r, summary, Cause{}, change, model)
+}
+
+// updateBecause is update for a change with a cause: a stable version it
+// moves is recorded in the model's history with the cause's rollout and
+// reason (the summary when there is no reason).
+func (a *API) updateBecause(w http.ResponseWriter, r *http.Request, summary string, cause Cause, change func(*State) error, model string) {
 	var expect uint64
 	if im := strings.Trim(r.Header.Get("If-Match"), `" `); im != "" {
 		n, err := strconv.ParseUint(im, 10, 64)
@@ -185,6 +271,11 @@ func (a *API) update(w http.ResponseWriter, r *http.Request, summary string, cha
 	if actor == "" {
 		actor = "api"
 	}
+	reason := cause.Reason
+	if reason == "" {
+		reason = summary
+	}
+	change = withHistory(change, StableChange{At: time.Now().UTC(), Actor: actor, Rollout: cause.Rollout, Reason: reason})
 	st, err := a.store.Update(expect, actor, summary, change, a.pub.Prepare)
 	published := err == nil
 	if err != nil {
@@ -198,6 +289,8 @@ func (a *API) update(w http.ResponseWriter, r *http.Request, summary string, cha
 			code, status = "revision_changed", http.StatusPreconditionFailed
 		case errors.Is(err, ErrInvalid):
 			code, status = "invalid", http.StatusBadRequest
+		case errors.Is(err, ErrUnavailable):
+			code, status = "unavailable", http.StatusServiceUnavailable
 		}
 		if st == nil {
 			a.log.Warn("change rejected", "change", summary, "actor", actor, "error", err)
@@ -284,6 +377,14 @@ var (
 	writeJSON  = httpapi.WriteJSON
 	writeError = httpapi.WriteError
 )
+
+func formatMembers(m CohortMembers) string {
+	n := len(m.Identities) + len(m.Cohorts) + len(m.Tenants)
+	if n == 0 {
+		return "none"
+	}
+	return fmt.Sprintf("%d identities, cohorts %v, %d tenants", len(m.Identities), m.Cohorts, len(m.Tenants))
+}
 
 func formatWeights(ws map[string]float64) string {
 	keys := make([]string, 0, len(ws))

@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -36,7 +37,13 @@ func newTestAPI(t *testing.T, dir string) (*httptest.Server, *StateStore, *Publi
 
 func call(t *testing.T, srv *httptest.Server, method, path, token, body string, hdr ...string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+	return callURL(t, method, srv.URL+path, token, body, hdr...)
+}
+
+// callURL makes one API call to url and returns the status and body.
+func callURL(t *testing.T, method, url, token, body string, hdr ...string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +53,7 @@ func call(t *testing.T, srv *httptest.Server, method, path, token, body string, 
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	resp, err := srv.Client().Do(req)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,6 +101,10 @@ func TestAPIRejectsBadChangesAndKeepsState(t *testing.T) {
 		{"stable must exist", "PUT", "/v1/models/llama/weights", testToken, `{"weights":{"v1":100},"stable":"v7"}`, 400, `stable version "v7"`},
 		{"version for an unknown model", "PUT", "/v1/models/gpt-9/versions/v1", testToken, `{"endpoints":["127.0.0.1:1"]}`, 404, "does not exist"},
 		{"endpoint without port", "PUT", "/v1/models/llama/versions/v3", testToken, `{"endpoints":["127.0.0.1"]}`, 400, "not host:port"},
+		{"negative replicas", "PUT", "/v1/models/llama/versions/v3", testToken, `{"endpoints":["127.0.0.1:1"],"metadata":{"replicas":-1}}`, 400, "replicas is -1"},
+		{"negative GPU price", "PUT", "/v1/models/llama/versions/v3", testToken, `{"endpoints":["127.0.0.1:1"],"metadata":{"price_per_gpu_hour":-2}}`, 400, "price_per_gpu_hour is -2"},
+		{"negative request rate", "PUT", "/v1/models/llama", testToken, `{"stable":"v1","versions":[{"name":"v1","endpoints":["127.0.0.1:1"]}],"weights":{"v1":100},"request_rate_rps":-5}`, 400, "request_rate_rps is -5"},
+		{"cohorts of an unknown model", "PUT", "/v1/models/gpt-9/cohorts", testToken, `{"opt_in":{"cohorts":["internal"]}}`, 404, "does not exist"},
 		{"deleting the stable version", "DELETE", "/v1/models/llama/versions/v1", testToken, ``, 409, "stable version"},
 		{"stale revision", "PUT", "/v1/models/llama/weights", testToken, `{"weights":{"v1":100}}`, 412, "expected revision 999"},
 		{"body names another model", "PUT", "/v1/models/llama", testToken, `{"name":"other","stable":"v1","versions":[{"name":"v1","endpoints":["127.0.0.1:1"]}],"weights":{"v1":100}}`, 400, "path names"},
@@ -237,5 +248,34 @@ func TestAPIWeightChangeNoEnvoyServesYetSaysSoInTheAnswer(t *testing.T) {
 	}
 	if code, body := call(t, srv, "PUT", "/v1/models/llama/weights?wait=1h", testToken, `{"weights":{"v1":100}}`); code != 400 || !strings.Contains(body, "wait") {
 		t.Fatalf("wait beyond the cap: %d %s", code, body)
+	}
+}
+
+// unreachableStore is a hand-written Store whose backend is away: it has
+// a state to read and refuses every write and audit read.
+type unreachableStore struct{ StateStore }
+
+func (*unreachableStore) Update(uint64, string, string, func(*State) error, func(*State) (func() error, error)) (*State, error) {
+	return nil, fmt.Errorf("%w: etcd: context deadline exceeded", ErrUnavailable)
+}
+
+func (*unreachableStore) Changes() ([]Change, error) {
+	return nil, fmt.Errorf("%w: etcd: context deadline exceeded", ErrUnavailable)
+}
+
+func TestAPIAnswers503WhileTheStoreIsUnreachable(t *testing.T) {
+	st := &unreachableStore{StateStore{state: &State{Models: map[string]*Model{}}}}
+	srv := httptest.NewServer(NewAPI(st, NewPublisher(DefaultGateway(), quiet), testToken, quiet).Handler())
+	defer srv.Close()
+	for _, c := range []struct{ method, path, body string }{
+		{"PUT", "/v1/models/llama", llamaModel},
+		{"GET", "/v1/changes", ""},
+	} {
+		if code, body := call(t, srv, c.method, c.path, testToken, c.body); code != http.StatusServiceUnavailable || !strings.Contains(body, "unavailable") {
+			t.Errorf("%s %s: %d %s, want 503 unavailable", c.method, c.path, code, body)
+		}
+	}
+	if code, _ := call(t, srv, "GET", "/v1/state", testToken, ""); code != http.StatusOK {
+		t.Errorf("GET /v1/state: %d, want the last state served", code)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/llmcanary/llmcanary/internal/httpapi"
@@ -16,10 +17,14 @@ import (
 // Client calls the management API. The CLI, the analyzer and the tests use
 // it. Safe for concurrent use.
 type Client struct {
-	BaseURL string // e.g. http://127.0.0.1:18080
+	BaseURL string // e.g. http://127.0.0.1:18080, or the replicas' URLs separated by commas
 	Token   string
 	Actor   string // recorded in the audit trail
 	HTTP    *http.Client
+
+	// api is the HTTP client made from the fields above on first use; it
+	// remembers which of several URLs answered last.
+	api atomic.Pointer[httpapi.Client]
 }
 
 // APIError is a non-2xx answer of the API.
@@ -51,8 +56,30 @@ func (c *Client) PutVersion(ctx context.Context, model string, v Version) (*Mode
 
 // SetWeights sets a model's weights atomically; stable may be "" to keep it.
 func (c *Client) SetWeights(ctx context.Context, model string, weights map[string]float64, stable string) (*Model, error) {
+	return c.SetWeightsBecause(ctx, model, weights, stable, Cause{})
+}
+
+// SetWeightsBecause is SetWeights with the cause the model's history keeps
+// when the stable version changes.
+func (c *Client) SetWeightsBecause(ctx context.Context, model string, weights map[string]float64, stable string, cause Cause) (*Model, error) {
 	var out Model
-	return &out, c.do(ctx, "PUT", "/v1/models/"+url.PathEscape(model)+"/weights", WeightsRequest{Weights: weights, Stable: stable}, &out)
+	hc := c.client()
+	if cause.Actor != "" {
+		hc = hc.As(cause.Actor)
+	}
+	return &out, hc.Do(ctx, "PUT", "/v1/models/"+url.PathEscape(model)+"/weights", WeightsRequest{Weights: weights, Stable: stable, Cause: cause}, &out)
+}
+
+// SetCohorts replaces a model's cohorts.
+func (c *Client) SetCohorts(ctx context.Context, model string, co Cohorts) (*Model, error) {
+	var out Model
+	return &out, c.do(ctx, "PUT", "/v1/models/"+url.PathEscape(model)+"/cohorts", co, &out)
+}
+
+// History returns a model's stable history.
+func (c *Client) History(ctx context.Context, model string) (*HistoryView, error) {
+	var out HistoryView
+	return &out, c.do(ctx, "GET", "/v1/models/"+url.PathEscape(model)+"/history", nil, &out)
 }
 
 // Applied is what the answer to a change says of the fleet: how many Envoys
@@ -135,5 +162,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 }
 
 func (c *Client) client() *httpapi.Client {
-	return &httpapi.Client{API: "management api", BaseURL: c.BaseURL, Token: c.Token, Actor: c.Actor, HTTP: c.HTTP}
+	if a := c.api.Load(); a != nil {
+		return a
+	}
+	c.api.CompareAndSwap(nil, &httpapi.Client{API: "management api", BaseURL: c.BaseURL, Token: c.Token, Actor: c.Actor, HTTP: c.HTTP})
+	return c.api.Load()
 }

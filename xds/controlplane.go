@@ -15,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	grpchealth "google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/llmcanary/llmcanary/internal/config"
@@ -30,8 +32,11 @@ type Options struct {
 	XDSListen string `json:"xds-listen"`
 	// APIListen is the management API's HTTP address.
 	APIListen string `json:"api-listen"`
-	// DataDir holds the durable desired state.
+	// DataDir holds the durable desired state, unless Etcd has endpoints.
 	DataDir string `json:"data-dir"`
+	// Etcd, with endpoints, keeps the desired state in etcd instead of
+	// DataDir: every replica on the same endpoints and prefix serves it.
+	Etcd EtcdOptions `json:"etcd,omitempty"`
 	// TokenFile holds the management API's bearer token; Token is the
 	// token itself, for callers in process (the command reads
 	// $LLMCANARY_API_TOKEN into it when there is no file).
@@ -60,6 +65,7 @@ func DefaultOptions() Options {
 		XDSListen:         "127.0.0.1:18000",
 		APIListen:         "127.0.0.1:18080",
 		DataDir:           "llmcanary-data",
+		Etcd:              EtcdOptions{Prefix: DefaultEtcdPrefix, DialTimeout: config.Duration(5 * time.Second)},
 		ListenerAddress:   g.ListenerAddress,
 		ListenerPort:      g.ListenerPort,
 		StreamIdleTimeout: config.Duration(g.StreamIdleTimeout),
@@ -74,8 +80,11 @@ func (o *Options) Validate() error {
 			errs = append(errs, fmt.Errorf("%s %q: %w", name, addr, err))
 		}
 	}
-	if o.DataDir == "" {
-		errs = append(errs, errors.New("--data-dir is required: the desired state must survive a restart"))
+	if o.DataDir == "" && !o.Etcd.Enabled() {
+		errs = append(errs, errors.New("--data-dir (or --etcd-endpoints) is required: the desired state must survive a restart"))
+	}
+	if err := o.Etcd.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if o.Token == "" && o.TokenFile == "" {
 		errs = append(errs, errors.New("a management API token is required (--token-file or LLMCANARY_API_TOKEN)"))
@@ -119,7 +128,7 @@ func (o *Options) token() (string, error) {
 // ControlPlane is a running control plane: the xDS server and the
 // management API over one durable store.
 type ControlPlane struct {
-	Store     *StateStore
+	Store     Store
 	Publisher *Publisher
 	// XDSAddr and APIAddr are the bound addresses (useful with port 0);
 	// APIURL is the API's base URL, https when it serves TLS.
@@ -129,10 +138,11 @@ type ControlPlane struct {
 	// Metrics is what GET /metrics on the API's address serves.
 	Metrics *prometheus.Registry
 
-	grpc   *grpc.Server
-	http   *http.Server
-	cancel context.CancelFunc
-	done   chan struct{}
+	grpc       *grpc.Server
+	http       *http.Server
+	cancel     context.CancelFunc
+	done       chan struct{}
+	closeStore func()
 }
 
 // Start loads the durable state, publishes it, and starts serving xDS and
@@ -150,15 +160,21 @@ func Start(ctx context.Context, o Options) (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
-	store, err := OpenStateStore(o.DataDir)
-	if err != nil {
-		return nil, err
-	}
 	g := DefaultGateway()
 	g.ListenerAddress, g.ListenerPort, g.StreamIdleTimeout = o.ListenerAddress, o.ListenerPort, o.StreamIdleTimeout.D()
 	if g.Extensions, err = Extensions(o.Wasm, o.ExtProc); err != nil {
 		return nil, err
 	}
+	store, closeStore, err := openStore(ctx, o, log)
+	if err != nil {
+		return nil, err
+	}
+	started := false
+	defer func() {
+		if !started {
+			closeStore()
+		}
+	}()
 	pub := NewPublisher(g, log)
 	if err := pub.Publish(store.State()); err != nil {
 		return nil, fmt.Errorf("publish stored state: %w", err)
@@ -198,6 +214,9 @@ func Start(ctx context.Context, o Options) (*ControlPlane, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	gs := grpc.NewServer(gopts...)
 	RegisterServer(ctx, gs, pub, log)
+	// Envoys bootstrapped with several replicas health-check each one
+	// (grpc.health.v1) to pick where their ADS stream goes.
+	healthpb.RegisterHealthServer(gs, grpchealth.NewServer())
 	reg := health.NewRegistry()
 	handler, err := observe(reg, store, pub, NewAPI(store, pub, token, log).Handler())
 	if err != nil {
@@ -211,8 +230,10 @@ func Start(ctx context.Context, o Options) (*ControlPlane, error) {
 	cp := &ControlPlane{
 		Store: store, Publisher: pub,
 		XDSAddr: xl.Addr().String(), APIAddr: al.Addr().String(), APIURL: scheme + "://" + al.Addr().String(), Metrics: reg,
-		grpc: gs, http: hs, cancel: cancel, done: make(chan struct{}),
+		grpc: gs, http: hs, cancel: cancel, done: make(chan struct{}), closeStore: closeStore,
 	}
+	started = true
+	store.Follow(ctx, pub.Publish)
 	errc := make(chan error, 2)
 	go func() { errc <- gs.Serve(xl) }()
 	go func() { errc <- hs.Serve(al) }()
@@ -232,8 +253,29 @@ func Start(ctx context.Context, o Options) (*ControlPlane, error) {
 			go watchKeys(ctx, r, pub, log)
 		}
 	}
-	log.Info("control plane serving", "xds", cp.XDSAddr, "api", cp.APIAddr, "revision", store.State().Revision)
+	log.Info("control plane serving", "xds", cp.XDSAddr, "api", cp.APIAddr, "revision", store.State().Revision, "store", storeName(o))
 	return cp, nil
+}
+
+// openStore opens the desired state's store the options name: etcd when it
+// has endpoints, else the file in DataDir. The returned function closes it.
+func openStore(ctx context.Context, o Options, log *slog.Logger) (Store, func(), error) {
+	if !o.Etcd.Enabled() {
+		s, err := OpenStateStore(o.DataDir)
+		return s, func() {}, err
+	}
+	s, err := OpenEtcdStore(ctx, o.Etcd, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, func() { s.Close() }, nil
+}
+
+func storeName(o Options) string {
+	if o.Etcd.Enabled() {
+		return "etcd " + strings.Join(o.Etcd.Endpoints, ",") + " " + o.Etcd.Prefix
+	}
+	return "file " + o.DataDir
 }
 
 // watchKeys rereads the force keys file every two seconds and republishes
@@ -268,6 +310,7 @@ func (c *ControlPlane) shutdown() {
 	// xDS streams never end on their own; Stop closes them so Envoys notice
 	// at once and keep their last configuration.
 	c.grpc.Stop()
+	c.closeStore()
 }
 
 // Stop stops serving and waits until both servers are down.

@@ -46,6 +46,12 @@ type WasmOptions struct {
 	// Category overrides route only with CategoryHeaderTrusted.
 	CategoryHeader        string `json:"category_header,omitempty"`
 	CategoryHeaderTrusted bool   `json:"category_header_trusted,omitempty"`
+	// CohortHeader, CohortHeaderTrusted and TenantHeader: see
+	// filterconfig.Config. A model's cohorts name cohorts (opt-in by a
+	// trusted hop's header) and tenants through them.
+	CohortHeader        string `json:"cohort_header,omitempty"`
+	CohortHeaderTrusted bool   `json:"cohort_header_trusted,omitempty"`
+	TenantHeader        string `json:"tenant_header,omitempty"`
 }
 
 // ExtProcOptions configure the ext_proc telemetry filter on the gateway.
@@ -147,10 +153,14 @@ func (w *wasmExtension) config(s *State) filterconfig.Config {
 		MaxBodyBytes:          w.o.MaxBodyBytes,
 		CategoryHeader:        w.o.CategoryHeader,
 		CategoryHeaderTrusted: w.o.CategoryHeaderTrusted,
+		CohortHeader:          w.o.CohortHeader,
+		CohortHeaderTrusted:   w.o.CohortHeaderTrusted,
+		TenantHeader:          w.o.TenantHeader,
 		Models:                []string{},
 	}
 	if s != nil {
 		c.Models = s.ModelNames()
+		c.Cohorts = s.filterCohorts()
 	}
 	return c
 }

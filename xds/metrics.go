@@ -16,7 +16,7 @@ import (
 // each scrape: connected Envoys, their ACKs and NACKs by resource type,
 // and how many revisions each Envoy's routes are behind the desired state.
 type fleetCollector struct {
-	store *StateStore
+	store Store
 	pub   *Publisher
 
 	connected, acks, nacks, lag, revision, published *prometheus.Desc
@@ -24,7 +24,7 @@ type fleetCollector struct {
 
 var _ prometheus.Collector = (*fleetCollector)(nil)
 
-func newFleetCollector(store *StateStore, pub *Publisher) *fleetCollector {
+func newFleetCollector(store Store, pub *Publisher) *fleetCollector {
 	name := func(n string) string { return prometheus.BuildFQName("llmcanary", "control", n) }
 	return &fleetCollector{
 		store: store, pub: pub,
@@ -83,7 +83,7 @@ func shortType(typeURL string) string {
 // connects gets the current weights. A change saved but not published
 // (a translation that failed) makes it not ready until a later change
 // publishes.
-func readyCheck(store *StateStore, pub *Publisher) health.Check {
+func readyCheck(store Store, pub *Publisher) health.Check {
 	return health.Check{Name: "state_published", Fn: func(context.Context) error {
 		rev, published := store.State().Revision, pub.Published()
 		if published != rev {
@@ -96,7 +96,7 @@ func readyCheck(store *StateStore, pub *Publisher) health.Check {
 // observe registers the control plane's metrics on reg and returns the
 // handler that serves the management API with /readyz and /metrics beside
 // it, counting the API's requests.
-func observe(reg *prometheus.Registry, store *StateStore, pub *Publisher, api http.Handler) (http.Handler, error) {
+func observe(reg *prometheus.Registry, store Store, pub *Publisher, api http.Handler) (http.Handler, error) {
 	requests := health.NewRequestCounter("llmcanary", "control", "Management API requests by route, method and status code.")
 	for _, c := range []prometheus.Collector{newFleetCollector(store, pub), requests} {
 		if err := reg.Register(c); err != nil {

@@ -28,6 +28,10 @@ var (
 	ErrNotFound        = errors.New("not found")
 	ErrConflict        = errors.New("conflict")
 	ErrRevisionChanged = errors.New("revision changed")
+	// ErrUnavailable: the store could not be reached (etcd away). A write
+	// that failed so may still have been applied: read the revision before
+	// retrying.
+	ErrUnavailable = errors.New("store unavailable")
 )
 
 // State is the desired state of the fleet. It is what the management API
@@ -56,6 +60,17 @@ type Model struct {
 	// CategoryOverrides send every request of a category (the
 	// x-llmcanary-category header) to one version, e.g. {"code": "v2"}.
 	CategoryOverrides map[string]string `json:"category_overrides,omitempty"`
+	// Cohorts are the users routed to the canary at any canary weight
+	// above 0 (opt-in) and those never routed to a canary (excluded).
+	Cohorts *Cohorts `json:"cohorts,omitempty"`
+	// RequestRateRPS is the model's declared request rate (requests per
+	// second over all versions). The planner checks each stage's share of
+	// it against the canary pool's capacity when no rate is observed.
+	RequestRateRPS float64 `json:"request_rate_rps,omitempty"`
+	// History lists every version that was stable, oldest first: when and
+	// why the stable version changed. The control plane writes it; it is
+	// ignored on input (a model replaced by PUT keeps its history).
+	History []StableChange `json:"history,omitempty"`
 	// Shadow, when set, mirrors a share of the model's user traffic to one
 	// version whose answers are recorded and never returned (see Shadow).
 	Shadow *Shadow `json:"shadow,omitempty"`
@@ -90,6 +105,15 @@ type VersionMetadata struct {
 	PriceInputPer1K  float64 `json:"price_input_per_1k,omitempty"`
 	PriceOutputPer1K float64 `json:"price_output_per_1k,omitempty"`
 	Description      string  `json:"description,omitempty"`
+	// The pool's size and price: Replicas servers of GPUsPerReplica GPUs
+	// each, PricePerGPUHour per GPU. With them the plan states what
+	// running this version beside stable costs for the rollout.
+	Replicas        int     `json:"replicas,omitempty"`
+	GPUsPerReplica  int     `json:"gpus_per_replica,omitempty"`
+	PricePerGPUHour float64 `json:"price_per_gpu_hour,omitempty"`
+	// CapacityRPS is the requests per second the whole pool can serve;
+	// the plan warns of a stage that would send it more.
+	CapacityRPS float64 `json:"capacity_rps,omitempty"`
 }
 
 // DefaultHealthPath is the health endpoint of vLLM and TGI.
@@ -232,6 +256,12 @@ func (m *Model) Validate() error {
 			bad("category %q is sent to unknown version %q", cat, v)
 		}
 	}
+	if r := m.RequestRateRPS; r < 0 || math.IsNaN(r) || math.IsInf(r, 0) {
+		bad("request_rate_rps is %v; must be a finite number ≥ 0", r)
+	}
+	if err := m.Cohorts.validate(); err != nil {
+		bad("cohorts: %v", err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -254,10 +284,17 @@ func (v Version) validate() error {
 	for name, x := range map[string]float64{
 		"price_input_per_1k": md.PriceInputPer1K, "price_output_per_1k": md.PriceOutputPer1K,
 		"gpu_memory_gb": md.GPUMemoryGB, "parameters_b": md.ParametersB,
+		"price_per_gpu_hour": md.PricePerGPUHour, "capacity_rps": md.CapacityRPS,
 	} {
 		if x < 0 || math.IsNaN(x) || math.IsInf(x, 0) {
 			errs = append(errs, fmt.Errorf("metadata %s is %v; must be a finite number ≥ 0", name, x))
 		}
+	}
+	if md.Replicas < 0 {
+		errs = append(errs, fmt.Errorf("metadata replicas is %d; must be ≥ 0", md.Replicas))
+	}
+	if md.GPUsPerReplica < 0 {
+		errs = append(errs, fmt.Errorf("metadata gpus_per_replica is %d; must be ≥ 0", md.GPUsPerReplica))
 	}
 	if v.HealthPath != nil && *v.HealthPath != "" && !strings.HasPrefix(*v.HealthPath, "/") {
 		errs = append(errs, fmt.Errorf("health_path %q must start with /", *v.HealthPath))
@@ -300,6 +337,8 @@ func (m *Model) clone() *Model {
 			c.CategoryOverrides[k] = v
 		}
 	}
+	c.Cohorts = m.Cohorts.clone()
+	c.History = append([]StableChange(nil), m.History...)
 	return &c
 }
 

@@ -9,10 +9,16 @@ import "fmt"
 // Update) and returns ErrNotFound, ErrConflict or ErrInvalid for a change
 // that breaks a rule; Update then validates the whole state.
 
-// PutModel creates or replaces the model name with m.
+// PutModel creates or replaces the model name with m. The model's history
+// is the control plane's: a replaced model keeps its own, and a history
+// in m is ignored.
 func (s *State) PutModel(name string, m Model) error {
 	if m.Name != name {
 		return fmt.Errorf("%w: body names model %q but the path names %q", ErrInvalid, m.Name, name)
+	}
+	m.History = nil
+	if old, ok := s.Models[name]; ok {
+		m.History = old.History
 	}
 	s.Models[name] = &m
 	return nil
@@ -75,6 +81,19 @@ func (s *State) DeleteVersion(model, version string) error {
 		if v == version {
 			delete(m.CategoryOverrides, cat)
 		}
+	}
+	return nil
+}
+
+// SetCohorts replaces the model's cohorts; empty lists remove them.
+func (s *State) SetCohorts(model string, c Cohorts) error {
+	m, ok := s.Models[model]
+	if !ok {
+		return fmt.Errorf("%w: model %q does not exist", ErrNotFound, model)
+	}
+	m.Cohorts = nil
+	if !c.OptIn.Empty() || !c.Excluded.Empty() {
+		m.Cohorts = &c
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,7 +17,8 @@ import (
 // to a temporary file, fsynced, renamed over state.json and the directory
 // fsynced: a crash at any point leaves either the previous or the new state,
 // never a torn one. Each change is also appended to changes.jsonl, the audit
-// trail of who changed what. Safe for concurrent use.
+// trail of who changed what. Safe for concurrent use. It is the default
+// Store; EtcdStore shares the state between control plane replicas.
 type StateStore struct {
 	dir string
 
@@ -51,18 +53,28 @@ func OpenStateStore(dir string) (*StateStore, error) {
 	case err != nil:
 		return nil, fmt.Errorf("store: %w", err)
 	}
+	st, err := decodeState(b, filepath.Join(dir, stateFile))
+	if err != nil {
+		return nil, err
+	}
+	s.state = st
+	return s, nil
+}
+
+// decodeState reads a stored state (the JSON of the whole State) and
+// checks it; where names its place in errors.
+func decodeState(b []byte, where string) (*State, error) {
 	var st State
 	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("store: %s is corrupt: %w", filepath.Join(dir, stateFile), err)
+		return nil, fmt.Errorf("store: %s is corrupt: %w", where, err)
 	}
 	if st.Models == nil {
 		st.Models = map[string]*Model{}
 	}
 	if err := st.Validate(); err != nil {
-		return nil, fmt.Errorf("store: %s holds an invalid state: %w", filepath.Join(dir, stateFile), err)
+		return nil, fmt.Errorf("store: %s holds an invalid state: %w", where, err)
 	}
-	s.state = &st
-	return s, nil
+	return &st, nil
 }
 
 // State returns a copy of the current state.
@@ -88,21 +100,9 @@ func (s *StateStore) Update(expect uint64, actor, summary string, change func(*S
 	if expect != 0 && expect != s.state.Revision {
 		return nil, fmt.Errorf("%w: expected revision %d, current is %d", ErrRevisionChanged, expect, s.state.Revision)
 	}
-	next := s.state.Clone()
-	if err := change(next); err != nil {
+	next, publish, err := nextState(s.state, change, prepare)
+	if err != nil {
 		return nil, err
-	}
-	if err := next.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
-	}
-	next.Revision = s.state.Revision + 1
-	publish := func() error { return nil }
-	if prepare != nil {
-		p, err := prepare(next)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
-		}
-		publish = p
 	}
 	if err := s.write(next); err != nil {
 		return nil, err
@@ -114,6 +114,33 @@ func (s *StateStore) Update(expect uint64, actor, summary string, change func(*S
 	}
 	return next.Clone(), nil
 }
+
+// nextState applies change to a copy of cur, validates the result, gives
+// it the next revision and prepares its publication: every store's Update
+// starts here, before anything is written.
+func nextState(cur *State, change func(*State) error, prepare func(*State) (func() error, error)) (*State, func() error, error) {
+	next := cur.Clone()
+	if err := change(next); err != nil {
+		return nil, nil, err
+	}
+	if err := next.Validate(); err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	next.Revision = cur.Revision + 1
+	publish := func() error { return nil }
+	if prepare != nil {
+		p, err := prepare(next)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		publish = p
+	}
+	return next, publish, nil
+}
+
+// Follow returns at once: the file has no other writer, so every state
+// this store makes current is published by its own Update.
+func (s *StateStore) Follow(context.Context, func(*State) error) {}
 
 func (s *StateStore) write(st *State) error {
 	b, err := json.MarshalIndent(st, "", "  ")

@@ -258,9 +258,18 @@ func routes(s *State, g Gateway) (*routev3.RouteConfiguration, error) {
 			}
 			rs = append(rs, unknownForcedVersion(m, modelHdr))
 		}
+		// Exclusion comes before the category overrides, which may name a
+		// canary; opt-in after them, which are the operator's explicit
+		// choice for a kind of request.
+		if r := excludedRoute(m, modelHdr); r != nil {
+			rs = append(rs, r)
+		}
 		for _, cat := range sortedKeys(m.CategoryOverrides) {
 			rs = append(rs, versionRoute(m, m.CategoryOverrides[cat], "category:"+cat,
 				modelHdr, exactHeader(wire.HeaderCategory, cat)))
+		}
+		if r := optInRoute(m, modelHdr); r != nil {
+			rs = append(rs, r)
 		}
 		wr, err := weightedRoutes(m, modelHdr, ms)
 		if err != nil {

@@ -22,6 +22,8 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/chsource"
@@ -67,6 +69,10 @@ type Options struct {
 	// rows arrive.
 	Interval config.Duration `json:"interval"`
 	Refresh  config.Duration `json:"refresh"`
+	// LookTimeout bounds one look's queries; zero: Interval. A look reads
+	// every row of the rollout's window, about 440 000 rows a second, so
+	// windows of millions of rows need more than the default second.
+	LookTimeout config.Duration `json:"look-timeout"`
 	// PolicyFile is the YAML policy; empty: the built-in policy, or
 	// Policy when set.
 	PolicyFile string           `json:"policy"`
@@ -85,6 +91,16 @@ type Options struct {
 	TLS mtls.ServerFiles `json:"tls"`
 	// Notify are the webhooks told of every decision and state change.
 	Notify notify.Flags `json:"notify"`
+	// EtcdEndpoints, when set, keep the rollouts in etcd under EtcdPrefix
+	// instead of DataDir, and make this analyzer one member of a group
+	// that elects its leader there with a lease of LeaderLease: only the
+	// leader acts; the others serve reads and refuse writes. Member is this
+	// analyzer's identity in the election (default: host name and
+	// --listen). Empty: one analyzer on DataDir.
+	EtcdEndpoints Endpoints       `json:"etcd-endpoints"`
+	EtcdPrefix    string          `json:"etcd-prefix"`
+	LeaderLease   config.Duration `json:"leader-lease"`
+	Member        string          `json:"member"`
 	// Logger receives the analyzer's logs; nil means a text logger on
 	// stderr.
 	Logger *slog.Logger `json:"-"`
@@ -103,7 +119,30 @@ func Defaults() Options {
 		JudgeModel:     quality.DefaultJudgeModel,
 		JudgeAPIKeyEnv: "LLMCANARY_JUDGE_API_KEY",
 		JudgeInterval:  config.Duration(30 * time.Second),
+		EtcdPrefix:     "/llmcanary/analyzer",
+		LeaderLease:    config.Duration(10 * time.Second),
 	}
+}
+
+// Endpoints is a list of etcd client URLs: a repeatable flag whose values
+// may also be comma-separated.
+type Endpoints []string
+
+var _ config.Repeated = (*Endpoints)(nil)
+
+func (e *Endpoints) String() string { return strings.Join(*e, ",") }
+
+// Repeated makes the key a list in a config file.
+func (*Endpoints) Repeated() {}
+
+// Set adds the comma-separated endpoints of v.
+func (e *Endpoints) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*e = append(*e, p)
+		}
+	}
+	return nil
 }
 
 // Validate reports every invalid option at once, by its flag name.
@@ -130,6 +169,9 @@ func (o Options) Validate() error {
 	if o.Interval <= 0 {
 		errs = append(errs, fmt.Errorf("--interval %v must be positive", o.Interval.D()))
 	}
+	if o.LookTimeout < 0 {
+		errs = append(errs, fmt.Errorf("--look-timeout %v must not be negative", o.LookTimeout.D()))
+	}
 	if o.Refresh < o.Interval {
 		errs = append(errs, fmt.Errorf("--refresh %v must be at least --interval %v", o.Refresh.D(), o.Interval.D()))
 	}
@@ -141,6 +183,19 @@ func (o Options) Validate() error {
 	}
 	if _, err := o.Notify.Config(); err != nil {
 		errs = append(errs, err)
+	}
+	if len(o.EtcdEndpoints) > 0 {
+		for _, ep := range o.EtcdEndpoints {
+			if u, err := url.Parse(ep); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				errs = append(errs, fmt.Errorf("--etcd-endpoints %q is not an http(s) URL", ep))
+			}
+		}
+		if strings.Trim(o.EtcdPrefix, "/") == "" {
+			errs = append(errs, fmt.Errorf("--etcd-prefix %q must name a key prefix", o.EtcdPrefix))
+		}
+		if o.LeaderLease < config.Duration(2*time.Second) {
+			errs = append(errs, fmt.Errorf("--leader-lease %v must be at least 2s (etcd's shortest lease)", o.LeaderLease.D()))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -154,6 +209,10 @@ type Service struct {
 	// when it serves TLS.
 	Addr string
 	URL  string
+
+	// Elector is the analyzer's membership of its group (nil: one
+	// analyzer on its data directory).
+	Elector *analyzer.Elector
 
 	// Stop, Done and Err.
 	*lifecycle.Lifecycle
@@ -180,17 +239,19 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	store, err := analyzer.OpenRolloutStore(o.DataDir)
+	store, etcd, err := o.openStore(ctx)
 	if err != nil {
 		return nil, err
 	}
 	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{o.ClickHouse}, DialTimeout: 5 * time.Second})
 	if err != nil {
+		closeEtcd(etcd)
 		return nil, fmt.Errorf("clickhouse %s: %w", o.ClickHouse, err)
 	}
 	s := &Service{conn: conn}
 	fail := func(err error) (*Service, error) {
 		conn.Close()
+		closeEtcd(etcd)
 		return nil, err
 	}
 	if err := conn.Ping(ctx); err != nil {
@@ -243,18 +304,11 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 	}
 	s.Runner = &analyzer.Runner{
 		Store: store, Source: mon.Source(source), Traffic: cp, Models: cp, Pairs: source,
-		Policy: policy, Interval: o.Interval.D(), Refresh: o.Refresh.D(), Log: log, Stages: stages,
+		Policy: policy, Interval: o.Interval.D(), Refresh: o.Refresh.D(), QueryTimeout: o.LookTimeout.D(), Log: log, Stages: stages,
 	}
 	api := analyzer.NewAPI(s.Runner, o.Token, log)
 	api.Mount(analyzer.RouteFeedback, qstore.FeedbackHandler())
 	api.Mount(analyzer.RouteReport, report.Handler(store, conn, o.Database, log))
-	// Ready: ClickHouse answers and the control plane takes the token.
-	requests := health.NewRequestCounter("llmcanary", "analyzer", "Rollout API requests by route, method and status code.")
-	reg.MustRegister(requests)
-	handler := health.Beside(api.Handler(), reg, requests, false,
-		health.Check{Name: "clickhouse", Fn: conn.Ping},
-		health.Check{Name: "control_plane", Fn: func(ctx context.Context) error { _, err := cp.Client.Revision(ctx); return err }})
-
 	lis, err := o.listen(log)
 	if err != nil {
 		return fail(err)
@@ -264,20 +318,72 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 	if o.TLS.Enabled() {
 		s.URL = "https://" + s.Addr
 	}
+	// Ready: ClickHouse answers and the control plane takes the token;
+	// in a group, etcd answers too (a standby is ready: it serves reads).
+	checks := []health.Check{
+		{Name: "clickhouse", Fn: conn.Ping},
+		{Name: "control_plane", Fn: func(ctx context.Context) error { _, err := cp.Client.Revision(ctx); return err }},
+	}
+	if etcd != nil {
+		s.Elector = &analyzer.Elector{Client: etcd, Prefix: strings.TrimRight(o.EtcdPrefix, "/") + "/leader", TTL: o.LeaderLease.D(),
+			Self: analyzer.Member{ID: o.member(s.Addr), URL: advertised(s.URL)}, Fence: store.(analyzer.Fencer), Log: log}
+		s.Runner.Leading = s.Elector.Check
+		checks = append(checks, health.Check{Name: "leadership", Fn: s.leadership})
+	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "llmcanary_analyzer_leader",
+		Help: "1 while this analyzer acts on the rollouts (the only one, or the elected leader of a group), 0 while it is a standby.",
+	}, func() float64 {
+		if s.Elector == nil || s.Elector.Leading() {
+			return 1
+		}
+		return 0
+	}))
+	requests := health.NewRequestCounter("llmcanary", "analyzer", "Rollout API requests by route, method and status code.")
+	reg.MustRegister(requests)
+	handler := health.Beside(api.Handler(), reg, requests, false, checks...)
 	s.http = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)} // refused TLS handshakes, among others
 
 	ctx, s.Lifecycle = lifecycle.New(ctx)
 	errc := make(chan error, 4)
 	go func() { errc <- s.http.Serve(lis) }()
-	go func() { errc <- s.Runner.Run(ctx) }()
+	// The runner and the judge act: always with one analyzer, in the
+	// leader's terms in a group.
+	lead := func(ctx context.Context) error {
+		s.reconcile(ctx, store, log)
+		jdone := make(chan struct{})
+		go func() {
+			defer close(jdone)
+			if judge != nil {
+				_ = judge.Run(ctx)
+			}
+		}()
+		err := s.Runner.Run(ctx)
+		<-jdone
+		return err
+	}
+	leadDone := make(chan struct{})
+	go func() {
+		defer close(leadDone)
+		if s.Elector == nil {
+			errc <- lead(ctx)
+			return
+		}
+		errc <- s.Elector.Run(ctx, func(ctx context.Context) {
+			if err := lead(ctx); err != nil {
+				log.Error("analyzer runner", "error", err)
+			}
+		})
+	}()
 	logDone := make(chan struct{})
 	go func() { s.decisions.Run(ctx, o.Interval.D()); close(logDone) }()
 	if judge != nil {
 		go func() { errc <- judge.Run(ctx) }()
 		go func() { errc <- shadowJudge.Run(ctx) }()
 	}
-	log.Info("analyzer running", "api", s.Addr, "tls", o.TLS.Enabled(), "control_plane", o.ControlPlane, "clickhouse", o.ClickHouse, "interval", o.Interval.D(), "judge", o.JudgeEndpoint)
+	log.Info("analyzer running", "api", s.Addr, "tls", o.TLS.Enabled(), "control_plane", o.ControlPlane, "clickhouse", o.ClickHouse,
+		"interval", o.Interval.D(), "judge", o.JudgeEndpoint, "etcd", strings.Join(o.EtcdEndpoints, ","))
 	go func() {
 		var err error
 		select {
@@ -294,12 +400,123 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 		for _, f := range s.unwatch {
 			f()
 		}
+		<-leadDone // a leader resigns and revokes its lease before etcd closes
 		s.notifier()
 		<-logDone // its last rows go in before the connection closes
 		conn.Close()
+		closeEtcd(etcd)
 		s.Finish(err)
 	}()
 	return s, nil
+}
+
+// reconcile inserts the decision log rows that an analyzer stopped
+// between storing a change and inserting its rows left out, for every
+// rollout active or changed in the last hour, before this one acts.
+func (s *Service) reconcile(ctx context.Context, store analyzer.Store, log *slog.Logger) {
+	all, err := store.List()
+	if err != nil {
+		log.Warn("decision log: rollouts not reconciled", "error", err)
+		return
+	}
+	for _, ro := range all {
+		if !ro.Status.Active() && time.Since(ro.Updated) > time.Hour {
+			continue
+		}
+		n, err := s.decisions.Reconcile(ctx, ro)
+		switch {
+		case err != nil:
+			log.Warn("decision log: rollout not reconciled", "rollout", ro.ID, "error", err)
+		case n > 0:
+			log.Info("decision log: rows left out by a stopped analyzer inserted", "rollout", ro.ID, "rows", n)
+		}
+	}
+}
+
+// rolloutStore is the store as the service uses it: the runner's, and
+// the active canaries for the judge.
+type rolloutStore interface {
+	analyzer.Store
+	Canaries() []string
+}
+
+var (
+	_ rolloutStore = (*analyzer.RolloutStore)(nil)
+	_ rolloutStore = (*analyzer.EtcdStore)(nil)
+)
+
+// openStore opens the rollouts: in etcd with --etcd-endpoints (returning
+// the client, closed with the service), else in --data-dir.
+func (o Options) openStore(ctx context.Context) (rolloutStore, *clientv3.Client, error) {
+	if len(o.EtcdEndpoints) == 0 {
+		st, err := analyzer.OpenRolloutStore(o.DataDir)
+		return st, nil, err
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: o.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(), Context: ctx})
+	if err != nil {
+		return nil, nil, fmt.Errorf("etcd %v: %w", []string(o.EtcdEndpoints), err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := cli.Get(sctx, "health"); err != nil {
+		cli.Close()
+		return nil, nil, fmt.Errorf("etcd %v does not answer: %w", []string(o.EtcdEndpoints), err)
+	}
+	st, err := analyzer.NewEtcdStore(cli, o.EtcdPrefix)
+	if err != nil {
+		cli.Close()
+		return nil, nil, err
+	}
+	return st, cli, nil
+}
+
+func closeEtcd(c *clientv3.Client) {
+	if c != nil {
+		c.Close()
+	}
+}
+
+// member is this analyzer's identity in its group: --member, or the host
+// name and the API's address.
+func (o Options) member(addr string) string {
+	if o.Member != "" {
+		return o.Member
+	}
+	host, _ := os.Hostname()
+	return host + "/" + addr
+}
+
+// advertised is the API's URL as other hosts reach it: a wildcard listen
+// address (0.0.0.0, ::) becomes the host name.
+func advertised(base string) string {
+	u, err := url.Parse(base)
+	if err != nil {
+		return base
+	}
+	host, port, err := net.SplitHostPort(u.Host)
+	if ip := net.ParseIP(host); err == nil && ip != nil && ip.IsUnspecified() {
+		if name, err := os.Hostname(); err == nil {
+			u.Host = net.JoinHostPort(name, port)
+		}
+	}
+	return u.String()
+}
+
+// leadership is the readiness check of a group member: ok while leading;
+// a standby is ready and says who leads (health.Degraded); an etcd that
+// does not answer makes it not ready.
+func (s *Service) leadership(ctx context.Context) error {
+	if s.Elector.Leading() {
+		return nil
+	}
+	m, ok, err := s.Elector.Leader(ctx)
+	switch {
+	case err != nil:
+		return err
+	case !ok:
+		return health.Degraded("standby; no analyzer leads right now")
+	}
+	return health.Degraded(fmt.Sprintf("standby; the leader is %s at %s", m.ID, m.URL))
 }
 
 // controlPlaneAndPolicy returns the client of the control plane the
@@ -351,7 +568,9 @@ func (o Options) listen(log *slog.Logger) (net.Listener, error) {
 
 // startNotifier tells the configured webhooks of every change of the
 // store's rollouts; stop sends what is queued (for up to ten seconds).
-func startNotifier(f notify.Flags, store *analyzer.RolloutStore, reg prometheus.Registerer, log *slog.Logger) (stop func(), err error) {
+func startNotifier(f notify.Flags, store interface {
+	OnChange(f func(before, after *analyzer.Rollout)) (remove func())
+}, reg prometheus.Registerer, log *slog.Logger) (stop func(), err error) {
 	cfg, err := f.Config()
 	if err != nil || len(cfg.Webhooks) == 0 {
 		return func() {}, err

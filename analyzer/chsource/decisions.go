@@ -247,6 +247,64 @@ func (l *DecisionLog) Flush(ctx context.Context) {
 	}
 }
 
+// Reconcile inserts the rows of ro the log lacks: its history entries
+// (those not folded into a repeated hold: a folded entry's first look is
+// logged already) and its last decision's looks, matched by rollout, time,
+// kind and action. A process that stops after storing a change and before
+// inserting its rows (rows are queued, then inserted every interval)
+// leaves them out; the analyzer that acts next reconciles each recent
+// rollout first, so rollout_events holds every decision once. It flushes
+// the queue first, so that no queued row is inserted twice, and returns
+// how many rows it inserted.
+func (l *DecisionLog) Reconcile(ctx context.Context, ro *analyzer.Rollout) (int, error) {
+	l.Flush(ctx)
+	rows, err := l.conn.Query(ctx, fmt.Sprintf("SELECT ts_ms, kind, action FROM %s.%s WHERE rollout_id = ?", l.db, EventsTable), ro.ID)
+	if err != nil {
+		return 0, fmt.Errorf("chsource: reconcile %s: %w", ro.ID, err)
+	}
+	logged := map[string]bool{}
+	for rows.Next() {
+		var ms uint64
+		var kind, action string
+		if err := rows.Scan(&ms, &kind, &action); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("chsource: reconcile %s: %w", ro.ID, err)
+		}
+		logged[fmt.Sprintf("%d/%s/%s", ms, kind, action)] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("chsource: reconcile %s: %w", ro.ID, err)
+	}
+	events, looks := DecisionRows(nil, ro)
+	var missing [][]any
+	for _, e := range events {
+		if e.Repeats == 0 && !logged[fmt.Sprintf("%d/%s/%s", e.RolloutAt.At.UnixMilli(), e.Kind, e.Action)] {
+			missing = append(missing, e.values())
+		}
+	}
+	var lookRows [][]any
+	if len(looks) > 0 {
+		var n uint64
+		q := fmt.Sprintf("SELECT count() FROM %s.%s WHERE rollout_id = ? AND ts_ms = ?", l.db, LooksTable)
+		if err := l.conn.QueryRow(ctx, q, ro.ID, uint64(ro.Last.At.UnixMilli())).Scan(&n); err != nil {
+			return 0, fmt.Errorf("chsource: reconcile %s: %w", ro.ID, err)
+		}
+		if n == 0 {
+			for _, r := range looks {
+				lookRows = append(lookRows, r.values())
+			}
+		}
+	}
+	if err := l.insert(ctx, EventsTable, eventCols, missing); err != nil {
+		return 0, fmt.Errorf("chsource: reconcile %s: %w", ro.ID, err)
+	}
+	if err := l.insert(ctx, LooksTable, lookCols, lookRows); err != nil {
+		return len(missing), fmt.Errorf("chsource: reconcile %s: %w", ro.ID, err)
+	}
+	return len(missing) + len(lookRows), nil
+}
+
 func (r EventRow) values() []any {
 	return append(r.RolloutAt.values(), string(r.Status), r.Kind, string(r.Action), string(r.Code), r.Reason, r.Actor)
 }

@@ -73,7 +73,9 @@ var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 // a category. A category override sends its category to a version the
 // operator chose, and the row does not record whether an override applied,
 // so all categorised requests are left out rather than some of them
-// wrongly kept.
+// wrongly kept. Requests a cohort rule routed (cohort = opt_in or
+// excluded) are left out too: their version was chosen for them, not
+// drawn, so they would bias both arms and the split check.
 //
 // A request whose failure is set to anything but client_cancel is a
 // failure; a client cancellation is counted as a request that neither
@@ -180,7 +182,7 @@ GROUP BY bucket`, s.db, wire.TableRequests, filter.all)
 func (s *Source) latencyBaseline(ctx context.Context, w analyzer.Window, filter windowSQL) (map[uint64][2]float64, error) {
 	q := fmt.Sprintf(`SELECT bucket, count(), sum(log(duration_ms))
 FROM %s.%s
-WHERE %s AND forced = 0 AND gateway = 0 AND status = 200 AND duration_ms > 0 AND version = ?
+WHERE %s AND forced = 0 AND cohort = '' AND gateway = 0 AND status = 200 AND duration_ms > 0 AND version = ?
 GROUP BY bucket`, s.db, wire.TableRequestLog, filter.key)
 	res, err := s.conn.Query(ctx, q, w.Model, w.Stable, w.Canary, w.Stable)
 	if err != nil {
@@ -267,8 +269,10 @@ func (s *Source) check(w analyzer.Window) error {
 // model and versions with From <= ts_ms < To; all adds that they reached
 // their version by the split. The date and ts bounds are implied by ts_ms;
 // they are there so ClickHouse prunes partitions by date and granules by
-// the (model, version, ts) key. The three placeholders of each are the
-// model and the two versions.
+// the (model, version, ts) key. The upper ts bound is exclusive at the
+// next whole second, so it holds for a DateTime ts (seconds, 18.16) and a
+// DateTime64(3) ts (milliseconds, modern servers) alike. The three
+// placeholders of each are the model and the two versions.
 type windowSQL struct{ key, all string }
 
 func windowFilter(from, to time.Time) windowSQL {
@@ -276,11 +280,11 @@ func windowFilter(from, to time.Time) windowSQL {
 	last := toMs - 1
 	key := fmt.Sprintf(`date >= %s AND date <= %s
   AND model = ? AND version IN (?, ?)
-  AND ts >= toDateTime(%d) AND ts <= toDateTime(%d)
+  AND ts >= toDateTime(%d) AND ts < toDateTime(%d)
   AND ts_ms >= %d AND ts_ms < %d`,
 		dateLit(time.UnixMilli(fromMs)), dateLit(time.UnixMilli(last)),
-		floorDiv(fromMs, 1000), floorDiv(last, 1000), fromMs, toMs)
-	return windowSQL{key: key, all: key + "\n  AND forced = 0 AND category = ''"}
+		floorDiv(fromMs, 1000), floorDiv(last, 1000)+1, fromMs, toMs)
+	return windowSQL{key: key, all: key + "\n  AND forced = 0 AND category = '' AND cohort = ''"}
 }
 
 func floorDiv(a, b int64) int64 {
@@ -306,7 +310,9 @@ func isUnknownTable(err error) bool {
 // Rows of plain numbers scan without reflection; arrays built by
 // groupArray scan element by element through reflection in clickhouse-go
 // and were ten times slower. Without a quality table it reads the requests
-// alone.
+// alone. The join is GLOBAL: when the requests table is a Distributed
+// table over a cluster, the scores (on this server only) are read once
+// here and sent to every shard.
 func (s *Source) readRequests(ctx context.Context, w analyzer.Window, t *analyzer.Tally) (int, error) {
 	filter := windowFilter(w.RolloutFrom, w.To)
 	cols := fmt.Sprintf(`ts_ms,
@@ -323,7 +329,7 @@ func (s *Source) readRequests(ctx context.Context, w analyzer.Window, t *analyze
     sample_rate`, analyzer.OutcomeSuccess, wire.FailureClientCancel, analyzer.OutcomeCancelled, analyzer.OutcomeFailure)
 	withScores := fmt.Sprintf(`SELECT %[1]s, judged, score
 FROM %[2]s.%[3]s
-ANY LEFT JOIN (
+GLOBAL ANY LEFT JOIN (
     SELECT request_id, toUInt8(1) AS judged, avg(score) AS score
     FROM (
         SELECT request_id, source, any(score) AS score
@@ -332,7 +338,7 @@ ANY LEFT JOIN (
         GROUP BY request_id, source
     )
     GROUP BY request_id
-) USING request_id
+) AS scores USING request_id
 WHERE %[6]s
 ORDER BY ts_ms`, cols, s.db, wire.TableRequests, quality.Table, filter.key, filter.all)
 	args := []any{w.Canary, w.Model, w.Stable, w.Canary, w.Model, w.Stable, w.Canary}

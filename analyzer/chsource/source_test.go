@@ -65,6 +65,10 @@ func fixture() []extproc.Record {
 	categorised.Category = "code"
 	otherModel := ok("s-model", "v1", sec(4), true, 9000, 9000, 900, 9, 9)
 	otherModel.Model = "other"
+	excluded := ok("s-excluded", "v1", sec(4), true, 9000, 9000, 900, 9, 9)
+	excluded.Cohort = "excluded"
+	optIn := ok("c-opt-in", "v2", sec(4), true, 9000, 9000, 900, 9, 9)
+	optIn.Cohort = "opt_in"
 	return []extproc.Record{
 		ok("s1", "v1", from, true, 100, 10, 5, 20, 0.001),
 		refused,
@@ -72,7 +76,7 @@ func fixture() []extproc.Record {
 		failed("s4", "v1", to.Add(-time.Millisecond), extproc.FailureHTTP5xx),
 		failed("s5", "v1", sec(1), extproc.FailureClientCancel),
 
-		forced, categorised, otherModel,
+		forced, categorised, otherModel, excluded, optIn,
 		ok("s-before", "v1", from.Add(-time.Millisecond), true, 9000, 9000, 900, 9, 9),
 		ok("s-at-end", "v1", to, true, 9000, 9000, 900, 9, 9),
 		ok("s-v3", "v3", sec(4), true, 9000, 9000, 900, 9, 9),
@@ -139,7 +143,8 @@ func TestMeasureCountsTheRandomSplitInsideTheWindow(t *testing.T) {
 		name      string
 		got, want any
 	}{
-		{"forced, categorised, other-model and out-of-window requests are left out", s.Requests, 5},
+		{"forced, categorised, cohort-routed, other-model and out-of-window requests are left out", s.Requests, 5},
+		{"an opt-in user's canary requests are left out", c.Requests, 4},
 		{"failures count server errors, not client cancellations", s.Failures, 1},
 		{"empty answers and rate limits are failures", c.Failures, 2},
 		{"cancelled requests count as requests only", c.Requests, 4},

@@ -46,6 +46,8 @@ ORDER BY (model, rollout_id, stage)`, db, StagesTable)
 
 // QueryErrorRateByStage is the error rate of each version in each stage of
 // each rollout: telemetry rows joined to the stage windows of their model.
+// The join is GLOBAL: on a cluster the stage windows, kept on the server
+// queried, are read there once and sent to every shard.
 const QueryErrorRateByStage = `SELECT
     rollout_id,
     stage,
@@ -54,12 +56,12 @@ const QueryErrorRateByStage = `SELECT
     count() AS requests,
     countIf(failure != '' AND failure != 'client_cancel') / count() AS error_rate
 FROM llmcanary.requests
-ALL INNER JOIN
+GLOBAL ALL INNER JOIN
 (
     SELECT model, rollout_id, stage, weight, started_ms, ended_ms
     FROM llmcanary.rollout_stages FINAL
-) USING model
-WHERE ts_ms >= started_ms AND (ended_ms = 0 OR ts_ms < ended_ms) AND forced = 0
+) AS stages USING model
+WHERE ts_ms >= started_ms AND (ended_ms = 0 OR ts_ms < ended_ms) AND forced = 0 AND cohort = ''
 GROUP BY rollout_id, stage, weight, version
 ORDER BY rollout_id, stage, version`
 

@@ -8,16 +8,33 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter/chwritertest"
 	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 )
 
+// TestErrorRatePerRolloutStageFromRecordedStageWindows runs the query on
+// one server and on a 2-shard cluster, where the requests are spread over
+// the shards and the stage windows live on the server queried.
 func TestErrorRatePerRolloutStageFromRecordedStageWindows(t *testing.T) {
-	ch := chtest.Shared(t)
-	db := chtest.NewDatabase()
-	conn := chtest.Connect(t, ch)
+	t.Run("one server", func(t *testing.T) {
+		ch := chtest.Shared(t)
+		db := chtest.NewDatabase()
+		checkErrorRateByStage(t, chtest.Connect(t, ch), db, func(recs []extproc.Record) { chwritertest.WriteRecords(t, ch, db, recs) })
+	})
+	t.Run("cluster", func(t *testing.T) {
+		servers := chtest.Cluster(t, "telemetry", 2)
+		db := chtest.NewDatabase()
+		checkErrorRateByStage(t, chtest.Connect(t, servers[1]), db, func(recs []extproc.Record) {
+			chwritertest.WriteRecordsToCluster(t, servers, "telemetry", db, recs)
+		})
+	})
+}
+
+func checkErrorRateByStage(t *testing.T, conn driver.Conn, db string, write func([]extproc.Record)) {
 	ctx := context.Background()
 	log, err := NewStageLog(ctx, conn, db)
 	if err != nil {
@@ -41,7 +58,7 @@ func TestErrorRatePerRolloutStageFromRecordedStageWindows(t *testing.T) {
 	var recs []extproc.Record
 	add := func(at time.Time, version string, n, failed int, failure string, forced bool) {
 		for i := 0; i < n; i++ {
-			r := extproc.Record{Time: at.Add(time.Duration(i) * time.Millisecond), RequestID: "", Model: "m", Version: version, Status: 200, Forced: forced}
+			r := extproc.Record{Time: at.Add(time.Duration(i) * time.Millisecond), RequestID: "", Model: "m", Version: version, Status: 200, Forced: forced, Bucket: uint64(i)}
 			if i < failed {
 				r.Failure, r.Status = failure, 500
 			}
@@ -54,7 +71,7 @@ func TestErrorRatePerRolloutStageFromRecordedStageWindows(t *testing.T) {
 	add(t1.Add(time.Minute), "v1", 50, 0, "", false)
 	add(t1.Add(2*time.Minute), "v2", 50, 10, extproc.FailureClientCancel, false) // the client's fault, not the version's
 	add(t0.Add(-time.Minute), "v1", 30, 30, extproc.FailureHTTP5xx, false)       // before the rollout
-	chwritertest.WriteRecords(t, ch, db, recs)
+	write(recs)
 
 	rows, err := conn.Query(ctx, strings.ReplaceAll(QueryErrorRateByStage, "llmcanary.", db+"."))
 	if err != nil {

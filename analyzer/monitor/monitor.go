@@ -17,11 +17,17 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer"
 )
 
+// Lister is the rollout store as the monitor reads it at each scrape
+// (analyzer.RolloutStore, analyzer.EtcdStore).
+type Lister interface {
+	List() ([]*analyzer.Rollout, error)
+}
+
 // Monitor holds the analyzer's metrics. Changed is an
-// analyzer.RolloutStore.OnChange watcher; Source wraps the runner's
+// analyzer.Store OnChange watcher; Source wraps the runner's
 // MetricsSource. Safe for concurrent use.
 type Monitor struct {
-	store     *analyzer.RolloutStore
+	store     Lister
 	decisions *prometheus.CounterVec
 	looks     *prometheus.HistogramVec
 
@@ -33,7 +39,7 @@ type Monitor struct {
 var statuses = []analyzer.Status{analyzer.RolloutRunning, analyzer.RolloutPaused, analyzer.RolloutPromoted, analyzer.RolloutRolledBack, analyzer.RolloutAborted}
 
 // New registers the analyzer's metrics on reg.
-func New(store *analyzer.RolloutStore, reg prometheus.Registerer) (*Monitor, error) {
+func New(store Lister, reg prometheus.Registerer) (*Monitor, error) {
 	name := func(n string) string { return prometheus.BuildFQName("llmcanary", "analyzer", n) }
 	m := &Monitor{
 		store: store,

@@ -315,12 +315,14 @@ func (j *Judge) pending(ctx context.Context) ([]capture, error) {
 	args = append(args, priority, j.o.BatchSize)
 	// A capture is graded only when its request succeeded: a failed one
 	// is counted as a failure, and its partial text says nothing about
-	// the version's answers.
+	// the version's answers. GLOBAL runs the subqueries once, here: when
+	// the telemetry is a Distributed table over a cluster, the scores
+	// live on this server only and the requests table is distributed too.
 	q := fmt.Sprintf(`SELECT request_id, model, version, ts, prompt, completion
 FROM %[1]s.%[2]s
 WHERE date >= %[3]s AND ts >= toDateTime(%[4]d)
-  AND request_id NOT IN (SELECT request_id FROM %[1]s.%[5]s WHERE date >= %[3]s AND source = ?)
-  AND request_id IN (SELECT request_id FROM %[1]s.%[6]s WHERE date >= %[3]s AND ts >= toDateTime(%[4]d) AND failure = '')%[7]s
+  AND request_id GLOBAL NOT IN (SELECT request_id FROM %[1]s.%[5]s WHERE date >= %[3]s AND source = ?)
+  AND request_id GLOBAL IN (SELECT request_id FROM %[1]s.%[6]s WHERE date >= %[3]s AND ts >= toDateTime(%[4]d) AND failure = '')%[7]s
 ORDER BY has(?, version) DESC, ts DESC
 LIMIT ?`, db, wire.TableCaptures, dateLit(since), since.Unix(), Table, wire.TableRequests, skip)
 	rows, err := j.o.Conn.Query(ctx, q, args...)
@@ -346,7 +348,8 @@ LIMIT ?`, db, wire.TableCaptures, dateLit(since), since.Unix(), Table, wire.Tabl
 // the score row to fill: the request's exact time, model, version and
 // forced flag, which the analyzer's window filter reads from the quality
 // row. The lookup reads only the days and seconds the captures cover (a
-// capture has its request's time).
+// capture has its request's time). The upper ts bound is exclusive at the
+// next whole second, right for a DateTime and a DateTime64(3) ts alike.
 func (j *Judge) requestInfo(ctx context.Context, caps []capture) (map[string]Score, error) {
 	lo, hi := caps[0].ts, caps[0].ts
 	ids := make([]any, len(caps))
@@ -355,8 +358,8 @@ func (j *Judge) requestInfo(ctx context.Context, caps []capture) (map[string]Sco
 		ids[i] = c.requestID
 	}
 	q := fmt.Sprintf(`SELECT request_id, ts_ms, model, version, forced FROM %s.%s
-WHERE date >= %s AND date <= %s AND ts >= toDateTime(%d) AND ts <= toDateTime(%d) AND request_id IN ?`,
-		j.o.Database, wire.TableRequests, dateLit(lo), dateLit(hi), lo.Unix(), hi.Unix())
+WHERE date >= %s AND date <= %s AND ts >= toDateTime(%d) AND ts < toDateTime(%d) AND request_id IN ?`,
+		j.o.Database, wire.TableRequests, dateLit(lo), dateLit(hi), lo.Unix(), hi.Unix()+1)
 	rows, err := j.o.Conn.Query(ctx, q, clickhouse.GroupSet{Value: ids})
 	if err != nil {
 		return nil, fmt.Errorf("judge: look up requests: %w", err)

@@ -41,9 +41,13 @@ type Data struct {
 	Looks []chsource.Look
 	// Latency and TTFT are each version's distribution of total response
 	// time and time to first token over the rollout, successful requests
-	// only (TTFT: streamed ones), forced and category-routed ones left
-	// out as the analyzer leaves them out.
+	// only (TTFT: streamed ones), forced, category- and cohort-routed
+	// ones left out as the analyzer leaves them out.
 	Latency, TTFT map[string]Distribution
+	// Cohorts is the traffic a cohort rule routed (opt-in users to the
+	// canary, excluded ones to stable) during the rollout, per cohort and
+	// version: not part of the comparison, reported on its own.
+	Cohorts []CohortTraffic
 	// Worst are the canary's answers the judge scored lowest, redacted.
 	Worst []Answer
 	// Missing says what could not be read, in sentences; the report shows
@@ -56,6 +60,21 @@ type Distribution struct {
 	Count  uint64
 	Levels []float64 // in (0, 1)
 	Values []float64 // milliseconds, one per level
+}
+
+// CohortTraffic is one cohort's requests served by one version.
+type CohortTraffic struct {
+	Cohort   string // wire.AssignedOptIn or wire.AssignedExcluded
+	Version  string
+	Requests uint64
+	// Users counts distinct buckets (identities).
+	Users uint64
+	// Failures are failed requests (a client's cancellation is not one).
+	Failures uint64
+	// LatencyP50Ms and TTFTP50Ms are the median total time of successful
+	// requests and the median time to first token of streamed ones (0
+	// when there is none).
+	LatencyP50Ms, TTFTP50Ms float64
 }
 
 // Answer is one graded answer.
@@ -115,6 +134,9 @@ func Load(ctx context.Context, conn driver.Conn, database string, ro *analyzer.R
 	if d.TTFT, err = distributions(ctx, conn, database, ro, "ttft_ms", "AND streamed = 1", from, to); err != nil {
 		d.Missing = append(d.Missing, fmt.Sprintf("the time-to-first-token distributions could not be read (%v)", err))
 	}
+	if d.Cohorts, err = cohortTraffic(ctx, conn, database, ro, from, to); err != nil {
+		d.Missing = append(d.Missing, fmt.Sprintf("the cohorts' traffic could not be read (%v)", err))
+	}
 	if d.Worst, err = worstAnswers(ctx, conn, database, ro, from, to); err != nil {
 		d.Missing = append(d.Missing, fmt.Sprintf("the judge's grades could not be read (%v)", err))
 	}
@@ -138,7 +160,7 @@ func distributions(ctx context.Context, conn driver.Conn, db string, ro *analyze
 	q := fmt.Sprintf(`SELECT version, count(), quantiles(%s)(%s)
 FROM %s.%s
 WHERE date >= %s AND date <= %s AND model = ? AND version IN (?, ?)
-  AND ts_ms >= ? AND ts_ms < ? AND forced = 0 AND category = '' AND failure = '' %s
+  AND ts_ms >= ? AND ts_ms < ? AND forced = 0 AND category = '' AND cohort = '' AND failure = '' %s
 GROUP BY version ORDER BY version`,
 		levelList(), column, db, wire.TableRequests, dateLit(from), dateLit(to), extra)
 	rows, err := conn.Query(ctx, q, ro.Model, ro.Stable, ro.Canary, uint64(from.UnixMilli()), uint64(to.UnixMilli()))
@@ -159,6 +181,39 @@ GROUP BY version ORDER BY version`,
 	return out, rows.Err()
 }
 
+// cohortTraffic reads the cohort-routed requests of [from, to) per cohort
+// and version. Cohort routes measure every request (rate 1), so the
+// counts are the requests themselves.
+func cohortTraffic(ctx context.Context, conn driver.Conn, db string, ro *analyzer.Rollout, from, to time.Time) ([]CohortTraffic, error) {
+	q := fmt.Sprintf(`SELECT cohort, version, count(), uniqExact(bucket),
+    countIf(failure != '' AND failure != '%s'),
+    quantileIf(0.5)(total_ms, failure = ''), quantileIf(0.5)(ttft_ms, failure = '' AND streamed = 1)
+FROM %s.%s
+WHERE date >= %s AND date <= %s AND model = ? AND version IN (?, ?)
+  AND ts_ms >= ? AND ts_ms < ? AND forced = 0 AND cohort != ''
+GROUP BY cohort, version ORDER BY cohort, version`,
+		wire.FailureClientCancel, db, wire.TableRequests, dateLit(from), dateLit(to))
+	rows, err := conn.Query(ctx, q, ro.Model, ro.Stable, ro.Canary, uint64(from.UnixMilli()), uint64(to.UnixMilli()))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []CohortTraffic
+	for rows.Next() {
+		var c CohortTraffic
+		if err := rows.Scan(&c.Cohort, &c.Version, &c.Requests, &c.Users, &c.Failures, &c.LatencyP50Ms, &c.TTFTP50Ms); err != nil {
+			return nil, err
+		}
+		for _, x := range []*float64{&c.LatencyP50Ms, &c.TTFTP50Ms} {
+			if *x != *x { // NaN: no request to take a median of
+				*x = 0
+			}
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
 // worstAnswers reads the canary's lowest judge scores of [from, to) with
 // their captured text.
 func worstAnswers(ctx context.Context, conn driver.Conn, db string, ro *analyzer.Rollout, from, to time.Time) ([]Answer, error) {
@@ -168,7 +223,7 @@ ANY INNER JOIN
 (
     SELECT request_id, prompt, completion FROM %[1]s.%[3]s
     WHERE date >= %[4]s AND date <= %[5]s AND model = ? AND version = ?
-) USING request_id
+) AS answers USING request_id
 WHERE date >= %[4]s AND date <= %[5]s AND model = ? AND version = ? AND source = ? AND forced = 0
   AND ts_ms >= ? AND ts_ms < ?
 ORDER BY score ASC, ts_ms ASC, request_id ASC

@@ -14,11 +14,17 @@ import (
 	"github.com/llmcanary/llmcanary/internal/httpapi"
 )
 
+// Getter is the rollout store as the report reads it
+// (analyzer.RolloutStore, analyzer.EtcdStore).
+type Getter interface {
+	Get(id string) (*analyzer.Rollout, error)
+}
+
 // Handler serves GET /v1/rollouts/{id}/report: the rollout's report as
 // one HTML page, read from store and from ClickHouse over conn (database
 // "" means wire.Database). Mount it behind the rollout API's token
 // (analyzer.API.Mount).
-func Handler(store *analyzer.RolloutStore, conn driver.Conn, database string, log *slog.Logger) http.Handler {
+func Handler(store Getter, conn driver.Conn, database string, log *slog.Logger) http.Handler {
 	if log == nil {
 		log = slog.Default()
 	}

@@ -52,6 +52,13 @@ func TestLoadReadsTheRolloutsNumbersFromClickHouse(t *testing.T) {
 		extproc.Record{Time: start.Add(time.Second), RequestID: "failed", Model: ro.Model, Version: "v1", Status: 500, Failure: "http_5xx", TotalMs: 1e6, Streamed: true},
 		extproc.Record{Time: start.Add(6 * time.Minute), RequestID: "late", Model: ro.Model, Version: "v1", Status: 200, TotalMs: 1e6, Streamed: true},
 	)
+	// Cohort-routed requests: reported on their own, never in the
+	// distributions.
+	recs = append(recs,
+		extproc.Record{Time: start.Add(time.Second), RequestID: "optin-1", Model: ro.Model, Version: "v2-ft", Cohort: "opt_in", Bucket: 9001, Status: 200, TotalMs: 4000, TTFTMs: 800, Streamed: true},
+		extproc.Record{Time: start.Add(2 * time.Second), RequestID: "optin-2", Model: ro.Model, Version: "v2-ft", Cohort: "opt_in", Bucket: 9001, Status: 500, Failure: "http_5xx", Streamed: true},
+		extproc.Record{Time: start.Add(3 * time.Second), RequestID: "excluded-1", Model: ro.Model, Version: "v1", Cohort: "excluded", Bucket: 9002, Status: 200, TotalMs: 2500},
+	)
 	chwritertest.WriteRecords(t, ch, db, recs)
 	conn := chtest.Connect(t, ch)
 
@@ -113,6 +120,13 @@ func TestLoadReadsTheRolloutsNumbersFromClickHouse(t *testing.T) {
 		if r := median(v2) / median(v1); math.Abs(r-1.5) > 0.1 {
 			t.Errorf("%s: canary median / stable median = %.2f, want about 1.5", name, r)
 		}
+	}
+	wantCohorts := []CohortTraffic{
+		{Cohort: "excluded", Version: "v1", Requests: 1, Users: 1, LatencyP50Ms: 2500},
+		{Cohort: "opt_in", Version: "v2-ft", Requests: 2, Users: 1, Failures: 1, LatencyP50Ms: 4000, TTFTP50Ms: 800},
+	}
+	if fmt.Sprint(d.Cohorts) != fmt.Sprint(wantCohorts) {
+		t.Fatalf("cohort traffic %+v, want %+v", d.Cohorts, wantCohorts)
 	}
 	if len(d.Worst) != WorstAnswers || d.Worst[0].RequestID != "req-008" || d.Worst[0].Score != 0.01 {
 		t.Fatalf("worst answers %+v", d.Worst)

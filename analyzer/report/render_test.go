@@ -15,7 +15,9 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/chsource"
 	"github.com/llmcanary/llmcanary/analyzer/stats"
+	"github.com/llmcanary/llmcanary/internal/config"
 	"github.com/llmcanary/llmcanary/internal/procs"
+	"github.com/llmcanary/llmcanary/xds"
 )
 
 var t0 = time.Date(2026, 3, 1, 3, 0, 0, 0, time.UTC)
@@ -63,6 +65,7 @@ func fixture() Data {
 		Rollout: ro, Now: at(100), Looks: looks,
 		Latency: map[string]Distribution{"v1": dist(300), "v2-ft": dist(390)},
 		TTFT:    map[string]Distribution{"v1": dist(60), "v2-ft": dist(78)},
+		Cohorts: []CohortTraffic{{Cohort: "opt_in", Version: "v2-ft", Requests: 431, Users: 17, Failures: 2, LatencyP50Ms: 402, TTFTP50Ms: 81}},
 		Worst: []Answer{{RequestID: "req-1", At: at(70), Score: 0.02, Prompt: Redact("my mail is jane@example.com, card 4111 1111 1111 1111"),
 			Completion: "The capital of Australia is Sydney."}},
 	}
@@ -73,7 +76,10 @@ func TestReportRendersInChromiumWithEverySectionAndNoBlankPage(t *testing.T) {
 	d1 := fixture()
 	d2 := fixture()
 	d2.Rollout.ID, d2.Rollout.Canary, d2.Rollout.Status = "r-20260301-031000-beef", "v3-ft", analyzer.RolloutPromoted
-	d2.Worst = nil
+	d2.Worst, d2.Cohorts = nil, nil
+	cost := analyzer.PlanCost(analyzer.Plan{MinEvaluation: config.Duration(2 * time.Hour), Policy: d1.Rollout.Plan.Policy},
+		xds.VersionMetadata{Replicas: 2, GPUsPerReplica: 4, PricePerGPUHour: 3, CapacityRPS: 5}, 40, analyzer.RateObserved)
+	d1.Rollout.Plan.Cost = &cost
 	var buf bytes.Buffer
 	if err := Write(&buf, "llmcanary rollouts: llama-3-8b", []Data{d1, d2}); err != nil {
 		t.Fatal(err)
@@ -101,6 +107,9 @@ func TestReportRendersInChromiumWithEverySectionAndNoBlankPage(t *testing.T) {
 		"latency: effect and interval at each look", "quality: effect and interval at each look",
 		"Latency and time to first token per version", "Total response time per version", "Time to first token per version",
 		"Decisions", "advance: 2 % to 5 %, no harm shown", "seen at 8 looks",
+		"GPU cost", "adds 16.0 GPU-hours, $48.00 at $3.00 per GPU-hour", "above its pool's capacity of 5.0/s",
+		"Cohort traffic", "not part of the comparison", "opt_in", "431",
+		"No request was routed by a cohort rule during the rollout",
 		"Worst canary answers", "[email]", "[number]", "The capital of Australia is Sydney.",
 		"The judge graded no captured answer of v3-ft",
 	} {

@@ -18,7 +18,7 @@ Example: llmcanary bootstrap --node-id gw-1 --xds cp.internal:18000 --tls-dir /e
 			var o envoy.BootstrapOptions
 			fs.StringVar(&o.NodeID, "node-id", "", "unique id of this Envoy (required)")
 			fs.StringVar(&o.Cluster, "cluster", "llmcanary", "name of the Envoy fleet")
-			fs.StringVar(&o.XDS, "xds", "127.0.0.1:18000", "control plane xDS address, host:port")
+			fs.StringVar(&o.XDS, "xds", "127.0.0.1:18000", "control plane xDS address, host:port; with replicas several, comma-separated, in the order this Envoy prefers them (it moves to the next healthy one when its replica dies)")
 			fs.IntVar(&o.AdminPort, "admin-port", 9901, "Envoy admin port (bound on 127.0.0.1 only)")
 			fs.BoolVar(&o.Delta, "delta", false, "use incremental (delta) xDS")
 			fs.StringVar(&o.TLSDir, "tls-dir", "", "directory on this host with Envoy's SDS files (llmcanary certs): reach the control plane over mTLS (empty: plaintext, development only)")

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/llmcanary/llmcanary/analyzer/analyzersvc"
 	"github.com/llmcanary/llmcanary/extproc/extprocsvc"
@@ -121,9 +122,7 @@ func TestConfigurationDocExamplesLoad(t *testing.T) {
 // keys were the flag names (xds_listen, nested tls) still loads.
 func TestControlConfigWithUnderscoresAndNestedTLSLoads(t *testing.T) {
 	o := xds.DefaultOptions()
-	fs := flag.NewFlagSet("control", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	bindControl(fs, &o)
+	fs := controlFlags(&o)
 	err := config.Apply(fs, []byte(`
 xds_listen: 0.0.0.0:18000
 api_listen: 0.0.0.0:18080
@@ -187,4 +186,57 @@ func TestCommandLineOverridesTheConfigFile(t *testing.T) {
 	if o.Listen != "127.0.0.1:1" || o.RetentionDays != 30 || o.LogLevel != "warn" || o.MetricsListen != "127.0.0.1:9003" {
 		t.Fatalf("options %+v", o)
 	}
+}
+
+// The replicas' etcd settings load as a mapping (as deploy/README.md
+// writes them) and as flags; the state then needs no data directory.
+func TestControlConfigWithAnEtcdMappingLoads(t *testing.T) {
+	o := xds.DefaultOptions()
+	fs := controlFlags(&o)
+	err := config.Apply(fs, []byte(`
+data-dir: ""
+token-file: /etc/llmcanary/api-token
+etcd:
+  endpoints: [https://etcd-1.internal:2379, https://etcd-2.internal:2379]
+  prefix: /llmcanary/prod/
+  dial-timeout: 2s
+  ca: /etc/llmcanary/etcd/ca.pem
+  cert: /etc/llmcanary/etcd/client.pem
+  key: /etc/llmcanary/etcd/client-key.pem
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := xds.EtcdOptions{Endpoints: []string{"https://etcd-1.internal:2379", "https://etcd-2.internal:2379"}, Prefix: "/llmcanary/prod/",
+		DialTimeout: config.Duration(2 * time.Second), CA: "/etc/llmcanary/etcd/ca.pem", Cert: "/etc/llmcanary/etcd/client.pem", Key: "/etc/llmcanary/etcd/client-key.pem"}
+	if !reflect.DeepEqual(o.Etcd, want) {
+		t.Fatalf("etcd options %+v, want %+v", o.Etcd, want)
+	}
+	if err := o.Validate(); err != nil {
+		t.Fatalf("replica options without a data directory: %v", err)
+	}
+}
+
+func TestEtcdEndpointsFlagTakesACommaSeparatedListOrRepeats(t *testing.T) {
+	for _, args := range [][]string{
+		{"--etcd-endpoints", "http://a:2379,http://b:2379"},
+		{"--etcd-endpoints", "http://a:2379", "--etcd-endpoints", "http://b:2379"},
+	} {
+		o := xds.DefaultOptions()
+		fs := controlFlags(&o)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{"http://a:2379", "http://b:2379"}; !reflect.DeepEqual(o.Etcd.Endpoints, want) {
+			t.Errorf("%v: endpoints %q, want %q", args, o.Etcd.Endpoints, want)
+		}
+	}
+}
+
+// controlFlags returns the flags of llmcanary control bound to o.
+func controlFlags(o *xds.Options) *flag.FlagSet {
+	fs := flag.NewFlagSet("control", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	bindControl(fs, o)
+	return fs
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/llmcanary/llmcanary/internal/config"
@@ -25,7 +26,13 @@ func init() {
 func bindControl(fs *flag.FlagSet, o *xds.Options) {
 	fs.StringVar(&o.XDSListen, "xds-listen", o.XDSListen, "gRPC address Envoys dial for ADS")
 	fs.StringVar(&o.APIListen, "api-listen", o.APIListen, "management API address")
-	fs.StringVar(&o.DataDir, "data-dir", o.DataDir, "directory of the durable desired state")
+	fs.StringVar(&o.DataDir, "data-dir", o.DataDir, "directory of the durable desired state (unused with --etcd-endpoints)")
+	fs.Var(commaStrings{&config.Strings{P: &o.Etcd.Endpoints}}, "etcd-endpoints", "etcd client `URLs`, comma-separated or repeated, holding the desired state shared by control plane replicas instead of --data-dir")
+	fs.StringVar(&o.Etcd.Prefix, "etcd-prefix", o.Etcd.Prefix, "prefix of the control plane's etcd keys (one per fleet)")
+	fs.DurationVar((*time.Duration)(&o.Etcd.DialTimeout), "etcd-dial-timeout", o.Etcd.DialTimeout.D(), "bound on connecting to etcd and on each request")
+	fs.StringVar(&o.Etcd.CA, "etcd-ca", o.Etcd.CA, "PEM CA certificates that verify etcd's server certificate (https endpoints; empty: the system's roots)")
+	fs.StringVar(&o.Etcd.Cert, "etcd-cert", o.Etcd.Cert, "PEM client certificate presented to etcd")
+	fs.StringVar(&o.Etcd.Key, "etcd-key", o.Etcd.Key, "PEM private key of --etcd-cert")
 	fs.StringVar(&o.TokenFile, "token-file", o.TokenFile, "file holding the management API bearer token (default: $LLMCANARY_API_TOKEN)")
 	fs.StringVar(&o.ListenerAddress, "listener-address", o.ListenerAddress, "address the Envoy listener binds")
 	fs.Var(uint32Value{&o.ListenerPort}, "listener-port", "`port` of the Envoy listener serving the OpenAI API")
@@ -64,7 +71,10 @@ func runControl(ctx context.Context, args []string) error {
 	fs := newFlagSet("control", `Serves the desired state (models, versions, weights) to every Envoy over ADS
 (state of the world and delta) and changes it through the management API
 (HTTP/JSON, bearer token, see xds/openapi.yaml). The state is durable in
---data-dir: a restart resumes where it stood. The token is read from
+--data-dir: a restart resumes where it stood. With --etcd-endpoints the state
+lives in etcd instead, shared by every replica on the same --etcd-prefix:
+each serves xDS to its own Envoys and publishes a change made through any
+of them; a replica that cannot reach etcd at start fails. The token is read from
 --token-file, else the LLMCANARY_API_TOKEN environment variable. With
 --tls-cert and --tls-key both ports serve TLS (the files are reread when they
 change); --tls-client-ca makes the xDS port refuse any client without a
@@ -107,6 +117,20 @@ func (f extprocField) Set(v string) error {
 
 // IsBoolFlag lets --measure-all stand without a value.
 func (f extprocField) IsBoolFlag() bool { return f.boolean }
+
+// commaStrings is a repeatable flag whose values may also be given
+// comma-separated, as etcdctl takes its endpoints.
+type commaStrings struct{ *config.Strings }
+
+// Set adds each comma-separated value.
+func (c commaStrings) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if err := c.Strings.Set(strings.TrimSpace(p)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // uint32Value is a uint32 flag.
 type uint32Value struct{ p *uint32 }

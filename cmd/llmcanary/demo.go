@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/analyzersvc"
 	"github.com/llmcanary/llmcanary/analyzer/chsource"
@@ -344,22 +346,8 @@ func latencyCharts(ctx context.Context, s *upStack, out string) error {
 		return err
 	}
 	defer conn.Close()
-	rows, err := conn.Query(ctx, fmt.Sprintf(
-		"SELECT version, ttft_ms, total_ms FROM %s.%s WHERE model = ? AND failure = '' AND forced = 0 AND streamed = 1",
-		wire.Database, wire.TableRequests), s.Model)
+	ttft, total, err := readLatencies(ctx, conn, wire.Database, s.Model)
 	if err != nil {
-		return err
-	}
-	ttft, total := map[string][]float64{}, map[string][]float64{}
-	for rows.Next() {
-		var v string
-		var a, b float64
-		if err := rows.Scan(&v, &a, &b); err != nil {
-			return err
-		}
-		ttft[v], total[v] = append(ttft[v], a), append(total[v], b)
-	}
-	if err := rows.Err(); err != nil {
 		return err
 	}
 	names := make([]string, 0, len(ttft))
@@ -381,6 +369,29 @@ func latencyCharts(ctx context.Context, s *upStack, out string) error {
 	}
 	return writeChart(filepath.Join(out, "latency-by-version.svg"), chart.Chart{Title: "Total response time per version (from ClickHouse)",
 		XLabel: "ms", YLabel: "% of requests at or below", Series: ls, YMin: 0, YMax: 100})
+}
+
+// readLatencies reads the TTFT and total latency of every successful,
+// streamed, unforced request of model in database db, per version, in no
+// particular order.
+func readLatencies(ctx context.Context, conn driver.Conn, db, model string) (ttft, total map[string][]float64, err error) {
+	rows, err := conn.Query(ctx, fmt.Sprintf(
+		"SELECT version, ttft_ms, total_ms FROM %s.%s WHERE model = ? AND failure = '' AND forced = 0 AND streamed = 1",
+		db, wire.TableRequests), model)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	ttft, total = map[string][]float64{}, map[string][]float64{}
+	for rows.Next() {
+		var v string
+		var a, b float64
+		if err := rows.Scan(&v, &a, &b); err != nil {
+			return nil, nil, err
+		}
+		ttft[v], total[v] = append(ttft[v], a), append(total[v], b)
+	}
+	return ttft, total, rows.Err()
 }
 
 // printStageErrorRates runs the README's "error rate per rollout stage"

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sort"
 	"syscall"
 )
@@ -62,12 +63,39 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := c.Run(ctx, os.Args[2:]); err != nil {
+	stopProfile := startCPUProfile(name)
+	err := c.Run(ctx, os.Args[2:])
+	stopProfile()
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return
 		}
 		fmt.Fprintf(os.Stderr, "llmcanary %s: %v\n", name, err)
 		os.Exit(1)
+	}
+}
+
+// cpuProfileEnv names a path prefix: when set, every subcommand writes a
+// CPU profile of its whole run to <prefix>.<command>.<pid>.pprof, for `go
+// tool pprof`. It is how the gateway benchmark's processes are profiled.
+const cpuProfileEnv = "LLMCANARY_CPU_PROFILE"
+
+func startCPUProfile(command string) (stop func()) {
+	prefix := os.Getenv(cpuProfileEnv)
+	if prefix == "" {
+		return func() {}
+	}
+	f, err := os.Create(fmt.Sprintf("%s.%s.%d.pprof", prefix, command, os.Getpid()))
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "llmcanary: %s: %v\n", cpuProfileEnv, err)
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/llmcanary/llmcanary/analyzer"
+	"github.com/llmcanary/llmcanary/xds"
 )
 
 func init() {
@@ -32,6 +33,9 @@ Actions:
             [--shadow 10 [--shadow-max-concurrent 16] [--shadow-min-pairs 200]]
                                     --shadow: a shadow stage first, mirroring that
                                     percentage of user requests to the canary
+  revert    <model>                 a rollout back to the version that was stable
+                                    before the current one (the control plane's
+                                    history says which), measured like any other
   list      [--model M]
   status    <id> [--watch] [--json]
   pause     <id> [--note text]
@@ -58,7 +62,7 @@ func runRollout(ctx context.Context, args []string) error {
 	}
 	action, args := args[0], args[1:]
 	fs := newFlagSet("rollout "+action, "Talks to the analyzer's rollout API.")
-	addr := fs.String("analyzer", envOr("LLMCANARY_ANALYZER", "http://127.0.0.1:18090"), "base URL of the analyzer's API")
+	addr := fs.String("analyzer", envOr("LLMCANARY_ANALYZER", "http://127.0.0.1:18090"), "base URL of the analyzer's API; several analyzers: their URLs separated by commas")
 	tokenFile := fs.String("token-file", "", "file holding the API bearer token (default: $LLMCANARY_API_TOKEN)")
 	ca := fs.String("ca", os.Getenv("LLMCANARY_CA"), "PEM CA certificate that verifies an https --analyzer (default $LLMCANARY_CA, else the system's roots)")
 	actorName := fs.String("actor", envOr("USER", "cli"), "name recorded in the rollout's history")
@@ -80,6 +84,8 @@ func runRollout(ctx context.Context, args []string) error {
 		shadow = fs.Float64("shadow", 0, "run a shadow stage first, mirroring this percentage of user requests to the canary (0: none)")
 		shadowMax = fs.Int("shadow-max-concurrent", 0, "mirrored requests in flight at the canary at most (default 16)")
 		shadowPairs = fs.Int("shadow-min-pairs", 0, "judged pairs before the shadow stage may pass (default 200)")
+	case "revert":
+		policyFile = fs.String("policy", "", "YAML file overriding fields of the planned policy")
 	case "list":
 		model = fs.String("model", "", "only this model's rollouts")
 	case "status":
@@ -109,12 +115,21 @@ func runRollout(ctx context.Context, args []string) error {
 	}
 	needID := action != "start" && action != "list"
 	if needID && id == "" {
-		return fmt.Errorf("rollout %s needs a rollout id", action)
+		what := "a rollout id"
+		if action == "revert" {
+			what = "a model name"
+		}
+		return fmt.Errorf("rollout %s needs %s", action, what)
 	}
 	switch action {
-	case "start":
-		req := analyzer.StartRequest{Model: *model, Canary: *canary, Stable: *stable, Split: *split}
-		if *abtest {
+	case "start", "revert":
+		var req analyzer.StartRequest
+		if action == "revert" {
+			req = analyzer.StartRequest{Model: id, Revert: true}
+		} else {
+			req = analyzer.StartRequest{Model: *model, Canary: *canary, Stable: *stable, Split: *split}
+		}
+		if abtest != nil && *abtest {
 			req.Mode = analyzer.ModeABTest
 		}
 		if *shadow != 0 || *shadowMax != 0 || *shadowPairs != 0 {
@@ -135,6 +150,10 @@ func runRollout(ctx context.Context, args []string) error {
 			return err
 		}
 		fmt.Printf("started %s: %s %s → %s, %s risk (%s), %s\n", ro.ID, ro.Model, ro.Stable, ro.Canary, ro.Plan.Risk, ro.Plan.RiskReason, ro.Plan.Strategy)
+		if ro.Reverts != nil {
+			fmt.Printf("reverts  %s\n", revertLine(ro.Reverts))
+		}
+		printCost(os.Stdout, ro.Plan.Cost)
 		return nil
 	case "list":
 		all, err := c.List(ctx, *model)
@@ -259,6 +278,10 @@ func printStatus(w io.Writer, ro *analyzer.RolloutView) {
 	p := ro.Progress
 	fmt.Fprintf(w, "rollout %s  %s: %s → %s  [%s, %s]\n", ro.ID, ro.Model, ro.Stable, ro.Canary, ro.Mode, ro.Status)
 	fmt.Fprintf(w, "plan     %s risk (%s), %s\n", ro.Plan.Risk, ro.Plan.RiskReason, ro.Plan.Strategy)
+	if ro.Reverts != nil {
+		fmt.Fprintf(w, "reverts  %s\n", revertLine(ro.Reverts))
+	}
+	printCost(w, ro.Plan.Cost)
 	if ro.Mode == analyzer.ModeABTest {
 		fmt.Fprintf(w, "split    canary %g %%\n", ro.Split)
 		if ro.Experiment != nil {
@@ -307,6 +330,26 @@ func printStatus(w io.Writer, ro *analyzer.RolloutView) {
 			rep = fmt.Sprintf(" (×%d)", e.Repeats+1)
 		}
 		fmt.Fprintf(w, "  %s  %s%s\n", e.At.Local().Format("15:04:05"), e.Reason, rep)
+	}
+}
+
+// revertLine says which stable change a revert undoes.
+func revertLine(c *xds.StableChange) string {
+	s := fmt.Sprintf("%s became stable on %s", c.Version, c.At.Local().Format("2006-01-02 15:04"))
+	if c.Rollout != "" {
+		s += " (rollout " + c.Rollout + ")"
+	}
+	return s + "; returning to " + c.Previous
+}
+
+// printCost writes a plan's GPU cost and its capacity warnings.
+func printCost(w io.Writer, c *analyzer.Cost) {
+	if c == nil {
+		return
+	}
+	fmt.Fprintf(w, "cost     %s\n", c.Summary)
+	for _, warn := range c.Warnings {
+		fmt.Fprintf(w, "warning  %s\n", warn)
 	}
 }
 

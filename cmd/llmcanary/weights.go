@@ -34,10 +34,7 @@ until every connected Envoy serves them. Exits non-zero, the change saved,
 when they are not in force within --wait (no Envoy connected, or one that has
 not accepted the change).
 Example: llmcanary weights --model llama-3-8b v1=100 v2=0`)
-	api := fs.String("api", envOr("LLMCANARY_API", "http://127.0.0.1:18080"), "base URL of the management API")
-	tokenFile := fs.String("token-file", "", "file holding the API bearer token (default: $LLMCANARY_API_TOKEN)")
-	ca := fs.String("ca", os.Getenv("LLMCANARY_CA"), "PEM CA certificate that verifies an https --api (default $LLMCANARY_CA, else the system's roots)")
-	actorName := fs.String("actor", envOr("USER", "cli"), "name recorded in the audit trail")
+	mf := addManagementFlags(fs)
 	model := fs.String("model", "", "model name (required)")
 	stable := fs.String("stable", "", "make this version the stable one")
 	wait := fs.Duration("wait", 5*time.Second, "how long to wait for the fleet to serve the weights (at most 30s)")
@@ -52,11 +49,10 @@ Example: llmcanary weights --model llama-3-8b v1=100 v2=0`)
 	if err != nil {
 		return err
 	}
-	token, hc, err := apiCredentials(*tokenFile, *ca)
+	c, err := mf.client()
 	if err != nil {
 		return err
 	}
-	c := &xds.Client{BaseURL: strings.TrimRight(*api, "/"), Token: token, Actor: *actorName, HTTP: hc}
 	m, applied, err := c.SetWeightsWait(ctx, *model, weights, *stable, min(*wait, xds.MaxWait))
 	if err != nil {
 		return err

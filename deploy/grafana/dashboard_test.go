@@ -29,7 +29,9 @@ import (
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter/chwritertest"
 	"github.com/llmcanary/llmcanary/internal/procs"
+	"github.com/llmcanary/llmcanary/internal/procs/chdbtest"
 	"github.com/llmcanary/llmcanary/internal/procs/chtest"
+	"github.com/llmcanary/llmcanary/internal/procs/modernch"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -196,13 +198,19 @@ func expand(sql string, from, to time.Time, interval time.Duration) string {
 	})
 }
 
-func TestEveryClickHouseQueryOfTheDashboardReturnsRowsWithItsColumns(t *testing.T) {
-	d := LoadDashboard(t)
+// withDemoData loads the dashboard and writes the demo data ending now
+// into the shared server.
+func withDemoData(t *testing.T) (d Dashboard, conn driver.Conn, end time.Time) {
+	d = LoadDashboard(t)
 	ch := chtest.Shared(t)
-	ctx := context.Background()
-	end := time.Now().UTC().Truncate(time.Second)
+	end = time.Now().UTC().Truncate(time.Second)
 	writeDemoData(t, ch, end)
-	conn := chtest.Connect(t, ch)
+	return d, chtest.Connect(t, ch), end
+}
+
+func TestEveryClickHouseQueryOfTheDashboardReturnsRowsWithItsColumns(t *testing.T) {
+	d, conn, end := withDemoData(t)
+	ctx := context.Background()
 
 	queries := clickhouseQueries(d)
 	if len(queries) < 10 {
@@ -245,6 +253,34 @@ func TestEveryClickHouseQueryOfTheDashboardReturnsRowsWithItsColumns(t *testing.
 		if !seen[name] {
 			t.Errorf("wantColumns names %q, which the dashboard no longer has", name)
 		}
+	}
+}
+
+// TestEveryClickHouseQueryOfTheDashboardAnswersAlikeOnAModernServer runs
+// each query over the same demo data on 18.16 and on a current ClickHouse
+// engine (chDB) holding the modern schema: the panels read the same
+// numbers from either.
+func TestEveryClickHouseQueryOfTheDashboardAnswersAlikeOnAModernServer(t *testing.T) {
+	d, conn, end := withDemoData(t)
+	ctx := context.Background()
+	modern := chdbtest.Start(t)
+	copied, err := modernch.Mirror(ctx, conn, modern, wire.Database)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("rows on both servers: %v", copied)
+	from, to := end.Add(-time.Hour), end.Add(time.Minute)
+	for _, q := range clickhouseQueries(d) {
+		t.Run(q.name, func(t *testing.T) {
+			sql := expand(q.sql, from, to, time.Minute)
+			n, err := chdbtest.Compare(ctx, conn, modern, sql)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n == 0 {
+				t.Fatalf("no rows on 18.16, so nothing is compared:\n%s", sql)
+			}
+		})
 	}
 }
 

@@ -23,7 +23,9 @@ import (
 // ./extproc/chwriter/
 func BenchmarkWriterSustainedRows(b *testing.B) {
 	for _, size := range []int{500, 5000} {
-		b.Run(fmt.Sprintf("batch=%d/wal", size), func(b *testing.B) { benchSustained(b, size) })
+		b.Run(fmt.Sprintf("batch=%d/wal", size), func(b *testing.B) {
+			benchSustained(b, Options{Addr: chtest.Shared(b).Addr, BatchSize: size})
+		})
 		b.Run(fmt.Sprintf("batch=%d/direct", size), func(b *testing.B) { benchDirect(b, size) })
 	}
 }
@@ -38,11 +40,28 @@ func benchRecords() []extproc.Record {
 	return recs
 }
 
-func benchSustained(b *testing.B, batchSize int) {
-	ch := chtest.Shared(b)
-	w, err := New(context.Background(), Options{
-		Addr: ch.Addr, Database: chtest.NewDatabase(), SpoolDir: b.TempDir(), QueueSize: benchRows, BatchSize: batchSize,
+// BenchmarkWriterClusterIngest measures rows per second from Write to
+// rows inserted into a 2-shard cluster of real servers (each row to the
+// shard of its bucket, a spool and inserter per shard) against one server,
+// measured in the same run, at the default batch size. The servers share
+// the machine's cores, so the ratio shows the writer's overhead more than
+// the gain of a second machine. Run: go test -tags integration -run '^$'
+// -bench ClusterIngest -benchtime 3x ./extproc/chwriter/
+func BenchmarkWriterClusterIngest(b *testing.B) {
+	b.Run("servers=1", func(b *testing.B) {
+		benchSustained(b, Options{Addr: chtest.Own(b).Addr})
 	})
+	b.Run("shards=2", func(b *testing.B) {
+		servers := chtest.Cluster(b, "bench", 2)
+		benchSustained(b, Options{Cluster: "bench", Shards: chtest.ShardAddrs(servers)})
+	})
+}
+
+// benchSustained writes benchRows records per iteration through a Writer
+// of options o (database, spool and queue set here) and reports rows/s.
+func benchSustained(b *testing.B, o Options) {
+	o.Database, o.SpoolDir, o.QueueSize = chtest.NewDatabase(), b.TempDir(), benchRows
+	w, err := New(context.Background(), o)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -89,7 +108,7 @@ func benchDirect(b *testing.B, batchSize int) {
 			recs[i].RequestID = randomID()
 		}
 		for lo := 0; lo < len(recs); lo += batchSize {
-			m, _, err := w.requests.insert(ctx, recs[lo:min(lo+batchSize, len(recs))], false)
+			m, _, err := w.shards[0].requests.insert(ctx, recs[lo:min(lo+batchSize, len(recs))], false)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -114,3 +114,46 @@ func makeLogEntries(n int, base time.Time) []extproc.LogEntry {
 	}
 	return out
 }
+
+// createOlderRequests creates database db and in it the requests table of
+// an older release, with only the first ncols columns, holding rows.
+func createOlderRequests(tb testing.TB, conn driver.Conn, db string, ncols int, rows ...extproc.Record) {
+	tb.Helper()
+	ctx := context.Background()
+	old := table[extproc.Record]{name: requestsTable.name, cols: requestsTable.cols[:ncols]}
+	for _, q := range []string{"CREATE DATABASE " + db, old.createSQL(db, serverVersion{18, 16})} {
+		if err := conn.Exec(ctx, q); err != nil {
+			tb.Fatalf("%s: %v", q, err)
+		}
+	}
+	b, err := conn.PrepareBatch(ctx, old.insertSQL(db))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for i := range rows {
+		var vals []any
+		for _, c := range old.cols {
+			vals = append(vals, c.value(&rows[i]))
+		}
+		if err := b.Append(vals...); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// assertStoredAtRateOne checks that the request reads sample_rate 1 from
+// db.requests: a row written before rows carried a rate measured every
+// request.
+func assertStoredAtRateOne(tb testing.TB, conn driver.Conn, db, requestID string) {
+	tb.Helper()
+	var rate float64
+	if err := conn.QueryRow(context.Background(), fmt.Sprintf("SELECT sample_rate FROM %s.requests WHERE request_id = ?", db), requestID).Scan(&rate); err != nil {
+		tb.Fatal(err)
+	}
+	if rate != 1 {
+		tb.Fatalf("a row from before the sample rate reads sample_rate %v, want 1", rate)
+	}
+}

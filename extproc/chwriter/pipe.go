@@ -76,6 +76,7 @@ func finite(f *float64) {
 // burst of one never delays or drops the other.
 type pipe[R any] struct {
 	w    *Writer
+	sh   *shard
 	kind rowKind[R]
 
 	in       chan R
@@ -114,17 +115,18 @@ type pipe[R any] struct {
 }
 
 // openPipe opens the kind's spool and registers its metrics; start runs it.
-func openPipe[R any](w *Writer, kind rowKind[R]) (*pipe[R], error) {
-	sp, discarded, err := openSpool[R](filepath.Join(w.o.SpoolDir, kind.subdir), w.o.SpoolMaxBytes)
+func openPipe[R any](w *Writer, sh *shard, kind rowKind[R]) (*pipe[R], error) {
+	dir := filepath.Join(w.spoolDir(sh), kind.subdir)
+	sp, discarded, err := openSpool[R](dir, w.o.SpoolMaxBytes)
 	if err != nil {
 		return nil, err
 	}
 	if discarded > 0 {
-		w.log.Warn(kind.noun+" spool: discarded a torn tail left by a crash", "bytes", discarded, "dir", w.o.SpoolDir)
+		w.log.Warn(kind.noun+" spool: discarded a torn tail left by a crash", "bytes", discarded, "dir", dir)
 	}
 	base, cancel := context.WithCancel(context.Background())
 	p := &pipe[R]{
-		w: w, kind: kind,
+		w: w, sh: sh, kind: kind,
 		in:   make(chan R, w.o.QueueSize),
 		base: base, cancel: cancel,
 		wake:        make(chan struct{}, 1),
@@ -336,12 +338,12 @@ func (p *pipe[R]) inserter() {
 		case <-p.logDone:
 			if p.live() {
 				if err := p.insertPending(p.closeCtx, insertAll); err != nil {
-					p.w.log.Warn(p.kind.noun+" left in the spool for the next start", "err", err, "dir", p.w.o.SpoolDir)
+					p.w.log.Warn(p.kind.noun+" left in the spool for the next start", "err", err, "dir", p.w.spoolDir(p.sh))
 				}
 			}
 			return
 		case <-retention:
-			p.w.applyRetention(p.base, p.live())
+			p.w.applyRetention(p.base, p.sh, p.live())
 			continue
 		case <-p.wake:
 			mode = insertFull
@@ -356,7 +358,7 @@ func (p *pipe[R]) inserter() {
 			if p.base.Err() != nil {
 				return
 			}
-			p.w.log.Debug("clickhouse still unavailable", "rows", p.kind.noun, "err", err, "retry_in", backoff)
+			p.w.log.Debug("clickhouse still unavailable", "addr", p.sh.addr, "rows", p.kind.noun, "err", err, "retry_in", backoff)
 			retry = time.After(backoff)
 			backoff = min(2*backoff, p.w.o.RetryMax)
 			continue
@@ -439,7 +441,7 @@ func (p *pipe[R]) insertPending(ctx context.Context, mode insertMode) error {
 	}
 	if !live {
 		sctx, cancel := context.WithTimeout(ctx, p.w.o.InsertTimeout)
-		err := p.w.ensureSchema(sctx)
+		err := p.sh.ensureSchema(sctx)
 		cancel()
 		if err != nil {
 			return err
@@ -457,7 +459,7 @@ func (p *pipe[R]) insertPending(ctx context.Context, mode insertMode) error {
 				p.mu.Lock()
 				p.healthy = true
 				p.mu.Unlock()
-				p.w.log.Info("clickhouse live: "+p.kind.noun+" spool replayed", "addr", p.w.o.Addr)
+				p.w.log.Info("clickhouse live: "+p.kind.noun+" spool replayed", "addr", p.sh.addr)
 			}
 			return nil
 		}
@@ -495,7 +497,7 @@ func (p *pipe[R]) insertPending(ctx context.Context, mode insertMode) error {
 			p.spool.uncertain = max(p.spool.uncertain, end)
 			p.mu.Unlock()
 			if live {
-				p.w.log.Warn("clickhouse insert failed: "+p.kind.noun+" waits in the spool until it answers", "rows", len(batch), "err", err)
+				p.w.log.Warn("clickhouse insert failed: "+p.kind.noun+" waits in the spool until it answers", "addr", p.sh.addr, "rows", len(batch), "err", err)
 			}
 			return err
 		}
@@ -557,7 +559,7 @@ func (p *pipe[R]) insert(ctx context.Context, batch []R, dedup bool) (int, int, 
 
 func (p *pipe[R]) insertTable(ctx context.Context, t table[R], batch []R, dedup bool) (int, error) {
 	if dedup {
-		have, err := p.existingIDs(ctx, t.name, batch)
+		have, err := p.existingIDs(ctx, p.sh.lay.local(t.name), batch)
 		if err != nil {
 			return 0, err
 		}
@@ -574,7 +576,7 @@ func (p *pipe[R]) insertTable(ctx context.Context, t table[R], batch []R, dedup 
 	if len(batch) == 0 {
 		return 0, nil
 	}
-	b, err := p.w.conn.PrepareBatch(ctx, t.insertSQL(p.w.o.Database))
+	b, err := p.sh.conn.PrepareBatch(ctx, t.def().insertIntoSQL(p.w.o.Database, p.sh.lay.local(t.name)))
 	if err != nil {
 		return 0, fmt.Errorf("prepare insert into %s: %w", t.name, err)
 	}
@@ -619,7 +621,7 @@ func (p *pipe[R]) existingIDs(ctx context.Context, tbl string, batch []R) (map[s
 		for i := start; i < end; i++ {
 			ids = append(ids, *p.kind.id(&batch[i]))
 		}
-		rows, err := p.w.conn.Query(ctx, q, clickhouse.GroupSet{Value: ids})
+		rows, err := p.sh.conn.Query(ctx, q, clickhouse.GroupSet{Value: ids})
 		if err != nil {
 			return nil, fmt.Errorf("look up replayed ids in %s: %w", tbl, err)
 		}
@@ -669,8 +671,12 @@ func (p *pipe[R]) registerMetrics() error {
 		return nil
 	}
 	m, rows := p.kind.metric, p.kind.tables[0].name+" rows"
+	var labels prometheus.Labels // a cluster's shards count apart
+	if p.w.o.Cluster != "" {
+		labels = prometheus.Labels{"shard": fmt.Sprint(p.sh.num)}
+	}
 	counter := func(name, help string, v *atomic.Uint64) prometheus.Collector {
-		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: m + "_" + name, Help: help},
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: m + "_" + name, Help: help, ConstLabels: labels},
 			func() float64 { return float64(v.Load()) })
 	}
 	p.collectors = []prometheus.Collector{
@@ -680,7 +686,7 @@ func (p *pipe[R]) registerMetrics() error {
 		counter("dropped_total", rows+" lost: queue full, spool full or writer closed.", &p.dropped),
 		counter("replayed_total", rows+" inserted into ClickHouse from the spool.", &p.replayed),
 		counter("replay_skipped_total", "Spooled "+rows+" found already in ClickHouse on replay.", &p.skipped),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: m + "_spool_bytes", Help: "Size of the " + p.kind.tables[0].name + " spool file."},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: m + "_spool_bytes", Help: "Size of the " + p.kind.tables[0].name + " spool file.", ConstLabels: labels},
 			func() float64 { return float64(p.spoolBytes.Load()) }),
 	}
 	for i, c := range p.collectors {

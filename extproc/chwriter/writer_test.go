@@ -451,33 +451,14 @@ func TestMigrationAddsColumnsAnOlderTableLacks(t *testing.T) {
 	db := chtest.NewDatabase()
 	conn := chtest.Connect(t, ch)
 	ctx := context.Background()
-	old := table[extproc.Record]{name: requestsTable.name, cols: requestsTable.cols[:10]}
-	for _, q := range []string{"CREATE DATABASE " + db, old.createSQL(db)} {
-		if err := conn.Exec(ctx, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	// A row of the older release, which had only those columns: it reads
-	// the zero of each column added since, and sample_rate 1 (it measured
-	// every request).
+	// A row of the older release, which had only the first ten columns:
+	// it reads the zero of each column added since, and sample_rate 1 (it
+	// measured every request).
 	oldRow := extproc.Record{
 		Time: time.Now().Add(-time.Minute), RequestID: "from-the-older-release",
 		Model: "llama", Version: "v0", Cluster: "pool-0", Path: "/v1/completions", Bucket: 7,
 	}
-	b, err := conn.PrepareBatch(ctx, old.insertSQL(db))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vals []any
-	for _, c := range old.cols {
-		vals = append(vals, c.value(&oldRow))
-	}
-	if err := b.Append(vals...); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Send(); err != nil {
-		t.Fatal(err)
-	}
+	createOlderRequests(t, conn, db, 10, oldRow)
 	w := newWriter(t, Options{Addr: ch.Addr, Database: db})
 	recs := makeRecords(10, time.Now())
 	for _, r := range recs {
@@ -494,13 +475,7 @@ func TestMigrationAddsColumnsAnOlderTableLacks(t *testing.T) {
 	if len(have) != len(requestColumns) {
 		t.Fatalf("table has %d columns after migration, want %d", len(have), len(requestColumns))
 	}
-	var rate float64
-	if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT sample_rate FROM %s.requests WHERE request_id = ?", db), oldRow.RequestID).Scan(&rate); err != nil {
-		t.Fatal(err)
-	}
-	if rate != 1 {
-		t.Fatalf("a row from before the sample rate reads sample_rate %v, want 1", rate)
-	}
+	assertStoredAtRateOne(t, conn, db, oldRow.RequestID)
 }
 
 func TestDropPartitionsBeforeKeepsRecentDays(t *testing.T) {
@@ -554,7 +529,8 @@ func TestParseVersionAndExtras(t *testing.T) {
 		{"18.16.1", 30, 0},
 		{"19.5.4.22", 30, 0},
 		{"19.6.1", 30, len(tables)},
-		{"24.3.1.2672", 7, len(tables)},
+		{"22.2.3", 7, len(tables)},
+		{"24.3.1.2672", 7, 2 * len(tables)},
 		{"24.3.1.2672", 0, 0},
 	}
 	for _, tc := range cases {

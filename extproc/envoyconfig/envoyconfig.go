@@ -221,7 +221,7 @@ const (
 // AccessLogHeaders are the request headers every access-log entry carries
 // beyond Envoy's standard properties (which include x-request-id): those
 // the wasm filter and the route set on the request.
-var AccessLogHeaders = []string{wire.HeaderModel, wire.HeaderBucket, wire.HeaderForce, wire.HeaderSampleRate}
+var AccessLogHeaders = []string{wire.HeaderModel, wire.HeaderBucket, wire.HeaderForce, wire.HeaderSampleRate, wire.HeaderAssigned}
 
 // AccessLogResponseHeaders are the response headers every entry carries:
 // the served version, which the route adds per weighted cluster.

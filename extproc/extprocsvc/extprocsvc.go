@@ -42,6 +42,17 @@ type Options struct {
 	// ClickHouse is the native-protocol address; empty logs each record
 	// instead.
 	ClickHouse string `json:"clickhouse"`
+	// ClickHouseCluster names the ClickHouse cluster, as the servers'
+	// remote_servers config does, that the telemetry is sharded over;
+	// ClickHouseShards are its shards' native-protocol addresses, one per
+	// shard in remote_servers order (repeated, or comma-separated). With
+	// them ClickHouse stays empty. See chwriter.Options.Cluster.
+	ClickHouseCluster string   `json:"clickhouse-cluster"`
+	ClickHouseShards  []string `json:"clickhouse-shards"`
+	// ClickHouseReplicaPath makes the tables ReplicatedMergeTree under
+	// this coordinator path, e.g. /clickhouse/tables/{shard}/llmcanary;
+	// the servers need ZooKeeper or ClickHouse Keeper. Empty: MergeTree.
+	ClickHouseReplicaPath string `json:"clickhouse-replica-path"`
 	// Database is the ClickHouse database; empty means wire.Database.
 	Database string `json:"database"`
 	// SpoolDir is where records wait while ClickHouse is away.
@@ -108,6 +119,7 @@ func (o Options) Validate() error {
 			errs = append(errs, errors.New("--spool-dir is required with --clickhouse"))
 		}
 	}
+	errs = append(errs, o.validateCluster()...)
 	if o.RetentionDays < 0 {
 		errs = append(errs, errors.New("--retention-days must not be negative"))
 	}
@@ -216,7 +228,8 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 		lis.Close()
 		return fail(err)
 	}
-	log.Info("ext_proc service listening", "grpc", s.Addr, "tls", o.TLS.Enabled(), "clickhouse", o.ClickHouse)
+	log.Info("ext_proc service listening", "grpc", s.Addr, "tls", o.TLS.Enabled(), "clickhouse", o.ClickHouse,
+		"clickhouse_cluster", o.ClickHouseCluster, "clickhouse_shards", o.shards())
 	if o.MetricsListen != "" {
 		ml, err := net.Listen("tcp", o.MetricsListen)
 		if err != nil {
@@ -342,15 +355,18 @@ func (s *Service) Restart() error {
 }
 
 // openSink opens where records go: the ClickHouse writer when an address
-// is given, else a sink that logs each record.
+// or a cluster is given, else a sink that logs each record.
 func (s *Service) openSink(ctx context.Context) error {
-	if s.o.ClickHouse == "" {
+	if s.o.ClickHouse == "" && s.o.ClickHouseCluster == "" {
 		s.log.Warn("no --clickhouse address: records are only logged")
 		s.sink, s.closeSink = logSink{log: s.log}, func(context.Context) error { return nil }
 		return nil
 	}
 	w, err := chwriter.New(ctx, chwriter.Options{
 		Addr:          s.o.ClickHouse,
+		Cluster:       s.o.ClickHouseCluster,
+		Shards:        s.o.shards(),
+		ReplicaPath:   s.o.ClickHouseReplicaPath,
 		Database:      s.o.Database,
 		SpoolDir:      s.o.SpoolDir,
 		RetentionDays: s.o.RetentionDays,

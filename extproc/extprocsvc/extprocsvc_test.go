@@ -51,3 +51,38 @@ func TestServiceServesMetricsAndStops(t *testing.T) {
 		t.Fatal("metrics still served after Stop")
 	}
 }
+
+func TestValidateClusterFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  func(o *Options)
+		want string // "" valid
+	}{
+		{"cluster with comma-separated shards", func(o *Options) {
+			o.ClickHouseCluster, o.ClickHouseShards = "tel", []string{"a:9000,b:9000"}
+		}, ""},
+		{"cluster with repeated shards", func(o *Options) {
+			o.ClickHouseCluster, o.ClickHouseShards = "tel", []string{"a:9000", "b:9000"}
+		}, ""},
+		{"cluster without shards", func(o *Options) { o.ClickHouseCluster = "tel" }, "needs --clickhouse-shards"},
+		{"shards without cluster", func(o *Options) { o.ClickHouseShards = []string{"a:9000"} }, "needs --clickhouse-cluster"},
+		{"cluster and lone server", func(o *Options) {
+			o.ClickHouse, o.ClickHouseCluster, o.ClickHouseShards = "a:9000", "tel", []string{"a:9000"}
+		}, "exclude each other"},
+		{"shard without port", func(o *Options) {
+			o.ClickHouseCluster, o.ClickHouseShards = "tel", []string{"a:9000,b"}
+		}, `--clickhouse-shards "b"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := Defaults()
+			tc.set(&o)
+			err := o.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("Validate: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("Validate: %v, want an error saying %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -31,6 +31,7 @@ type Server struct {
 	Client *clientv3.Client
 
 	etcd *embed.Etcd
+	cfg  *embed.Config
 }
 
 // Start runs a member in a temporary directory and stops it when the test
@@ -56,7 +57,23 @@ func Start(tb testing.TB) *Server {
 	cfg.LogLevel = "error"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 
-	e, err := embed.StartEtcd(cfg)
+	s := &Server{Endpoints: []string{client.String()}, cfg: cfg}
+	s.start(tb)
+	s.Client, err = clientv3.New(clientv3.Config{Endpoints: s.Endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		s.Stop()
+		tb.Fatalf("etcd: client: %v", err)
+	}
+	tb.Cleanup(func() {
+		s.Client.Close()
+		s.Stop()
+	})
+	return s
+}
+
+func (s *Server) start(tb testing.TB) {
+	tb.Helper()
+	e, err := embed.StartEtcd(s.cfg)
 	if err != nil {
 		tb.Fatalf("etcd: start: %v", err)
 	}
@@ -69,17 +86,25 @@ func Start(tb testing.TB) *Server {
 		e.Close()
 		tb.Fatalf("etcd: not ready after %s", startTimeout)
 	}
-	s := &Server{Endpoints: []string{client.String()}, etcd: e}
-	s.Client, err = clientv3.New(clientv3.Config{Endpoints: s.Endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		e.Close()
-		tb.Fatalf("etcd: client: %v", err)
+	s.etcd = e
+}
+
+// Stop stops the member, as an outage would; clients stay open and
+// reconnect once Restart brings it back.
+func (s *Server) Stop() {
+	if s.etcd != nil {
+		s.etcd.Close()
+		s.etcd = nil
 	}
-	tb.Cleanup(func() {
-		s.Client.Close()
-		e.Close()
-	})
-	return s
+}
+
+// Restart starts the stopped member again on the same ports and data.
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	if s.etcd != nil {
+		tb.Fatal("etcd: restart of a running member")
+	}
+	s.start(tb)
 }
 
 // Put writes key=value, failing the test on error.

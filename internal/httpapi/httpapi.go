@@ -11,8 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -90,11 +92,27 @@ func (e *APIError) Error() string {
 
 // Client calls one of the APIs. Safe for concurrent use.
 type Client struct {
-	API     string // name used in errors, e.g. "management api"
+	API string // name used in errors, e.g. "management api"
+	// BaseURL is the API's base URL, or several separated by commas: the
+	// replicas of a control plane, or the analyzers of which one leads.
+	// A request goes to the one that last answered and moves on to the
+	// next when that one is unreachable or answers 503 (unavailable, or
+	// not the leader), which never applied the request. An answer that
+	// may have been lost in transit is retried on another URL only for
+	// methods that can be repeated (GET, PUT, DELETE).
 	BaseURL string
 	Token   string
 	Actor   string // sent as X-Llmcanary-Actor, recorded in audit trails
 	HTTP    *http.Client
+
+	preferred atomic.Int32 // index in BaseURL of the last URL that answered
+}
+
+// As returns a client like c that names actor in its requests.
+func (c *Client) As(actor string) *Client {
+	n := &Client{API: c.API, BaseURL: c.BaseURL, Token: c.Token, Actor: actor, HTTP: c.HTTP}
+	n.preferred.Store(c.preferred.Load())
+	return n
 }
 
 // Do sends in as JSON (if not nil) and decodes a 2xx answer into out (if
@@ -122,17 +140,44 @@ func (c *Client) DoHeader(ctx context.Context, method, path string, in, out any)
 // headers as they came (an HTML report, say); any other answer is an
 // *APIError.
 func (c *Client) DoRaw(ctx context.Context, method, path string, in any) ([]byte, http.Header, error) {
-	var body io.Reader
+	var payload []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return nil, nil, err
 		}
-		body = bytes.NewReader(b)
+		payload = b
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
+	urls := strings.Split(c.BaseURL, ",")
+	first := int(c.preferred.Load()) % len(urls)
+	var err error
+	for i := range urls {
+		n := (first + i) % len(urls)
+		var b []byte
+		var h http.Header
+		var retry bool
+		b, h, retry, err = c.doOnce(ctx, method, strings.TrimRight(strings.TrimSpace(urls[n]), "/")+path, payload)
+		if !retry || ctx.Err() != nil {
+			if err == nil {
+				c.preferred.Store(int32(n))
+			}
+			return b, h, err
+		}
+	}
+	return nil, nil, err
+}
+
+// doOnce sends one request to url. retry says whether another URL may be
+// tried: this one was not reached, or answered 503, or the answer was lost
+// for a method that can be repeated.
+func (c *Client) doOnce(ctx context.Context, method, url string, payload []byte) (b []byte, h http.Header, retry bool, err error) {
+	var body io.Reader
+	if payload != nil {
+		body = bytes.NewReader(payload)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, body)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.Token)
 	req.Header.Set("Content-Type", "application/json")
@@ -143,19 +188,23 @@ func (c *Client) DoRaw(ctx context.Context, method, path string, in any) ([]byte
 	if hc == nil {
 		hc = &http.Client{Timeout: 30 * time.Second}
 	}
+	repeatable := method == http.MethodGet || method == http.MethodPut || method == http.MethodDelete
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", c.API, err)
+		var op *net.OpError
+		notSent := errors.As(err, &op) && op.Op == "dial"
+		return nil, nil, notSent || repeatable, fmt.Errorf("%s: %w", c.API, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
+	b, err = io.ReadAll(resp.Body)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", c.API, err)
+		return nil, nil, repeatable, fmt.Errorf("%s: %w", c.API, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		var eb ErrorBody
 		_ = json.Unmarshal(b, &eb)
-		return nil, nil, &APIError{API: c.API, Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
+		return nil, nil, resp.StatusCode == http.StatusServiceUnavailable,
+			&APIError{API: c.API, Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
 	}
-	return b, resp.Header, nil
+	return b, resp.Header, false, nil
 }

@@ -66,6 +66,10 @@ type Options struct {
 	// ext_proc service writing to it and adds the ext_proc filter.
 	ClickHouse bool
 	Telemetry  bool
+	// ClickHouseShards, when 2 or more, starts that many servers as the
+	// shards of the cluster ClusterName instead of one server, and the
+	// telemetry shards its rows over them.
+	ClickHouseShards int
 	// ExtProcAddr points the gateway's ext_proc filter at a telemetry
 	// service running elsewhere (a `llmcanary extproc` process) instead of
 	// the in-process one; it needs ClickHouse and excludes Telemetry.
@@ -85,12 +89,17 @@ type Options struct {
 // Local is a running local stack: the control plane (in process), Envoy
 // gateways (real processes) and whatever pools the caller adds.
 type Local struct {
-	CP         *xds.ControlPlane
+	CP *xds.ControlPlane
+	// ClickHouse is the stack's server; with ClickHouseShards, the first
+	// shard, whose Distributed tables read the whole cluster.
 	ClickHouse *procs.ClickHouse
-	Telemetry  *extprocsvc.Service
-	Envoys     []*procs.Envoy
-	Gateway    []string // listener address of each Envoy
-	API        *xds.Client
+	// Shards are the cluster's servers, in shard order; nil without
+	// ClickHouseShards.
+	Shards    []*procs.ClickHouse
+	Telemetry *extprocsvc.Service
+	Envoys    []*procs.Envoy
+	Gateway   []string // listener address of each Envoy
+	API       *xds.Client
 	// Certs is the stack's certificate directory; empty when Plaintext.
 	// A telemetry service started elsewhere (ExtProcAddr) serves
 	// Certs.ServerFiles().
@@ -99,6 +108,9 @@ type Local struct {
 	opts   xds.Options
 	closer []func()
 }
+
+// ClusterName names the ClickHouse cluster of a stack with ClickHouseShards.
+const ClusterName = "telemetry"
 
 // DevToken is the management API token of local stacks.
 const DevToken = "llmcanary-dev-token"
@@ -141,7 +153,19 @@ func Start(ctx context.Context, o Options) (*Local, error) {
 		cpo.TLS = l.Certs.ServerFiles()
 		l.opts = cpo
 	}
-	if o.ClickHouse || o.Telemetry {
+	if (o.ClickHouse || o.Telemetry) && o.ClickHouseShards >= 2 {
+		dirs := make([]string, o.ClickHouseShards)
+		for i := range dirs {
+			dirs[i] = filepath.Join(o.Dir, fmt.Sprintf("clickhouse-shard-%d", i+1))
+		}
+		if l.Shards, err = procs.StartClickHouseCluster(ctx, ClusterName, dirs); err != nil {
+			return nil, err
+		}
+		for _, ch := range l.Shards {
+			l.OnStop(func() { ch.Stop() })
+		}
+		l.ClickHouse = l.Shards[0]
+	} else if o.ClickHouse || o.Telemetry {
 		ch, err := procs.StartClickHouse(ctx, procs.ClickHouseOptions{Dir: filepath.Join(o.Dir, "clickhouse")})
 		if err != nil {
 			return nil, err

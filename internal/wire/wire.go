@@ -22,6 +22,18 @@ const (
 	// HeaderCategory routes a request category to a version chosen by the
 	// operator (category overrides in the desired state).
 	HeaderCategory = "x-llmcanary-category"
+	// HeaderCohort names the cohort a request belongs to (e.g. internal),
+	// set by a trusted hop in front of Envoy; the wasm filter honours it
+	// only when the operator says that hop is trusted, or with a valid
+	// HeaderKey, and removes it otherwise.
+	HeaderCohort = "x-llmcanary-cohort"
+	// HeaderAssigned is set by the wasm filter alone (a client's own is
+	// always removed) when a cohort rule, not the bucket, decides the
+	// request's version: AssignedOptIn or AssignedExcluded. The model's
+	// cohort routes match it; the telemetry labels the request with it and
+	// the analyzer leaves such requests out of the comparison (they are
+	// not randomised).
+	HeaderAssigned = "x-llmcanary-assigned"
 	// HeaderRequestID is the request id: a client's own when well-formed,
 	// else Envoy's or the wasm filter's. Every response carries it; it keys
 	// the telemetry row and feedback.
@@ -39,6 +51,15 @@ const (
 	// share of its arm's users that are measured, in (0, 1]. Envoy's access
 	// log records it; absent means the request was not measured.
 	HeaderSampleRate = "x-llmcanary-sample-rate"
+)
+
+// Values of HeaderAssigned.
+const (
+	// AssignedOptIn: an opt-in user, sent to the canary at any canary
+	// weight above 0.
+	AssignedOptIn = "opt_in"
+	// AssignedExcluded: an excluded user or tenant, never sent to a canary.
+	AssignedExcluded = "excluded"
 )
 
 // SampleScale is the range of the sampling keys: rates are set in steps

@@ -432,7 +432,11 @@ func (g *gateway) drain(before map[string]float64, n int) map[string]float64 {
 		return nil
 	}
 	deadline := time.Now().Add(60 * time.Second)
-	tick := time.NewTicker(20 * time.Millisecond)
+	// Each look gathers every metric of the service, process statistics
+	// included (about 0.2 ms of its CPU), and the rows arrive in batches
+	// (Envoy's access log every 100 ms, inserts of up to a second's rows),
+	// so a look every 100 ms costs the service little and waits little.
+	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		m := g.telemetry()

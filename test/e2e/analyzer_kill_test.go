@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -13,11 +14,12 @@ import (
 )
 
 // startAnalyzerProcess runs `llmcanary analyzer` as a real process over
-// the fleet, so a test can SIGKILL it at the moment that matters.
-func startAnalyzerProcess(t testing.TB, f *fleet, policyYAML string) *procs.Analyzer {
+// the fleet, so a test can SIGKILL it at the moment that matters; args
+// are extra flags.
+func startAnalyzerProcess(t testing.TB, f *fleet, policyYAML string, args ...string) *procs.Analyzer {
 	t.Helper()
 	o := procs.AnalyzerOptions{Dir: t.TempDir(), ControlPlane: f.API.BaseURL, Token: local.DevToken,
-		ClickHouse: f.ClickHouse.Addr, PolicyYAML: policyYAML, Args: []string{"--interval", "200ms"}}
+		ClickHouse: f.ClickHouse.Addr, PolicyYAML: policyYAML, Args: append([]string{"--interval", "200ms"}, args...)}
 	if f.Certs != "" {
 		o.CA = f.Certs.CA()
 	}
@@ -27,6 +29,23 @@ func startAnalyzerProcess(t testing.TB, f *fleet, policyYAML string) *procs.Anal
 	}
 	t.Cleanup(func() { a.Proc.Stop(5 * time.Second) })
 	return a
+}
+
+// processPolicy is the YAML policy of the analyzer process tests: 10 %
+// for at least 2 s and 100 canary requests, then 50 % for at least
+// second and samples, then the promotion; judged on errors, latency and
+// TTFT.
+func processPolicy(second string, samples int, maxStage string) string {
+	return fmt.Sprintf(`
+stages:
+  - {weight: 10, min_duration: 2s, min_samples: 100}
+  - {weight: 50, min_duration: %s, min_samples: %d}
+  - {weight: 100}
+max_stage_duration: %s
+min_test_samples: 50
+tolerances: {error_rate: 0.05, latency: 0.25, ttft: 0.25}
+required: [error_rate, latency]
+`, second, samples, maxStage)
 }
 
 func analyzerClient(a *procs.Analyzer) *analyzer.Client {
@@ -42,16 +61,7 @@ func analyzerClient(a *procs.Analyzer) *analyzer.Client {
 // weights already in place.
 func TestAnalyzerKilledAtAStageChangeNeverRevertsTheRollout(t *testing.T) {
 	f := telemetryFleet(t, analyzerProfile("v1", 0), analyzerProfile("v2", 0))
-	a := startAnalyzerProcess(t, f, `
-stages:
-  - {weight: 10, min_duration: 2s, min_samples: 100}
-  - {weight: 50, min_duration: 5m, min_samples: 100}
-  - {weight: 100}
-max_stage_duration: 10m
-min_test_samples: 50
-tolerances: {error_rate: 0.05, latency: 0.25, ttft: 0.25}
-required: [error_rate, latency]
-`)
+	a := startAnalyzerProcess(t, f, processPolicy("5m", 100, "10m"))
 	stop, _ := drive(t, f)
 	defer stop()
 	ctx := context.Background()

@@ -63,6 +63,11 @@ type Plugin struct {
 	// categorySource is the configured CategoryHeader, lower-case, when it
 	// is not x-llmcanary-category itself; else empty.
 	categorySource string
+	// cohortHeader and tenantHeader are the configured CohortHeader and
+	// TenantHeader, lower-case ("" when there is no tenant header).
+	cohortHeader, tenantHeader string
+	// cohorts are the models' cohorts, by model.
+	cohorts map[string]modelCohorts
 }
 
 // NewPlugin prepares cfg (defaults applied, then validated).
@@ -81,6 +86,13 @@ func NewPlugin(cfg filterconfig.Config) (*Plugin, error) {
 	}
 	if ch := strings.ToLower(cfg.CategoryHeader); ch != wire.HeaderCategory {
 		p.categorySource = ch
+	}
+	p.cohortHeader, p.tenantHeader = strings.ToLower(cfg.CohortHeader), strings.ToLower(cfg.TenantHeader)
+	if len(cfg.Cohorts) > 0 {
+		p.cohorts = make(map[string]modelCohorts, len(cfg.Cohorts))
+		for _, mc := range cfg.Cohorts {
+			p.cohorts[mc.Model] = modelCohorts{newMemberSet(mc.OptIn), newMemberSet(mc.Excluded)}
+		}
 	}
 	for _, s := range cfg.Identity {
 		if s.BodyField != "" {
@@ -114,6 +126,10 @@ type Stream struct {
 	holding bool // headers held until the body has named the model
 	replied bool // a local response was sent
 	size    int  // body bytes buffered so far
+	model   string
+	// cohort and tenant are the request's cohort (when its header may be
+	// trusted) and tenant header values, "" when absent.
+	cohort, tenant string
 }
 
 // OnRequestHeaders sanitises the llmcanary headers a client sent, then either
@@ -130,6 +146,10 @@ func (s *Stream) OnRequestHeaders(endOfStream bool) Action {
 	if err := s.sanitise(&h); err != nil {
 		s.h.Warn("llmcanary: " + err.Error())
 		return s.reply(errInternal())
+	}
+	s.tenant = h.tenant.v
+	if s.p.cfg.CohortHeaderTrusted || (h.key.ok && s.p.keys.Accepts(h.key.v)) {
+		s.cohort = h.cohort.v
 	}
 	path, _, _ := strings.Cut(h.path.v, "?")
 	if h.method.v != "POST" || !BodyPaths[path] {
@@ -159,6 +179,7 @@ type requestHeaders struct {
 	method, path, contentLength, requestID header
 	key, force, model, category            header
 	categorySource                         header // the configured CategoryHeader, when it is another header
+	cohort, tenant, assigned               header // the configured CohortHeader and TenantHeader, and wire.HeaderAssigned
 }
 
 // readHeaders finds the headers the filter reads in hs. Names are compared
@@ -173,6 +194,12 @@ func (p *Plugin) readHeaders(hs [][2]string) requestHeaders {
 	for _, kv := range hs {
 		if kv[0] == p.categorySource {
 			first(&r.categorySource, kv[1])
+		}
+		if kv[0] == p.cohortHeader {
+			first(&r.cohort, kv[1])
+		}
+		if kv[0] == p.tenantHeader {
+			first(&r.tenant, kv[1])
 		}
 		switch kv[0] {
 		case ":method":
@@ -191,6 +218,8 @@ func (p *Plugin) readHeaders(hs [][2]string) requestHeaders {
 			first(&r.model, kv[1])
 		case wire.HeaderCategory:
 			first(&r.category, kv[1])
+		case wire.HeaderAssigned:
+			first(&r.assigned, kv[1])
 		}
 	}
 	return r
@@ -244,6 +273,7 @@ func (s *Stream) bodyDone() Action {
 		return s.reply(errInternal())
 	}
 	s.req.BodyFields = b.Fields
+	s.model = b.Model
 	s.holding = false
 	return s.finish()
 }
@@ -252,10 +282,19 @@ func (s *Stream) bodyDone() Action {
 // to the router.
 func (s *Stream) finish() Action {
 	var k Keys
-	if id, ok := Identity(s.p.cfg.Identity, s.req); ok {
+	id, ok := Identity(s.p.cfg.Identity, s.req)
+	if ok {
 		k = s.p.bucketer.Keys(id)
 	} else {
 		k = RandomKeys(s.p.random)
+	}
+	if c, ok := s.p.cohorts[s.model]; ok {
+		if rule := c.of(id, s.cohort, s.tenant); rule != "" {
+			if err := s.h.SetRequestHeader(wire.HeaderAssigned, rule); err != nil {
+				s.h.Warn("llmcanary: " + err.Error())
+				return s.reply(errInternal())
+			}
+		}
 	}
 	// The three values are written into one buffer and made one string,
 	// which each header value is a part of: one allocation, not three.
@@ -278,8 +317,9 @@ func (s *Stream) finish() Action {
 }
 
 // sanitise removes or rewrites what a client may not decide: the key is
-// never forwarded, force survives only with a valid key, the model header is
-// the filter's alone, the category comes from the configured header only
+// never forwarded, force survives only with a valid key, the model header and
+// the cohort assignment are the filter's alone, the cohort header is
+// removed (read first only when trusted or sent with a valid key), the category comes from the configured header only
 // when the operator trusts the hop that sets it (else it is dropped), and
 // a request id (Envoy keeps a client's own) that is not well-formed is
 // replaced by a fresh one, which Envoy then returns in the response.
@@ -298,6 +338,13 @@ func (s *Stream) sanitise(h *requestHeaders) error {
 	}
 	remove(h.key, wire.HeaderKey)
 	remove(h.model, wire.HeaderModel)
+	remove(h.assigned, wire.HeaderAssigned)
+	// x-llmcanary-cohort never reaches a pool: it is read here, when it
+	// may be trusted, and the decision travels in wire.HeaderAssigned. A
+	// configured header of the operator's own is left as it is.
+	if s.p.cohortHeader == wire.HeaderCohort {
+		remove(h.cohort, wire.HeaderCohort)
+	}
 	switch {
 	case !s.p.cfg.CategoryHeaderTrusted:
 		remove(h.category, wire.HeaderCategory)

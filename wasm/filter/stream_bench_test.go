@@ -1,6 +1,7 @@
 package filter
 
 import (
+	"strconv"
 	"testing"
 
 	"github.com/llmcanary/llmcanary/internal/wire"
@@ -29,7 +30,24 @@ func (h *countingHost) Warn(string) {}
 // OpenAI clients send them, a small JSON body naming the model and the
 // user), without the host calls' own cost.
 func BenchmarkStreamRoutesAChatRequest(b *testing.B) {
-	p, err := NewPlugin(filterconfig.Config{HashKey: string(testKey), ForceKeys: []string{filterconfig.ForceKeyDigest("op-key")}, Models: []string{"m1"}})
+	benchStream(b, filterconfig.Config{HashKey: string(testKey), ForceKeys: []string{filterconfig.ForceKeyDigest("op-key")}, Models: []string{"m1"}})
+}
+
+// BenchmarkStreamRoutesAChatRequestWithCohorts is the same request when
+// its model has cohorts of 10000 members (the most a model may have) and
+// the user is in none: the cost of looking the request up.
+func BenchmarkStreamRoutesAChatRequestWithCohorts(b *testing.B) {
+	var optIn, excluded filterconfig.Members
+	for i := range filterconfig.MaxCohortMembers / 2 {
+		optIn.Identities = append(optIn.Identities, "beta-"+strconv.Itoa(i))
+		excluded.Identities = append(excluded.Identities, "vip-"+strconv.Itoa(i))
+	}
+	benchStream(b, filterconfig.Config{HashKey: string(testKey), ForceKeys: []string{filterconfig.ForceKeyDigest("op-key")}, Models: []string{"m1"},
+		Cohorts: []filterconfig.ModelCohorts{{Model: "m1", OptIn: optIn, Excluded: excluded}}, TenantHeader: "x-tenant-id"})
+}
+
+func benchStream(b *testing.B, cfg filterconfig.Config) {
+	p, err := NewPlugin(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}

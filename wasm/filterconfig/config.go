@@ -60,6 +60,24 @@ type Config struct {
 	// Off (the default), every client's x-llmcanary-category is dropped:
 	// a client must not pick its version by naming a category.
 	CategoryHeaderTrusted bool `json:"category_header_trusted,omitempty"`
+	// Cohorts are the models' opt-in and excluded users. The filter marks
+	// a member's request with wire.HeaderAssigned, which a route of the
+	// model's matches to send it to the canary or to stable.
+	Cohorts []ModelCohorts `json:"cohorts,omitempty"`
+	// CohortHeader is the request header whose value names a request's
+	// cohort (matched against Members.Cohorts). Empty means
+	// x-llmcanary-cohort.
+	CohortHeader string `json:"cohort_header,omitempty"`
+	// CohortHeaderTrusted says that a hop in front of Envoy sets
+	// CohortHeader itself and never passes on a client's own. Only then,
+	// or with a valid x-llmcanary-key, is the header read; otherwise it is
+	// removed: a client must not opt itself into a canary by naming a
+	// cohort.
+	CohortHeaderTrusted bool `json:"cohort_header_trusted,omitempty"`
+	// TenantHeader is the request header whose value is the tenant
+	// (matched against Members.Tenants). Required when a model lists
+	// tenants.
+	TenantHeader string `json:"tenant_header,omitempty"`
 }
 
 // DefaultIdentity returns the identity sources used when none are
@@ -81,6 +99,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.CategoryHeader == "" {
 		c.CategoryHeader = wire.HeaderCategory
+	}
+	if c.CohortHeader == "" {
+		c.CohortHeader = wire.HeaderCohort
 	}
 	return c
 }
@@ -120,6 +141,23 @@ func (c Config) Validate() error {
 			bad("models[" + strconv.Itoa(i) + "]: duplicate " + strconv.Quote(m))
 		}
 		seen[m] = true
+	}
+	cohortsOf := map[string]bool{}
+	for i, mc := range c.Cohorts {
+		p := "cohorts[" + strconv.Itoa(i) + "]"
+		switch {
+		case !seen[mc.Model]:
+			bad(p + ": model " + strconv.Quote(mc.Model) + " is not one of models")
+		case cohortsOf[mc.Model]:
+			bad(p + ": model " + strconv.Quote(mc.Model) + " given twice")
+		}
+		cohortsOf[mc.Model] = true
+		if err := mc.Validate(); err != nil {
+			bad(p + ": " + err.Error())
+		}
+		if c.TenantHeader == "" && (len(mc.OptIn.Tenants) > 0 || len(mc.Excluded.Tenants) > 0) {
+			bad(p + ": lists tenants but tenant_header is not set")
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -34,37 +34,67 @@ func decodeStrict(data []byte, c *Config) error {
 		{"models", stringsInto(&c.Models)},
 		{"category_header", stringInto(&c.CategoryHeader)},
 		{"category_header_trusted", boolInto(&c.CategoryHeaderTrusted)},
+		{"cohorts", func(p string, v jsonscan.Value) error { return decodeCohorts(p, v, &c.Cohorts) }},
+		{"cohort_header", stringInto(&c.CohortHeader)},
+		{"cohort_header_trusted", boolInto(&c.CohortHeaderTrusted)},
+		{"tenant_header", stringInto(&c.TenantHeader)},
 	})
 }
 
 func decodeSources(path string, v jsonscan.Value, dst *[]Source) error {
+	return decodeObjects(path, v, dst, func(p string, e jsonscan.Value, s *Source) error {
+		if e.Kind != jsonscan.Object {
+			return typeError(p, "an object", e)
+		}
+		return decodeObject(e, p, []field{
+			{"header", stringInto(&s.Header)},
+			{"cookie", stringInto(&s.Cookie)},
+			{"body_field", stringInto(&s.BodyField)},
+		})
+	})
+}
+
+func decodeCohorts(path string, v jsonscan.Value, dst *[]ModelCohorts) error {
+	return decodeObjects(path, v, dst, func(p string, e jsonscan.Value, mc *ModelCohorts) error {
+		return decodeObject(e, p, []field{
+			{"model", stringInto(&mc.Model)},
+			{"opt_in", membersInto(&mc.OptIn)},
+			{"excluded", membersInto(&mc.Excluded)},
+		})
+	})
+}
+
+// decodeObjects decodes the array v into dst, each element by elem with
+// its path.
+func decodeObjects[T any](path string, v jsonscan.Value, dst *[]T, elem func(p string, e jsonscan.Value, x *T) error) error {
 	if v.Kind != jsonscan.Array {
 		return typeError(path, "an array", v)
 	}
-	out := []Source{}
+	out := []T{}
 	var err error
 	jsonscan.Elements(v.Raw, func(e jsonscan.Value) {
 		if err != nil {
 			return
 		}
-		var s Source
-		p := path + "[" + strconv.Itoa(len(out)) + "]"
-		if e.Kind != jsonscan.Object {
-			err = typeError(p, "an object", e)
-			return
-		}
-		err = decodeObject(e, p, []field{
-			{"header", stringInto(&s.Header)},
-			{"cookie", stringInto(&s.Cookie)},
-			{"body_field", stringInto(&s.BodyField)},
-		})
-		out = append(out, s)
+		var x T
+		err = elem(path+"["+strconv.Itoa(len(out))+"]", e, &x)
+		out = append(out, x)
 	})
 	if err != nil {
 		return err
 	}
 	*dst = out
 	return nil
+}
+
+func membersInto(m *Members) func(string, jsonscan.Value) error {
+	return func(path string, v jsonscan.Value) error {
+		return decodeObject(v, path, []field{
+			{"identities", stringsInto(&m.Identities)},
+			{"cohorts", stringsInto(&m.Cohorts)},
+			{"tenants", stringsInto(&m.Tenants)},
+		})
+	}
 }
 
 // field is one member an object may have: its JSON name and how its value

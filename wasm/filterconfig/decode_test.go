@@ -37,6 +37,12 @@ func fullConfig() Config {
 		Models:                []string{"m1", "m2"},
 		CategoryHeader:        "x-task",
 		CategoryHeaderTrusted: true,
+		Cohorts: []ModelCohorts{{Model: "m1",
+			OptIn:    Members{Identities: []string{"alice"}, Cohorts: []string{"internal"}, Tenants: []string{"acme"}},
+			Excluded: Members{Identities: []string{"bob"}, Cohorts: []string{"press"}, Tenants: []string{"bank"}}}},
+		CohortHeader:        "x-cohort",
+		CohortHeaderTrusted: true,
+		TenantHeader:        "x-tenant",
 	}
 }
 

@@ -16,10 +16,25 @@ import (
 // inserted.
 func WriteRecords(tb testing.TB, ch *procs.ClickHouse, db string, recs []extproc.Record) {
 	tb.Helper()
-	w, err := chwriter.New(context.Background(), chwriter.Options{
-		Addr: ch.Addr, Database: db, SpoolDir: tb.TempDir(),
-		BatchSize: 5000, QueueSize: len(recs) + 1,
-	})
+	writeRecords(tb, chwriter.Options{Addr: ch.Addr, Database: db}, recs)
+}
+
+// WriteRecordsToCluster stores recs in database db of the cluster named
+// cluster whose shards are servers, in order, each row on the shard of
+// its bucket, and returns once every one is inserted.
+func WriteRecordsToCluster(tb testing.TB, servers []*procs.ClickHouse, cluster, db string, recs []extproc.Record) {
+	tb.Helper()
+	o := chwriter.Options{Cluster: cluster, Database: db}
+	for _, s := range servers {
+		o.Shards = append(o.Shards, s.Addr)
+	}
+	writeRecords(tb, o, recs)
+}
+
+func writeRecords(tb testing.TB, o chwriter.Options, recs []extproc.Record) {
+	tb.Helper()
+	o.SpoolDir, o.BatchSize, o.QueueSize = tb.TempDir(), 5000, len(recs)+1
+	w, err := chwriter.New(context.Background(), o)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -82,3 +82,35 @@ func Connect(tb testing.TB, ch *procs.ClickHouse) driver.Conn {
 	tb.Cleanup(func() { conn.Close() })
 	return conn
 }
+
+// Cluster starts n servers of their own as the shards of a cluster named
+// name (each server's remote_servers config lists all of them), stopped
+// when the test ends. A missing ClickHouse fails the test.
+func Cluster(tb testing.TB, name string, n int) []*procs.ClickHouse {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Duration(n)*time.Second)
+	defer cancel()
+	dirs := make([]string, n)
+	for i := range dirs {
+		dirs[i] = tb.TempDir()
+	}
+	servers, err := procs.StartClickHouseCluster(ctx, name, dirs)
+	if err != nil {
+		tb.Fatalf("start clickhouse cluster (install it with make deps): %v", err)
+	}
+	tb.Cleanup(func() {
+		for _, s := range servers {
+			s.Stop()
+		}
+	})
+	return servers
+}
+
+// ShardAddrs returns the servers' native-protocol addresses, in order.
+func ShardAddrs(servers []*procs.ClickHouse) []string {
+	out := make([]string, len(servers))
+	for i, s := range servers {
+		out[i] = s.Addr
+	}
+	return out
+}
