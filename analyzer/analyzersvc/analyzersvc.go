@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -346,21 +347,19 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)} // refused TLS handshakes, among others
 
 	ctx, s.Lifecycle = lifecycle.New(ctx)
-	errc := make(chan error, 4)
+	errc := make(chan error, 3)
 	go func() { errc <- s.http.Serve(lis) }()
 	// The runner and the judge act: always with one analyzer, in the
 	// leader's terms in a group.
 	lead := func(ctx context.Context) error {
 		s.reconcile(ctx, store, log)
-		jdone := make(chan struct{})
-		go func() {
-			defer close(jdone)
-			if judge != nil {
-				_ = judge.Run(ctx)
-			}
-		}()
+		var judges sync.WaitGroup
+		if judge != nil {
+			judges.Go(func() { _ = judge.Run(ctx) })
+			judges.Go(func() { _ = shadowJudge.Run(ctx) })
+		}
 		err := s.Runner.Run(ctx)
-		<-jdone
+		judges.Wait()
 		return err
 	}
 	leadDone := make(chan struct{})
@@ -378,10 +377,6 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 	}()
 	logDone := make(chan struct{})
 	go func() { s.decisions.Run(ctx, o.Interval.D()); close(logDone) }()
-	if judge != nil {
-		go func() { errc <- judge.Run(ctx) }()
-		go func() { errc <- shadowJudge.Run(ctx) }()
-	}
 	log.Info("analyzer running", "api", s.Addr, "tls", o.TLS.Enabled(), "control_plane", o.ControlPlane, "clickhouse", o.ClickHouse,
 		"interval", o.Interval.D(), "judge", o.JudgeEndpoint, "etcd", strings.Join(o.EtcdEndpoints, ","))
 	go func() {
