@@ -218,7 +218,10 @@ func Start(ctx context.Context, o Options) (*Local, error) {
 // ports and data directory.
 func (l *Local) StartControlPlane(ctx context.Context) error {
 	var err error
-	for i := 0; i < 50; i++ { // the old listener may linger for a moment
+	// The old listeners may linger for a moment, and the freed ports are
+	// in the ephemeral range: a short-lived outgoing connection of a busy
+	// machine can hold one for a while. Up to 10 s.
+	for i := 0; i < 100; i++ {
 		l.CP, err = xds.Start(context.Background(), l.opts)
 		if err == nil {
 			return nil
@@ -227,7 +230,7 @@ func (l *Local) StartControlPlane(ctx context.Context) error {
 		if !errors.As(err, &opErr) {
 			return err
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("restart control plane: %w", err)
 }
