@@ -5,6 +5,7 @@ package chsource
 import (
 	"context"
 	"fmt"
+	"math"
 	"net/http/httptest"
 	"reflect"
 	"testing"
@@ -149,4 +150,95 @@ func TestDecisionOverAClusterEqualsTheDecisionOverOneServer(t *testing.T) {
 		t.Fatalf("decision %s: %s, want one on data", dLone.Code, dLone.Reason)
 	}
 	t.Logf("both decide %s (%s): %s", dLone.Action, dLone.Code, dLone.Reason)
+}
+
+// shadowFixture is a shadow stage: 400 users' requests served by stable
+// v1, each mirrored to v2, which answers every other request badly and
+// more slowly; all answers captured.
+func shadowFixture(from time.Time) []extproc.Record {
+	var recs []extproc.Record
+	for i := range 400 {
+		id := fmt.Sprintf("s%d", i)
+		at := from.Add(time.Duration(i) * 311 * time.Millisecond)
+		user := ok(id, "v1", at, true, 400+float64(i%50), 100, 10, 30, 0.001)
+		user.Captured, user.Prompt, user.Completion = true, "Where is the Eiffel Tower?", "It is in Paris, France."
+		mirror := ok(id, "v2", at.Add(3*time.Millisecond), true, 600+float64(i%70), 150, 15, 30, 0.001)
+		mirror.Bucket, mirror.Shadow, mirror.Prompt, mirror.Completion = user.Bucket, true, user.Prompt, "It is in Paris, France."
+		if i%2 == 0 {
+			mirror.Completion = "Sure! " + sim.BadAnswerMarker
+		}
+		recs = append(recs, user, mirror)
+	}
+	return recs
+}
+
+// The shadow judge grades the same pairs, and ShadowPairs reads the same
+// pairs, latency ratios and judged differences, over a 2-shard cluster as
+// over one server.
+func TestShadowPairsOverAClusterEqualTheOnesOverOneServer(t *testing.T) {
+	lone := chtest.Shared(t)
+	servers := chtest.Cluster(t, "telemetry", 2)
+	db := chtest.NewDatabase()
+	now := time.Now().UTC().Truncate(time.Second)
+	from := now.Add(-5 * time.Minute)
+	recs := shadowFixture(from)
+	chwritertest.WriteRecords(t, lone, db, recs)
+	chwritertest.WriteRecordsToCluster(t, servers, "telemetry", db, recs)
+
+	judgeSim, err := sim.New(sim.Profile{Version: "judge", Judge: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(judgeSim)
+	defer srv.Close()
+	pairs := func(conn driver.Conn) analyzer.ShadowPairs {
+		store, err := quality.OpenScoreStore(context.Background(), conn, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		judge, err := quality.NewJudge(quality.JudgeOptions{Conn: conn, Store: store, Endpoint: srv.URL})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sj, err := quality.NewShadowJudge(context.Background(), judge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for {
+			n, err := sj.RunOnce(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n == 0 {
+				break
+			}
+		}
+		p, err := New(conn, db).ShadowPairs(context.Background(), analyzer.ShadowWindow{Model: "m", Stable: "v1", Canary: "v2", From: from, To: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	loneP := pairs(chtest.Connect(t, lone))
+	clusterP := pairs(chtest.Connect(t, servers[1]))
+	if loneP.Mirrored != 400 || loneP.Paired != 400 || loneP.ScoreN != 400 || loneP.Losses < 150 {
+		t.Fatalf("one server: %+v; want 400 mirrored, paired and judged pairs, about half lost by the canary", loneP)
+	}
+	// Sums over shards add in another order: the float moments agree to
+	// rounding, everything else exactly.
+	close := func(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(a)) }
+	floats := func(p *analyzer.ShadowPairs) []*float64 {
+		return []*float64{&p.ScoreDiffMean, &p.ScoreDiffVar, &p.LogRatioMean, &p.LogRatioVar}
+	}
+	a, b := loneP, clusterP
+	fa, fb := floats(&a), floats(&b)
+	for i := range fa {
+		if !close(*fa[i], *fb[i]) {
+			t.Fatalf("shadow pairs differ:\none server %+v\ncluster    %+v", loneP, clusterP)
+		}
+		*fa[i], *fb[i] = 0, 0
+	}
+	if !reflect.DeepEqual(a, b) {
+		t.Fatalf("shadow pairs differ:\none server %+v\ncluster    %+v", loneP, clusterP)
+	}
 }

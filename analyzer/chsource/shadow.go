@@ -18,8 +18,11 @@ var _ analyzer.ShadowSource = (*Source)(nil)
 func shadowWindow(from, to time.Time) string {
 	fromMs, toMs := from.UnixMilli(), to.UnixMilli()
 	last := toMs - 1
-	return fmt.Sprintf(`date >= %s AND date <= %s AND ts >= toDateTime(%d) AND ts <= toDateTime(%d) AND ts_ms >= %d AND ts_ms < %d`,
-		dateLit(time.UnixMilli(fromMs)), dateLit(time.UnixMilli(last)), floorDiv(fromMs, 1000), floorDiv(last, 1000), fromMs, toMs)
+	// ts's bound is exclusive at the next second: on a modern server ts
+	// has milliseconds, and <= a whole second would leave the last part
+	// of a second out.
+	return fmt.Sprintf(`date >= %s AND date <= %s AND ts >= toDateTime(%d) AND ts < toDateTime(%d) AND ts_ms >= %d AND ts_ms < %d`,
+		dateLit(time.UnixMilli(fromMs)), dateLit(time.UnixMilli(last)), floorDiv(fromMs, 1000), floorDiv(last, 1000)+1, fromMs, toMs)
 }
 
 // ShadowPairs reads a shadow stage's pairs: the canary's mirrored answers
@@ -28,6 +31,8 @@ func shadowWindow(from, to time.Time) string {
 // paired latency ratios, and the shadow judge's scores of both answers
 // (quality.ShadowTable). The user's request row and its mirror start
 // within milliseconds of each other; both are selected on their own time.
+// The join is GLOBAL: on a cluster both tables are Distributed, and the
+// stable answers are read once and sent to the shards holding the mirrors.
 func (s *Source) ShadowPairs(ctx context.Context, w analyzer.ShadowWindow) (analyzer.ShadowPairs, error) {
 	var p analyzer.ShadowPairs
 	win := shadowWindow(w.From, w.To)
@@ -35,11 +40,11 @@ func (s *Source) ShadowPairs(ctx context.Context, w analyzer.ShadowWindow) (anal
 	q := fmt.Sprintf(`SELECT count(), countIf(stable_ok = 1), countIf(stable_ok = 1 AND failure != ''), countIf(%[5]s),
     avgIf(log(total_ms / stable_total), %[5]s), varSampIf(log(total_ms / stable_total), %[5]s)
 FROM %[1]s.%[2]s
-ANY LEFT JOIN (
+GLOBAL ANY LEFT JOIN (
     SELECT request_id, toUInt8(1) AS stable_ok, total_ms AS stable_total
     FROM %[1]s.%[3]s
     WHERE %[4]s AND model = ? AND version = ? AND failure = '' AND forced = 0
-) USING request_id
+) AS stable USING request_id
 WHERE %[4]s AND model = ? AND version = ?`, s.db, wire.TableShadow, wire.TableRequests, win, both)
 	var mirrored, paired, failed, latN uint64
 	var mean, variance float64

@@ -112,15 +112,15 @@ func (s *ShadowJudge) pending(ctx context.Context) ([]shadowPair, error) {
 	win := fmt.Sprintf("date >= %s AND ts >= toDateTime(%d)", dateLit(since), since.Unix())
 	q := fmt.Sprintf(`SELECT request_id, model, version, ts_ms, prompt, completion, failure != '', stable_version, stable_completion
 FROM %[1]s.%[2]s
-ANY INNER JOIN (
+GLOBAL ANY INNER JOIN (
     SELECT request_id, version AS stable_version, completion AS stable_completion
     FROM %[1]s.%[3]s
     WHERE %[5]s
-) USING request_id
+) AS stable USING request_id
 WHERE %[5]s
   AND version != stable_version
-  AND request_id IN (SELECT request_id FROM %[1]s.%[4]s WHERE %[5]s AND failure = '' AND forced = 0)
-  AND request_id NOT IN (SELECT request_id FROM %[1]s.%[6]s WHERE %[5]s)
+  AND request_id GLOBAL IN (SELECT request_id FROM %[1]s.%[4]s WHERE %[5]s AND failure = '' AND forced = 0)
+  AND request_id GLOBAL NOT IN (SELECT request_id FROM %[1]s.%[6]s WHERE %[5]s)
   AND NOT has(?, request_id)
 ORDER BY ts_ms DESC
 LIMIT ?`, db, wire.TableShadow, wire.TableCaptures, wire.TableRequests, win, ShadowTable)
