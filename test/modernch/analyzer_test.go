@@ -379,3 +379,77 @@ func differences(want, got reflect.Value, path string) []string {
 	}
 	return out
 }
+
+// A shadow stage's pairs on 18.16 and on a modern server over the same
+// rows: 300 user requests served by v1, each mirrored to v2, which answers
+// every third badly and more slowly. The shadow judge grades the pairs on
+// each server, and ShadowPairs reads the same counts and moments.
+func TestShadowPairsReadTheSameOnAModernServer(t *testing.T) {
+	ctx := context.Background()
+	ch := chtest.Shared(t)
+	db := chtest.NewDatabase()
+	old, modern := chtest.Connect(t, ch), chdbtest.Start(t)
+	now := time.Now().UTC().Truncate(time.Second)
+	from := now.Add(-10 * time.Minute)
+	var recs []extproc.Record
+	for i := range 300 {
+		at := from.Add(time.Duration(i)*1700*time.Millisecond + 123*time.Millisecond)
+		user := extproc.Record{Time: at, RequestID: fmt.Sprintf("s-%04d", i), Model: model, Version: "v1", Cluster: model + "_v1",
+			Path: "/v1/chat/completions", Bucket: uint64(i * 7919), Status: 200, Streamed: true, TotalMs: 400 + float64(i%40),
+			TTFTMs: 90, CompletionTokens: 30, FinishReason: "stop", SampleRate: 1,
+			Captured: true, Prompt: "Where is the Eiffel Tower?", Completion: "It is in Paris, France."}
+		mirror := user
+		mirror.Time, mirror.Version, mirror.Cluster, mirror.Shadow = at.Add(2*time.Millisecond), "v2", model+"_v2", true
+		mirror.TotalMs, mirror.Captured = 550+float64(i%60), false
+		if i%3 == 0 {
+			mirror.Completion = "Sure! " + sim.BadAnswerMarker
+		}
+		recs = append(recs, user, mirror)
+	}
+	chwritertest.WriteRecords(t, ch, db, recs)
+	if _, err := modernch.Mirror(ctx, old, modern, db); err != nil {
+		t.Fatal(err)
+	}
+	judgeSim, err := sim.New(sim.Profile{Version: "judge", Judge: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	judgeSrv := httptest.NewServer(judgeSim)
+	t.Cleanup(judgeSrv.Close)
+	read := func(name string, conn driver.Conn) analyzer.ShadowPairs {
+		store, err := quality.OpenScoreStore(ctx, conn, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		j, err := quality.NewJudge(quality.JudgeOptions{Conn: conn, Database: db, Store: store, Endpoint: judgeSrv.URL, BatchSize: 500,
+			Concurrency: 4, HTTP: &http.Client{Timeout: 10 * time.Second}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sj, err := quality.NewShadowJudge(ctx, j)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		for {
+			n, err := sj.RunOnce(ctx)
+			if err != nil {
+				t.Fatalf("%s: shadow judge: %v", name, err)
+			}
+			if n == 0 {
+				break
+			}
+		}
+		p, err := chsource.New(conn, db).ShadowPairs(ctx, analyzer.ShadowWindow{Model: model, Stable: "v1", Canary: "v2", From: from, To: now})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return p
+	}
+	want, got := read("18.16", old), read("modern", modern)
+	if want.Paired != 300 || want.ScoreN != 300 || want.Losses != 100 {
+		t.Fatalf("18.16: %+v; want 300 paired and judged pairs, 100 lost by the canary", want)
+	}
+	if d := differences(reflect.ValueOf(want), reflect.ValueOf(got), "pairs"); len(d) > 0 {
+		t.Fatalf("shadow pairs differ on the modern server:\n%s", strings.Join(d, "\n"))
+	}
+}

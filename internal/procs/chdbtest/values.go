@@ -215,7 +215,10 @@ func toFloat(v any) (float64, error) {
 	switch v := v.(type) {
 	case json.Number:
 		return strconv.ParseFloat(v.String(), 64)
-	case string: // nan, inf, -inf (output_format_json_quote_denormals)
+	case string: // nan, -nan, inf, -inf (output_format_json_quote_denormals)
+		if v == "-nan" {
+			v = "nan"
+		}
 		return strconv.ParseFloat(v, 64)
 	}
 	return 0, fmt.Errorf("%v into float64", v)

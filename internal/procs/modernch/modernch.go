@@ -59,7 +59,7 @@ func Mirror(ctx context.Context, from, to driver.Conn, db string) (map[string]in
 		}
 	}
 	copied := map[string]int{}
-	for _, t := range []string{wire.TableRequests, wire.TableCaptures, wire.TableRequestLog, quality.Table,
+	for _, t := range []string{wire.TableRequests, wire.TableCaptures, wire.TableShadow, wire.TableRequestLog, quality.Table,
 		chsource.StagesTable, chsource.EventsTable, chsource.LooksTable} {
 		if !have[t] {
 			continue
