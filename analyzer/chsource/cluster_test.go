@@ -17,6 +17,7 @@ import (
 	"github.com/llmcanary/llmcanary/analyzer/quality"
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/chwriter/chwritertest"
+	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 	"github.com/llmcanary/llmcanary/sim"
 )
@@ -90,14 +91,7 @@ func judgeAll(t *testing.T, conn driver.Conn, db, judgeURL string, want int) {
 // (joined with the scores on the server it queries) and reaches the same
 // measurements and the same decision.
 func TestDecisionOverAClusterEqualsTheDecisionOverOneServer(t *testing.T) {
-	lone := chtest.Shared(t)
-	servers := chtest.Cluster(t, "telemetry", 2)
-	db := chtest.NewDatabase()
-	now := time.Now().UTC().Truncate(time.Second)
-	from := now.Add(-5 * time.Minute)
-	recs := clusterFixture(from)
-	chwritertest.WriteRecords(t, lone, db, recs)
-	chwritertest.WriteRecordsToCluster(t, servers, "telemetry", db, recs)
+	lone, servers, db, from, now, recs := loneAndCluster(t, clusterFixture)
 
 	captured := 0 // the judge grades the answers of successful requests
 	for _, r := range recs {
@@ -152,6 +146,20 @@ func TestDecisionOverAClusterEqualsTheDecisionOverOneServer(t *testing.T) {
 	t.Logf("both decide %s (%s): %s", dLone.Action, dLone.Code, dLone.Reason)
 }
 
+// loneAndCluster writes the rows fixture makes for the last five minutes
+// to one server and to a 2-shard cluster, in one new database.
+func loneAndCluster(t *testing.T, fixture func(from time.Time) []extproc.Record) (lone *procs.ClickHouse, servers []*procs.ClickHouse, db string, from, now time.Time, recs []extproc.Record) {
+	lone = chtest.Shared(t)
+	servers = chtest.Cluster(t, "telemetry", 2)
+	db = chtest.NewDatabase()
+	now = time.Now().UTC().Truncate(time.Second)
+	from = now.Add(-5 * time.Minute)
+	recs = fixture(from)
+	chwritertest.WriteRecords(t, lone, db, recs)
+	chwritertest.WriteRecordsToCluster(t, servers, "telemetry", db, recs)
+	return lone, servers, db, from, now, recs
+}
+
 // shadowFixture is a shadow stage: 400 users' requests served by stable
 // v1, each mirrored to v2, which answers every other request badly and
 // more slowly; all answers captured.
@@ -176,14 +184,7 @@ func shadowFixture(from time.Time) []extproc.Record {
 // pairs, latency ratios and judged differences, over a 2-shard cluster as
 // over one server.
 func TestShadowPairsOverAClusterEqualTheOnesOverOneServer(t *testing.T) {
-	lone := chtest.Shared(t)
-	servers := chtest.Cluster(t, "telemetry", 2)
-	db := chtest.NewDatabase()
-	now := time.Now().UTC().Truncate(time.Second)
-	from := now.Add(-5 * time.Minute)
-	recs := shadowFixture(from)
-	chwritertest.WriteRecords(t, lone, db, recs)
-	chwritertest.WriteRecordsToCluster(t, servers, "telemetry", db, recs)
+	lone, servers, db, from, now, _ := loneAndCluster(t, shadowFixture)
 
 	judgeSim, err := sim.New(sim.Profile{Version: "judge", Judge: true})
 	if err != nil {
