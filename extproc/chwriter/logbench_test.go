@@ -4,19 +4,12 @@ package chwriter
 
 import (
 	"context"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/internal/procs/chtest"
 )
-
-// cpuNow is this process's CPU time so far (user and system).
-func cpuNow() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // BenchmarkWriterLogRowsCPU measures the writer's own CPU per request-log
 // row (this process's CPU; ClickHouse's is not counted): queue, write-ahead
@@ -33,7 +26,7 @@ func BenchmarkWriterLogRowsCPU(b *testing.B) {
 	defer w.Close(context.Background())
 	entries := makeLogEntries(benchRows, time.Now())
 	b.ResetTimer()
-	c0 := cpuNow()
+	c0 := procs.SelfCPU()
 	for n := 0; n < b.N; n++ {
 		for i := range entries {
 			e := entries[i]
@@ -45,7 +38,7 @@ func BenchmarkWriterLogRowsCPU(b *testing.B) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	cpu := cpuNow() - c0
+	cpu := procs.SelfCPU() - c0
 	b.StopTimer()
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N*benchRows), "cpu-µs/row")
 }

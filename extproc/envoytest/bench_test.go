@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -54,14 +53,6 @@ func load(ctx context.Context, url string, n, c int, hdr map[string]string) ([]t
 	return lat, time.Since(start), firstErr
 }
 
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 func pct(d []time.Duration, p float64) time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
@@ -102,18 +93,18 @@ func BenchmarkExtprocOverhead(b *testing.B) {
 		var plainLat, withLat []time.Duration
 		var plainWall, withWall, plainCPU, withCPU time.Duration
 		for p := 0; p < phases; p++ {
-			c0 := cpuTime()
+			c0 := procs.SelfCPU()
 			lat, wall, err := load(ctx, env.plainURL, perPhase, inFlight, hdr)
-			c1 := cpuTime()
+			c1 := procs.SelfCPU()
 			if err != nil {
 				b.Fatal(err)
 			}
 			plainLat, plainWall, plainCPU = append(plainLat, lat...), plainWall+wall, plainCPU+c1-c0
 
-			c0 = cpuTime()
+			c0 = procs.SelfCPU()
 			lat, wall, err = load(ctx, env.withURL, perPhase, inFlight, hdr)
 			svc.sink.wait(b, (p+1)*perPhase, 10*time.Second) // the service's work is done
-			c1 = cpuTime()
+			c1 = procs.SelfCPU()
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -58,4 +59,14 @@ func ThreadsCPU(pid int) (time.Duration, error) {
 		sum += ns
 	}
 	return time.Duration(sum), nil
+}
+
+// SelfCPU is the CPU time (user and system) this process has used so far;
+// 0 if the system does not say.
+func SelfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
