@@ -13,6 +13,7 @@ import (
 
 	"github.com/llmcanary/llmcanary/analyzer"
 	"github.com/llmcanary/llmcanary/analyzer/quality"
+	"github.com/llmcanary/llmcanary/analyzer/report"
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/internal/local"
 	"github.com/llmcanary/llmcanary/internal/wire"
@@ -103,18 +104,63 @@ func TestPreflightStopsARegressedCanaryBeforeAnyUserRequestReachesIt(t *testing.
 	waitFor(t, 20*time.Second, "the pre-flight's rows", func() bool {
 		return f.countRows(t, wire.TableRequests, "version = 'v2' AND forced = 1 AND startsWith(request_id, ?)", analyzer.PreflightIDPrefix) >= uint64(30+v.Warmup.Requests)
 	})
+	noUserReachedTheCanary(t, f, uint64(30+v.Warmup.Requests))
+	// The report shows the pre-flight's requests per version.
+	conn, err := f.ClickHouse.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	d, err := report.Load(context.Background(), conn, wire.Database, got, time.Now())
+	if err != nil || strings.Contains(fmt.Sprint(d.Missing), "pre-flight") {
+		t.Fatalf("report: %v %v", err, d.Missing)
+	}
+	want := fmt.Sprintf("[{v1 30 0} {v2 %d 0}]", 30+v.Warmup.Requests)
+	var have []string
+	for _, p := range d.Preflight {
+		have = append(have, fmt.Sprintf("{%s %d %d}", p.Version, p.Requests, p.Failures))
+	}
+	if "["+strings.Join(have, " ")+"]" != want {
+		t.Fatalf("the report's pre-flight requests %v, want %s", d.Preflight, want)
+	}
+}
+
+// noUserReachedTheCanary checks the telemetry once the canary's forced
+// requests (at least forced of them) are in the access log: not one
+// user request (forced = 0) reached v2, in requests or in the access
+// log, while users were served by v1.
+func noUserReachedTheCanary(t *testing.T, f *fleet, forced uint64) {
+	t.Helper()
+	waitFor(t, 20*time.Second, "the request log", func() bool {
+		return f.countRows(t, wire.TableRequestLog, "version = 'v2' AND forced = 1") >= forced
+	})
 	if n := f.countRows(t, wire.TableRequests, "version = 'v2' AND forced = 0"); n != 0 {
 		t.Fatalf("%d user requests were served by the regressed canary", n)
 	}
-	waitFor(t, 20*time.Second, "the request log", func() bool {
-		return f.countRows(t, wire.TableRequestLog, "version = 'v2' AND forced = 1") >= uint64(30+v.Warmup.Requests)
-	})
 	if n := f.countRows(t, wire.TableRequestLog, "version = 'v2' AND forced = 0"); n != 0 {
 		t.Fatalf("%d access-log entries of users served by the regressed canary", n)
 	}
 	if n := f.countRows(t, wire.TableRequests, "version = 'v1' AND forced = 0"); n == 0 {
 		t.Fatal("no user request was recorded while the pre-flight ran")
 	}
+}
+
+func TestPreflightStopsACanaryThatFailsRequestsBeforeAnyUserRequestReachesIt(t *testing.T) {
+	f, a := preflightFleet(t, analyzerProfile("v1", 0), analyzerProfile("v2", 0.3))
+	ro, err := a.runner.Start(context.Background(), analyzer.StartRequest{Model: model, Canary: "v2",
+		Preflight: &analyzer.PreflightPolicy{Suite: suite(20), Warmup: analyzer.WarmupPolicy{Tolerance: 0.5}, Gates: analyzer.PreflightGates{MaxErrors: 2}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop, _ := drive(t, f)
+	got := waitStatus(t, a, ro.ID, 90*time.Second, analyzer.RolloutRolledBack, analyzer.RolloutPromoted, analyzer.RolloutPaused)
+	stop()
+	v := got.Preflight.Verdict
+	if got.Status != analyzer.RolloutRolledBack || v == nil || v.CanaryErrors <= 2 || !strings.Contains(v.Reason, "of the canary's requests failed (at most 2 allowed)") {
+		t.Fatalf("rollout %s: want rolled back for the canary's errors; %s", got.Status, lastReasonOf(got))
+	}
+	t.Logf("%s", v.Reason)
+	noUserReachedTheCanary(t, f, uint64(20+v.Warmup.Requests))
 }
 
 func TestPreflightPassesAHealthyCanaryToItsFirstUserStage(t *testing.T) {
