@@ -5,6 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/llmcanary/llmcanary/analyzer"
 )
 
 func TestPreflightFlags(t *testing.T) {
@@ -40,4 +43,21 @@ func TestPreflightFlags(t *testing.T) {
 			t.Fatalf("err %v", err)
 		}
 	})
+}
+
+func TestStatusShowsThePreflightsProgressAndVerdict(t *testing.T) {
+	pf := &analyzer.PreflightStage{Status: analyzer.PreflightRunning,
+		Progress: analyzer.PreflightProgress{Phase: analyzer.PhaseSuite, Warmup: 6, TTFTMedian: 23 * time.Millisecond, SuiteDone: 5, SuiteTotal: 20}}
+	var b strings.Builder
+	printPreflight(&b, pf)
+	if want := "preflight running, suite: warm-up 6 requests (TTFT median 23ms), suite 5 of 20 prompts"; !strings.Contains(b.String(), want) {
+		t.Fatalf("status %q lacks %q", b.String(), want)
+	}
+	v := analyzer.GatePreflight(analyzer.DefaultPreflightPolicy().Gates, analyzer.WarmupResult{Requests: 6, Settled: true}, nil, 0.05)
+	pf.Status, pf.Verdict = analyzer.PreflightPassed, &v
+	b.Reset()
+	printPreflight(&b, pf)
+	if !strings.Contains(b.String(), "pre-flight passed: warm-up 6 requests") {
+		t.Fatalf("status %q lacks the verdict", b.String())
+	}
 }
