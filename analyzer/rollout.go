@@ -70,9 +70,12 @@ type Rollout struct {
 	Last       *Decision         `json:"last,omitempty"`
 	Experiment *ExperimentReport `json:"experiment,omitempty"`
 	// Shadow is the rollout's shadow stage, if it has one.
-	Shadow    *ShadowStage `json:"shadow,omitempty"`
-	LastError string       `json:"last_error,omitempty"`
-	History   []Event      `json:"history"`
+	Shadow *ShadowStage `json:"shadow,omitempty"`
+	// Preflight is the rollout's pre-flight stage, if it has one: it runs
+	// before the shadow stage and the user stages.
+	Preflight *PreflightStage `json:"preflight,omitempty"`
+	LastError string          `json:"last_error,omitempty"`
+	History   []Event         `json:"history"`
 }
 
 // Event is one entry of a rollout's history.
@@ -124,8 +127,8 @@ func (r *Rollout) CanaryWeight() float64 {
 	if r.Mode == ModeABTest {
 		return r.Split
 	}
-	if r.Shadow.Running() {
-		return 0 // users stay on stable; the canary sees mirrored copies
+	if r.Preflight.Running() || r.Shadow.Running() {
+		return 0 // users stay on stable; the canary sees forced requests or mirrored copies
 	}
 	stages := r.Plan.Policy.EvaluatedStages()
 	if r.Stage >= 0 && r.Stage < len(stages) {

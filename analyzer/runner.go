@@ -101,6 +101,11 @@ type Runner struct {
 	// Pairs reads the shadow stages' pairs; a rollout with a shadow stage
 	// holds without it.
 	Pairs ShadowSource
+	// Gateway sends the pre-flight stages' forced requests and Judge
+	// grades their answers; a rollout with a pre-flight holds without a
+	// Gateway, and its suite pairs stay unjudged without a Judge.
+	Gateway *PreflightGateway
+	Judge   PairJudge
 
 	// Refresh is the longest the runner goes without a look at a running
 	// rollout when the source reports no new data (time alone moves a
@@ -116,6 +121,8 @@ type Runner struct {
 	locks  map[string]*sync.Mutex
 	synced map[string]bool
 	marks  map[string]watermark
+	// preflights are the pre-flight runs of this term, by rollout id.
+	preflights map[string]*preflightRun
 }
 
 // Watermarker is implemented by a MetricsSource that can tell cheaply
@@ -279,6 +286,9 @@ func (r *Runner) Step(ctx context.Context, id string) (*Rollout, error) {
 		}
 		r.setSynced(id, true)
 	}
+	if ro.Preflight.Running() {
+		return r.stepPreflight(ctx, ro, now)
+	}
 	if ro.Shadow.Running() {
 		return r.stepShadow(ctx, ro, now)
 	}
@@ -423,6 +433,7 @@ func (r *Runner) act(ctx context.Context, ro *Rollout, a Action, now time.Time, 
 		x.record(Event{At: started, Kind: "action", Action: a, Reason: fmt.Sprintf("traffic moved: %s %g %%, %s %g %%", x.Stable, 100-w, x.Canary, w)})
 		x.Status = t.Status
 		x.Shadow.end(ShadowEnded, started)
+		x.Preflight.end(PreflightEnded, started)
 		if t.Stage != x.Stage {
 			x.Stage, x.StageStarted = t.Stage, started
 			x.State = NextStageState(x.State, decided, started)
@@ -515,7 +526,13 @@ type StartRequest struct {
 	// Shadow, when set, runs a shadow stage before the first user stage
 	// (zero fields take DefaultShadowPolicy's values).
 	Shadow *ShadowPolicy `json:"shadow,omitempty"`
-	Actor  string        `json:"-"`
+	// Preflight, when set, runs a pre-flight stage first (zero fields
+	// take DefaultPreflightPolicy's values). High and critical risk plans
+	// get one by default when the analyzer has a gateway, unless
+	// NoPreflight is set.
+	Preflight   *PreflightPolicy `json:"preflight,omitempty"`
+	NoPreflight bool             `json:"no_preflight,omitempty"`
+	Actor       string           `json:"-"`
 }
 
 // Start validates a request against the control plane's model, plans the
@@ -620,6 +637,10 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 			return nil, err
 		}
 	}
+	preflightNote, err := r.planPreflight(ro, req, now)
+	if err != nil {
+		return nil, err
+	}
 	if req.Mode == ModeCanary {
 		rps, source := r.requestRate(ctx, model)
 		cost := PlanCost(ro.Plan, cv.Metadata, rps, source)
@@ -637,7 +658,7 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	if err := r.moveTraffic(ctx, ro.Model, ro.Weights(w), ro.Stable, xds.Cause{Rollout: ro.ID, Reason: "rollout " + ro.ID + " started", Actor: req.Actor}); err != nil {
 		return nil, fmt.Errorf("%w: set the first stage's weights: %w", ErrControlPlane, err)
 	}
-	if ro.Shadow.Running() {
+	if ro.Shadow.Running() && !ro.Preflight.Running() {
 		if err := r.setShadow(ctx, ro.Model, ro.Shadow.Policy.Mirror(ro.Canary)); err != nil {
 			return nil, fmt.Errorf("%w: mirror requests to the canary: %w", ErrControlPlane, err)
 		}
@@ -648,12 +669,16 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 		if ro.Shadow != nil {
 			ro.Shadow.Started = applied
 		}
+		if ro.Preflight != nil {
+			ro.Preflight.Started = applied
+		}
 	}
 	reason := fmt.Sprintf("started by %s: %s risk (%s), %s plan; canary %s at %g %%, stable %s at %g %%",
 		actor(req.Actor), plan.Risk, plan.RiskReason, ro.Plan.Strategy, ro.Canary, w, ro.Stable, 100-w)
 	if ro.Shadow.Running() {
 		reason += fmt.Sprintf("; shadow stage first: %g %% of user requests mirrored to %s, at most %d in flight", ro.Shadow.Policy.Percent, ro.Canary, ro.Shadow.Policy.MaxConcurrent)
 	}
+	reason += preflightNote
 	if revert != nil {
 		reason += fmt.Sprintf("; a revert to %s, stable until %s", revert.Previous, revert.At.Format(time.RFC3339))
 		if revert.Rollout != "" {
@@ -760,11 +785,15 @@ func (r *Runner) Operate(ctx context.Context, id string, op Operation, actorName
 		}
 		r.endShadow(ctx, ro)
 	}
+	if op != OpResume {
+		r.forgetPreflight(id)
+	}
 	out, err := r.Store.Update(id, func(x *Rollout) error {
 		x.Seq++
 		x.Status, x.Updated, x.Pending = t.Status, now, ""
 		if move {
 			x.Shadow.end(ShadowEnded, now)
+			x.Preflight.end(PreflightEnded, now)
 		}
 		if op == OpResume {
 			x.StageStarted = now

@@ -88,6 +88,13 @@ type Options struct {
 	// means its defaults.
 	JudgeBatchSize   int `json:"-"`
 	JudgeConcurrency int `json:"-"`
+	// GatewayURL is the base URL of an Envoy of the fleet and
+	// ForceKeyFile holds a key of its wasm filter's force keys: the
+	// pre-flight stages send their forced requests there. ForceKey is the
+	// key itself (the command reads the file). Empty: no pre-flight.
+	GatewayURL   string `json:"gateway-url"`
+	ForceKeyFile string `json:"force-key-file"`
+	ForceKey     string `json:"-"`
 	// TLS is the rollout API's certificate.
 	TLS mtls.ServerFiles `json:"tls"`
 	// Notify are the webhooks told of every decision and state change.
@@ -178,6 +185,14 @@ func (o Options) Validate() error {
 	}
 	if o.JudgeEndpoint != "" && o.JudgeInterval <= 0 {
 		errs = append(errs, fmt.Errorf("--judge-interval %v must be positive", o.JudgeInterval.D()))
+	}
+	if o.GatewayURL != "" {
+		if u, err := url.Parse(o.GatewayURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("--gateway-url %q is not an http(s) URL", o.GatewayURL))
+		}
+		if o.ForceKey == "" {
+			errs = append(errs, errors.New("--gateway-url needs --force-key-file: pre-flight requests are forced"))
+		}
 	}
 	if err := o.TLS.Validate(); err != nil {
 		errs = append(errs, err)
@@ -306,6 +321,12 @@ func Start(ctx context.Context, o Options) (*Service, error) {
 	s.Runner = &analyzer.Runner{
 		Store: store, Source: mon.Source(source), Traffic: cp, Models: cp, Pairs: source,
 		Policy: policy, Interval: o.Interval.D(), Refresh: o.Refresh.D(), QueryTimeout: o.LookTimeout.D(), Log: log, Stages: stages,
+	}
+	if o.GatewayURL != "" {
+		s.Runner.Gateway = &analyzer.PreflightGateway{URL: o.GatewayURL, ForceKey: o.ForceKey}
+	}
+	if judge != nil {
+		s.Runner.Judge = judge
 	}
 	api := analyzer.NewAPI(s.Runner, o.Token, log)
 	api.Mount(analyzer.RouteFeedback, qstore.FeedbackHandler())

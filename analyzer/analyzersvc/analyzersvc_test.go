@@ -49,3 +49,18 @@ func TestEtcdOptionsAreValidatedByFlagName(t *testing.T) {
 		t.Errorf("the comma-separated endpoints were not split: %v (%q)", []string(eps), err)
 	}
 }
+
+func TestAGatewayURLNeedsAForceKey(t *testing.T) {
+	o := Defaults()
+	o.Token, o.GatewayURL = "t", "127.0.0.1:10000"
+	err := o.Validate()
+	for _, want := range []string{`--gateway-url "127.0.0.1:10000" is not an http(s) URL`, "--gateway-url needs --force-key-file"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v lacks %q", err, want)
+		}
+	}
+	o.GatewayURL, o.ForceKey = "http://127.0.0.1:10000", "k"
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}

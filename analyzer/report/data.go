@@ -48,6 +48,10 @@ type Data struct {
 	// canary, excluded ones to stable) during the rollout, per cohort and
 	// version: not part of the comparison, reported on its own.
 	Cohorts []CohortTraffic
+	// Preflight is the pre-flight stage's forced requests per version
+	// (request ids preflight:<rollout>:…), apart from every user
+	// statistic; nil for a rollout without one.
+	Preflight []PreflightTraffic
 	// Worst are the canary's answers the judge scored lowest, redacted.
 	Worst []Answer
 	// Missing says what could not be read, in sentences; the report shows
@@ -60,6 +64,14 @@ type Distribution struct {
 	Count  uint64
 	Levels []float64 // in (0, 1)
 	Values []float64 // milliseconds, one per level
+}
+
+// PreflightTraffic is one version's pre-flight requests as the telemetry
+// recorded them.
+type PreflightTraffic struct {
+	Version                 string
+	Requests, Failures      uint64
+	LatencyP50Ms, TTFTP50Ms float64
 }
 
 // CohortTraffic is one cohort's requests served by one version.
@@ -137,6 +149,11 @@ func Load(ctx context.Context, conn driver.Conn, database string, ro *analyzer.R
 	if d.Cohorts, err = cohortTraffic(ctx, conn, database, ro, from, to); err != nil {
 		d.Missing = append(d.Missing, fmt.Sprintf("the cohorts' traffic could not be read (%v)", err))
 	}
+	if ro.Preflight != nil {
+		if d.Preflight, err = preflightTraffic(ctx, conn, database, ro, from, to); err != nil {
+			d.Missing = append(d.Missing, fmt.Sprintf("the pre-flight's requests could not be read (%v)", err))
+		}
+	}
 	if d.Worst, err = worstAnswers(ctx, conn, database, ro, from, to); err != nil {
 		d.Missing = append(d.Missing, fmt.Sprintf("the judge's grades could not be read (%v)", err))
 	}
@@ -204,14 +221,44 @@ GROUP BY cohort, version ORDER BY cohort, version`,
 		if err := rows.Scan(&c.Cohort, &c.Version, &c.Requests, &c.Users, &c.Failures, &c.LatencyP50Ms, &c.TTFTP50Ms); err != nil {
 			return nil, err
 		}
-		for _, x := range []*float64{&c.LatencyP50Ms, &c.TTFTP50Ms} {
-			if *x != *x { // NaN: no request to take a median of
-				*x = 0
-			}
-		}
+		zeroNaN(&c.LatencyP50Ms, &c.TTFTP50Ms)
 		out = append(out, c)
 	}
 	return out, rows.Err()
+}
+
+// preflightTraffic reads the rollout's pre-flight requests of [from, to]
+// per version: forced, with the rollout's pre-flight request id prefix.
+func preflightTraffic(ctx context.Context, conn driver.Conn, db string, ro *analyzer.Rollout, from, to time.Time) ([]PreflightTraffic, error) {
+	q := fmt.Sprintf(`SELECT version, count(), countIf(failure != ''),
+    quantileIf(0.5)(total_ms, failure = ''), quantileIf(0.5)(ttft_ms, failure = '' AND streamed = 1)
+FROM %s.%s
+WHERE date >= %s AND date <= %s AND model = ? AND forced = 1 AND startsWith(request_id, ?)
+GROUP BY version ORDER BY version`, db, wire.TableRequests, dateLit(from), dateLit(to))
+	rows, err := conn.Query(ctx, q, ro.Model, analyzer.PreflightIDPrefix+ro.ID+":")
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []PreflightTraffic
+	for rows.Next() {
+		var p PreflightTraffic
+		if err := rows.Scan(&p.Version, &p.Requests, &p.Failures, &p.LatencyP50Ms, &p.TTFTP50Ms); err != nil {
+			return nil, err
+		}
+		zeroNaN(&p.LatencyP50Ms, &p.TTFTP50Ms)
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// zeroNaN sets the medians of no successful request (NaN) to 0.
+func zeroNaN(xs ...*float64) {
+	for _, x := range xs {
+		if *x != *x {
+			*x = 0
+		}
+	}
 }
 
 // worstAnswers reads the canary's lowest judge scores of [from, to) with

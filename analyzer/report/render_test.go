@@ -153,3 +153,28 @@ func TestReportOfARolloutWithoutLooksSaysWhatIsMissing(t *testing.T) {
 		t.Fatalf("no rollouts: %v", err)
 	}
 }
+
+func TestReportShowsThePreflightVerdictAndItsForcedRequests(t *testing.T) {
+	d := fixture()
+	warm := analyzer.WarmupResult{Requests: 7, Settled: true, TTFTMedian: 24 * time.Millisecond}
+	good, bad := analyzer.PreflightAnswer{Score: 1, Scored: true, Latency: time.Second}, analyzer.PreflightAnswer{Score: 0, Scored: true, Latency: time.Second}
+	v := analyzer.GatePreflight(analyzer.DefaultPreflightPolicy().Gates, warm,
+		[]analyzer.PromptResult{{Stable: good, Canary: bad}, {Stable: good, Canary: bad}, {Stable: good, Canary: good}}, 0.05)
+	d.Rollout.Preflight = &analyzer.PreflightStage{Status: analyzer.PreflightFailed, Verdict: &v}
+	d.Preflight = []PreflightTraffic{{Version: "v1", Requests: 3, LatencyP50Ms: 310, TTFTP50Ms: 52}, {Version: "v2-ft", Requests: 10, Failures: 1, LatencyP50Ms: 333, TTFTP50Ms: 61}}
+	var buf bytes.Buffer
+	if err := Write(&buf, "r", []Data{d}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"<h3>Pre-flight</h3>", "<strong>Failed</strong>: rollback: the pre-flight failed", "net loss share (3 judged: 0 won, 2 lost, 1 tied)", "0.6667",
+		"request ids preflight:" + d.Rollout.ID, "<td>v2-ft</td><td class=\"num\">10</td><td class=\"num\">1</td>"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	d.Rollout.Preflight, d.Preflight = nil, nil
+	buf.Reset()
+	if err := Write(&buf, "r", []Data{d}); err != nil || strings.Contains(buf.String(), "Pre-flight") {
+		t.Fatalf("a rollout without a pre-flight shows none: %v", err)
+	}
+}

@@ -35,6 +35,8 @@ func bindAnalyzer(fs *flag.FlagSet, o *analyzersvc.Options) {
 	fs.StringVar(&o.JudgeAPIKeyEnv, "judge-api-key-env", o.JudgeAPIKeyEnv, "environment variable holding the judge's API key, if any")
 	fs.DurationVar((*time.Duration)(&o.LookTimeout), "look-timeout", o.LookTimeout.D(), "bound of one look's queries; 0: --interval (a look reads its window at about 440 000 rows a second)")
 	fs.DurationVar((*time.Duration)(&o.JudgeInterval), "judge-interval", o.JudgeInterval.D(), "pause between judge rounds when there is no backlog")
+	fs.StringVar(&o.GatewayURL, "gateway-url", o.GatewayURL, "base URL of an Envoy of the fleet, where the leader sends the pre-flight stages' forced requests; empty: no pre-flight")
+	fs.StringVar(&o.ForceKeyFile, "force-key-file", o.ForceKeyFile, "file holding a key of the wasm filter's force keys, sent with the pre-flight requests")
 	fs.StringVar(&o.ControlPlaneCA, "control-plane-ca", o.ControlPlaneCA, "PEM CA certificate that verifies an https --control-plane (default: the system's roots)")
 	fs.Var(&o.EtcdEndpoints, "etcd-endpoints", "etcd client URLs (comma-separated or repeated): keep the rollouts in etcd and elect one acting analyzer among those sharing --etcd-prefix (default: one analyzer on --data-dir)")
 	fs.StringVar(&o.EtcdPrefix, "etcd-prefix", o.EtcdPrefix, "etcd key prefix of the group's rollouts and election")
@@ -66,6 +68,11 @@ elect one leader that acts while the others serve reads and refuse writes
 	var err error
 	if o.Token, err = readToken(o.TokenFile); err != nil && o.TokenFile != "" {
 		return err
+	}
+	if o.ForceKeyFile != "" {
+		if o.ForceKey, err = firstKey(o.ForceKeyFile); err != nil {
+			return fmt.Errorf("--force-key-file: %w", err)
+		}
 	}
 	s, err := analyzersvc.Start(ctx, o)
 	if err != nil {

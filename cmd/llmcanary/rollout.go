@@ -33,6 +33,14 @@ Actions:
             [--shadow 10 [--shadow-max-concurrent 16] [--shadow-min-pairs 200]]
                                     --shadow: a shadow stage first, mirroring that
                                     percentage of user requests to the canary
+            [--preflight suite.jsonl [--preflight-max-net-loss 0.1]
+             [--preflight-max-errors 0] [--preflight-max-latency-ratio 1.5]]
+            [--no-preflight]        --preflight: a pre-flight stage first: forced
+                                    warm-up of the canary, then the suite's prompts
+                                    (JSON Lines: prompt, reference or rubric,
+                                    category) sent to both versions and judged in
+                                    pairs; on by default (warm-up only) for high
+                                    and critical risk, unless --no-preflight
   revert    <model>                 a rollout back to the version that was stable
                                     before the current one (the control plane's
                                     history says which), measured like any other
@@ -68,9 +76,10 @@ func runRollout(ctx context.Context, args []string) error {
 	actorName := fs.String("actor", envOr("USER", "cli"), "name recorded in the rollout's history")
 	var (
 		model, canary, stable, policyFile, note, out *string
-		abtest, watch, asJSON                        *bool
-		split, shadow                                *float64
-		shadowMax, shadowPairs                       *int
+		suiteFile                                    *string
+		abtest, watch, asJSON, noPreflight           *bool
+		split, shadow, pfNetLoss, pfLatency          *float64
+		shadowMax, shadowPairs, pfErrors             *int
 		every                                        *time.Duration
 	)
 	switch action {
@@ -84,6 +93,11 @@ func runRollout(ctx context.Context, args []string) error {
 		shadow = fs.Float64("shadow", 0, "run a shadow stage first, mirroring this percentage of user requests to the canary (0: none)")
 		shadowMax = fs.Int("shadow-max-concurrent", 0, "mirrored requests in flight at the canary at most (default 16)")
 		shadowPairs = fs.Int("shadow-min-pairs", 0, "judged pairs before the shadow stage may pass (default 200)")
+		suiteFile = fs.String("preflight", "", "run a pre-flight stage first with this prompt suite (JSON Lines: prompt, optional reference or rubric, category)")
+		noPreflight = fs.Bool("no-preflight", false, "no pre-flight stage, even for a high or critical risk change")
+		pfNetLoss = fs.Float64("preflight-max-net-loss", 0, "pre-flight gate: the canary's losses minus wins over judged pairs, at most (default 0.1)")
+		pfErrors = fs.Int("preflight-max-errors", 0, "pre-flight gate: the canary's failed requests, at most")
+		pfLatency = fs.Float64("preflight-max-latency-ratio", 0, "pre-flight gate: the canary's latency over stable's on the same prompts, at most (default 1.5)")
 	case "revert":
 		policyFile = fs.String("policy", "", "YAML file overriding fields of the planned policy")
 	case "list":
@@ -138,6 +152,10 @@ func runRollout(ctx context.Context, args []string) error {
 			}
 			req.Shadow = &analyzer.ShadowPolicy{Percent: *shadow, MaxConcurrent: uint32(*shadowMax), MinPairs: *shadowPairs}
 		}
+		if req.Preflight, err = preflightFlags(*suiteFile, *pfNetLoss, *pfErrors, *pfLatency); err != nil {
+			return err
+		}
+		req.NoPreflight = noPreflight != nil && *noPreflight
 		if *policyFile != "" {
 			raw, err := policyOverride(*policyFile)
 			if err != nil {
@@ -249,6 +267,43 @@ func readToken(file string) (string, error) {
 	return "", errors.New("no API token: use --token-file or set LLMCANARY_API_TOKEN")
 }
 
+// preflightFlags returns the start request's pre-flight policy: nil
+// without --preflight (the gate flags then need it), else the suite read
+// from file with the gates given.
+func preflightFlags(file string, netLoss float64, maxErrors int, latency float64) (*analyzer.PreflightPolicy, error) {
+	if file == "" {
+		if netLoss != 0 || maxErrors != 0 || latency != 0 {
+			return nil, errors.New("the --preflight-* gates need --preflight suite.jsonl")
+		}
+		return nil, nil
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, fmt.Errorf("--preflight: %w", err)
+	}
+	defer f.Close()
+	suite, err := analyzer.ParseSuite(f)
+	if err != nil {
+		return nil, fmt.Errorf("--preflight %s: %w", file, err)
+	}
+	return &analyzer.PreflightPolicy{Suite: suite, Gates: analyzer.PreflightGates{MaxNetLossShare: netLoss, MaxErrors: maxErrors, MaxLatencyRatio: latency}}, nil
+}
+
+// printPreflight writes a rollout's pre-flight stage: its phase and
+// progress, then its verdict.
+func printPreflight(w io.Writer, pf *analyzer.PreflightStage) {
+	if pf == nil {
+		return
+	}
+	pr := pf.Progress
+	fmt.Fprintf(w, "preflight %s, %s: warm-up %d requests (TTFT median %v), suite %d of %d prompts  %s\n",
+		pf.Status, pr.Phase, pr.Warmup, pr.TTFTMedian.Round(time.Millisecond), pr.SuiteDone, pr.SuiteTotal, bar(ratio(float64(pr.SuiteDone), float64(pr.SuiteTotal))))
+	if v := pf.Verdict; v != nil {
+		fmt.Fprintf(w, "         judged %d: canary won %d, lost %d, tied %d; canary errors %d; latency ratio %.3f\n         %s\n",
+			v.Judged, v.Wins, v.Losses, v.Ties, v.CanaryErrors, v.LatencyRatio, v.Reason)
+	}
+}
+
 // printShadow writes a rollout's shadow stage: the mirrored load and its
 // cap, the pairs and the tests.
 func printShadow(w io.Writer, sh *analyzer.ShadowStage) {
@@ -295,6 +350,7 @@ func printStatus(w io.Writer, ro *analyzer.RolloutView) {
 			}
 		}
 	} else {
+		printPreflight(w, ro.Preflight)
 		printShadow(w, ro.Shadow)
 		fmt.Fprintf(w, "stage    %d of %d at %g %%  %s\n", p.Stage, p.Stages, p.Weight, bar(float64(p.Stage)/float64(max(p.Stages, 1))))
 		fmt.Fprintf(w, "samples  %d of %d canary requests  %s\n", p.Samples, p.MinSamples, bar(ratio(float64(p.Samples), float64(p.MinSamples))))

@@ -132,13 +132,16 @@ func startUp(ctx context.Context, o upOptions) (*upStack, error) {
 // startAnalyzer runs the analyzer in process against the stack: its
 // rollout API serves TLS with the stack's certificates and token, it reads
 // the stack's ClickHouse, steers the control plane and asks the simulated
-// judge.
+// judge; its pre-flight requests go through the stack's gateway.
 func (s *upStack) startAnalyzer(ctx context.Context, o upOptions) (*analyzersvc.Service, error) {
 	ao := analyzersvc.Defaults()
 	ao.Listen, ao.DataDir, ao.Token = "127.0.0.1:0", filepath.Join(o.dir, "analyzer"), local.DevToken
 	ao.ControlPlane, ao.ControlPlaneCA, ao.ClickHouse = s.CP.APIURL, s.Certs.CA(), s.ClickHouse.Addr
 	ao.TLS = s.Certs.ServerFiles()
 	ao.JudgeEndpoint = "http://" + s.Judge.Addr
+	// The pre-flight stages send their forced requests through the
+	// stack's first Envoy with the stack's force key.
+	ao.GatewayURL, ao.ForceKey = "http://"+s.Gateway[0], s.ForceKey
 	ao.Logger = o.log
 	if o.analyzer != nil {
 		o.analyzer(&ao)

@@ -160,31 +160,14 @@ func TestMirroredRequestsReachTheShadowVersionWhileUsersGetOnlyStablesAnswers(t 
 // test ends.
 func startShadowJudge(t *testing.T, f *fleet) {
 	t.Helper()
-	js, err := local.StartSim(sim.Profile{Version: "judge", Judge: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(js.Stop)
-	conn, err := f.ClickHouse.Conn(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
-	store, err := quality.OpenScoreStore(ctx, conn, wire.Database)
-	if err != nil {
-		t.Fatal(err)
-	}
-	j, err := quality.NewJudge(quality.JudgeOptions{Conn: conn, Store: store, Endpoint: "http://" + js.Addr, Interval: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sj, err := quality.NewShadowJudge(ctx, j)
+	sj, err := quality.NewShadowJudge(ctx, startJudge(t, f))
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = sj.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; conn.Close() })
+	t.Cleanup(func() { cancel(); <-done })
 }
 
 func TestShadowStageRollsBackARegressedCanaryBeforeAnyUserReachesIt(t *testing.T) {
