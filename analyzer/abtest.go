@@ -19,9 +19,12 @@ type ExperimentMetric struct {
 	Effect      float64 `json:"effect"`
 	// CI is the always-valid interval so far; PValue the always-valid
 	// p-value of "no difference" (running minimum).
-	CI          *stats.Interval `json:"ci,omitempty"`
-	PValue      float64         `json:"p_value"`
-	Significant bool            `json:"significant"`
+	CI     *stats.Interval `json:"ci,omitempty"`
+	PValue float64         `json:"p_value"`
+	// Adjusted is the p-value adjusted across an A/B/n experiment's
+	// candidates and metrics (Holm); 0 in a two-arm test.
+	Adjusted    float64 `json:"adjusted_p,omitempty"`
+	Significant bool    `json:"significant"`
 	// Better names the version the data favours when Significant.
 	Better string `json:"better,omitempty"`
 	// WinRate is P(a canary request is better than a stable one), ties
