@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -64,18 +65,18 @@ func runRollout(ctx context.Context, args []string) error {
 	ca := fs.String("ca", os.Getenv("LLMCANARY_CA"), "PEM CA certificate that verifies an https --analyzer (default $LLMCANARY_CA, else the system's roots)")
 	actorName := fs.String("actor", envOr("USER", "cli"), "name recorded in the rollout's history")
 	var (
-		model, canary, stable, policyFile, note, out *string
-		abtest, watch, asJSON                        *bool
-		split                                        *float64
-		every                                        *time.Duration
+		model, stable, policyFile, note, out, split *string
+		abtest, watch, asJSON                       *bool
+		every                                       *time.Duration
+		canaries                                    listFlag
 	)
 	switch action {
 	case "start":
 		model = fs.String("model", "", "model name (required)")
-		canary = fs.String("canary", "", "canary version (required)")
+		fs.Var(&canaries, "canary", "canary version (required); an A/B/n experiment (--abtest) takes several, comma-separated or repeated")
 		stable = fs.String("stable", "", "stable version (default: the model's stable version)")
 		abtest = fs.Bool("abtest", false, "run an A/B test at a fixed split instead of a staged rollout")
-		split = fs.Float64("split", 0, "canary percentage of an A/B test (default 50)")
+		split = fs.String("split", "", "canary percentage of an A/B test (default 50); with several candidates each one's (default an equal share with stable), or per candidate: v2=20,v3=10")
 		policyFile = fs.String("policy", "", "YAML file overriding fields of the planned policy")
 	case "revert":
 		policyFile = fs.String("policy", "", "YAML file overriding fields of the planned policy")
@@ -120,7 +121,15 @@ func runRollout(ctx context.Context, args []string) error {
 		if action == "revert" {
 			req = analyzer.StartRequest{Model: id, Revert: true}
 		} else {
-			req = analyzer.StartRequest{Model: *model, Canary: *canary, Stable: *stable, Split: *split}
+			req = analyzer.StartRequest{Model: *model, Stable: *stable}
+			if len(canaries) == 1 {
+				req.Canary = canaries[0]
+			} else {
+				req.Candidates = canaries
+			}
+			if err := parseSplit(*split, &req); err != nil {
+				return err
+			}
 		}
 		if abtest != nil && *abtest {
 			req.Mode = analyzer.ModeABTest
@@ -243,6 +252,65 @@ func envOr(name, def string) string {
 	return def
 }
 
+// printArms writes an A/B/n experiment: each arm's split and status, its
+// decision and its metrics with the Holm-adjusted p-values.
+func printArms(w io.Writer, ro *analyzer.RolloutView) {
+	stable := 100.0
+	for _, c := range ro.Candidates {
+		if c.Status != analyzer.ArmDropped {
+			stable -= c.Split
+		}
+	}
+	fmt.Fprintf(w, "arms     stable %s %g %%\n", ro.Stable, stable)
+	for _, c := range ro.Candidates {
+		fmt.Fprintf(w, "  %-10s %5g %%  %s\n", c.Version, c.Split, c.Status)
+		if c.Reason != "" {
+			fmt.Fprintf(w, "    %s\n", c.Reason)
+		}
+		if c.Report == nil {
+			continue
+		}
+		if s := c.Report.SRM; s != nil {
+			fmt.Fprintf(w, "    users %.1f %% observed, %.1f %% configured (p=%.4f)\n", s.ObservedShare, s.ConfiguredShare, s.PValue)
+		}
+		for _, m := range c.Report.Metrics {
+			fmt.Fprintf(w, "    %-18s %-12s %+.4f p=%.4f adjusted=%.4f n=%d/%d\n", m.Metric, m.Status, m.Effect, m.PValue, m.Adjusted, m.NCanary, m.NStable)
+		}
+	}
+	if ro.ABN != nil {
+		fmt.Fprintf(w, "result   %s\n", ro.ABN.Summary)
+	}
+}
+
+// parseSplit reads --split: one percentage, or version=percentage pairs
+// separated by commas.
+func parseSplit(v string, req *analyzer.StartRequest) error {
+	if v == "" {
+		return nil
+	}
+	if !strings.Contains(v, "=") {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return fmt.Errorf("--split %q: a percentage or version=percentage pairs (v2=20,v3=10)", v)
+		}
+		req.Split = f
+		return nil
+	}
+	req.Splits = map[string]float64{}
+	for _, part := range strings.Split(v, ",") {
+		name, pct, ok := strings.Cut(strings.TrimSpace(part), "=")
+		f, err := strconv.ParseFloat(strings.TrimSpace(pct), 64)
+		if !ok || name == "" || err != nil {
+			return fmt.Errorf("--split %q: %q is not version=percentage", v, part)
+		}
+		if _, dup := req.Splits[name]; dup {
+			return fmt.Errorf("--split %q: %s is given twice", v, name)
+		}
+		req.Splits[name] = f
+	}
+	return nil
+}
+
 // printStatus writes a rollout's state for a terminal: stage, weight,
 // samples against what the stage needs with a small bar, the last decision
 // in its sentence, and the latest history.
@@ -254,7 +322,9 @@ func printStatus(w io.Writer, ro *analyzer.RolloutView) {
 		fmt.Fprintf(w, "reverts  %s\n", revertLine(ro.Reverts))
 	}
 	printCost(w, ro.Plan.Cost)
-	if ro.Mode == analyzer.ModeABTest {
+	if len(ro.Candidates) > 0 {
+		printArms(w, ro)
+	} else if ro.Mode == analyzer.ModeABTest {
 		fmt.Fprintf(w, "split    canary %g %%\n", ro.Split)
 		if ro.Experiment != nil {
 			fmt.Fprintf(w, "result   %s\n", ro.Experiment.Summary)
