@@ -48,7 +48,7 @@ type Candidate struct {
 type ABNReport struct {
 	At time.Time `json:"at"`
 	// Tests is the family the multiplicity control covers: candidates
-	// times metrics with a p-value; Correction is how (holm).
+	// times guarded metrics; Correction is how (holm).
 	Tests      int    `json:"tests"`
 	Correction string `json:"correction"`
 	// Dropped names the candidates dropped at this look.
@@ -114,14 +114,16 @@ func ABN(p Policy, cands []Candidate, ms []Measurements, now, deadline time.Time
 			continue
 		}
 		for j, em := range c.Report.Metrics {
-			if em.Status == "too_few" || em.Status == "not_measured" {
-				if st := c.State.Metrics[em.Metric]; st.Looks == 0 {
-					continue
-				}
-			}
 			ps = append(ps, em.PValue)
 			refs = append(refs, ref{i, j})
 		}
+	}
+	// The family is fixed before the data: every candidate × every guarded
+	// metric, a test without data yet counting with p = 1. A family that
+	// grew with the data would spend the whole alpha on the first metric
+	// measured.
+	for len(ps) < k*len(p.Tolerances) {
+		ps = append(ps, 1)
 	}
 	rep.Tests = len(ps)
 	if len(ps) > 0 {

@@ -2,6 +2,7 @@ package analyzer
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"math"
 	"math/rand/v2"
@@ -111,6 +112,9 @@ func TestABN(t *testing.T) {
 			}
 			if strings.Join(rep.Dropped, ",") != strings.Join(tc.wantDropped, ",") {
 				t.Errorf("dropped %v, want %v", rep.Dropped, tc.wantDropped)
+			}
+			if rep.Tests != len(tc.cands)*len(p.Tolerances) {
+				t.Errorf("family of %d tests, want every candidate × metric: %d", rep.Tests, len(tc.cands)*len(p.Tolerances))
 			}
 			if rep.Done != tc.wantDone {
 				t.Errorf("done %v, want %v: %s", rep.Done, tc.wantDone, rep.Summary)
@@ -286,5 +290,22 @@ func TestRunnerDropsTheLosingArmAndKeepsTheOther(t *testing.T) {
 	}
 	if _, err := r.runner.Operate(context.Background(), ro.ID, OpPromote, "alice", ""); !errors.Is(err, ErrInvalid) {
 		t.Errorf("promoting an A/B/n experiment: %v, want ErrInvalid", err)
+	}
+}
+
+// TestABNLooksAtArmsWithNothingMeasuredCanBeStored: an arm whose every
+// request failed has no latency or quality value; its report must still
+// encode (JSON has no NaN) so that the look is saved.
+func TestABNLooksAtArmsWithNothingMeasuredCanBeStored(t *testing.T) {
+	failing := armAs(testArm(), "v2")
+	failing.ErrorRate = 1
+	for _, n := range []int{1, 10, 60} {
+		rep, got := ABN(testPolicy(), abnCands("v2", "v3"), abnWindows(1, n, failing, armAs(testArm(), "v3")), t0, time.Time{})
+		if _, err := json.Marshal(got); err != nil {
+			t.Fatalf("%d requests per arm: the candidates do not encode: %v", n, err)
+		}
+		if _, err := json.Marshal(rep); err != nil {
+			t.Fatalf("%d requests per arm: the report does not encode: %v", n, err)
+		}
 	}
 }

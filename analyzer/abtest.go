@@ -91,6 +91,14 @@ func Experiment(p Policy, s StageState, m Measurements, split float64, now time.
 			st.HarmP, st.SafeP = 1, 1
 		}
 		em := ExperimentMetric{Metric: metric, Kind: kind, CanaryValue: e.canary, StableValue: e.stable, NCanary: e.nCanary, NStable: e.nStable, PValue: 1}
+		// An arm with nothing to measure has no value (NaN, which JSON
+		// cannot hold): it stays 0 and the status says not_measured.
+		if math.IsNaN(em.CanaryValue) {
+			em.CanaryValue = 0
+		}
+		if math.IsNaN(em.StableValue) {
+			em.StableValue = 0
+		}
 		switch {
 		case e.nCanary == 0 || e.nStable == 0 || !e.ok && e.nCanary >= p.MinTestSamples:
 			em.Status = "not_measured"
