@@ -156,15 +156,18 @@ func ABN(p Policy, cands []Candidate, ms []Measurements, now, deadline time.Time
 	var notes []string
 	for i := range out {
 		c := &out[i]
-		if c.Status != ArmRunning || c.Report == nil {
+		if c.Status == ArmDropped || c.Report == nil {
 			continue
 		}
 		if c.Report.SRM != nil && c.Report.SRM.Mismatch {
 			notes = append(notes, fmt.Sprintf("%s: sample-ratio mismatch (%.2f %% of users, %.2f %% expected, p=%s), not judged", c.Version, c.Report.SRM.ObservedShare, c.Report.SRM.ConfiguredShare, fmtP(c.Report.SRM.PValue)))
 			continue
 		}
+		// A candidate marked better or within tolerance keeps being
+		// measured: if it turns out significantly worse it is dropped all
+		// the same; otherwise its mark stays.
 		status, why := judgeArm(p, c.Report.Metrics)
-		if status == ArmRunning {
+		if status == ArmRunning || c.Status != ArmRunning && status != ArmDropped {
 			continue
 		}
 		c.Status, c.Reason, c.Decided = status, fmt.Sprintf("%s %s: %s (Holm over %d tests at alpha %g)", c.Version, status, why, rep.Tests, p.Alpha), now

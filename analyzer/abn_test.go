@@ -65,6 +65,17 @@ func TestABN(t *testing.T) {
 			wantDropped: []string{"v2", "v4"},
 		},
 		{
+			name: "a candidate marked within tolerance is still dropped when shown worse",
+			cands: func() []Candidate {
+				c := abnCands("v2", "v3", "v4")
+				c[0].Status = ArmWithin
+				return c
+			}(),
+			ms:          abnWindows(8, 4000, bad, armAs(testArm(), "v3"), armAs(testArm(), "v4")),
+			wantStatus:  []ArmStatus{ArmDropped, "", ""},
+			wantDropped: []string{"v2"},
+		},
+		{
 			name:       "too little data decides nothing",
 			cands:      abnCands("v2", "v3"),
 			ms:         abnWindows(3, 20, bad, armAs(testArm(), "v3")),
