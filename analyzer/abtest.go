@@ -19,9 +19,12 @@ type ExperimentMetric struct {
 	Effect      float64 `json:"effect"`
 	// CI is the always-valid interval so far; PValue the always-valid
 	// p-value of "no difference" (running minimum).
-	CI          *stats.Interval `json:"ci,omitempty"`
-	PValue      float64         `json:"p_value"`
-	Significant bool            `json:"significant"`
+	CI     *stats.Interval `json:"ci,omitempty"`
+	PValue float64         `json:"p_value"`
+	// Adjusted is the p-value adjusted across an A/B/n experiment's
+	// candidates and metrics (Holm); 0 in a two-arm test.
+	Adjusted    float64 `json:"adjusted_p,omitempty"`
+	Significant bool    `json:"significant"`
 	// Better names the version the data favours when Significant.
 	Better string `json:"better,omitempty"`
 	// WinRate is P(a canary request is better than a stable one), ties
@@ -88,6 +91,14 @@ func Experiment(p Policy, s StageState, m Measurements, split float64, now time.
 			st.HarmP, st.SafeP = 1, 1
 		}
 		em := ExperimentMetric{Metric: metric, Kind: kind, CanaryValue: e.canary, StableValue: e.stable, NCanary: e.nCanary, NStable: e.nStable, PValue: 1}
+		// An arm with nothing to measure has no value (NaN, which JSON
+		// cannot hold): it stays 0 and the status says not_measured.
+		if math.IsNaN(em.CanaryValue) {
+			em.CanaryValue = 0
+		}
+		if math.IsNaN(em.StableValue) {
+			em.StableValue = 0
+		}
 		switch {
 		case e.nCanary == 0 || e.nStable == 0 || !e.ok && e.nCanary >= p.MinTestSamples:
 			em.Status = "not_measured"

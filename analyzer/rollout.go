@@ -42,8 +42,14 @@ type Rollout struct {
 	Stable string `json:"stable"`
 	Canary string `json:"canary"`
 	Mode   Mode   `json:"mode"`
-	// Split is the canary's fixed percentage in A/B mode.
+	// Split is the canary's fixed percentage in A/B mode; in an A/B/n
+	// experiment the candidates' total.
 	Split float64 `json:"split,omitempty"`
+	// Candidates are the arms of an A/B/n experiment (A/B mode with more
+	// than one candidate; Canary is then the first); nil otherwise.
+	Candidates []Candidate `json:"candidates,omitempty"`
+	// ABN is the latest look at an A/B/n experiment.
+	ABN *ABNReport `json:"abn,omitempty"`
 	// Reverts is the stable change a revert undoes (its Previous is this
 	// rollout's canary); nil for any other rollout.
 	Reverts *xds.StableChange `json:"reverts,omitempty"`
@@ -124,6 +130,15 @@ func (r *Rollout) CanaryWeight() float64 {
 	case RolloutRolledBack, RolloutAborted:
 		return 0
 	}
+	if r.Mode == ModeABTest && len(r.Candidates) > 0 {
+		w := 0.0
+		for _, c := range r.Candidates {
+			if c.Status != ArmDropped {
+				w += c.Split
+			}
+		}
+		return w
+	}
 	if r.Mode == ModeABTest {
 		return r.Split
 	}
@@ -138,7 +153,19 @@ func (r *Rollout) CanaryWeight() float64 {
 }
 
 // Weights returns the split for a canary weight w, stable taking the rest.
+// In an A/B/n experiment every candidate keeps its own split while w > 0
+// (ArmWeights); w = 0 gives everything back to stable.
 func (r *Rollout) Weights(w float64) map[string]float64 {
+	if len(r.Candidates) > 0 {
+		if w == 0 {
+			out := map[string]float64{r.Stable: 100}
+			for _, c := range r.Candidates {
+				out[c.Version] = 0
+			}
+			return out
+		}
+		return ArmWeights(r.Stable, r.Candidates)
+	}
 	return map[string]float64{r.Stable: 100 - w, r.Canary: w}
 }
 

@@ -169,22 +169,9 @@ func SimulateRollouts(cfg RolloutSimConfig) (RolloutSimResult, error) {
 		return RolloutSimResult{}, err
 	}
 	out := make([]simOutcome, cfg.Rollouts)
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for range cfg.Workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				out[i] = simulateOne(cfg, rand.New(rand.NewPCG(cfg.Seed, uint64(i))))
-			}
-		}()
-	}
-	for i := range cfg.Rollouts {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
+	parallel(cfg.Rollouts, cfg.Workers, func(i int) {
+		out[i] = simulateOne(cfg, rand.New(rand.NewPCG(cfg.Seed, uint64(i))))
+	})
 
 	res := RolloutSimResult{Rollouts: cfg.Rollouts, RollbackMetrics: map[Metric]int{}, PauseMetrics: map[Metric]int{}}
 	var atRollback, toPromote []float64
@@ -219,6 +206,26 @@ func SimulateRollouts(cfg RolloutSimConfig) (RolloutSimResult, error) {
 	res.MedianCanaryToPromote = quantileOf(toPromote, 0.5)
 	res.MaxCanaryToPromote = quantileOf(toPromote, 1)
 	return res, nil
+}
+
+// parallel runs f(0) … f(n-1) on workers goroutines.
+func parallel(n, workers int, f func(i int)) {
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				f(i)
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
 }
 
 func quantileOf(xs []float64, q float64) float64 {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"sync"
 	"time"
 
@@ -292,21 +293,15 @@ func (r *Runner) Step(ctx context.Context, id string) (*Rollout, error) {
 	if ro.Shadow.Running() {
 		return r.stepShadow(ctx, ro, now)
 	}
-	w := Window{Model: ro.Model, Stable: ro.Stable, Canary: ro.Canary, RolloutFrom: ro.Created, From: ro.StageStarted, To: now,
-		TailQuantile: ro.Plan.Policy.TailQuantile, BaselineFrom: ro.Created.Add(-ro.Plan.Policy.Baseline.D())}
+	if len(ro.Candidates) > 0 {
+		return r.stepABN(ctx, ro, now)
+	}
+	w := armWindow(ro, ro.Canary, now)
 	if !r.changed(ctx, ro, w, now) {
 		return ro, nil
 	}
-	qctx, cancel := context.WithTimeout(ctx, r.queryTimeout())
-	m, err := r.Source.Measure(qctx, w)
-	cancel()
-	switch {
-	case errors.Is(err, ErrNoData):
-		// Nothing at all since the rollout began: Measure says so with
-		// whatever it measured (nothing), and Decide holds on it. A stage
-		// with one empty arm is not this: the sample-ratio check sees it.
-		m.Model, m.From, m.To = ro.Model, ro.StageStarted, now
-	case err != nil:
+	m, err := r.measure(ctx, w)
+	if err != nil {
 		// A failed query holds. Partial measurements are not decided on:
 		// a half-read window could show harm that is not there.
 		return r.recordError(ro, now, CodeQueryFailed, fmt.Sprintf("hold: the measurement query failed: %v; retrying at the next look", err), err)
@@ -334,6 +329,27 @@ func (r *Runner) Step(ctx context.Context, id string) (*Rollout, error) {
 		}
 		x.record(Event{At: now, Kind: "decision", Action: d.Action, Code: d.Code, Reason: d.Reason, Decision: &d})
 	})
+}
+
+// armWindow is the window of a look at ro comparing canary with stable.
+func armWindow(ro *Rollout, canary string, now time.Time) Window {
+	return Window{Model: ro.Model, Stable: ro.Stable, Canary: canary, RolloutFrom: ro.Created, From: ro.StageStarted, To: now,
+		TailQuantile: ro.Plan.Policy.TailQuantile, BaselineFrom: ro.Created.Add(-ro.Plan.Policy.Baseline.D())}
+}
+
+// measure reads one window within the query timeout. Nothing at all since
+// the rollout began is not an error: Measure says so with whatever it
+// measured (nothing), and the decision holds on it. A stage with one empty
+// arm is not this: the sample-ratio check sees it.
+func (r *Runner) measure(ctx context.Context, w Window) (Measurements, error) {
+	qctx, cancel := context.WithTimeout(ctx, r.queryTimeout())
+	m, err := r.Source.Measure(qctx, w)
+	cancel()
+	if errors.Is(err, ErrNoData) {
+		m.Model, m.From, m.To = w.Model, w.From, w.To
+		return m, nil
+	}
+	return m, err
 }
 
 // update stores the outcome of a look taken at ro: it fails with
@@ -518,8 +534,15 @@ type StartRequest struct {
 	// before the current one (the model's history on the control plane
 	// says which); Canary and Stable are then left empty.
 	Revert bool `json:"revert,omitempty"`
-	// Split is the canary's fixed percentage in A/B mode (default 50).
+	// Split is the canary's fixed percentage in A/B mode (default 50); in
+	// an A/B/n experiment each candidate's (default: an equal share with
+	// stable).
 	Split float64 `json:"split,omitempty"`
+	// Candidates are the versions of an A/B/n experiment (mode abtest, at
+	// most MaxCandidates), each against stable; Canary is then empty.
+	// Splits gives candidates their own percentages instead of Split.
+	Candidates []string           `json:"candidates,omitempty"`
+	Splits     map[string]float64 `json:"splits,omitempty"`
 	// Policy overrides fields of the planned policy, as a model override
 	// in the policy file does (e.g. {"stages": [...], "tolerances": {...}}).
 	Policy json.RawMessage `json:"policy,omitempty"`
@@ -552,8 +575,20 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 		errs = append(errs, errors.New("a revert names neither canary nor stable: it returns to the version that was stable before the current one"))
 	case req.Revert && req.Mode != ModeCanary:
 		errs = append(errs, errors.New("a revert is a canary rollout, not an A/B test"))
-	case !req.Revert && req.Canary == "":
+	case len(req.Candidates) > 0 && req.Canary != "":
+		errs = append(errs, errors.New("name the versions in candidates or in canary, not both"))
+	case len(req.Candidates) == 1:
+		req.Canary, req.Candidates = req.Candidates[0], nil
+		if s, ok := req.Splits[req.Canary]; ok && len(req.Splits) == 1 && req.Split == 0 {
+			req.Split, req.Splits = s, nil
+		}
+	case !req.Revert && req.Canary == "" && len(req.Candidates) == 0:
 		errs = append(errs, errors.New("canary is required"))
+	}
+	if len(req.Candidates) > 1 {
+		errs = append(errs, validateCandidates(&req)...)
+	} else if len(req.Splits) > 0 {
+		errs = append(errs, errors.New("splits is for an experiment with several candidates"))
 	}
 	switch req.Mode {
 	case ModeCanary:
@@ -561,6 +596,9 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 			errs = append(errs, errors.New("split is for mode abtest; a canary rollout follows its plan's stages"))
 		}
 	case ModeABTest:
+		if len(req.Candidates) > 1 {
+			break
+		}
 		if req.Split == 0 {
 			req.Split = 50
 		}
@@ -595,6 +633,24 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	}
 	if req.Stable == "" {
 		req.Stable = model.Stable
+	}
+	if len(req.Candidates) > 1 {
+		for _, c := range req.Candidates {
+			if _, ok := model.Version(c); !ok {
+				return nil, fmt.Errorf("%w: model %q has no version %q; add it to the control plane first", ErrInvalid, req.Model, c)
+			}
+			if c == req.Stable {
+				return nil, fmt.Errorf("%w: candidate %q is the stable version", ErrInvalid, c)
+			}
+		}
+		// The arms follow the model's version order: the order of its
+		// clusters, so of the bucket ranges Envoy gives them.
+		order := map[string]int{}
+		for i, v := range model.Versions {
+			order[v.Name] = i
+		}
+		sort.SliceStable(req.Candidates, func(a, b int) bool { return order[req.Candidates[a]] < order[req.Candidates[b]] })
+		req.Canary = req.Candidates[0]
 	}
 	sv, okS := model.Version(req.Stable)
 	cv, okC := model.Version(req.Canary)
@@ -641,6 +697,14 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 	if err != nil {
 		return nil, err
 	}
+	if len(req.Candidates) > 1 {
+		ro.Plan.Strategy = "abn"
+		ro.Split = 0
+		for _, c := range req.Candidates {
+			ro.Candidates = append(ro.Candidates, Candidate{Version: c, Split: req.Splits[c], Status: ArmRunning, State: NewStageState(0, now)})
+			ro.Split += req.Splits[c]
+		}
+	}
 	if req.Mode == ModeCanary {
 		rps, source := r.requestRate(ctx, model)
 		cost := PlanCost(ro.Plan, cv.Metadata, rps, source)
@@ -671,6 +735,9 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 		}
 		if ro.Preflight != nil {
 			ro.Preflight.Started = applied
+		}
+		for i := range ro.Candidates {
+			ro.Candidates[i].State = NewStageState(0, applied)
 		}
 	}
 	reason := fmt.Sprintf("started by %s: %s risk (%s), %s plan; canary %s at %g %%, stable %s at %g %%",

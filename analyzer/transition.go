@@ -45,6 +45,9 @@ func transition(ro *Rollout, a Action) (Transition, error) {
 		}
 		t.Moves, t.Stage, t.Weight = true, ro.Stage+1, stages[ro.Stage+1].Weight
 	case ActionPromote:
+		if len(ro.Candidates) > 0 {
+			return t, fmt.Errorf("%w: rollout %s is an A/B/n experiment of %d candidates: it is not promoted; end it and start a rollout of the chosen candidate", ErrInvalid, ro.ID, len(ro.Candidates))
+		}
 		t.Moves, t.Weight, t.Stable, t.Status = true, 100, ro.Canary, RolloutPromoted
 	case ActionRollback:
 		t.Moves, t.Weight, t.Status = true, 0, RolloutRolledBack
@@ -78,6 +81,12 @@ type WeightStep struct {
 // at Updated. Pure.
 func (r *Rollout) WeightSteps() []WeightStep {
 	cur := &Rollout{ID: r.ID, Stable: r.Stable, Canary: r.Canary, Mode: r.Mode, Split: r.Split, Plan: r.Plan, Status: RolloutRunning}
+	if len(r.Candidates) > 0 {
+		cur.Candidates = make([]Candidate, len(r.Candidates))
+		for i, c := range r.Candidates {
+			cur.Candidates[i] = Candidate{Version: c.Version, Split: c.Split, Status: ArmRunning}
+		}
+	}
 	steps := []WeightStep{{At: r.Created, Weight: cur.CanaryWeight()}}
 	for _, e := range r.History {
 		if e.Kind != "action" && e.Kind != "operator" {

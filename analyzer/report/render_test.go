@@ -178,3 +178,23 @@ func TestReportShowsThePreflightVerdictAndItsForcedRequests(t *testing.T) {
 		t.Fatalf("a rollout without a pre-flight shows none: %v", err)
 	}
 }
+
+func TestReportOfAnABNExperimentShowsEveryArm(t *testing.T) {
+	d := fixture()
+	d.Rollout.Mode = analyzer.ModeABTest
+	d.Rollout.Candidates = []analyzer.Candidate{
+		{Version: "v2", Split: 20, Status: analyzer.ArmDropped, Reason: "v2 dropped: quality -0.11 worse than stable",
+			Report: &analyzer.ExperimentReport{Metrics: []analyzer.ExperimentMetric{{Metric: analyzer.MetricQuality, Effect: -0.11, Adjusted: 0.001}}}},
+		{Version: "v3", Split: 20, Status: analyzer.ArmRunning},
+	}
+	d.Rollout.ABN = &analyzer.ABNReport{Summary: "v2 dropped; v3 running"}
+	var buf bytes.Buffer
+	if err := Write(&buf, "r", []Data{d}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Arms of the A/B/n experiment", "v2 dropped: quality -0.11 worse than stable", ">v3<", "Running", "v2 dropped; v3 running"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -75,20 +76,21 @@ func runRollout(ctx context.Context, args []string) error {
 	ca := fs.String("ca", os.Getenv("LLMCANARY_CA"), "PEM CA certificate that verifies an https --analyzer (default $LLMCANARY_CA, else the system's roots)")
 	actorName := fs.String("actor", envOr("USER", "cli"), "name recorded in the rollout's history")
 	var (
-		model, canary, stable, policyFile, note, out *string
-		suiteFile                                    *string
-		abtest, watch, asJSON, noPreflight           *bool
-		split, shadow, pfNetLoss, pfLatency          *float64
-		shadowMax, shadowPairs, pfErrors             *int
-		every                                        *time.Duration
+		model, stable, policyFile, note, out, split *string
+		suiteFile                                   *string
+		abtest, watch, asJSON, noPreflight          *bool
+		shadow, pfNetLoss, pfLatency                *float64
+		shadowMax, shadowPairs, pfErrors            *int
+		every                                       *time.Duration
+		canaries                                    listFlag
 	)
 	switch action {
 	case "start":
 		model = fs.String("model", "", "model name (required)")
-		canary = fs.String("canary", "", "canary version (required)")
+		fs.Var(&canaries, "canary", "canary version (required); an A/B/n experiment (--abtest) takes several, comma-separated or repeated")
 		stable = fs.String("stable", "", "stable version (default: the model's stable version)")
 		abtest = fs.Bool("abtest", false, "run an A/B test at a fixed split instead of a staged rollout")
-		split = fs.Float64("split", 0, "canary percentage of an A/B test (default 50)")
+		split = fs.String("split", "", "canary percentage of an A/B test (default 50); with several candidates each one's (default an equal share with stable), or per candidate: v2=20,v3=10")
 		policyFile = fs.String("policy", "", "YAML file overriding fields of the planned policy")
 		shadow = fs.Float64("shadow", 0, "run a shadow stage first, mirroring this percentage of user requests to the canary (0: none)")
 		shadowMax = fs.Int("shadow-max-concurrent", 0, "mirrored requests in flight at the canary at most (default 16)")
@@ -141,21 +143,29 @@ func runRollout(ctx context.Context, args []string) error {
 		if action == "revert" {
 			req = analyzer.StartRequest{Model: id, Revert: true}
 		} else {
-			req = analyzer.StartRequest{Model: *model, Canary: *canary, Stable: *stable, Split: *split}
-		}
-		if abtest != nil && *abtest {
-			req.Mode = analyzer.ModeABTest
-		}
-		if *shadow != 0 || *shadowMax != 0 || *shadowPairs != 0 {
-			if *shadow <= 0 || *shadowMax < 0 || *shadowPairs < 0 {
-				return fmt.Errorf("--shadow %v must be a positive percentage (and the shadow limits not negative)", *shadow)
+			req = analyzer.StartRequest{Model: *model, Stable: *stable}
+			if len(canaries) == 1 {
+				req.Canary = canaries[0]
+			} else {
+				req.Candidates = canaries
 			}
-			req.Shadow = &analyzer.ShadowPolicy{Percent: *shadow, MaxConcurrent: uint32(*shadowMax), MinPairs: *shadowPairs}
+			if err := parseSplit(*split, &req); err != nil {
+				return err
+			}
+			if *abtest {
+				req.Mode = analyzer.ModeABTest
+			}
+			if *shadow != 0 || *shadowMax != 0 || *shadowPairs != 0 {
+				if *shadow <= 0 || *shadowMax < 0 || *shadowPairs < 0 {
+					return fmt.Errorf("--shadow %v must be a positive percentage (and the shadow limits not negative)", *shadow)
+				}
+				req.Shadow = &analyzer.ShadowPolicy{Percent: *shadow, MaxConcurrent: uint32(*shadowMax), MinPairs: *shadowPairs}
+			}
+			if req.Preflight, err = preflightFlags(*suiteFile, *pfNetLoss, *pfErrors, *pfLatency); err != nil {
+				return err
+			}
+			req.NoPreflight = *noPreflight
 		}
-		if req.Preflight, err = preflightFlags(*suiteFile, *pfNetLoss, *pfErrors, *pfLatency); err != nil {
-			return err
-		}
-		req.NoPreflight = noPreflight != nil && *noPreflight
 		if *policyFile != "" {
 			raw, err := policyOverride(*policyFile)
 			if err != nil {
@@ -326,6 +336,65 @@ func envOr(name, def string) string {
 	return def
 }
 
+// printArms writes an A/B/n experiment: each arm's split and status, its
+// decision and its metrics with the Holm-adjusted p-values.
+func printArms(w io.Writer, ro *analyzer.RolloutView) {
+	stable := 100.0
+	for _, c := range ro.Candidates {
+		if c.Status != analyzer.ArmDropped {
+			stable -= c.Split
+		}
+	}
+	fmt.Fprintf(w, "arms     stable %s %g %%\n", ro.Stable, stable)
+	for _, c := range ro.Candidates {
+		fmt.Fprintf(w, "  %-10s %5g %%  %s\n", c.Version, c.Split, c.Status)
+		if c.Reason != "" {
+			fmt.Fprintf(w, "    %s\n", c.Reason)
+		}
+		if c.Report == nil {
+			continue
+		}
+		if s := c.Report.SRM; s != nil {
+			fmt.Fprintf(w, "    users %.1f %% observed, %.1f %% configured (p=%.4f)\n", s.ObservedShare, s.ConfiguredShare, s.PValue)
+		}
+		for _, m := range c.Report.Metrics {
+			fmt.Fprintf(w, "    %-18s %-12s %+.4f p=%.4f adjusted=%.4f n=%d/%d\n", m.Metric, m.Status, m.Effect, m.PValue, m.Adjusted, m.NCanary, m.NStable)
+		}
+	}
+	if ro.ABN != nil {
+		fmt.Fprintf(w, "result   %s\n", ro.ABN.Summary)
+	}
+}
+
+// parseSplit reads --split: one percentage, or version=percentage pairs
+// separated by commas.
+func parseSplit(v string, req *analyzer.StartRequest) error {
+	if v == "" {
+		return nil
+	}
+	if !strings.Contains(v, "=") {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return fmt.Errorf("--split %q: a percentage or version=percentage pairs (v2=20,v3=10)", v)
+		}
+		req.Split = f
+		return nil
+	}
+	req.Splits = map[string]float64{}
+	for _, part := range strings.Split(v, ",") {
+		name, pct, ok := strings.Cut(strings.TrimSpace(part), "=")
+		f, err := strconv.ParseFloat(strings.TrimSpace(pct), 64)
+		if !ok || name == "" || err != nil {
+			return fmt.Errorf("--split %q: %q is not version=percentage", v, part)
+		}
+		if _, dup := req.Splits[name]; dup {
+			return fmt.Errorf("--split %q: %s is given twice", v, name)
+		}
+		req.Splits[name] = f
+	}
+	return nil
+}
+
 // printStatus writes a rollout's state for a terminal: stage, weight,
 // samples against what the stage needs with a small bar, the last decision
 // in its sentence, and the latest history.
@@ -337,7 +406,9 @@ func printStatus(w io.Writer, ro *analyzer.RolloutView) {
 		fmt.Fprintf(w, "reverts  %s\n", revertLine(ro.Reverts))
 	}
 	printCost(w, ro.Plan.Cost)
-	if ro.Mode == analyzer.ModeABTest {
+	if len(ro.Candidates) > 0 {
+		printArms(w, ro)
+	} else if ro.Mode == analyzer.ModeABTest {
 		fmt.Fprintf(w, "split    canary %g %%\n", ro.Split)
 		if ro.Experiment != nil {
 			fmt.Fprintf(w, "result   %s\n", ro.Experiment.Summary)
