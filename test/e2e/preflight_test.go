@@ -102,7 +102,8 @@ func TestPreflightStopsARegressedCanaryBeforeAnyUserRequestReachesIt(t *testing.
 	// The pre-flight's forced requests reached v2 and are labelled so;
 	// not one user request did.
 	waitFor(t, 20*time.Second, "the pre-flight's rows", func() bool {
-		return f.countRows(t, wire.TableRequests, "version = 'v2' AND forced = 1 AND startsWith(request_id, ?)", analyzer.PreflightIDPrefix) >= uint64(30+v.Warmup.Requests)
+		return f.countRows(t, wire.TableRequests, "version = 'v2' AND forced = 1 AND startsWith(request_id, ?)", analyzer.PreflightIDPrefix) >= uint64(30+v.Warmup.Requests) &&
+			f.countRows(t, wire.TableRequests, "version = 'v1' AND forced = 1 AND startsWith(request_id, ?)", analyzer.PreflightIDPrefix) >= 30
 	})
 	noUserReachedTheCanary(t, f, uint64(30+v.Warmup.Requests))
 	// The report shows the pre-flight's requests per version.
