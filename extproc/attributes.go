@@ -27,6 +27,14 @@ func streamSampleRate(ctx context.Context) (rate float64, valid bool) {
 	return ParseSampleRate(vs[0])
 }
 
+// streamCapturesAll reports whether the stream was opened asking for its
+// text to be kept (wire.MetadataCaptureAll, set by the route through
+// envoyconfig.PerRoute).
+func streamCapturesAll(ctx context.Context) bool {
+	vs := metadata.ValueFromIncomingContext(ctx, wire.MetadataCaptureAll)
+	return len(vs) > 0 && vs[0] == "1"
+}
+
 // ParseSampleRate reads a sample rate as the route writes it (a decimal in
 // (0, 1], see envoyconfig.FormatRate). Anything else yields 1 and false:
 // a row of unknown rate counts as one request rather than being lost.

@@ -216,7 +216,7 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 	s.metrics.streams.Inc()
 	defer s.metrics.streams.Dec()
 
-	st := s.newStream(s.now())
+	st := s.newStream(s.now(), streamCapturesAll(srv.Context()))
 	rate, ok := streamSampleRate(srv.Context())
 	if !ok {
 		s.metrics.badSampleRate.Inc()
@@ -283,10 +283,12 @@ type stream struct {
 	shadowModel, shadowVersion string
 }
 
-func (s *Server) newStream(now time.Time) *stream {
+// newStream starts a stream's state; captureAll keeps its text whenever
+// capture is on at all (see wire.MetadataCaptureAll).
+func (s *Server) newStream(now time.Time, captureAll bool) *stream {
 	st := &stream{first: now, start: now}
 	textCap := RefusalWindow
-	if s.capture.sample() {
+	if s.capture.sample() || captureAll && s.capture.Enabled() {
 		st.capture = true
 		st.captureMax = s.capture.MaxBytes
 		if st.captureMax > textCap {

@@ -239,8 +239,8 @@ func (e *extProcExtension) ShadowFilters(model, version string) ([]*hcmv3.HttpFi
 func (e *extProcExtension) MeasurePolicy() Measure { return e.o.Measure }
 
 // PerRoute switches the telemetry filter per route and weighted cluster.
-func (e *extProcExtension) PerRoute(rate float64) (string, *anypb.Any, error) {
-	cfg, err := envoyconfig.PerRoute(rate)
+func (e *extProcExtension) PerRoute(rate float64, captureAll bool) (string, *anypb.Any, error) {
+	cfg, err := envoyconfig.PerRoute(rate, captureAll)
 	return envoyconfig.FilterName, cfg, err
 }
 

@@ -24,7 +24,11 @@ import (
 //     against a few hundred stable users learns stable's rates slowly);
 //   - with no rollout running, a user is measured when their background key
 //     is below Background;
-//   - All measures every request.
+//   - All measures every request;
+//   - while a shadow stage mirrors a share of the model's requests, at
+//     least that share of stable's users is measured: the mirrored requests
+//     are drawn from the measured users (see weightedRoutes), so the user's
+//     answer of every pair is timed and its text kept.
 //
 // The keys come from the wasm filter; without it every request is
 // measured. Every request, measured or not, is also recorded by Envoy's
@@ -133,6 +137,9 @@ func SamplingOf(m *Model, p Measure, keyed bool) Sampling {
 			rate = max(rate, 1.0/wire.SampleScale)
 		}
 	}
+	if m.Shadow.Mirrors() {
+		rate = max(rate, m.Shadow.Percent/100)
+	}
 	rate = math.Round(min(rate, 1)*wire.SampleScale) / wire.SampleScale
 	s := Sampling{StableRate: rate, CanaryRate: 1}
 	if rate > 0 && rate < 1 {
@@ -149,8 +156,9 @@ type Measurer interface {
 	// MeasurePolicy is the policy the translator applies.
 	MeasurePolicy() Measure
 	// PerRoute returns the filter's name and its per-route settings for
-	// traffic measured at rate in [0, 1]; 0 switches it off.
-	PerRoute(rate float64) (filter string, config *anypb.Any, err error)
+	// traffic measured at rate in [0, 1]; 0 switches it off. captureAll
+	// keeps the text of every request measured there.
+	PerRoute(rate float64, captureAll bool) (filter string, config *anypb.Any, err error)
 }
 
 // KeySetter is an Extension that sets the sampling keys (wire.HeaderSample,
@@ -181,11 +189,11 @@ func measuringOf(g Gateway) measuring {
 
 // perRoute returns the typed_per_filter_config for traffic measured at
 // rate, or nil when there is no telemetry filter.
-func (ms measuring) perRoute(rate float64) (map[string]*anypb.Any, error) {
+func (ms measuring) perRoute(rate float64, captureAll bool) (map[string]*anypb.Any, error) {
 	if ms.m == nil {
 		return nil, nil
 	}
-	name, cfg, err := ms.m.PerRoute(rate)
+	name, cfg, err := ms.m.PerRoute(rate, captureAll)
 	if err != nil {
 		return nil, err
 	}

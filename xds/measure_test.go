@@ -56,3 +56,24 @@ func TestMeasureRejectsRatesThatAreNotRates(t *testing.T) {
 		t.Errorf("a valid policy was rejected: %v", err)
 	}
 }
+
+func TestAShadowStageMeasuresAtLeastTheMirroredShareOfStablesUsers(t *testing.T) {
+	m := &Model{Name: "m", Stable: "v1", Versions: []Version{{Name: "v1"}, {Name: "v2"}}, Weights: map[string]float64{"v1": 100},
+		Shadow: &Shadow{Version: "v2", Percent: 25}}
+	if got, want := SamplingOf(m, Measure{}, true), (Sampling{StableRate: 0.25, Key: wire.HeaderBackground, CanaryRate: 1}); got != want {
+		t.Fatalf("shadow before the user stages: %+v, want %+v", got, want)
+	}
+	m.Weights = map[string]float64{"v1": 98, "v2": 2}
+	if got, want := SamplingOf(m, Measure{}, true), (Sampling{StableRate: 0.25, Key: wire.HeaderSample, CanaryRate: 1}); got != want {
+		t.Fatalf("shadow beside a 2 %% canary: %+v, want %+v", got, want)
+	}
+	m.Shadow.Percent = 5
+	if got, want := SamplingOf(m, Measure{}, true), (Sampling{StableRate: 0.2, Key: wire.HeaderSample, CanaryRate: 1}); got != want {
+		t.Fatalf("a shadow share below the rollout's sample changes nothing: %+v, want %+v", got, want)
+	}
+	m.Shadow.Percent = 0
+	m.Weights = map[string]float64{"v1": 100}
+	if got := SamplingOf(m, Measure{}, true); got.StableRate != 0.01 {
+		t.Fatalf("a mirror switched off leaves the background rate: %+v", got)
+	}
+}

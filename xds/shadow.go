@@ -106,17 +106,18 @@ type ShadowObserver interface {
 	ShadowFilters(model, version string) ([]*hcmv3.HttpFilter, error)
 }
 
-// mirrorPolicy returns the route's mirror policy for m, or nil without
-// shadow.
-func mirrorPolicy(m *Model) []*routev3.RouteAction_RequestMirrorPolicy {
-	if !m.Shadow.Mirrors() {
+// mirrorPolicy returns the mirror policy for m of a route that carries
+// share (in (0, 1]) of the model's requests, or nil without shadow: it
+// mirrors the part of them that makes the shadow's percent of all.
+func mirrorPolicy(m *Model, share float64) []*routev3.RouteAction_RequestMirrorPolicy {
+	if !m.Shadow.Mirrors() || !(share > 0) {
 		return nil
 	}
 	return []*routev3.RouteAction_RequestMirrorPolicy{{
 		Cluster: ShadowClusterName(m.Name, m.Shadow.Version),
 		RuntimeFraction: &corev3.RuntimeFractionalPercent{
 			DefaultValue: &typev3.FractionalPercent{
-				Numerator:   uint32(math.Round(m.Shadow.Percent * 100)),
+				Numerator:   uint32(min(math.Round(m.Shadow.Percent*100/share), 10000)),
 				Denominator: typev3.FractionalPercent_TEN_THOUSAND,
 			},
 			RuntimeKey: ShadowRuntimeKey(m.Name),

@@ -405,13 +405,16 @@ func versionRoute(m *Model, version, why string, headers ...*routev3.HeaderMatch
 func weightedRoutes(m *Model, modelHdr *routev3.HeaderMatcher, ms measuring) ([]*routev3.Route, error) {
 	smp := ms.sampling(m)
 	if smp == nil {
-		return []*routev3.Route{weightedRoute(m, "weighted", nil, []*routev3.HeaderMatcher{modelHdr})}, nil
+		r := weightedRoute(m, "weighted", nil, []*routev3.HeaderMatcher{modelHdr})
+		r.GetRoute().RequestMirrorPolicies = mirrorPolicy(m, 1)
+		return []*routev3.Route{r}, nil
 	}
 	// The canary's setting, stable's, and stable's for users outside
 	// the sample.
 	var cms [3]*clusterMeasure
 	for i, rate := range []float64{smp.CanaryRate, smp.StableRate, 0} {
-		cfg, err := ms.perRoute(rate)
+		// Stable's answers to mirrored requests are kept for the judge.
+		cfg, err := ms.perRoute(rate, i == 1 && m.Shadow.Mirrors())
 		if err != nil {
 			return nil, err
 		}
@@ -419,13 +422,20 @@ func weightedRoutes(m *Model, modelHdr *routev3.HeaderMatcher, ms measuring) ([]
 	}
 	canary, sampled, unsampled := cms[0], cms[1], cms[2]
 	if smp.Key == "" {
-		return []*routev3.Route{weightedRoute(m, "weighted", []*clusterMeasure{sampled, canary}, []*routev3.HeaderMatcher{modelHdr})}, nil
+		r := weightedRoute(m, "weighted", []*clusterMeasure{sampled, canary}, []*routev3.HeaderMatcher{modelHdr})
+		r.GetRoute().RequestMirrorPolicies = mirrorPolicy(m, smp.StableRate)
+		return []*routev3.Route{r}, nil
 	}
 	keyHdr := &routev3.HeaderMatcher{Name: smp.Key, HeaderMatchSpecifier: &routev3.HeaderMatcher_RangeMatch{
 		RangeMatch: &typev3.Int64Range{Start: 0, End: smp.threshold()},
 	}}
+	// Only the measured users' requests are mirrored, at the share that
+	// makes the model's mirrored share the shadow's percent (SamplingOf
+	// measures at least that share).
+	sampledRoute := weightedRoute(m, "weighted:sampled", []*clusterMeasure{sampled, canary}, []*routev3.HeaderMatcher{modelHdr, keyHdr})
+	sampledRoute.GetRoute().RequestMirrorPolicies = mirrorPolicy(m, smp.StableRate)
 	return []*routev3.Route{
-		weightedRoute(m, "weighted:sampled", []*clusterMeasure{sampled, canary}, []*routev3.HeaderMatcher{modelHdr, keyHdr}),
+		sampledRoute,
 		weightedRoute(m, "weighted", []*clusterMeasure{unsampled, canary}, []*routev3.HeaderMatcher{modelHdr}),
 	}, nil
 }
@@ -462,8 +472,7 @@ func weightedRoute(m *Model, why string, measure []*clusterMeasure, headers []*r
 		Name:  m.Name + "/" + why,
 		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: headers},
 		Action: &routev3.Route_Route{Route: routeAction(&routev3.RouteAction{
-			ClusterSpecifier:      &routev3.RouteAction_WeightedClusters{WeightedClusters: wc},
-			RequestMirrorPolicies: mirrorPolicy(m),
+			ClusterSpecifier: &routev3.RouteAction_WeightedClusters{WeightedClusters: wc},
 		})},
 	}
 }
@@ -496,7 +505,7 @@ func (ms measuring) apply(rs []*routev3.Route) error {
 			}
 			rate = 1
 		}
-		cfg, err := ms.perRoute(rate)
+		cfg, err := ms.perRoute(rate, false)
 		if err != nil {
 			return err
 		}

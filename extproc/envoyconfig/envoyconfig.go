@@ -298,7 +298,11 @@ var ResponseAttributes = []string{
 // (wire.MetadataSampleRate) so every row carries it; 0 turns the filter
 // off, and Envoy then opens no stream at all. It is set on routes and on
 // the clusters of weighted routes.
-func PerRoute(rate float64) (*anypb.Any, error) {
+//
+// captureAll asks the service to keep the text of every request on the
+// route (wire.MetadataCaptureAll) whenever its capture is on: stable's
+// answers to the requests a shadow stage mirrors.
+func PerRoute(rate float64, captureAll bool) (*anypb.Any, error) {
 	if !(rate >= 0 && rate <= 1) {
 		return nil, fmt.Errorf("ext_proc per-route: sample rate %v is not in [0, 1]", rate)
 	}
@@ -306,9 +310,11 @@ func PerRoute(rate float64) (*anypb.Any, error) {
 	if rate == 0 {
 		pr.Override = &extprocfilterv3.ExtProcPerRoute_Disabled{Disabled: true}
 	} else {
-		pr.Override = &extprocfilterv3.ExtProcPerRoute_Overrides{Overrides: &extprocfilterv3.ExtProcOverrides{
-			GrpcInitialMetadata: []*corev3.HeaderValue{{Key: wire.MetadataSampleRate, Value: FormatRate(rate)}},
-		}}
+		md := []*corev3.HeaderValue{{Key: wire.MetadataSampleRate, Value: FormatRate(rate)}}
+		if captureAll {
+			md = append(md, &corev3.HeaderValue{Key: wire.MetadataCaptureAll, Value: "1"})
+		}
+		pr.Override = &extprocfilterv3.ExtProcPerRoute_Overrides{Overrides: &extprocfilterv3.ExtProcOverrides{GrpcInitialMetadata: md}}
 	}
 	if err := pr.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("ext_proc per-route: %w", err)

@@ -25,7 +25,7 @@ const hdrRoute = "x-test-route"
 
 func perRoute(t testing.TB, rate float64) map[string]*anypb.Any {
 	t.Helper()
-	pr, err := envoyconfig.PerRoute(rate)
+	pr, err := envoyconfig.PerRoute(rate, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -71,6 +71,12 @@ const SampleScale = 10000
 // stream without it was measured at rate 1.
 const MetadataSampleRate = HeaderSampleRate
 
+// MetadataCaptureAll is the gRPC metadata key under which Envoy opens the
+// ext_proc stream of a request whose text must be kept whatever the
+// service's capture rate (value "1"): stable's answers to the requests a
+// shadow stage mirrors, each half of a judged pair.
+const MetadataCaptureAll = "x-llmcanary-capture-all"
+
 // MetadataShadowModel and MetadataShadowVersion are the gRPC metadata
 // keys with which a shadow cluster's telemetry filter opens its streams:
 // the stream observes a mirrored request of that model answered by that

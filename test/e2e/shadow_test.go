@@ -175,8 +175,11 @@ func TestShadowStageRollsBackARegressedCanaryBeforeAnyUserReachesIt(t *testing.T
 	stable.BadAnswerRate = 0.02
 	canary := analyzerProfile("v2", 0)
 	canary.BadAnswerRate = 0.5
+	// Measured by need, with text kept for 1 % of requests: the shadow
+	// stage itself must measure and keep the user's answer of every
+	// mirrored request.
 	f := startFleet(t, fleetOptions{wasm: true, stableW: 100, stable: stable, canary: canary,
-		stack: local.Options{Telemetry: true, Measure: timeAll, Capture: extproc.CaptureOptions{Rate: 1}}})
+		stack: local.Options{Telemetry: true, Capture: extproc.CaptureOptions{Rate: 0.01}}})
 	startShadowJudge(t, f)
 	a := startAnalyzer(t, f, t.TempDir())
 	ro, err := a.runner.Start(context.Background(), analyzer.StartRequest{Model: model, Canary: "v2",
@@ -211,6 +214,16 @@ func TestShadowStageRollsBackARegressedCanaryBeforeAnyUserReachesIt(t *testing.T
 	if n := f.countRows(t, quality.ShadowTable, "1"); n == 0 {
 		t.Fatal("no shadow pair was judged")
 	}
+	// Every mirrored request's user answer was timed and kept, though
+	// only half of the users are measured and 1 % of text is captured:
+	// the mirror draws from the measured users, whose answers the route
+	// asks the telemetry to keep.
+	mirrored := f.countRows(t, wire.TableShadow, "version = 'v2'")
+	kept := f.countRows(t, wire.TableShadow, "version = 'v2' AND request_id IN (SELECT request_id FROM "+wire.Database+"."+wire.TableCaptures+" WHERE version = 'v1')")
+	if kept < mirrored*9/10 {
+		t.Fatalf("stable's answer was kept for %d of %d mirrored requests", kept, mirrored)
+	}
+	t.Logf("stable's answer kept for %d of %d mirrored requests", kept, mirrored)
 	for v, n := range served(t, f, 100) {
 		if v != "v1" {
 			t.Fatalf("%d requests served by %q after the rollback", n, v)
