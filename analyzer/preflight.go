@@ -42,14 +42,16 @@ type PreflightPolicy struct {
 	RequestTimeout config.Duration `json:"request_timeout,omitempty"`
 }
 
-// WarmupPolicy says when the canary is warm: the last Window TTFTs all
-// within Tolerance (relative) of their median, after at most MaxRequests
-// requests and MaxDuration.
+// WarmupPolicy says when the canary is warm: the median TTFT of the last
+// Window requests is within Tolerance (relative) of the median of the
+// Window before them, so the level has stopped falling while single
+// requests may still differ as much as prompts and answers do; after at
+// most MaxRequests requests and MaxDuration.
 type WarmupPolicy struct {
-	// Window is how many of the latest TTFTs must agree. Default 5.
+	// Window is how many TTFTs each median is taken over. Default 5.
 	Window int `json:"window,omitempty"`
-	// Tolerance is the largest relative distance of each of them from
-	// their median. Default 0.25.
+	// Tolerance is the largest relative distance between the two
+	// medians. Default 0.25.
 	Tolerance float64 `json:"tolerance,omitempty"`
 	// MaxRequests bounds the warm-up requests. Default 50.
 	MaxRequests int `json:"max_requests,omitempty"`
@@ -119,8 +121,8 @@ func (p PreflightPolicy) Validate() error {
 	if !(w.Tolerance > 0 && w.Tolerance < 1) {
 		bad("warmup.tolerance %v must be in (0, 1)", w.Tolerance)
 	}
-	if w.MaxRequests < w.Window {
-		bad("warmup.max_requests %d must be at least warmup.window %d", w.MaxRequests, w.Window)
+	if w.MaxRequests < 2*w.Window {
+		bad("warmup.max_requests %d must be at least twice warmup.window %d", w.MaxRequests, w.Window)
 	}
 	if w.MaxDuration.D() <= 0 {
 		bad("warmup.max_duration %v must be positive", w.MaxDuration.D())
@@ -206,26 +208,30 @@ func ParseSuite(r io.Reader) ([]SuitePrompt, error) {
 	return out, nil
 }
 
-// WarmupSettled reports whether the canary is warm: the last window TTFTs
-// all lie within tol (relative) of their median, which it returns (0
-// with fewer than window TTFTs).
+// WarmupSettled reports whether the canary is warm: the median of the
+// last window TTFTs lies within tol (relative to it) of the median of the
+// window before. It returns the last window's median (0 with fewer than
+// window TTFTs).
 func WarmupSettled(ttfts []time.Duration, window int, tol float64) (bool, time.Duration) {
 	if window < 1 || len(ttfts) < window {
 		return false, 0
 	}
-	last := slices.Clone(ttfts[len(ttfts)-window:])
-	slices.Sort(last)
-	med := last[len(last)/2]
-	if len(last)%2 == 0 {
-		med = (last[len(last)/2-1] + last[len(last)/2]) / 2
+	n := len(ttfts)
+	last := medianDuration(ttfts[n-window:])
+	if n < 2*window {
+		return false, last
 	}
-	lim := tol * float64(med)
-	for _, t := range last {
-		if math.Abs(float64(t-med)) > lim {
-			return false, med
-		}
+	prev := medianDuration(ttfts[n-2*window : n-window])
+	return math.Abs(float64(prev-last)) <= tol*float64(last), last
+}
+
+func medianDuration(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s)%2 == 0 {
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
 	}
-	return true, med
+	return s[len(s)/2]
 }
 
 // PreflightAnswer is one version's answer to a pre-flight request.

@@ -28,11 +28,14 @@ func TestWarmupSettled(t *testing.T) {
 		median  time.Duration
 	}{
 		{"fewer TTFTs than the window is not settled", ms(20, 20), 3, 0.1, false, 0},
-		{"a cold start followed by steady TTFTs settles", ms(900, 400, 21, 20, 19), 3, 0.1, true, 20 * time.Millisecond},
-		{"the cold start still in the window is not settled", ms(900, 21, 20, 19), 4, 0.1, false, 20500 * time.Microsecond},
-		{"one TTFT just outside the tolerance is not settled", ms(100, 100, 111), 3, 0.1, false, 100 * time.Millisecond},
-		{"one TTFT at the tolerance settles", ms(100, 100, 110), 3, 0.1, true, 100 * time.Millisecond},
-		{"only the last window counts", ms(5, 5000, 50, 52, 48), 3, 0.05, true, 50 * time.Millisecond},
+		{"fewer than two windows is not settled", ms(20, 20, 20, 20, 20), 3, 0.1, false, 20 * time.Millisecond},
+		{"a cold start followed by steady TTFTs settles", ms(900, 400, 21, 20, 19, 20, 21, 19), 3, 0.1, true, 20 * time.Millisecond},
+		{"the cold start still in the earlier window is not settled", ms(900, 400, 21, 20, 19, 22), 3, 0.1, false, 20 * time.Millisecond},
+		{"TTFTs as spread as prompts are, at one level, settle", ms(40, 90, 60, 35, 95, 62), 3, 0.25, true, 62 * time.Millisecond},
+		{"a level still falling is not settled", ms(200, 190, 180, 100, 95, 90), 3, 0.25, false, 95 * time.Millisecond},
+		{"medians just outside the tolerance are not settled", ms(111, 111, 111, 100, 100, 100), 3, 0.1, false, 100 * time.Millisecond},
+		{"medians at the tolerance settle", ms(110, 110, 110, 100, 100, 100), 3, 0.1, true, 100 * time.Millisecond},
+		{"only the last two windows count", ms(5, 5000, 50, 52, 48, 49, 51, 50), 3, 0.05, true, 50 * time.Millisecond},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

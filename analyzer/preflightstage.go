@@ -430,7 +430,7 @@ func (r *Runner) planPreflight(ro *Rollout, req StartRequest, now time.Time) (st
 		return "", err
 	}
 	pp := ro.Preflight.Policy
-	return fmt.Sprintf("; pre-flight first: warm-up of %s until %d TTFTs agree within %.0f %% (at most %d requests, %v), then %d suite prompts to both versions; gates: net loss share ≤ %s, canary errors ≤ %d, latency ratio ≤ %s",
-		ro.Canary, pp.Warmup.Window, 100*pp.Warmup.Tolerance, pp.Warmup.MaxRequests, pp.Warmup.MaxDuration.D(), len(pp.Suite),
+	return fmt.Sprintf("; pre-flight first: warm-up of %s until the median TTFT of its last %d requests is within %.0f %% of the %d before (at most %d requests, %v), then %d suite prompts to both versions; gates: net loss share ≤ %s, canary errors ≤ %d, latency ratio ≤ %s",
+		ro.Canary, pp.Warmup.Window, 100*pp.Warmup.Tolerance, pp.Warmup.Window, pp.Warmup.MaxRequests, pp.Warmup.MaxDuration.D(), len(pp.Suite),
 		pct(pp.Gates.MaxNetLossShare), pp.Gates.MaxErrors, ratio(pp.Gates.MaxLatencyRatio, true)), nil
 }

@@ -34,6 +34,10 @@ type ShadowSimConfig struct {
 	StableBad, CanaryBad float64
 	// CanarySlower multiplies the canary's latency.
 	CanarySlower float64
+	// MirroredUsers, when in (0, 1), is the share of users whose
+	// requests are mirrored, every one of them (the gateway mirrors its
+	// measured users, drawn by user); 0 mirrors requests of all users.
+	MirroredUsers float64
 	// LookEvery is how many new pairs each look sees (the runner's
 	// cadence: 2 s at 2 mirrored requests a second is 4).
 	LookEvery int
@@ -128,7 +132,11 @@ func shadowRun(cfg ShadowSimConfig, bs, bc float64, r *rand.Rand) (Action, int) 
 	var total float64
 	for i := range users {
 		users[i] = user{logit: cfg.QualitySigma * r.NormFloat64(), latency: math.Exp(cfg.LatencySigma * r.NormFloat64())}
-		total += math.Exp(cfg.ActivitySigma * r.NormFloat64())
+		activity := math.Exp(cfg.ActivitySigma * r.NormFloat64())
+		if cfg.MirroredUsers > 0 && r.Float64() >= cfg.MirroredUsers {
+			activity = 0 // never mirrored
+		}
+		total += activity
 		cum[i] = total
 	}
 	bad := func(base, x float64) bool { return r.Float64() < 1/(1+math.Exp(-(base+x))) }
@@ -233,6 +241,23 @@ func compareShadow(t testing.TB, runs, userRuns int) {
 	}
 	if same.Passed < runs*9/10 {
 		t.Errorf("a canary as good as stable passed the shadow stage in %d of %d runs", same.Passed, runs)
+	}
+
+	// Mirroring by user, as the gateway does: a tenth of the users (the
+	// measured ones), each with all of their requests.
+	byUser := incidentShadow(runs)
+	byUser.MirroredUsers, byUser.Seed = 0.1, 29
+	bu := SimulateShadow(byUser)
+	byUserAA := byUser
+	byUserAA.CanaryBad, byUserAA.Seed = byUserAA.StableBad, 31
+	buAA := SimulateShadow(byUserAA)
+	t.Logf("shadow mirroring a tenth of the users: 3 %% → 14 %% rolled back %d of %d, judged pairs at rollback median %.0f, p95 %.0f; A/A rolled back %d, passed %d",
+		bu.RolledBack, bu.Runs, bu.MedianPairsAtRollback, bu.P95PairsAtRollback, buAA.RolledBack, buAA.Passed)
+	if bu.RolledBack < runs*99/100 {
+		t.Errorf("mirroring by user caught the incident in %d of %d runs, want 99 %%", bu.RolledBack, runs)
+	}
+	if lo := wilsonLower(buAA.RolledBack, buAA.Runs); lo > byUserAA.Alpha {
+		t.Errorf("mirroring by user, A/A false rollbacks %d of %d: the 99 %% interval starts at %.3f, above alpha %v", buAA.RolledBack, buAA.Runs, lo, byUserAA.Alpha)
 	}
 
 	slow := incidentShadow(runs / 4)
