@@ -113,6 +113,11 @@ func (s *State) SetWeights(model string, weights map[string]float64, stable stri
 	m.Weights = weights
 	if stable != "" {
 		m.Stable = stable
+		// A version that becomes stable is no one's shadow any more (its
+		// shadow stage ended, or ends with the promotion).
+		if m.Shadow != nil && m.Shadow.Version == stable {
+			m.Shadow = nil
+		}
 	}
 	return nil
 }

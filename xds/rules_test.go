@@ -25,6 +25,25 @@ func TestDesiredStateRules(t *testing.T) {
 		want   error
 		check  func(t *testing.T, s *State)
 	}{
+		{"promoting the version a shadow stage mirrored to ends its shadow setting", func(s *State) error {
+			s.Models["m"].Shadow = &Shadow{Version: "v2", Percent: 0, MaxConcurrent: 4}
+			if err := s.SetWeights("m", map[string]float64{"v2": 100}, "v2"); err != nil {
+				return err
+			}
+			return s.Models["m"].Validate()
+		}, nil, func(t *testing.T, s *State) {
+			if m := s.Models["m"]; m.Stable != "v2" || m.Shadow != nil {
+				t.Fatalf("stable %s, shadow %+v; want v2 stable and no shadow", m.Stable, m.Shadow)
+			}
+		}},
+		{"promoting another version keeps the shadow setting", func(s *State) error {
+			s.Models["m"].Shadow = &Shadow{Version: "v2", Percent: 5}
+			return s.SetWeights("m", map[string]float64{"v3": 100}, "v3")
+		}, nil, func(t *testing.T, s *State) {
+			if m := s.Models["m"]; m.Shadow == nil || m.Shadow.Version != "v2" || m.Shadow.Percent != 5 {
+				t.Fatalf("shadow %+v; want v2 at 5 %% kept", m.Shadow)
+			}
+		}},
 		{"a new version joins with no traffic", func(s *State) error {
 			return s.PutVersion("m", "v4", Version{Name: "v4", Endpoints: []string{"127.0.0.1:8004"}})
 		}, nil, func(t *testing.T, s *State) {

@@ -315,4 +315,12 @@ func TestShadowStagePassesAHealthyCanaryToItsFirstUserStage(t *testing.T) {
 	if m, err := f.API.Model(context.Background(), model); err != nil || m.Shadow.Mirrors() || m.Weights["v2"] != first {
 		t.Fatalf("after the pass the mirror must be off and v2 at %g %%: %+v %v", first, m, err)
 	}
+	// The version that was the shadow can be promoted: it becomes stable
+	// and is no one's shadow any more.
+	if _, err := a.runner.Operate(context.Background(), ro.ID, analyzer.OpPromote, "alice", "ship it"); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := f.API.Model(context.Background(), model); err != nil || m.Stable != "v2" || m.Shadow != nil || m.Weights["v2"] != 100 {
+		t.Fatalf("after the promotion v2 must be stable at 100 %% with no shadow: %+v %v", m, err)
+	}
 }
