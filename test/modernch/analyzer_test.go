@@ -118,6 +118,18 @@ func writeTraffic(t *testing.T) servers {
 		add(s.start.Add(time.Duration(ms)*time.Millisecond), i, uint64(user())%100 < 20)
 		i++
 	}
+	// A pre-flight's forced requests to both versions, early in the rollout.
+	for n := range 24 {
+		v := []string{"v1", "v2"}[n%2]
+		at := s.start.Add(time.Duration(n)*time.Second + time.Duration(n)*time.Millisecond)
+		r := extproc.Record{Time: at, RequestID: fmt.Sprintf("%sr-1:suite:%d:%s", analyzer.PreflightIDPrefix, n/2, v), Model: model, Version: v,
+			Cluster: model + "_" + v, Path: "/v1/chat/completions", Status: 200, Streamed: n%3 != 0, Forced: true, PromptTokens: 30,
+			CompletionTokens: 20, TokensFromUsage: true, FinishReason: "stop", SampleRate: 1, TTFTMs: 40 + float64(n), TotalMs: 300 + 7*float64(n)}
+		if n == 5 {
+			r.Status, r.Failure = 500, extproc.FailureHTTP5xx
+		}
+		recs = append(recs, r)
+	}
 	// Left out by every reader: another model, and a request after the window.
 	add(s.start.Add(time.Minute+time.Millisecond/2), i, true)
 	recs[len(recs)-1].Model = "mistral"
@@ -132,7 +144,8 @@ func writeTraffic(t *testing.T) servers {
 		t.Fatal(err)
 	}
 	s.rollout = &analyzer.Rollout{ID: "r-1", Model: model, Stable: "v1", Canary: "v2", Mode: analyzer.ModeCanary,
-		Plan: analyzer.Plan{Policy: analyzer.DefaultPolicy()}, Status: analyzer.RolloutRunning, Created: s.start, Updated: s.start.Add(20 * time.Minute)}
+		Plan: analyzer.Plan{Policy: analyzer.DefaultPolicy()}, Status: analyzer.RolloutRunning, Created: s.start, Updated: s.start.Add(20 * time.Minute),
+		Preflight: &analyzer.PreflightStage{Status: analyzer.PreflightPassed, Started: s.start, Ended: s.start.Add(30 * time.Second)}}
 	writeDecisions(t, s.old, s.db, s.rollout)
 
 	copied, err := modernch.Mirror(ctx, s.old, s.modern, s.db)
@@ -246,8 +259,8 @@ func TestRolloutReportReadsTheSameOnAModernServer(t *testing.T) {
 	if err != nil || len(want.Missing) > 0 {
 		t.Fatalf("18.16: %v, missing %v", err, want.Missing)
 	}
-	if len(want.Looks) != 6 || len(want.Worst) == 0 || want.Latency["v2"].Count == 0 {
-		t.Fatalf("too little read on 18.16 to compare: %d looks, %d worst answers, latency %+v", len(want.Looks), len(want.Worst), want.Latency)
+	if len(want.Looks) != 6 || len(want.Worst) == 0 || want.Latency["v2"].Count == 0 || len(want.Preflight) != 2 || want.Preflight[1].Requests != 12 || want.Preflight[1].Failures != 1 {
+		t.Fatalf("too little read on 18.16 to compare: %d looks, %d worst answers, latency %+v, pre-flight %+v", len(want.Looks), len(want.Worst), want.Latency, want.Preflight)
 	}
 	got, err := report.Load(ctx, s.modern, s.db, s.rollout, now)
 	if err != nil || len(got.Missing) > 0 {
