@@ -80,7 +80,10 @@ func runDemo(ctx context.Context, args []string) error {
 judge, sends live traffic from simulated users, and runs two rollouts with
 stage times compressed to seconds: a fine-tuned checkpoint that is 30 %
 slower and hallucinates on 14 % of answers (3 % before), rolled back
-automatically, then a healthy one, promoted to 100 %. Progress shows live;
+automatically, then a healthy one, promoted to 100 %. Each rollout begins
+with a pre-flight (warm-up and a prompt suite judged in pairs) and a shadow
+stage (user requests mirrored to the canary, judged in pairs) before any
+user is routed to the canary. Progress shows live;
 pictures of weight over time and latency per version, and an HTML report of
 both rollouts, go to --out.`)
 	var o demoOptions
@@ -160,7 +163,7 @@ both rollouts, go to --out.`)
 	say("sending %.0f streamed requests per second from 5000 simulated users; every answer is graded by the judge", o.rate)
 
 	// Rollout 1: the regressed fine-tune.
-	bad, err := watchRollout(ctx, runner, analyzer.StartRequest{Model: s.Model, Canary: badPool.Version, Actor: "demo"}, o.timeout)
+	bad, err := watchRollout(ctx, runner, demoStart(s.Model, badPool.Version), o.timeout)
 	if err != nil {
 		return err
 	}
@@ -184,7 +187,7 @@ both rollouts, go to --out.`)
 	servedMu.Lock()
 	canaryName = goodPool.Version
 	servedMu.Unlock()
-	healthy, err := watchRollout(ctx, runner, analyzer.StartRequest{Model: s.Model, Canary: goodPool.Version, Actor: "demo"}, o.timeout)
+	healthy, err := watchRollout(ctx, runner, demoStart(s.Model, goodPool.Version), o.timeout)
 	if err != nil {
 		return err
 	}
@@ -217,7 +220,18 @@ both rollouts, go to --out.`)
 		return err
 	}
 
+	userRows, err := canaryUserRequests(ctx, s, bad)
+	if err != nil {
+		return err
+	}
+
 	fmt.Println()
+	for _, ro := range []*analyzer.Rollout{bad, healthy} {
+		for _, l := range beforeUsers(ro) {
+			say("%s %s", ro.Canary, l)
+		}
+	}
+	say("user requests %s answered during its rollout: %d", bad.Canary, userRows)
 	say("result: %s %s — %s", bad.Canary, bad.Status, lastReason(bad))
 	say("        Envoy after the rollback: %s", allStable)
 	say("result: %s %s — %s", healthy.Canary, healthy.Status, lastReason(healthy))
@@ -255,6 +269,9 @@ func watchRollout(ctx context.Context, r *analyzer.Runner, req analyzer.StartReq
 		line := fmt.Sprintf("stage %d/%d at %3.0f%% %s  canary requests %4d/%-4d  %4.0fs  %s",
 			p.Stage, p.Stages, p.Weight, bar(ratio(float64(p.Samples), float64(max(p.MinSamples, 1)))), p.Samples, p.MinSamples,
 			p.InStage.Seconds(), clip(reason, 150))
+		if l := beforeUsersProgress(ro); l != "" {
+			line = l
+		}
 		if line != lastLine && time.Since(lastPrint) > 2*time.Second || !ro.Status.Active() {
 			say("%s", line)
 			lastLine, lastPrint = line, time.Now()
