@@ -116,7 +116,7 @@ func TestPreflightStopsARegressedCanaryBeforeAnyUserRequestReachesIt(t *testing.
 	if err != nil || strings.Contains(fmt.Sprint(d.Missing), "pre-flight") {
 		t.Fatalf("report: %v %v", err, d.Missing)
 	}
-	want := fmt.Sprintf("[{v1 30 0} {v2 %d 0}]", 30+v.Warmup.Requests)
+	want := fmt.Sprintf("[{v1 30 %d} {v2 %d %d}]", v.StableErrors, 30+v.Warmup.Requests, v.CanaryErrors)
 	var have []string
 	for _, p := range d.Preflight {
 		have = append(have, fmt.Sprintf("{%s %d %d}", p.Version, p.Requests, p.Failures))
