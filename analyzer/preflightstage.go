@@ -168,6 +168,10 @@ func (g PreflightGateway) Send(ctx context.Context, model, version, id, prompt s
 		return fail("the stream ended without [DONE]")
 	}
 	a.Latency = time.Since(start)
+	// Read the response to its end: closing it after [DONE] but before
+	// the last chunk would cut the stream, and the gateway would record
+	// the request as cancelled.
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	if a.TTFT == 0 {
 		a.TTFT = a.Latency
 	}

@@ -67,7 +67,8 @@ type Distribution struct {
 }
 
 // PreflightTraffic is one version's pre-flight requests as the telemetry
-// recorded them.
+// recorded them. Failures are the version's: a stream the sender closed
+// first (client_cancel) is not one.
 type PreflightTraffic struct {
 	Version                 string
 	Requests, Failures      uint64
@@ -230,11 +231,11 @@ GROUP BY cohort, version ORDER BY cohort, version`,
 // preflightTraffic reads the rollout's pre-flight requests of [from, to]
 // per version: forced, with the rollout's pre-flight request id prefix.
 func preflightTraffic(ctx context.Context, conn driver.Conn, db string, ro *analyzer.Rollout, from, to time.Time) ([]PreflightTraffic, error) {
-	q := fmt.Sprintf(`SELECT version, count(), countIf(failure != ''),
+	q := fmt.Sprintf(`SELECT version, count(), countIf(failure != '' AND failure != '%s'),
     quantileIf(0.5)(total_ms, failure = ''), quantileIf(0.5)(ttft_ms, failure = '' AND streamed = 1)
 FROM %s.%s
 WHERE date >= %s AND date <= %s AND model = ? AND forced = 1 AND startsWith(request_id, ?)
-GROUP BY version ORDER BY version`, db, wire.TableRequests, dateLit(from), dateLit(to))
+GROUP BY version ORDER BY version`, wire.FailureClientCancel, db, wire.TableRequests, dateLit(from), dateLit(to))
 	rows, err := conn.Query(ctx, q, ro.Model, analyzer.PreflightIDPrefix+ro.ID+":")
 	if err != nil {
 		return nil, err
