@@ -31,6 +31,10 @@ func (vmContext) NewPluginContext(uint32) abi.PluginContext { return &pluginCont
 type pluginContext struct {
 	abi.DefaultPluginContext
 	plugin *filter.Plugin
+	// free holds the contexts of deleted streams for reuse: a new stream
+	// then allocates nothing, neither its context nor the memory its
+	// headers and body are read into.
+	free []*httpContext
 }
 
 // OnPluginStart parses and validates the configuration; returning false
@@ -60,14 +64,49 @@ func (p *pluginContext) NewHttpContext(uint32) abi.HttpContext {
 	if p.plugin == nil {
 		return abi.DefaultHttpContext{}
 	}
-	c := new(httpContext)
-	c.s.Reset(p.plugin, host{})
+	var c *httpContext
+	if n := len(p.free); n > 0 {
+		c, p.free[n-1] = p.free[n-1], nil
+		p.free = p.free[:n-1]
+	} else {
+		c = &httpContext{plugin: p}
+	}
+	c.s.Reset(p.plugin, host{&c.mem})
 	return c
 }
 
 type httpContext struct {
 	abi.DefaultHttpContext
-	s filter.Stream
+	s      filter.Stream
+	plugin *pluginContext
+	mem    streamMemory
+}
+
+// streamMemory is where a stream's headers and body are read to. The
+// stream's strings alias it, so it is reused only by a later stream.
+type streamMemory struct {
+	headers []byte      // the header map as the host wrote it
+	pairs   [][2]string // the headers, aliasing headers
+	body    []byte
+}
+
+// Blocks larger than these are not kept for reuse: a context in the free
+// list should not hold on to a rare large body.
+const (
+	keepHeaderBytes = 16 << 10
+	keepBodyBytes   = 64 << 10
+)
+
+// OnHttpStreamDelete puts c in its plugin's free list.
+func (c *httpContext) OnHttpStreamDelete() {
+	if cap(c.mem.headers) > keepHeaderBytes {
+		c.mem.headers, c.mem.pairs = nil, nil
+	}
+	if cap(c.mem.body) > keepBodyBytes {
+		c.mem.body = nil
+	}
+	c.s.Reset(nil, nil)
+	c.plugin.free = append(c.plugin.free, c)
 }
 
 func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) abi.Action {
@@ -90,12 +129,21 @@ func action(a filter.Action) abi.Action {
 }
 
 // host implements filter.Host with proxy-wasm host calls on the current
-// stream.
-type host struct{}
+// stream, reading into the stream's memory.
+type host struct{ mem *streamMemory }
 
-var _ filter.Host = host{}
+var (
+	_ filter.Host           = host{}
+	_ abi.HttpStreamDeleter = (*httpContext)(nil)
+)
 
-func (host) RequestHeaders() ([][2]string, error) { return abi.GetHttpRequestHeaders() }
+func (h host) RequestHeaders() ([][2]string, error) {
+	pairs, err := abi.GetHttpRequestHeadersInto(&h.mem.headers, h.mem.pairs)
+	if err == nil {
+		h.mem.pairs = pairs[:0]
+	}
+	return pairs, err
+}
 
 func (host) SetRequestHeader(name, value string) error {
 	return abi.ReplaceHttpRequestHeader(name, value)
@@ -103,7 +151,9 @@ func (host) SetRequestHeader(name, value string) error {
 
 func (host) RemoveRequestHeader(name string) error { return abi.RemoveHttpRequestHeader(name) }
 
-func (host) RequestBody(size int) ([]byte, error) { return abi.GetHttpRequestBody(0, size) }
+func (h host) RequestBody(size int) ([]byte, error) {
+	return abi.GetHttpRequestBodyInto(&h.mem.body, 0, size)
+}
 
 func (host) SendLocalResponse(status int, headers [][2]string, body []byte) error {
 	return abi.SendHttpResponseWithDetails(uint32(status), wire.DetailsFilterReply, headers, body, -1)
