@@ -22,7 +22,7 @@ func (h *fakeHost) RequestHeaders() ([][2]string, error) { return h.headers, nil
 
 func (h *fakeHost) SetRequestHeader(name, value string) error {
 	h.RemoveRequestHeader(name)
-	h.headers = append(h.headers, [2]string{name, value})
+	h.headers = append(h.headers, [2]string{name, strings.Clone(value)}) // as a host copies it
 	return nil
 }
 
