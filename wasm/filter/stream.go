@@ -22,7 +22,10 @@ type Host interface {
 	// stream's memory: the host copies them (a proxy-wasm host does).
 	SetRequestHeader(name, value string) error
 	RemoveRequestHeader(name string) error
-	// RequestBody returns the first size bytes of the buffered body.
+	// RequestBody returns the first size bytes of the buffered body. They
+	// are valid only until the callback that read them returns, and the
+	// Stream keeps nothing that shares their memory after it (the wasm
+	// module reads every stream's body into one block).
 	RequestBody(size int) ([]byte, error)
 	// SendLocalResponse answers the request instead of forwarding it.
 	SendLocalResponse(status int, headers [][2]string, body []byte) error
@@ -283,7 +286,11 @@ func (s *Stream) bodyDone() Action {
 	s.req.BodyFields = b.Fields
 	s.model = b.Model
 	s.holding = false
-	return s.finish()
+	a := s.finish()
+	// The body's strings share its memory, which is not the stream's to
+	// keep (see Host.RequestBody).
+	s.req.BodyFields, s.model, s.fields = nil, "", [2][2]string{}
+	return a
 }
 
 // finish sets the bucket and the sampling keys and lets the request go on

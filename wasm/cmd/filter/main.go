@@ -82,16 +82,22 @@ type httpContext struct {
 	mem    streamMemory
 }
 
-// streamMemory is where a stream's headers and body are read to. The
-// stream's strings alias it, so it is reused only by a later stream.
+// streamMemory is where a stream's headers are read to. The stream's
+// strings alias it for the stream's whole life, so it is reused only by a
+// later stream.
 type streamMemory struct {
 	headers []byte      // the header map as the host wrote it
 	pairs   [][2]string // the headers, aliasing headers
-	body    []byte
 }
 
-// Blocks larger than these are not kept for reuse: a context in the free
-// list should not hold on to a rare large body.
+// bodyMemory is the block every stream's body is read into: a body is read
+// and routed on within one callback, and nothing read from it outlives
+// that callback (filter.Host), so one block serves all streams, and a
+// stream held for a long answer keeps no body.
+var bodyMemory []byte
+
+// Blocks larger than these are not kept for reuse: a rare large request
+// should not leave its memory held.
 const (
 	keepHeaderBytes = 16 << 10
 	keepBodyBytes   = 64 << 10
@@ -101,9 +107,6 @@ const (
 func (c *httpContext) OnHttpStreamDelete() {
 	if cap(c.mem.headers) > keepHeaderBytes {
 		c.mem.headers, c.mem.pairs = nil, nil
-	}
-	if cap(c.mem.body) > keepBodyBytes {
-		c.mem.body = nil
 	}
 	c.s.Reset(nil, nil)
 	c.plugin.free = append(c.plugin.free, c)
@@ -151,8 +154,12 @@ func (host) SetRequestHeader(name, value string) error {
 
 func (host) RemoveRequestHeader(name string) error { return abi.RemoveHttpRequestHeader(name) }
 
-func (h host) RequestBody(size int) ([]byte, error) {
-	return abi.GetHttpRequestBodyInto(&h.mem.body, 0, size)
+func (host) RequestBody(size int) ([]byte, error) {
+	b, err := abi.GetHttpRequestBodyInto(&bodyMemory, 0, size)
+	if cap(bodyMemory) > keepBodyBytes {
+		bodyMemory = nil // b stays valid: the caller's reference keeps it
+	}
+	return b, err
 }
 
 func (host) SendLocalResponse(status int, headers [][2]string, body []byte) error {

@@ -20,26 +20,26 @@ func testPlugin(t *testing.T) *pluginContext {
 func TestADeletedStreamsContextServesTheNextStreamWithItsMemory(t *testing.T) {
 	p := testPlugin(t)
 	c := p.NewHttpContext(2).(*httpContext)
-	c.mem.headers, c.mem.body = make([]byte, 600), make([]byte, 300)
+	c.mem.headers = make([]byte, 600)
 	c.OnHttpStreamDelete()
 	next := p.NewHttpContext(3).(*httpContext)
 	if next != c {
 		t.Fatal("a new stream did not reuse the deleted stream's context")
 	}
-	if cap(next.mem.headers) != 600 || cap(next.mem.body) != 300 {
-		t.Errorf("the reused context lost its memory: headers %d, body %d bytes", cap(next.mem.headers), cap(next.mem.body))
+	if cap(next.mem.headers) != 600 {
+		t.Errorf("the reused context lost its memory: headers %d bytes", cap(next.mem.headers))
 	}
 	if other := p.NewHttpContext(4).(*httpContext); other == c {
 		t.Error("a live context was handed out twice")
 	}
 }
 
-func TestAContextKeepsNoLargeBlocksForReuse(t *testing.T) {
+func TestAContextKeepsNoLargeHeaderBlockForReuse(t *testing.T) {
 	p := testPlugin(t)
 	c := p.NewHttpContext(2).(*httpContext)
-	c.mem.headers, c.mem.body = make([]byte, keepHeaderBytes+1), make([]byte, keepBodyBytes+1)
+	c.mem.headers = make([]byte, keepHeaderBytes+1)
 	c.OnHttpStreamDelete()
-	if c.mem.headers != nil || c.mem.pairs != nil || c.mem.body != nil {
-		t.Errorf("a free context keeps %d header and %d body bytes, want none over the limits", cap(c.mem.headers), cap(c.mem.body))
+	if c.mem.headers != nil || c.mem.pairs != nil {
+		t.Errorf("a free context keeps %d header bytes, want none over the limit", cap(c.mem.headers))
 	}
 }
