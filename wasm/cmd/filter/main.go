@@ -33,7 +33,7 @@ type pluginContext struct {
 	plugin *filter.Plugin
 	// free holds the contexts of deleted streams for reuse: a new stream
 	// then allocates nothing, neither its context nor the memory its
-	// headers and body are read into.
+	// headers are read into.
 	free []*httpContext
 }
 
