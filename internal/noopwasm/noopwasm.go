@@ -5,6 +5,8 @@
 // to load a module (memory, the ABI version, proxy_on_memory_allocate),
 // and no code beyond constants. It is a few hundred bytes, so it also
 // shows Envoy's start-up cost for a module that needs no compiling.
+// HoldingModule is its variant that holds each request until its body has
+// arrived, as a filter that routes by the body must.
 package noopwasm
 
 import (
@@ -18,10 +20,27 @@ func Write(dir string) (string, error) {
 	return p, os.WriteFile(p, Module(), 0o644)
 }
 
+// WriteHolding writes HoldingModule to dir/holdnoop.wasm and returns its
+// path.
+func WriteHolding(dir string) (string, error) {
+	p := filepath.Join(dir, "holdnoop.wasm")
+	return p, os.WriteFile(p, HoldingModule(), 0o644)
+}
+
 // Module assembles the no-op module in the WebAssembly binary format
 // (core spec 1.0, section 5): a type, function, memory, export and code
-// section. Every function body is at most one i32.const.
-func Module() []byte {
+// section. Every function body is at most one i32.const (HoldingModule's
+// request callbacks: two instructions).
+func Module() []byte { return module(false) }
+
+// HoldingModule is Module whose request callbacks hold the request until
+// its end: headers and body answer "pause" (stop iteration; the body is
+// buffered) until the end of stream, then "continue". It reads nothing, so
+// it is the reference for what Envoy itself spends on any filter that
+// routes by the body: holding the headers, buffering the body, resuming.
+func HoldingModule() []byte { return module(true) }
+
+func module(hold bool) []byte {
 	const i32 = 0x7f
 	types := [][2][]byte{
 		{nil, nil},               // 0: () → ()
@@ -35,18 +54,21 @@ func Module() []byte {
 		name   string
 		typ    byte
 		result int32 // returned constant; -1: no result
+		// untilEnd: the function returns Pause (1) while its third
+		// argument, end_of_stream, is 0, and Continue (0) after.
+		untilEnd bool
 	}
 	fns := []fn{
-		{"proxy_abi_version_0_2_1", 0, -1},
-		{"proxy_on_memory_allocate", 1, 1024}, // never used: the module reads nothing
-		{"proxy_on_vm_start", 2, 1},
-		{"proxy_on_configure", 2, 1},
-		{"proxy_on_context_create", 3, -1},
-		{"proxy_on_request_headers", 4, 0}, // Continue
-		{"proxy_on_request_body", 4, 0},    // Continue
-		{"proxy_on_done", 1, 1},
-		{"proxy_on_log", 5, -1},
-		{"proxy_on_delete", 5, -1},
+		{"proxy_abi_version_0_2_1", 0, -1, false},
+		{"proxy_on_memory_allocate", 1, 1024, false}, // never used: the module reads nothing
+		{"proxy_on_vm_start", 2, 1, false},
+		{"proxy_on_configure", 2, 1, false},
+		{"proxy_on_context_create", 3, -1, false},
+		{"proxy_on_request_headers", 4, 0, hold}, // Continue, or Pause until the end
+		{"proxy_on_request_body", 4, 0, hold},    // the same
+		{"proxy_on_done", 1, 1, false},
+		{"proxy_on_log", 5, -1, false},
+		{"proxy_on_delete", 5, -1, false},
 	}
 	section := func(id byte, content []byte) []byte {
 		return append(append([]byte{id}, uleb(uint32(len(content)))...), content...)
@@ -70,7 +92,10 @@ func Module() []byte {
 		funcEntries = append(funcEntries, []byte{f.typ})
 		exportEntries = append(exportEntries, append(append(uleb(uint32(len(f.name))), f.name...), 0x00, byte(i)))
 		body := []byte{0x00} // no locals
-		if f.result >= 0 {
+		switch {
+		case f.untilEnd:
+			body = append(body, 0x20, 0x02, 0x45) // local.get 2; i32.eqz
+		case f.result >= 0:
 			body = append(append(body, 0x41), sleb(f.result)...) // i32.const
 		}
 		body = append(body, 0x0b) // end

@@ -71,6 +71,50 @@ func TestAllocationsStayUntilTaken(t *testing.T) {
 	}
 }
 
+func TestLentBlockIsReusedWhenLargeEnoughAndReplacedWhenNot(t *testing.T) {
+	buf := make([]byte, 0, 8)
+	var a, b, c uint32
+	lend(&buf, func() { a = allocate(8) })
+	if a != addrOf(buf[:1]) {
+		t.Error("a lent block large enough was not used")
+	}
+	takeAllocation(a, 8)
+	lend(&buf, func() { b = allocate(9) })
+	if cap(buf) != 9 || b != addrOf(buf[:1]) {
+		t.Errorf("a new block for 9 bytes was not left in the lent buffer (cap %d)", cap(buf))
+	}
+	takeAllocation(b, 9)
+	c = allocate(4) // nothing lent: a block of its own
+	if c == addrOf(buf[:1]) {
+		t.Error("an allocation outside lend used the lent buffer")
+	}
+	takeAllocation(c, 4)
+	if pendingAllocations() != 0 || lent != nil {
+		t.Errorf("%d pending allocations, lent %v; want none", pendingAllocations(), lent)
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		lend(&buf, func() { takeAllocation(allocate(9), 9) })
+	}); n != 0 {
+		t.Errorf("%v allocations per lent host call, want 0", n)
+	}
+}
+
+func TestDeserializeMapIntoReusesThePairs(t *testing.T) {
+	b := SerializeMap([][2]string{{":path", "/v1/chat/completions"}, {"x-user-id", "alice"}})
+	dst := make([][2]string, 0, 4)
+	got, err := DeserializeMapInto(dst, b)
+	if err != nil || len(got) != 2 || got[1] != [2]string{"x-user-id", "alice"} || &got[0] != &dst[:1][0] {
+		t.Fatalf("DeserializeMapInto = %v, %v; want both pairs in dst's memory", got, err)
+	}
+	if n := testing.AllocsPerRun(100, func() { DeserializeMapInto(dst, b) }); n != 0 {
+		t.Errorf("%v allocations with room in dst, want 0", n)
+	}
+	got, err = DeserializeMapInto(dst[:0:1], b)
+	if err != nil || len(got) != 2 {
+		t.Errorf("DeserializeMapInto with a short dst = %v, %v", got, err)
+	}
+}
+
 type recVM struct {
 	DefaultVMContext
 	log *[]string
@@ -91,6 +135,8 @@ type recHTTP struct {
 	DefaultHttpContext
 	log *[]string
 }
+
+func (h recHTTP) OnHttpStreamDelete() { *h.log = append(*h.log, "delete") }
 
 func (h recHTTP) OnHttpRequestHeaders(int, bool) Action {
 	*h.log = append(*h.log, "headers")
@@ -131,7 +177,7 @@ func TestDispatchRoutesCallbacksToContexts(t *testing.T) {
 	if len(httpContexts) != 0 || len(pluginContexts) != 0 {
 		t.Errorf("contexts left after delete: %d http, %d plugin", len(httpContexts), len(pluginContexts))
 	}
-	want := []string{"configure", "configure", "headers", "body"}
+	want := []string{"configure", "configure", "headers", "body", "delete"}
 	if !reflect.DeepEqual(log, want) {
 		t.Errorf("callbacks %v, want %v", log, want)
 	}

@@ -73,8 +73,15 @@ func onRequestTrailers(id, numTrailers uint32) Action {
 	return c.OnHttpRequestTrailers(int(numTrailers))
 }
 
-// onDelete forgets a context; it is the one callback at a stream's end.
+// onDelete forgets a context, telling an HttpStreamDeleter; it is the one
+// callback at a stream's end.
 func onDelete(id uint32) {
-	delete(httpContexts, id)
+	if c, ok := httpContexts[id]; ok {
+		delete(httpContexts, id)
+		if d, ok := c.(HttpStreamDeleter); ok {
+			d.OnHttpStreamDelete()
+		}
+		return
+	}
 	delete(pluginContexts, id)
 }

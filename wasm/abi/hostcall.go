@@ -53,6 +53,17 @@ func getBuffer(bt BufferType, start, maxSize int) ([]byte, error) {
 	return takeAllocation(addr, size), nil
 }
 
+// GetHttpRequestBodyInto is GetHttpRequestBody that has the host write
+// into *buf when it is large enough (else into a new block left in *buf):
+// a caller that keeps buf across streams reads bodies without allocating.
+// The result is *buf's memory, valid until buf is used again.
+func GetHttpRequestBodyInto(buf *[]byte, start, maxSize int) ([]byte, error) {
+	var b []byte
+	var err error
+	lend(buf, func() { b, err = getBuffer(BufferHTTPRequestBody, start, maxSize) })
+	return b, err
+}
+
 // GetHttpRequestHeader returns a request header's value, or ErrNotFound.
 func GetHttpRequestHeader(key string) (string, error) {
 	return getMapValue(MapHTTPRequestHeaders, key)
@@ -61,7 +72,19 @@ func GetHttpRequestHeader(key string) (string, error) {
 // GetHttpRequestHeaders returns all request headers, pseudo-headers
 // (":path", ":method", …) included, in the host's order.
 func GetHttpRequestHeaders() ([][2]string, error) {
-	return getMapPairs(MapHTTPRequestHeaders)
+	return getMapPairs(MapHTTPRequestHeaders, nil)
+}
+
+// GetHttpRequestHeadersInto is GetHttpRequestHeaders that reuses the
+// caller's memory: the host writes the map into *buf when it is large
+// enough (else into a new block left in *buf), and the pairs are appended to
+// pairs[:0]. The strings alias *buf, so they are valid until buf is used
+// again.
+func GetHttpRequestHeadersInto(buf *[]byte, pairs [][2]string) ([][2]string, error) {
+	var got [][2]string
+	var err error
+	lend(buf, func() { got, err = getMapPairs(MapHTTPRequestHeaders, pairs[:0]) })
+	return got, err
 }
 
 // ReplaceHttpRequestHeader sets a request header, replacing any values.
@@ -139,14 +162,15 @@ func getMapValue(mt MapType, key string) (string, error) {
 	return aliasString(takeAllocation(addr, size)), nil
 }
 
-func getMapPairs(mt MapType) ([][2]string, error) {
+// getMapPairs reads a header map, appending its pairs to dst.
+func getMapPairs(mt MapType, dst [][2]string) ([][2]string, error) {
 	var addr, size uint32
 	st := proxyGetHeaderMapPairs(uint32(mt), &addr, &size)
 	if err := StatusToError(st); err != nil {
 		takeAllocation(addr, 0)
 		return nil, wrapError("get header map "+strconv.Itoa(int(mt)), err)
 	}
-	return DeserializeMap(takeAllocation(addr, size))
+	return DeserializeMapInto(dst, takeAllocation(addr, size))
 }
 
 func wrap(op string, st Status) error {

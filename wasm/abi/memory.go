@@ -12,14 +12,41 @@ import "unsafe"
 // map's hashing).
 var allocations [][]byte
 
-// allocate returns the address of a new zeroed block of size bytes that
-// stays reachable until takeAllocation releases it. A VM runs one callback at
-// a time, so the list needs no lock.
+// lent is memory a caller lends to the next host call (see lend): the
+// block allocate hands the host when it is large enough, so that reading a
+// stream's headers or body allocates nothing once the stream's context is
+// reused. nil: allocate makes a new block.
+var lent *[]byte
+
+// lend makes allocate, during f (one host call), write into *buf when its
+// capacity suffices, and otherwise make a new block and leave it in *buf
+// for the next time. What the host writes is then only valid until *buf is
+// lent again.
+func lend(buf *[]byte, f func()) {
+	lent = buf
+	f()
+	lent = nil
+}
+
+// allocate returns the address of a block of size bytes that stays
+// reachable until takeAllocation releases it: a new zeroed block, or the
+// lent one (see lend), which the host overwrites. A VM runs one callback
+// at a time, so the list needs no lock.
 func allocate(size uint32) uint32 {
 	if size == 0 {
 		size = 1
 	}
-	b := make([]byte, size)
+	var b []byte
+	switch {
+	case lent != nil && uint32(cap(*lent)) >= size:
+		b = (*lent)[:size]
+	case lent != nil:
+		b = make([]byte, size)
+		*lent = b
+	default:
+		b = make([]byte, size)
+	}
+	lent = nil // one block per host call
 	allocations = append(allocations, b)
 	return addrOf(b)
 }

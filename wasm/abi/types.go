@@ -172,6 +172,14 @@ type HttpContext interface {
 	OnHttpRequestTrailers(numTrailers int) Action
 }
 
+// HttpStreamDeleter is an HttpContext that wants to know when the host
+// deletes it (proxy_on_delete, a stream's last callback), for instance to
+// reuse its memory for a later stream. Nothing of the stream is called
+// after OnHttpStreamDelete.
+type HttpStreamDeleter interface {
+	OnHttpStreamDelete()
+}
+
 // DefaultVMContext accepts any VM configuration and creates
 // DefaultPluginContexts. Embed it to override only what is needed.
 type DefaultVMContext struct{}
@@ -245,9 +253,13 @@ func SerializeMap(pairs [][2]string) []byte {
 // each name and value was a large part of the filter's work), so b must
 // never change afterwards: pass it memory the caller owns and drops, like
 // a host allocation.
-func DeserializeMap(b []byte) ([][2]string, error) {
+func DeserializeMap(b []byte) ([][2]string, error) { return DeserializeMapInto(nil, b) }
+
+// DeserializeMapInto is DeserializeMap appending the pairs to dst, which
+// saves allocating them when dst has the room.
+func DeserializeMapInto(dst [][2]string, b []byte) ([][2]string, error) {
 	if len(b) == 0 || (len(b) == 1 && b[0] == 0) {
-		return nil, nil
+		return dst, nil
 	}
 	if len(b) < 4 {
 		return nil, wrapError(strconv.Itoa(len(b))+" bytes", ErrMalformedMap)
@@ -258,7 +270,11 @@ func DeserializeMap(b []byte) ([][2]string, error) {
 	}
 	sizes := b[4 : 4+8*n]
 	data := b[4+8*n:]
-	pairs := make([][2]string, 0, n)
+	pairs := dst
+	if cap(pairs)-len(pairs) < n {
+		pairs = make([][2]string, len(dst), len(dst)+n)
+		copy(pairs, dst)
+	}
 	for i := 0; i < n; i++ {
 		kl := int(uint32At(sizes, 8*i))
 		vl := int(uint32At(sizes, 8*i+4))

@@ -84,10 +84,12 @@ func cpuPhase(b *testing.B, e *envoy, url string, hdr func(i int) map[string]str
 
 // BenchmarkFilterCPU measures Envoy's own CPU (from /proc, so the load
 // generator and upstreams in this process do not count) per body-routed
-// chat request through three listeners of one Envoy with one worker: no
-// filter, the no-op proxy-wasm module (noopModule), the Go no-op module
-// (wasm/cmd/noop: the Go runtime and ABI binding alone) and the llmcanary
-// filter. The phases are interleaved, rotating their order, for 5 rounds.
+// chat request through five listeners of one Envoy with one worker: no
+// filter, the no-op proxy-wasm module (noopwasm.Module), the holding no-op
+// module (noopwasm.HoldingModule: what Envoy spends holding a request until its
+// body is in, which any filter that routes by the body pays), the Go no-op
+// module (wasm/cmd/noop: the Go runtime and ABI binding alone) and the
+// llmcanary filter. The phases are interleaved, rotating their order, for 5 rounds.
 // A module's added CPU is taken within each round (its phase minus the
 // plain phase of the same round, so that the machine's drift between
 // rounds cancels) and reported as the median and the minimum over the
@@ -102,7 +104,7 @@ func BenchmarkFilterCPU(b *testing.B) {
 		perPhase = 3000
 		inFlight = 4
 	)
-	e := startEnvoyWith(b, testConfig(), "filtered", "plain", "noop", "gonoop")
+	e := startEnvoyWith(b, testConfig(), "filtered", "plain", "noop", "holdnoop", "gonoop")
 	body := chatBody(model, "")
 	routed := func(int) map[string]string { // what the filter would set
 		return map[string]string{wire.HeaderModel: model, wire.HeaderBucket: "1"}
@@ -115,6 +117,7 @@ func BenchmarkFilterCPU(b *testing.B) {
 	}{
 		{"plain", e.plainURL, routed},
 		{"noop", e.noopURL, routed},
+		{"holdnoop", e.holdURL, routed},
 		{"gonoop", e.goNoopURL, routed},
 		{"filter", e.url, user},
 	}
@@ -136,19 +139,21 @@ func BenchmarkFilterCPU(b *testing.B) {
 			}
 			return d
 		}
-		noop, goNoop, filter := added("noop"), added("gonoop"), added("filter")
+		noop, hold, goNoop, filter := added("noop"), added("holdnoop"), added("gonoop"), added("filter")
 		b.ReportMetric(median(got["plain"]), "envoy-µs/req")
 		b.ReportMetric(median(noop), "noop-added-µs/req")
+		b.ReportMetric(median(hold), "holdnoop-added-µs/req")
 		b.ReportMetric(median(goNoop), "gonoop-added-µs/req")
 		b.ReportMetric(median(filter), "filter-added-µs/req")
 		b.ReportMetric(slices.Min(filter), "filter-added-min-µs/req")
 		b.ReportMetric(median(filter)/median(noop), "filter/noop")
+		b.ReportMetric(median(filter)/median(hold), "filter/holdnoop")
 		b.ReportMetric(median(filter)/median(goNoop), "filter/gonoop")
-		b.Logf("Envoy CPU per request, µs, %d rounds: plain %.1f, noop %.1f, gonoop %.1f, filter %.1f",
-			rounds, got["plain"], got["noop"], got["gonoop"], got["filter"])
-		b.Logf("added to plain, µs per request, median (min): noop %.1f (%.1f), gonoop %.1f (%.1f), filter %.1f (%.1f); filter/noop %.2f, filter/gonoop %.2f",
-			median(noop), slices.Min(noop), median(goNoop), slices.Min(goNoop), median(filter), slices.Min(filter),
-			median(filter)/median(noop), median(filter)/median(goNoop))
+		b.Logf("Envoy CPU per request, µs, %d rounds: plain %.1f, noop %.1f, holdnoop %.1f, gonoop %.1f, filter %.1f",
+			rounds, got["plain"], got["noop"], got["holdnoop"], got["gonoop"], got["filter"])
+		b.Logf("added to plain, µs per request, median (min): noop %.1f (%.1f), holdnoop %.1f (%.1f), gonoop %.1f (%.1f), filter %.1f (%.1f); filter/noop %.2f, filter/holdnoop %.2f, filter/gonoop %.2f",
+			median(noop), slices.Min(noop), median(hold), slices.Min(hold), median(goNoop), slices.Min(goNoop), median(filter), slices.Min(filter),
+			median(filter)/median(noop), median(filter)/median(hold), median(filter)/median(goNoop))
 	}
 }
 

@@ -5,8 +5,11 @@ package envoytest
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
+	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -336,5 +339,68 @@ func TestInvalidConfigurationIsRejected(t *testing.T) {
 	}
 	if r := do(t, "POST", e.url+"/v1/chat/completions", nil, chatBody(model, "")); r.status != 200 {
 		t.Fatalf("after a rejected update: got %d %s, want the old configuration serving 200", r.status, r.body)
+	}
+}
+
+// TestConcurrentStreamsEachRouteByTheirOwnHeadersAndBody sends many
+// requests at once, their identities from a header or from the body, of
+// varied header and body sizes, some with chunked bodies (held while other
+// streams' headers arrive), so that the module reuses the memory of
+// finished streams for new ones while others are held: each request must
+// still reach the upstream with the bucket of its own identity, the
+// model, and its whole body.
+func TestConcurrentStreamsEachRouteByTheirOwnHeadersAndBody(t *testing.T) {
+	e := sharedEnvoy(t)
+	const n, inFlight = 600, 24
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	sem := make(chan struct{}, inFlight)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			id := fmt.Sprintf("concurrent-%d", i)
+			hdr := map[string]string{"x-pad": strings.Repeat("p", (i%37)*57)}
+			body := chatBody(model, "")
+			if i%2 == 0 {
+				hdr[wire.HeaderUserID] = id
+			} else {
+				body = chatBody(model, id)
+			}
+			body = body[:len(body)-1] + `,"pad":"` + strings.Repeat("b", (i%53)*101) + `"}`
+			req, err := http.NewRequest("POST", e.url+"/v1/chat/completions", strings.NewReader(body))
+			if err != nil {
+				errs <- err
+				return
+			}
+			if i%3 == 0 {
+				req.Body = io.NopCloser(io.MultiReader(strings.NewReader(body))) // chunked
+				req.ContentLength = -1
+			}
+			for k, v := range hdr {
+				req.Header.Set(k, v)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			var got echoReply
+			if err := json.NewDecoder(resp.Body).Decode(&got); err != nil || resp.StatusCode != http.StatusOK {
+				errs <- fmt.Errorf("request %d: status %d, %v", i, resp.StatusCode, err)
+				return
+			}
+			if b, m := got.Headers[wire.HeaderBucket], got.Headers[wire.HeaderModel]; len(b) != 1 || b[0] != bucketOf(id) || len(m) != 1 || m[0] != model || got.BodyLen != len(body) {
+				errs <- fmt.Errorf("request %d (%s): upstream saw bucket %v (want %s), model %v, %d of %d body bytes", i, id, b, bucketOf(id), m, got.BodyLen, len(body))
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }

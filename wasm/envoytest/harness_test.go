@@ -31,6 +31,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/llmcanary/llmcanary/internal/noopwasm"
 	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/internal/wire"
 	"github.com/llmcanary/llmcanary/wasm/filterconfig"
@@ -97,13 +98,15 @@ type envoy struct {
 	dir       string
 	url       string // listener with the filter
 	plainURL  string // listener without it
-	noopURL   string // listener with the no-op module (noopModule)
+	noopURL   string // listener with the no-op module (noopwasm.Module)
 	goNoopURL string // listener with the Go no-op module (wasm/cmd/noop)
+	holdURL   string // listener with the holding no-op module (noopwasm.HoldingModule)
 	adminURL  string
 	ports     []int
 	wasm      string
 	noopWasm  string
 	goNoop    string
+	holdNoop  string
 	serve     []string  // the listeners served (see startEnvoyWith)
 	started   time.Time // when the process was started
 	stableAdr string
@@ -136,7 +139,8 @@ func startEnvoy(t testing.TB, cfg filterconfig.Config) *envoy {
 }
 
 // startEnvoyWith is startEnvoy serving the listeners named in serve:
-// "filtered", "plain", "noop" (noopModule) and "gonoop" (wasm/cmd/noop).
+// "filtered", "plain", "noop" (noopwasm.Module), "holdnoop" (noopwasm.HoldingModule)
+// and "gonoop" (wasm/cmd/noop).
 func startEnvoyWith(t testing.TB, cfg filterconfig.Config, serve ...string) *envoy {
 	t.Helper()
 	bin, err := procs.LookBinary("LLMCANARY_ENVOY", "envoy", "run `make deps`, or put Envoy ≥ 1.36 on PATH")
@@ -144,7 +148,7 @@ func startEnvoyWith(t testing.TB, cfg filterconfig.Config, serve ...string) *env
 		t.Fatalf("envoy is required for this test: %v", err)
 	}
 	stable, canary := startEcho(t, stableVersion), startEcho(t, canaryVersion)
-	ports, err := procs.FreePorts(5)
+	ports, err := procs.FreePorts(6)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,9 +159,11 @@ func startEnvoyWith(t testing.TB, cfg filterconfig.Config, serve ...string) *env
 		adminURL:  fmt.Sprintf("http://127.0.0.1:%d", ports[2]),
 		noopURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[3]),
 		goNoopURL: fmt.Sprintf("http://127.0.0.1:%d", ports[4]),
+		holdURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[5]),
 		stableAdr: stable.addr, canaryAdr: canary.addr, serve: serve,
 	}
-	e.noopWasm = noopModule(t, e.dir)
+	e.noopWasm = noopModule(t, noopwasm.Write, e.dir)
+	e.holdNoop = noopModule(t, noopwasm.WriteHolding, e.dir)
 	if slices.Contains(serve, "gonoop") {
 		e.goNoop = goNoopModule(t)
 	}
@@ -324,6 +330,10 @@ func (e *envoy) listeners(t testing.TB, wasmFilter *hcmv3.HttpFilter, maxBody ..
 			ls = append(ls, listener(name, e.ports[3], noopFilter(t, e.noopWasm, name), 0))
 		case "gonoop":
 			ls = append(ls, listener(name, e.ports[4], noopFilter(t, e.goNoop, name), 0))
+		case "holdnoop":
+			// It buffers the body as the filter does, so it gets the same
+			// buffer limit.
+			ls = append(ls, listener(name, e.ports[5], noopFilter(t, e.holdNoop, name), limit))
 		default:
 			t.Fatalf("no listener %q", name)
 		}

@@ -2,6 +2,7 @@ package filter
 
 import (
 	"errors"
+	"unsafe"
 
 	"github.com/llmcanary/llmcanary/internal/jsonscan"
 )
@@ -32,7 +33,13 @@ type Body struct {
 // decided before: keys match exactly after unescaping, and of duplicate
 // keys the last one wins ({"model":"a","model":"b"} names "b"), also when
 // the last one is null or not a string.
-func ParseBody(data []byte, fields ...string) (Body, error) {
+//
+// A value without escapes is not copied: the strings returned may share
+// data's memory, so data must not change while they are in use.
+func ParseBody(data []byte, fields ...string) (Body, error) { return parseBody(data, nil, fields) }
+
+// parseBody is ParseBody appending the fields found to dst.
+func parseBody(data []byte, dst [][2]string, fields []string) (Body, error) {
 	var model jsonscan.Value
 	var small [4]jsonscan.Value // found values by index in fields, without allocating for the usual few
 	var found []jsonscan.Value
@@ -70,8 +77,7 @@ func ParseBody(data []byte, fields ...string) (Body, error) {
 		}
 		return Body{}, modelNotText{raw: raw}
 	}
-	var b Body
-	b.Model, _ = jsonscan.Unquote(model.Raw)
+	b := Body{Model: unquote(model.Raw), Fields: dst}
 	if b.Model == "" {
 		return Body{}, ErrMissingModel
 	}
@@ -79,11 +85,33 @@ func ParseBody(data []byte, fields ...string) (Body, error) {
 		if v.Kind != jsonscan.String {
 			continue
 		}
-		if s, _ := jsonscan.Unquote(v.Raw); s != "" {
+		if s := unquote(v.Raw); s != "" {
 			b.Fields = append(b.Fields, [2]string{fields[i], s})
 		}
 	}
 	return b, nil
+}
+
+// unquote decodes a JSON string that jsonscan has validated. One of plain
+// ASCII, the usual model or user name, shares raw's memory rather than
+// being copied; any other goes through jsonscan.Unquote (escapes, and
+// invalid UTF-8 made U+FFFD as encoding/json does).
+func unquote(raw []byte) string {
+	if len(raw) > 2 {
+		s := raw[1 : len(raw)-1]
+		ascii := true
+		for _, c := range s {
+			if c == '\\' || c >= 0x80 {
+				ascii = false
+				break
+			}
+		}
+		if ascii {
+			return unsafe.String(&s[0], len(s))
+		}
+	}
+	s, _ := jsonscan.Unquote(raw)
+	return s
 }
 
 // modelNotText is ErrModelNotText with the start of the value found.

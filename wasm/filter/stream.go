@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/llmcanary/llmcanary/internal/wire"
 	"github.com/llmcanary/llmcanary/wasm/filterconfig"
@@ -17,9 +18,14 @@ import (
 type Host interface {
 	// RequestHeaders returns all request headers, pseudo-headers included.
 	RequestHeaders() ([][2]string, error)
+	// SetRequestHeader sets a header. name and value may share the
+	// stream's memory: the host copies them (a proxy-wasm host does).
 	SetRequestHeader(name, value string) error
 	RemoveRequestHeader(name string) error
-	// RequestBody returns the first size bytes of the buffered body.
+	// RequestBody returns the first size bytes of the buffered body. They
+	// are valid only until the callback that read them returns, and the
+	// Stream keeps nothing that shares their memory after it (the wasm
+	// module reads every stream's body into one block).
 	RequestBody(size int) ([]byte, error)
 	// SendLocalResponse answers the request instead of forwarding it.
 	SendLocalResponse(status int, headers [][2]string, body []byte) error
@@ -130,6 +136,11 @@ type Stream struct {
 	// cohort and tenant are the request's cohort (when its header may be
 	// trusted) and tenant header values, "" when absent.
 	cohort, tenant string
+	// fields and keyDigits are memory of the stream's own for the body
+	// fields read and the routing headers' values, so that routing a
+	// request allocates nothing.
+	fields    [2][2]string
+	keyDigits [3 * 20]byte
 }
 
 // OnRequestHeaders sanitises the llmcanary headers a client sent, then either
@@ -261,7 +272,7 @@ func (s *Stream) bodyDone() Action {
 		s.h.Warn("llmcanary: read request body: " + err.Error())
 		return s.reply(errBadBody(ErrMalformedBody))
 	}
-	b, err := ParseBody(data, s.p.bodyFields...)
+	b, err := parseBody(data, s.fields[:0], s.p.bodyFields)
 	if err != nil {
 		return s.reply(errBadBody(err))
 	}
@@ -275,7 +286,11 @@ func (s *Stream) bodyDone() Action {
 	s.req.BodyFields = b.Fields
 	s.model = b.Model
 	s.holding = false
-	return s.finish()
+	a := s.finish()
+	// The body's strings share its memory, which is not the stream's to
+	// keep (see Host.RequestBody).
+	s.req.BodyFields, s.model, s.fields = nil, "", [2][2]string{}
+	return a
 }
 
 // finish sets the bucket and the sampling keys and lets the request go on
@@ -296,15 +311,14 @@ func (s *Stream) finish() Action {
 			}
 		}
 	}
-	// The three values are written into one buffer and made one string,
-	// which each header value is a part of: one allocation, not three.
-	var buf [3 * 21]byte
-	b := strconv.AppendUint(buf[:0], k.Bucket, 10)
+	// The three values are written into the stream's memory and passed to
+	// the host, which copies them, as strings sharing it: no allocation.
+	b := strconv.AppendUint(s.keyDigits[:0], k.Bucket, 10)
 	n1 := len(b)
 	b = strconv.AppendUint(b, uint64(k.Sample), 10)
 	n2 := len(b)
 	b = strconv.AppendUint(b, uint64(k.Background), 10)
-	all := string(b)
+	all := unsafe.String(&b[0], len(b))
 	for _, h := range [...]struct{ name, v string }{
 		{wire.HeaderBucket, all[:n1]}, {wire.HeaderSample, all[n1:n2]}, {wire.HeaderBackground, all[n2:]},
 	} {

@@ -22,7 +22,7 @@ func (h *fakeHost) RequestHeaders() ([][2]string, error) { return h.headers, nil
 
 func (h *fakeHost) SetRequestHeader(name, value string) error {
 	h.RemoveRequestHeader(name)
-	h.headers = append(h.headers, [2]string{name, value})
+	h.headers = append(h.headers, [2]string{name, strings.Clone(value)}) // as a host copies it
 	return nil
 }
 
@@ -209,4 +209,33 @@ func TestCategoryHeaderIsHonouredOnlyFromATrustedHop(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestARoutedStreamKeepsNothingOfTheBody: the module reads every stream's
+// body into one block, so once the body's callback has returned the
+// stream must hold no string sharing it (Host.RequestBody).
+func TestARoutedStreamKeepsNothingOfTheBody(t *testing.T) {
+	p, err := NewPlugin(filterconfig.Config{HashKey: string(testKey), Models: []string{"m1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(`{"model":"m1","user":"body-user"}`)
+	h := &fakeHost{headers: [][2]string{{":method", "POST"}, {":path", "/v1/chat/completions"}}, body: body}
+	s := p.NewStream(h)
+	if s.OnRequestHeaders(false) != Pause || s.OnRequestBody(len(body), true) != Continue {
+		t.Fatalf("request not routed: %d %s", h.status, h.reply)
+	}
+	if s.model != "" || s.req.BodyFields != nil || s.fields != [2][2]string{} {
+		t.Errorf("the stream keeps body strings after routing: model %q, fields %v %v", s.model, s.req.BodyFields, s.fields)
+	}
+	want := bucketHeader(t, p, "body-user")
+	copy(body, strings.Repeat("x", len(body))) // the block serves the next stream
+	if got, _ := (Request{Headers: h.headers}).Header(wire.HeaderBucket); got != want {
+		t.Errorf("bucket %q after the body's memory changed, want %q (the body user's)", got, want)
+	}
+}
+
+func bucketHeader(t *testing.T, p *Plugin, identity string) string {
+	t.Helper()
+	return strconv.FormatUint(p.bucketer.Keys(identity).Bucket, 10)
 }

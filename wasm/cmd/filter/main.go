@@ -31,6 +31,10 @@ func (vmContext) NewPluginContext(uint32) abi.PluginContext { return &pluginCont
 type pluginContext struct {
 	abi.DefaultPluginContext
 	plugin *filter.Plugin
+	// free holds the contexts of deleted streams for reuse: a new stream
+	// then allocates nothing, neither its context nor the memory its
+	// headers are read into.
+	free []*httpContext
 }
 
 // OnPluginStart parses and validates the configuration; returning false
@@ -60,14 +64,52 @@ func (p *pluginContext) NewHttpContext(uint32) abi.HttpContext {
 	if p.plugin == nil {
 		return abi.DefaultHttpContext{}
 	}
-	c := new(httpContext)
-	c.s.Reset(p.plugin, host{})
+	var c *httpContext
+	if n := len(p.free); n > 0 {
+		c, p.free[n-1] = p.free[n-1], nil
+		p.free = p.free[:n-1]
+	} else {
+		c = &httpContext{plugin: p}
+	}
+	c.s.Reset(p.plugin, host{&c.mem})
 	return c
 }
 
 type httpContext struct {
 	abi.DefaultHttpContext
-	s filter.Stream
+	s      filter.Stream
+	plugin *pluginContext
+	mem    streamMemory
+}
+
+// streamMemory is where a stream's headers are read to. The stream's
+// strings alias it for the stream's whole life, so it is reused only by a
+// later stream.
+type streamMemory struct {
+	headers []byte      // the header map as the host wrote it
+	pairs   [][2]string // the headers, aliasing headers
+}
+
+// bodyMemory is the block every stream's body is read into: a body is read
+// and routed on within one callback, and nothing read from it outlives
+// that callback (filter.Host), so one block serves all streams, and a
+// stream held for a long answer keeps no body.
+var bodyMemory []byte
+
+// Blocks larger than these are not kept for reuse: a rare large request
+// should not leave its memory held.
+const (
+	keepHeaderBytes = 16 << 10
+	keepBodyBytes   = 64 << 10
+)
+
+// OnHttpStreamDelete puts c in its plugin's free list.
+func (c *httpContext) OnHttpStreamDelete() {
+	if cap(c.mem.headers) > keepHeaderBytes {
+		c.mem.headers, c.mem.pairs = nil, nil
+	}
+	c.s.Reset(nil, nil)
+	c.plugin.free = append(c.plugin.free, c)
 }
 
 func (c *httpContext) OnHttpRequestHeaders(_ int, endOfStream bool) abi.Action {
@@ -90,12 +132,21 @@ func action(a filter.Action) abi.Action {
 }
 
 // host implements filter.Host with proxy-wasm host calls on the current
-// stream.
-type host struct{}
+// stream, reading into the stream's memory.
+type host struct{ mem *streamMemory }
 
-var _ filter.Host = host{}
+var (
+	_ filter.Host           = host{}
+	_ abi.HttpStreamDeleter = (*httpContext)(nil)
+)
 
-func (host) RequestHeaders() ([][2]string, error) { return abi.GetHttpRequestHeaders() }
+func (h host) RequestHeaders() ([][2]string, error) {
+	pairs, err := abi.GetHttpRequestHeadersInto(&h.mem.headers, h.mem.pairs)
+	if err == nil {
+		h.mem.pairs = pairs[:0]
+	}
+	return pairs, err
+}
 
 func (host) SetRequestHeader(name, value string) error {
 	return abi.ReplaceHttpRequestHeader(name, value)
@@ -103,7 +154,13 @@ func (host) SetRequestHeader(name, value string) error {
 
 func (host) RemoveRequestHeader(name string) error { return abi.RemoveHttpRequestHeader(name) }
 
-func (host) RequestBody(size int) ([]byte, error) { return abi.GetHttpRequestBody(0, size) }
+func (host) RequestBody(size int) ([]byte, error) {
+	b, err := abi.GetHttpRequestBodyInto(&bodyMemory, 0, size)
+	if cap(bodyMemory) > keepBodyBytes {
+		bodyMemory = nil // b stays valid: the caller's reference keeps it
+	}
+	return b, err
+}
 
 func (host) SendLocalResponse(status int, headers [][2]string, body []byte) error {
 	return abi.SendHttpResponseWithDetails(uint32(status), wire.DetailsFilterReply, headers, body, -1)
