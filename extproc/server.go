@@ -222,6 +222,9 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 		s.metrics.badSampleRate.Inc()
 	}
 	st.rec.SampleRate = rate
+	if !st.applyServed(srv.Context()) {
+		s.metrics.badPrice.Inc()
+	}
 	if m, v, ok := streamShadow(srv.Context()); ok {
 		s.markShadow(st, m, v)
 	}
@@ -263,10 +266,11 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 
 // stream is the explicit state of one ext_proc stream.
 type stream struct {
-	rec        Record
-	first      time.Time // arrival of the first message
-	start      time.Time // request start: Envoy's request.time, else first
-	startSet   bool
+	rec Record
+	// start is when the stream opened: Envoy opens it and sends the
+	// request headers as soon as the request reaches the filter
+	// (observability mode), so it stands for the request's start.
+	start      time.Time
 	meter      *responseMeter
 	sawRespHdr bool
 	reqStream  *bool // the request body's "stream" flag, when seen
@@ -286,7 +290,7 @@ type stream struct {
 // newStream starts a stream's state; captureAll keeps its text whenever
 // capture is on at all (see wire.MetadataCaptureAll).
 func (s *Server) newStream(now time.Time, captureAll bool) *stream {
-	st := &stream{first: now, start: now}
+	st := &stream{start: now}
 	textCap := RefusalWindow
 	if s.capture.sample() || captureAll && s.capture.Enabled() {
 		st.capture = true
@@ -309,7 +313,6 @@ func (st *stream) abandonedEnd() End {
 
 // handle applies one message and reports whether the response is complete.
 func (st *stream) handle(req *extprocv3.ProcessingRequest, now time.Time) bool {
-	st.applyAttributes(req.GetAttributes(), now)
 	switch r := req.Request.(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
 		st.requestHeaders(r.RequestHeaders.GetHeaders())
