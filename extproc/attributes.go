@@ -6,9 +6,12 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/metadata"
 
+	structpb "github.com/golang/protobuf/ptypes/struct"
+	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -75,6 +78,40 @@ func (st *stream) applyServed(ctx context.Context) (valid bool) {
 		*p.to = f
 	}
 	return valid
+}
+
+// maxClockSkew bounds how far Envoy's request.time may lie before the
+// service's own arrival time and still be trusted as the request's start.
+const maxClockSkew = 10 * time.Minute
+
+// applyAttributes reads the attributes Envoy attached to a message: the
+// request's start (envoyconfig.AttrRequestTime), the only one asked for.
+// They are keyed by the filter's name; the service does not care which
+// ext_proc filter sent them, so every entry is read.
+func (st *stream) applyAttributes(attrs map[string]*structpb.Struct, now time.Time) {
+	for _, s := range attrs {
+		v, ok := s.GetFields()[envoyconfig.AttrRequestTime]
+		if !ok || st.startSet {
+			continue
+		}
+		if t, ok := timeValue(v); ok && !t.After(now) && now.Sub(t) < maxClockSkew {
+			st.start, st.startSet = t, true
+		}
+	}
+}
+
+// timeValue accepts an RFC 3339 timestamp string, as Envoy exports CEL
+// timestamps, or seconds since the epoch.
+func timeValue(v *structpb.Value) (time.Time, bool) {
+	switch k := v.GetKind().(type) {
+	case *structpb.Value_StringValue:
+		t, err := time.Parse(time.RFC3339Nano, k.StringValue)
+		return t, err == nil
+	case *structpb.Value_NumberValue:
+		sec := k.NumberValue
+		return time.Unix(0, int64(sec*1e9)), sec > 0
+	}
+	return time.Time{}, false
 }
 
 // streamFlag reads the "stream" field of an OpenAI request body.

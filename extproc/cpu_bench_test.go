@@ -26,9 +26,11 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
 	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
@@ -86,8 +88,9 @@ func serveForBenchmark() {
 // as HTTPFilter configures it) sends for one streamed chat completion whose
 // response carries one SSE event per body message: tokens content events,
 // then the finish event, the usage event and [DONE], then an empty end of
-// stream. Headers are those Envoy sends; the stream opens with the
-// metadata of a route measured at rate 1 (see play).
+// stream. Headers and the request's start attribute are those Envoy
+// sends; the stream opens with the metadata of a route measured at rate 1
+// (see play).
 func benchRequest(tokens int) []*extprocv3.ProcessingRequest {
 	h := func(kv ...string) *corev3.HeaderMap {
 		m := &corev3.HeaderMap{}
@@ -96,8 +99,13 @@ func benchRequest(tokens int) []*extprocv3.ProcessingRequest {
 		}
 		return m
 	}
+	start, err := structpb.NewStruct(map[string]any{envoyconfig.AttrRequestTime: time.Now().Add(-time.Millisecond).UTC().Format(time.RFC3339Nano)})
+	if err != nil {
+		panic(err)
+	}
 	msgs := []*extprocv3.ProcessingRequest{{
 		ObservabilityMode: true,
+		Attributes:        map[string]*structpb.Struct{envoyconfig.FilterName: start},
 		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: h(
 			":authority", "gateway.local:10000", ":path", "/v1/chat/completions", ":method", "POST", ":scheme", "http",
 			"content-type", "application/json", "content-length", "180", "user-agent", "openai-python/1.40",

@@ -266,11 +266,10 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 
 // stream is the explicit state of one ext_proc stream.
 type stream struct {
-	rec Record
-	// start is when the stream opened: Envoy opens it and sends the
-	// request headers as soon as the request reaches the filter
-	// (observability mode), so it stands for the request's start.
-	start      time.Time
+	rec        Record
+	first      time.Time // arrival of the first message
+	start      time.Time // request start: Envoy's request.time, else first
+	startSet   bool
 	meter      *responseMeter
 	sawRespHdr bool
 	reqStream  *bool // the request body's "stream" flag, when seen
@@ -290,7 +289,7 @@ type stream struct {
 // newStream starts a stream's state; captureAll keeps its text whenever
 // capture is on at all (see wire.MetadataCaptureAll).
 func (s *Server) newStream(now time.Time, captureAll bool) *stream {
-	st := &stream{start: now}
+	st := &stream{first: now, start: now}
 	textCap := RefusalWindow
 	if s.capture.sample() || captureAll && s.capture.Enabled() {
 		st.capture = true
@@ -313,6 +312,7 @@ func (st *stream) abandonedEnd() End {
 
 // handle applies one message and reports whether the response is complete.
 func (st *stream) handle(req *extprocv3.ProcessingRequest, now time.Time) bool {
+	st.applyAttributes(req.GetAttributes(), now)
 	switch r := req.Request.(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
 		st.requestHeaders(r.RequestHeaders.GetHeaders())

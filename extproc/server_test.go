@@ -17,7 +17,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -41,18 +43,16 @@ type tickClock struct {
 	n    int
 }
 
-// now returns base + n×step at its nth reading, except the first, which
-// is base: the server reads the clock first when a stream opens, and the
-// opening is the request's start.
 func (c *tickClock) now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.n++
-	if c.n == 1 {
-		return c.base
-	}
 	return c.base.Add(time.Duration(c.n) * c.step)
 }
+
+// clockBase is the harness clock's base, and the request.time Envoy sends
+// with every request's headers (reqHeaders).
+var clockBase = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 type harness struct {
 	client extprocv3.ExternalProcessorClient
@@ -65,7 +65,7 @@ func startHarness(t *testing.T, capture CaptureOptions) *harness {
 	t.Helper()
 	h := &harness{
 		sink:  &memSink{ch: make(chan Record, 16)},
-		clock: &tickClock{base: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), step: 10 * time.Millisecond},
+		clock: &tickClock{base: clockBase, step: 10 * time.Millisecond},
 		reg:   prometheus.NewRegistry(),
 	}
 	srv, err := NewServer(Options{Sink: h.sink, Registerer: h.reg, Capture: capture, Now: h.clock.now})
@@ -185,8 +185,13 @@ func reqHeaders(extra ...string) *extprocv3.ProcessingRequest {
 		":method", "POST", ":path", "/v1/chat/completions?trace=1",
 		wire.HeaderRequestID, "req-1", wire.HeaderModel, "llama", wire.HeaderBucket, "12345",
 	}, extra...)
+	start, err := structpb.NewStruct(map[string]any{envoyconfig.AttrRequestTime: clockBase.Format(time.RFC3339Nano)})
+	if err != nil {
+		panic(err) // constant input
+	}
 	return &extprocv3.ProcessingRequest{
 		ObservabilityMode: true,
+		Attributes:        map[string]*structpb.Struct{envoyconfig.FilterName: start},
 		Request:           &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: hdrs(kv...), EndOfStream: false}},
 	}
 }
@@ -385,7 +390,7 @@ func TestServerRecordsStreamedRequests(t *testing.T) {
 	}
 }
 
-// compare checks the fields a test states, all but Time.
+// compare checks the fields a test states; Time must be the request.time.
 func compare(t *testing.T, got, want Record) {
 	t.Helper()
 	got.Time = time.Time{}
@@ -680,6 +685,9 @@ func TestServerLabelsAndPricesARowFromWhatTheStreamOpensWith(t *testing.T) {
 			if r.Cluster != tt.wantCluster || math.Abs(r.CostUSD-tt.wantCost) > 1e-12 || r.Model != "llama" || r.Version != "v2" || r.Status != 200 {
 				t.Fatalf("cluster %q cost %v model %q version %q status %d; want cluster %q cost %v, llama v2 (the headers) 200",
 					r.Cluster, r.CostUSD, r.Model, r.Version, r.Status, tt.wantCluster, tt.wantCost)
+			}
+			if !r.Time.Equal(clockBase) {
+				t.Errorf("time %v, want Envoy's request.time %v", r.Time, clockBase)
 			}
 			if got := counterValue(t, h.reg, "llmcanary_extproc_price_invalid_total"); got != tt.wantBad {
 				t.Errorf("invalid prices counted = %v, want %v", got, tt.wantBad)

@@ -46,7 +46,7 @@ func TestHTTPFilter(t *testing.T) {
 				pm.GetResponseTrailerMode() != extprocfilterv3.ProcessingMode_SEND ||
 				pm.GetRequestBodyMode() != tt.wantReqBody ||
 				cfg.GetDeferredCloseTimeout().AsDuration() != tt.wantClose ||
-				len(cfg.GetRequestAttributes()) != 0 || len(cfg.GetResponseAttributes()) != 0 {
+				!slices.Equal(cfg.GetRequestAttributes(), []string{AttrRequestTime}) || len(cfg.GetResponseAttributes()) != 0 {
 				t.Fatalf("filter config = %v", &cfg)
 			}
 		})
