@@ -236,6 +236,8 @@ type envoyOptions struct {
 	filter envoyconfig.FilterOptions
 	// routes of the listener with the filter; nil means defaultRoute.
 	routes []*routev3.Route
+	// filters replace the ext_proc filter on its listener when set.
+	filters []*hcmv3.HttpFilter
 	// accessLog logs every request of the filter's listener and of
 	// loggedURL's to the service (envoyconfig.AccessLog).
 	accessLog bool
@@ -406,8 +408,12 @@ func startEnvoyWith(t testing.TB, upstreamAddr, extprocAddr string, o envoyOptio
 		}
 		logs = []*accesslogv3.AccessLog{al}
 	}
+	filters := []*hcmv3.HttpFilter{filter}
+	if o.filters != nil {
+		filters = o.filters
+	}
 	listeners := []*listenerv3.Listener{
-		listener(t, "with_extproc", uint32(ports[0]), []*hcmv3.HttpFilter{filter}, o.routes, logs),
+		listener(t, "with_extproc", uint32(ports[0]), filters, o.routes, logs),
 		listener(t, "plain", uint32(ports[1]), nil, nil, nil),
 	}
 	if o.accessLog {
