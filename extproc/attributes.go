@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/protobuf/types/known/structpb"
 
+	structpb "github.com/golang/protobuf/ptypes/struct"
 	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
@@ -46,63 +46,58 @@ func ParseSampleRate(s string) (float64, bool) {
 	return r, true
 }
 
+// applyServed reads what the route sent the request to, which the stream
+// was opened with (wire.MetadataCluster and the rest, set by
+// envoyconfig.PerRoute): the cluster, the served model and version, and
+// their prices. Each is optional; a price that is not a non-negative
+// number is ignored, and valid reports it.
+func (st *stream) applyServed(ctx context.Context) (valid bool) {
+	first := func(key string) string {
+		if vs := metadata.ValueFromIncomingContext(ctx, key); len(vs) > 0 {
+			return vs[0]
+		}
+		return ""
+	}
+	st.rec.Cluster = first(wire.MetadataCluster)
+	st.metaModel = first(wire.MetadataModel)
+	st.metaVer = first(wire.MetadataVersion)
+	valid = true
+	for _, p := range []struct {
+		key string
+		to  *float64
+	}{{wire.MetadataPriceInputPer1K, &st.prices.InputPer1K}, {wire.MetadataPriceOutputPer1K, &st.prices.OutputPer1K}} {
+		v := first(p.key)
+		if v == "" {
+			continue
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || !(f >= 0) || math.IsInf(f, 0) {
+			valid = false
+			continue
+		}
+		*p.to = f
+	}
+	return valid
+}
+
 // maxClockSkew bounds how far Envoy's request.time may lie before the
 // service's own arrival time and still be trusted as the request's start.
 const maxClockSkew = 10 * time.Minute
 
-// applyAttributes reads the attributes Envoy attached to a message. They are
-// keyed by the filter's name; the service does not care which ext_proc
-// filter sent them, so every entry is read.
+// applyAttributes reads the attributes Envoy attached to a message: the
+// request's start (envoyconfig.AttrRequestTime), the only one asked for.
+// They are keyed by the filter's name; the service does not care which
+// ext_proc filter sent them, so every entry is read.
 func (st *stream) applyAttributes(attrs map[string]*structpb.Struct, now time.Time) {
 	for _, s := range attrs {
-		for k, v := range s.GetFields() {
-			switch k {
-			case envoyconfig.AttrRequestTime:
-				if t, ok := timeValue(v); ok && !st.startSet && !t.After(now) && now.Sub(t) < maxClockSkew {
-					st.start, st.startSet = t, true
-				}
-			case envoyconfig.AttrClusterName:
-				if c := v.GetStringValue(); c != "" {
-					st.rec.Cluster = c
-				}
-			case envoyconfig.AttrMetaModel:
-				if m := v.GetStringValue(); m != "" {
-					st.metaModel = m
-				}
-			case envoyconfig.AttrMetaVersion:
-				if m := v.GetStringValue(); m != "" {
-					st.metaVer = m
-				}
-			case envoyconfig.AttrMetaPriceIn:
-				if p, ok := numberValue(v); ok {
-					st.prices.InputPer1K = p
-				}
-			case envoyconfig.AttrMetaPriceOut:
-				if p, ok := numberValue(v); ok {
-					st.prices.OutputPer1K = p
-				}
-			case envoyconfig.AttrResponseCode:
-				if st.rec.Status == 0 {
-					if c, ok := numberValue(v); ok {
-						st.rec.Status = int(c)
-					}
-				}
-			}
+		v, ok := s.GetFields()[envoyconfig.AttrRequestTime]
+		if !ok || st.startSet {
+			continue
+		}
+		if t, ok := timeValue(v); ok && !t.After(now) && now.Sub(t) < maxClockSkew {
+			st.start, st.startSet = t, true
 		}
 	}
-}
-
-// numberValue accepts a number or a numeric string (metadata written by
-// hand often quotes prices).
-func numberValue(v *structpb.Value) (float64, bool) {
-	switch k := v.GetKind().(type) {
-	case *structpb.Value_NumberValue:
-		return k.NumberValue, true
-	case *structpb.Value_StringValue:
-		f, err := strconv.ParseFloat(strings.TrimSpace(k.StringValue), 64)
-		return f, err == nil
-	}
-	return 0, false
 }
 
 // timeValue accepts an RFC 3339 timestamp string, as Envoy exports CEL

@@ -23,6 +23,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -87,7 +88,9 @@ func serveForBenchmark() {
 // as HTTPFilter configures it) sends for one streamed chat completion whose
 // response carries one SSE event per body message: tokens content events,
 // then the finish event, the usage event and [DONE], then an empty end of
-// stream. Headers and attributes are those Envoy sends.
+// stream. Headers and the request's start attribute are those Envoy
+// sends; the stream opens with the metadata of a route measured at rate 1
+// (see play).
 func benchRequest(tokens int) []*extprocv3.ProcessingRequest {
 	h := func(kv ...string) *corev3.HeaderMap {
 		m := &corev3.HeaderMap{}
@@ -96,25 +99,13 @@ func benchRequest(tokens int) []*extprocv3.ProcessingRequest {
 		}
 		return m
 	}
-	attr := func(kv map[string]any) map[string]*structpb.Struct {
-		s, err := structpb.NewStruct(kv)
-		if err != nil {
-			panic(err)
-		}
-		return map[string]*structpb.Struct{envoyconfig.FilterName: s}
-	}
-	meta := map[string]any{
-		envoyconfig.AttrClusterName: "llama_v7", envoyconfig.AttrMetaModel: "llama", envoyconfig.AttrMetaVersion: "v7",
-		envoyconfig.AttrMetaPriceIn: "0.5", envoyconfig.AttrMetaPriceOut: "1.5",
-	}
-	reqAttr := map[string]any{envoyconfig.AttrRequestTime: time.Now().Add(-time.Millisecond).UTC().Format(time.RFC3339Nano)}
-	respAttr := map[string]any{envoyconfig.AttrResponseCode: 200.0}
-	for k, v := range meta {
-		reqAttr[k], respAttr[k] = v, v
+	start, err := structpb.NewStruct(map[string]any{envoyconfig.AttrRequestTime: time.Now().Add(-time.Millisecond).UTC().Format(time.RFC3339Nano)})
+	if err != nil {
+		panic(err)
 	}
 	msgs := []*extprocv3.ProcessingRequest{{
 		ObservabilityMode: true,
-		Attributes:        attr(reqAttr),
+		Attributes:        map[string]*structpb.Struct{envoyconfig.FilterName: start},
 		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: h(
 			":authority", "gateway.local:10000", ":path", "/v1/chat/completions", ":method", "POST", ":scheme", "http",
 			"content-type", "application/json", "content-length", "180", "user-agent", "openai-python/1.40",
@@ -124,7 +115,6 @@ func benchRequest(tokens int) []*extprocv3.ProcessingRequest {
 		)}},
 	}, {
 		ObservabilityMode: true,
-		Attributes:        attr(respAttr),
 		Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{Headers: h(
 			":status", "200", "content-type", "text/event-stream; charset=utf-8", "cache-control", "no-cache",
 			"date", "Mon, 01 Jan 2026 00:00:00 GMT", "x-envoy-upstream-service-time", "3",
@@ -195,7 +185,9 @@ func startServiceProcess(b *testing.B) *serviceProcess {
 // does behind Envoy, rather than many per read), and waits for the service
 // to end the stream, as it does once the response is complete.
 func (p *serviceProcess) play(ctx context.Context, msgs []*extprocv3.ProcessingRequest, gap time.Duration) error {
-	s, err := p.client.Process(ctx)
+	s, err := p.client.Process(metadata.AppendToOutgoingContext(ctx, wire.MetadataSampleRate, "1",
+		wire.MetadataCluster, "llama_v7", wire.MetadataModel, "llama", wire.MetadataVersion, "v7",
+		wire.MetadataPriceInputPer1K, "0.5", wire.MetadataPriceOutputPer1K, "1.5"))
 	if err != nil {
 		return err
 	}

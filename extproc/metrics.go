@@ -23,6 +23,9 @@ type metrics struct {
 	// badSampleRate counts streams whose sample rate was not a decimal
 	// in (0, 1]; they are recorded at rate 1.
 	badSampleRate prometheus.Counter
+	// badPrice counts streams opened with a price that is not a
+	// non-negative number; their cost counts that price as zero.
+	badPrice prometheus.Counter
 	// accessLogEntries counts Envoy's access-log entries, one per request.
 	accessLogEntries prometheus.Counter
 	// accessLogMalformed counts access-log messages that could not be read.
@@ -74,6 +77,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "llmcanary", Subsystem: "extproc", Name: "sample_rate_invalid_total",
 			Help: "Streams opened with a sample rate that is not a decimal in (0, 1] (a misconfigured route); they are recorded at rate 1.",
 		}),
+		badPrice: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "llmcanary", Subsystem: "extproc", Name: "price_invalid_total",
+			Help: "Streams opened with a price that is not a non-negative number (a misconfigured route); their cost counts that price as zero.",
+		}),
 		accessLogEntries: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "llmcanary", Subsystem: "extproc", Name: "access_log_entries_total",
 			Help: "Entries of Envoy's gRPC access log received, one per request through Envoy.",
@@ -87,7 +94,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.requests, m.failures, m.ttft, m.itl, m.prompt, m.completion, m.gatewayAnswers, m.streams, m.cut, m.badSampleRate, m.accessLogEntries, m.accessLogMalformed} {
+	for _, c := range []prometheus.Collector{m.requests, m.failures, m.ttft, m.itl, m.prompt, m.completion, m.gatewayAnswers, m.streams, m.cut, m.badSampleRate, m.badPrice, m.accessLogEntries, m.accessLogMalformed} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}

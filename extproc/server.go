@@ -222,6 +222,9 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 		s.metrics.badSampleRate.Inc()
 	}
 	st.rec.SampleRate = rate
+	if !st.applyServed(srv.Context()) {
+		s.metrics.badPrice.Inc()
+	}
 	if m, v, ok := streamShadow(srv.Context()); ok {
 		s.markShadow(st, m, v)
 	}

@@ -50,6 +50,10 @@ func (c *tickClock) now() time.Time {
 	return c.base.Add(time.Duration(c.n) * c.step)
 }
 
+// clockBase is the harness clock's base, and the request.time Envoy sends
+// with every request's headers (reqHeaders).
+var clockBase = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
 type harness struct {
 	client extprocv3.ExternalProcessorClient
 	sink   *memSink
@@ -61,7 +65,7 @@ func startHarness(t *testing.T, capture CaptureOptions) *harness {
 	t.Helper()
 	h := &harness{
 		sink:  &memSink{ch: make(chan Record, 16)},
-		clock: &tickClock{base: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), step: 10 * time.Millisecond},
+		clock: &tickClock{base: clockBase, step: 10 * time.Millisecond},
 		reg:   prometheus.NewRegistry(),
 	}
 	srv, err := NewServer(Options{Sink: h.sink, Registerer: h.reg, Capture: capture, Now: h.clock.now})
@@ -114,7 +118,7 @@ func (h *harness) play(t *testing.T, msgs []*extprocv3.ProcessingRequest, how en
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	sctx, scancel := context.WithCancel(ctx)
+	sctx, scancel := context.WithCancel(served(ctx))
 	defer scancel()
 	stream, err := h.client.Process(sctx)
 	if err != nil {
@@ -167,31 +171,28 @@ func hdrs(kv ...string) *corev3.HeaderMap {
 	return m
 }
 
-func attrs(t *testing.T, fields map[string]any) map[string]*structpb.Struct {
-	t.Helper()
-	s, err := structpb.NewStruct(fields)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return map[string]*structpb.Struct{envoyconfig.FilterName: s}
+// served opens a stream as a route to version v2-meta of model llama on
+// cluster llama-v2 does (envoyconfig.PerRoute): with what it serves and
+// its prices as gRPC metadata.
+func served(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx,
+		wire.MetadataCluster, "llama-v2", wire.MetadataModel, "llama", wire.MetadataVersion, "v2-meta",
+		wire.MetadataPriceInputPer1K, "0.5", wire.MetadataPriceOutputPer1K, "2")
 }
 
-func reqHeaders(t *testing.T, start time.Time, extra ...string) *extprocv3.ProcessingRequest {
+func reqHeaders(extra ...string) *extprocv3.ProcessingRequest {
 	kv := append([]string{
 		":method", "POST", ":path", "/v1/chat/completions?trace=1",
 		wire.HeaderRequestID, "req-1", wire.HeaderModel, "llama", wire.HeaderBucket, "12345",
 	}, extra...)
+	start, err := structpb.NewStruct(map[string]any{envoyconfig.AttrRequestTime: clockBase.Format(time.RFC3339Nano)})
+	if err != nil {
+		panic(err) // constant input
+	}
 	return &extprocv3.ProcessingRequest{
 		ObservabilityMode: true,
-		Attributes: attrs(t, map[string]any{
-			envoyconfig.AttrRequestTime:  start.Format(time.RFC3339Nano),
-			envoyconfig.AttrClusterName:  "llama-v2",
-			envoyconfig.AttrMetaModel:    "llama",
-			envoyconfig.AttrMetaVersion:  "v2-meta",
-			envoyconfig.AttrMetaPriceIn:  "0.5", // as Envoy sends numbers from metadata
-			envoyconfig.AttrMetaPriceOut: 2.0,
-		}),
-		Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: hdrs(kv...), EndOfStream: false}},
+		Attributes:        map[string]*structpb.Struct{envoyconfig.FilterName: start},
+		Request:           &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: hdrs(kv...), EndOfStream: false}},
 	}
 }
 
@@ -229,7 +230,7 @@ func TestServerRecordsStreamedRequests(t *testing.T) {
 			name: "streamed ok counts one token per content event",
 			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
 				return []*extprocv3.ProcessingRequest{
-					reqHeaders(t, start),
+					reqHeaders(),
 					respHeaders("200", "text/event-stream; charset=utf-8", false),
 					respBody(`data: {"choices":[{"delta":{"role":"assistant","content":""}}]}`+"\n\n"+delta("a"), false), // msg 3
 					respBody(split[:20], false), // msg 4: half an event
@@ -260,7 +261,7 @@ func TestServerRecordsStreamedRequests(t *testing.T) {
 			name: "usage chunk supplies the token counts and the price",
 			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
 				return []*extprocv3.ProcessingRequest{
-					reqHeaders(t, start),
+					reqHeaders(),
 					respHeaders("200", "text/event-stream", false),
 					respBody(delta("a")+delta("b")+finishStop, false),
 					respBody(`data: {"choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":7}}`+"\n\ndata: [DONE]\n\n", true),
@@ -282,7 +283,7 @@ func TestServerRecordsStreamedRequests(t *testing.T) {
 			name: "stream cut after some tokens is upstream_reset with the tokens seen",
 			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
 				return []*extprocv3.ProcessingRequest{
-					reqHeaders(t, start),
+					reqHeaders(),
 					respHeaders("200", "text/event-stream", false),
 					respBody(delta("a")+delta("b"), false),
 				}
@@ -298,7 +299,7 @@ func TestServerRecordsStreamedRequests(t *testing.T) {
 			name: "500 with an error body is http_5xx",
 			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
 				return []*extprocv3.ProcessingRequest{
-					reqHeaders(t, start),
+					reqHeaders(),
 					respHeaders("500", "application/json", false),
 					respBody(`{"error":{"message":"boom"}}`, true),
 				}
@@ -312,7 +313,7 @@ func TestServerRecordsStreamedRequests(t *testing.T) {
 		{
 			name: "local reply without body ends at the response headers",
 			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
-				return []*extprocv3.ProcessingRequest{reqHeaders(t, start), respHeaders("429", "text/plain", true)}
+				return []*extprocv3.ProcessingRequest{reqHeaders(), respHeaders("429", "text/plain", true)}
 			},
 			check: func(t *testing.T, r Record) {
 				if r.Failure != FailureHTTP429 {
@@ -323,7 +324,7 @@ func TestServerRecordsStreamedRequests(t *testing.T) {
 		{
 			name: "client gone before the response is client_cancel",
 			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
-				return []*extprocv3.ProcessingRequest{reqHeaders(t, start)}
+				return []*extprocv3.ProcessingRequest{reqHeaders()}
 			},
 			how: endCancel,
 			check: func(t *testing.T, r Record) {
@@ -337,7 +338,7 @@ func TestServerRecordsStreamedRequests(t *testing.T) {
 			name: "stream that ends without DONE or finish reason is truncated",
 			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
 				return []*extprocv3.ProcessingRequest{
-					reqHeaders(t, start),
+					reqHeaders(),
 					respHeaders("200", "text/event-stream", false),
 					respBody(delta("a"), true),
 				}
@@ -352,7 +353,7 @@ func TestServerRecordsStreamedRequests(t *testing.T) {
 			name: "non-streamed JSON with an empty answer is empty",
 			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
 				return []*extprocv3.ProcessingRequest{
-					reqHeaders(t, start),
+					reqHeaders(),
 					respHeaders("200", "application/json", false),
 					respBody(`{"object":"chat.completion","choices":[{"message":{"role":"assistant","content":""},"finish_reason":"stop"}],`, false),
 					respBody(`"usage":{"prompt_tokens":9,"completion_tokens":0}}`, true),
@@ -368,7 +369,7 @@ func TestServerRecordsStreamedRequests(t *testing.T) {
 			name: "forced and categorised requests are labelled and refusals detected",
 			msgs: func(start time.Time) []*extprocv3.ProcessingRequest {
 				return []*extprocv3.ProcessingRequest{
-					reqHeaders(t, start, wire.HeaderForce, "v2", wire.HeaderCategory, "code", wire.HeaderAssigned, wire.AssignedExcluded),
+					reqHeaders(wire.HeaderForce, "v2", wire.HeaderCategory, "code", wire.HeaderAssigned, wire.AssignedExcluded),
 					respHeaders("200", "text/event-stream", false),
 					respBody(delta("I'm sorry, but I can't")+delta(" help with that.")+finishStop+"data: [DONE]\n\n", true),
 				}
@@ -426,7 +427,7 @@ func TestServerRecordsTheSampleRateTheStreamOpensWith(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, m := range []*extprocv3.ProcessingRequest{
-				reqHeaders(t, h.clock.base),
+				reqHeaders(),
 				respHeaders("200", "text/event-stream", false),
 				respBody(delta("a")+finishStop+"data: [DONE]\n\n", true),
 			} {
@@ -468,9 +469,8 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 
 func TestServerCapturesSampledTextRedacted(t *testing.T) {
 	h := startHarness(t, CaptureOptions{Rate: 1, MaxBytes: 64})
-	start := h.clock.base
 	r := h.play(t, []*extprocv3.ProcessingRequest{
-		reqHeaders(t, start),
+		reqHeaders(),
 		reqBody(`{"model":"llama","stream":true,"messages":[{"role":"user","content":"mail bob@example.com"}]}`),
 		respHeaders("200", "text/event-stream", false),
 		respBody(delta("call 555 123 4567")+finishStop+"data: [DONE]\n\n", true),
@@ -488,7 +488,7 @@ func TestServerAnswersWhenEnvoyWaits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := reqHeaders(t, h.clock.base)
+	m := reqHeaders()
 	m.ObservabilityMode = false
 	if err := stream.Send(m); err != nil {
 		t.Fatal(err)
@@ -502,7 +502,7 @@ func TestServerAnswersWhenEnvoyWaits(t *testing.T) {
 func TestServerExportsMetrics(t *testing.T) {
 	h := startHarness(t, CaptureOptions{})
 	h.play(t, []*extprocv3.ProcessingRequest{
-		reqHeaders(t, h.clock.base),
+		reqHeaders(),
 		respHeaders("503", "text/plain", true),
 	}, endNormally)
 	mfs, err := h.reg.Gather()
@@ -554,7 +554,7 @@ func TestDrainLetsOpenStreamsFinishAndRecordsThoseItCuts(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, m := range []*extprocv3.ProcessingRequest{reqHeaders(t, time.Now()), respHeaders("200", "text/event-stream", false), respBody(delta("a"), false)} {
+			for _, m := range []*extprocv3.ProcessingRequest{reqHeaders(), respHeaders("200", "text/event-stream", false), respBody(delta("a"), false)} {
 				if err := stream.Send(m); err != nil {
 					t.Fatal(err)
 				}
@@ -650,5 +650,48 @@ func TestServerDoesNotRecordRequestsTheGatewayAnswered(t *testing.T) {
 	}
 	if got != 2 {
 		t.Fatalf("llmcanary_extproc_gateway_answers_total = %v, want 2", got)
+	}
+}
+
+func TestServerLabelsAndPricesARowFromWhatTheStreamOpensWith(t *testing.T) {
+	msgs := func() []*extprocv3.ProcessingRequest {
+		return []*extprocv3.ProcessingRequest{
+			reqHeaders(),
+			respHeaders("200", "text/event-stream", false),
+			respBody(delta("a")+finishStop+`data: {"choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":1000}}`+"\n\n"+"data: [DONE]\n\n", true),
+		}
+	}
+	tests := []struct {
+		name        string
+		md          []string
+		wantCluster string
+		wantCost    float64
+		wantBad     float64 // llmcanary_extproc_price_invalid_total after the stream
+	}{
+		{"cluster and prices come from the stream's metadata", []string{
+			wire.MetadataCluster, "llama_v3", wire.MetadataModel, "llama", wire.MetadataVersion, "v3",
+			wire.MetadataPriceInputPer1K, "0.25", wire.MetadataPriceOutputPer1K, "1",
+		}, "llama_v3", 1.25, 0},
+		{"a stream without them is labelled from the headers and costs nothing", nil, "", 0, 0},
+		{"a price that is not a number is counted and taken as zero", []string{
+			wire.MetadataCluster, "llama_v3", wire.MetadataVersion, "v3",
+			wire.MetadataPriceInputPer1K, "cheap", wire.MetadataPriceOutputPer1K, "-1",
+		}, "llama_v3", 0, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := startHarness(t, CaptureOptions{})
+			r := h.playWith(t, tt.md, msgs()...)
+			if r.Cluster != tt.wantCluster || math.Abs(r.CostUSD-tt.wantCost) > 1e-12 || r.Model != "llama" || r.Version != "v2" || r.Status != 200 {
+				t.Fatalf("cluster %q cost %v model %q version %q status %d; want cluster %q cost %v, llama v2 (the headers) 200",
+					r.Cluster, r.CostUSD, r.Model, r.Version, r.Status, tt.wantCluster, tt.wantCost)
+			}
+			if !r.Time.Equal(clockBase) {
+				t.Errorf("time %v, want Envoy's request.time %v", r.Time, clockBase)
+			}
+			if got := counterValue(t, h.reg, "llmcanary_extproc_price_invalid_total"); got != tt.wantBad {
+				t.Errorf("invalid prices counted = %v, want %v", got, tt.wantBad)
+			}
+		})
 	}
 }

@@ -36,7 +36,7 @@ func TestServerRecordsAMirroredAnswerAsTheShadowVersionsWithItsText(t *testing.T
 	r := h.playWith(t, []string{wire.MetadataShadowModel, "llama", wire.MetadataShadowVersion, "v2"},
 		// The copied request says it was forced to stable and the upstream
 		// answer names another version: the stream's marker decides.
-		reqHeaders(t, h.clock.base, wire.HeaderForce, "v1"),
+		reqHeaders(wire.HeaderForce, "v1"),
 		reqBody(`{"model":"llama","stream":true,"messages":[{"role":"user","content":"hello"}]}`),
 		respHeaders("200", "text/event-stream", false),
 		respBody(delta("hi there")+finishStop+"data: [DONE]\n\n", true),
@@ -56,7 +56,7 @@ func TestServerTreatsAStreamWithoutTheShadowMarkerAsUserTraffic(t *testing.T) {
 		{wire.MetadataShadowModel, "llama"}, // half a marker is none
 	} {
 		r := h.playWith(t, kv,
-			reqHeaders(t, h.clock.base),
+			reqHeaders(),
 			respHeaders("200", "text/event-stream", false),
 			respBody(delta("a")+finishStop+"data: [DONE]\n\n", true),
 		)

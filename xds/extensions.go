@@ -227,8 +227,8 @@ func (e *extProcExtension) HTTPFilter(*State) (*hcmv3.HttpFilter, error) {
 
 // ShadowFilters observe a version's mirrored requests from its shadow
 // cluster and report them to the telemetry service as shadow answers.
-func (e *extProcExtension) ShadowFilters(model, version string) ([]*hcmv3.HttpFilter, error) {
-	f, err := envoyconfig.ShadowFilter(envoyconfig.FilterOptions{ClusterName: extProcCluster, StatPrefix: "shadow"}, model, version)
+func (e *extProcExtension) ShadowFilters(served envoyconfig.Served) ([]*hcmv3.HttpFilter, error) {
+	f, err := envoyconfig.ShadowFilter(envoyconfig.FilterOptions{ClusterName: extProcCluster, StatPrefix: "shadow"}, served)
 	if err != nil {
 		return nil, err
 	}
@@ -239,8 +239,8 @@ func (e *extProcExtension) ShadowFilters(model, version string) ([]*hcmv3.HttpFi
 func (e *extProcExtension) MeasurePolicy() Measure { return e.o.Measure }
 
 // PerRoute switches the telemetry filter per route and weighted cluster.
-func (e *extProcExtension) PerRoute(rate float64, captureAll bool) (string, *anypb.Any, error) {
-	cfg, err := envoyconfig.PerRoute(rate, captureAll)
+func (e *extProcExtension) PerRoute(rate float64, served envoyconfig.Served, captureAll bool) (string, *anypb.Any, error) {
+	cfg, err := envoyconfig.PerRoute(rate, served, captureAll)
 	return envoyconfig.FilterName, cfg, err
 }
 

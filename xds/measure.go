@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -156,9 +157,9 @@ type Measurer interface {
 	// MeasurePolicy is the policy the translator applies.
 	MeasurePolicy() Measure
 	// PerRoute returns the filter's name and its per-route settings for
-	// traffic measured at rate in [0, 1]; 0 switches it off. captureAll
-	// keeps the text of every request measured there.
-	PerRoute(rate float64, captureAll bool) (filter string, config *anypb.Any, err error)
+	// traffic to served measured at rate in [0, 1]; 0 switches it off.
+	// captureAll keeps the text of every request measured there.
+	PerRoute(rate float64, served envoyconfig.Served, captureAll bool) (filter string, config *anypb.Any, err error)
 }
 
 // KeySetter is an Extension that sets the sampling keys (wire.HeaderSample,
@@ -187,13 +188,13 @@ func measuringOf(g Gateway) measuring {
 	return ms
 }
 
-// perRoute returns the typed_per_filter_config for traffic measured at
-// rate, or nil when there is no telemetry filter.
-func (ms measuring) perRoute(rate float64, captureAll bool) (map[string]*anypb.Any, error) {
+// perRoute returns the typed_per_filter_config for traffic to served
+// measured at rate, or nil when there is no telemetry filter.
+func (ms measuring) perRoute(rate float64, served envoyconfig.Served, captureAll bool) (map[string]*anypb.Any, error) {
 	if ms.m == nil {
 		return nil, nil
 	}
-	name, cfg, err := ms.m.PerRoute(rate, captureAll)
+	name, cfg, err := ms.m.PerRoute(rate, served, captureAll)
 	if err != nil {
 		return nil, err
 	}
@@ -207,4 +208,13 @@ func (ms measuring) sampling(m *Model) *Sampling {
 	}
 	s := SamplingOf(m, ms.m.MeasurePolicy(), ms.keyed)
 	return &s
+}
+
+// servedBy is what a route to m's version v serves: its cluster, model,
+// version and prices, with which a timed request's telemetry stream opens.
+func servedBy(m *Model, v Version) envoyconfig.Served {
+	return envoyconfig.Served{
+		Cluster: ClusterName(m.Name, v.Name), Model: m.Name, Version: v.Name,
+		PriceInputPer1K: v.Metadata.PriceInputPer1K, PriceOutputPer1K: v.Metadata.PriceOutputPer1K,
+	}
 }

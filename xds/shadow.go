@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -101,9 +102,10 @@ func ShadowRuntimeKey(model string) string { return "llmcanary.shadow." + model 
 
 // ShadowObserver is an Extension that observes mirrored requests: it
 // returns the upstream HTTP filters of a version's shadow cluster (ahead
-// of the upstream codec, which Translate appends).
+// of the upstream codec, which Translate appends), given the shadow
+// cluster and what it serves.
 type ShadowObserver interface {
-	ShadowFilters(model, version string) ([]*hcmv3.HttpFilter, error)
+	ShadowFilters(served envoyconfig.Served) ([]*hcmv3.HttpFilter, error)
 }
 
 // mirrorPolicy returns the mirror policy for m of a route that carries
@@ -183,7 +185,9 @@ func shadowCluster(m *Model, v Version, g Gateway) (*clusterv3.Cluster, *endpoin
 	var filters []*hcmv3.HttpFilter
 	for _, ext := range g.Extensions {
 		if o, ok := ext.(ShadowObserver); ok {
-			fs, err := o.ShadowFilters(m.Name, v.Name)
+			sv := servedBy(m, v)
+			sv.Cluster = name
+			fs, err := o.ShadowFilters(sv)
 			if err != nil {
 				return nil, nil, fmt.Errorf("extension %s: %w", ext.Name(), err)
 			}

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -295,7 +296,14 @@ func routes(s *State, g Gateway) (*routev3.RouteConfiguration, error) {
 			}},
 		}},
 	})
-	if err := ms.apply(rs); err != nil {
+	served := map[string]envoyconfig.Served{}
+	for _, m := range s.Models {
+		for _, v := range m.Ordered() {
+			sv := servedBy(m, v)
+			served[sv.Cluster] = sv
+		}
+	}
+	if err := ms.apply(rs, served); err != nil {
 		return nil, err
 	}
 	return &routev3.RouteConfiguration{
@@ -405,24 +413,18 @@ func versionRoute(m *Model, version, why string, headers ...*routev3.HeaderMatch
 func weightedRoutes(m *Model, modelHdr *routev3.HeaderMatcher, ms measuring) ([]*routev3.Route, error) {
 	smp := ms.sampling(m)
 	if smp == nil {
-		r := weightedRoute(m, "weighted", nil, []*routev3.HeaderMatcher{modelHdr})
-		r.GetRoute().RequestMirrorPolicies = mirrorPolicy(m, 1)
-		return []*routev3.Route{r}, nil
-	}
-	// The canary's setting, stable's, and stable's for users outside
-	// the sample.
-	var cms [3]*clusterMeasure
-	for i, rate := range []float64{smp.CanaryRate, smp.StableRate, 0} {
-		// Stable's answers to mirrored requests are kept for the judge.
-		cfg, err := ms.perRoute(rate, i == 1 && m.Shadow.Mirrors())
+		r, err := weightedRoute(m, "weighted", ms, nil, []*routev3.HeaderMatcher{modelHdr})
 		if err != nil {
 			return nil, err
 		}
-		cms[i] = &clusterMeasure{rate: rate, config: cfg}
+		r.GetRoute().RequestMirrorPolicies = mirrorPolicy(m, 1)
+		return []*routev3.Route{r}, nil
 	}
-	canary, sampled, unsampled := cms[0], cms[1], cms[2]
 	if smp.Key == "" {
-		r := weightedRoute(m, "weighted", []*clusterMeasure{sampled, canary}, []*routev3.HeaderMatcher{modelHdr})
+		r, err := weightedRoute(m, "weighted", ms, []float64{smp.StableRate, smp.CanaryRate}, []*routev3.HeaderMatcher{modelHdr})
+		if err != nil {
+			return nil, err
+		}
 		r.GetRoute().RequestMirrorPolicies = mirrorPolicy(m, smp.StableRate)
 		return []*routev3.Route{r}, nil
 	}
@@ -432,24 +434,24 @@ func weightedRoutes(m *Model, modelHdr *routev3.HeaderMatcher, ms measuring) ([]
 	// Only the measured users' requests are mirrored, at the share that
 	// makes the model's mirrored share the shadow's percent (SamplingOf
 	// measures at least that share).
-	sampledRoute := weightedRoute(m, "weighted:sampled", []*clusterMeasure{sampled, canary}, []*routev3.HeaderMatcher{modelHdr, keyHdr})
-	sampledRoute.GetRoute().RequestMirrorPolicies = mirrorPolicy(m, smp.StableRate)
-	return []*routev3.Route{
-		sampledRoute,
-		weightedRoute(m, "weighted", []*clusterMeasure{unsampled, canary}, []*routev3.HeaderMatcher{modelHdr}),
-	}, nil
+	sampled, err := weightedRoute(m, "weighted:sampled", ms, []float64{smp.StableRate, smp.CanaryRate}, []*routev3.HeaderMatcher{modelHdr, keyHdr})
+	if err != nil {
+		return nil, err
+	}
+	sampled.GetRoute().RequestMirrorPolicies = mirrorPolicy(m, smp.StableRate)
+	rest, err := weightedRoute(m, "weighted", ms, []float64{0, smp.CanaryRate}, []*routev3.HeaderMatcher{modelHdr})
+	if err != nil {
+		return nil, err
+	}
+	return []*routev3.Route{sampled, rest}, nil
 }
 
-// clusterMeasure is whether the telemetry filter runs for one cluster of
-// a weighted route, and at which rate its rows are recorded.
-type clusterMeasure struct {
-	rate   float64
-	config map[string]*anypb.Any
-}
-
-// weightedRoute splits m's traffic by bucket. measure, when given, holds
-// stable's setting then the one every other version shares.
-func weightedRoute(m *Model, why string, measure []*clusterMeasure, headers []*routev3.HeaderMatcher) *routev3.Route {
+// weightedRoute splits m's traffic by bucket. rates, when given, hold the
+// rate stable is measured at, then the one every other version shares;
+// each cluster then carries the telemetry filter's setting for its rate
+// and what it serves. Stable's answers to mirrored requests are kept for
+// the judge.
+func weightedRoute(m *Model, why string, ms measuring, rates []float64, headers []*routev3.HeaderMatcher) (*routev3.Route, error) {
 	vs := m.Ordered()
 	bps := m.BasisPoints()
 	wc := &routev3.WeightedCluster{RandomValueSpecifier: &routev3.WeightedCluster_HeaderName{HeaderName: wire.HeaderBucket}}
@@ -459,10 +461,14 @@ func weightedRoute(m *Model, why string, measure []*clusterMeasure, headers []*r
 			Weight:               wrapperspb.UInt32(bps[i]),
 			ResponseHeadersToAdd: []*corev3.HeaderValueOption{versionHeader(v.Name)},
 		}
-		if measure != nil {
-			cm := measure[min(i, 1)]
-			cw.TypedPerFilterConfig = cm.config
-			cw.RequestHeadersToAdd = sampleRateHeader(cm.rate)
+		if rates != nil {
+			rate := rates[min(i, 1)]
+			cfg, err := ms.perRoute(rate, servedBy(m, v), i == 0 && m.Shadow.Mirrors())
+			if err != nil {
+				return nil, err
+			}
+			cw.TypedPerFilterConfig = cfg
+			cw.RequestHeadersToAdd = sampleRateHeader(rate)
 			// A client's own value never reaches the access log.
 			cw.RequestHeadersToRemove = []string{wire.HeaderSampleRate}
 		}
@@ -474,7 +480,7 @@ func weightedRoute(m *Model, why string, measure []*clusterMeasure, headers []*r
 		Action: &routev3.Route_Route{Route: routeAction(&routev3.RouteAction{
 			ClusterSpecifier: &routev3.RouteAction_WeightedClusters{WeightedClusters: wc},
 		})},
-	}
+	}, nil
 }
 
 // sampleRateHeader tells Envoy's access log that a request was measured,
@@ -491,21 +497,23 @@ func sampleRateHeader(rate float64) []*corev3.HeaderValueOption {
 
 // apply sets the telemetry filter on the routes that have no weighted
 // clusters: the gateway's own answers are never measured (no version
-// served them), a forced or category-routed request always is.
-func (ms measuring) apply(rs []*routev3.Route) error {
+// served them), a forced or category-routed request always is, with what
+// its cluster serves (served, by cluster name).
+func (ms measuring) apply(rs []*routev3.Route, served map[string]envoyconfig.Served) error {
 	if ms.m == nil {
 		return nil
 	}
 	for _, r := range rs {
 		rate := 0.0
+		var sv envoyconfig.Served
 		switch a := r.GetAction().(type) {
 		case *routev3.Route_Route:
 			if a.Route.GetWeightedClusters() != nil {
 				continue
 			}
-			rate = 1
+			rate, sv = 1, served[a.Route.GetCluster()]
 		}
-		cfg, err := ms.perRoute(rate, false)
+		cfg, err := ms.perRoute(rate, sv, false)
 		if err != nil {
 			return err
 		}

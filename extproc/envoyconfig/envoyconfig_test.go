@@ -1,6 +1,8 @@
 package envoyconfig
 
 import (
+	"maps"
+	"math"
 	"slices"
 	"testing"
 	"time"
@@ -44,7 +46,7 @@ func TestHTTPFilter(t *testing.T) {
 				pm.GetResponseTrailerMode() != extprocfilterv3.ProcessingMode_SEND ||
 				pm.GetRequestBodyMode() != tt.wantReqBody ||
 				cfg.GetDeferredCloseTimeout().AsDuration() != tt.wantClose ||
-				len(cfg.GetRequestAttributes()) == 0 || len(cfg.GetResponseAttributes()) == 0 {
+				!slices.Equal(cfg.GetRequestAttributes(), []string{AttrRequestTime}) || len(cfg.GetResponseAttributes()) != 0 {
 				t.Fatalf("filter config = %v", &cfg)
 			}
 		})
@@ -95,5 +97,79 @@ func TestAccessLogRecordsEveryRequestWithTheRoutingHeaders(t *testing.T) {
 	}
 	if !slices.Contains(cfg.GetAdditionalResponseHeadersToLog(), wire.HeaderVersion) {
 		t.Errorf("response header %s is not logged", wire.HeaderVersion)
+	}
+}
+
+func TestPerRouteOpensTheStreamWithTheRateAndWhatTheClusterServes(t *testing.T) {
+	served := Served{Cluster: "llama_v2", Model: "llama", Version: "v2", PriceInputPer1K: 0.5, PriceOutputPer1K: 0}
+	tests := []struct {
+		name    string
+		rate    float64
+		served  Served
+		want    map[string]string // nil: the filter is off
+		wantErr bool
+	}{
+		{"a timed cluster", 0.25, served, map[string]string{
+			wire.MetadataSampleRate: "0.25", wire.MetadataCluster: "llama_v2", wire.MetadataModel: "llama",
+			wire.MetadataVersion: "v2", wire.MetadataPriceInputPer1K: "0.5", wire.MetadataPriceOutputPer1K: "0",
+		}, false},
+		{"a route that serves no known version carries the rate alone", 1, Served{}, map[string]string{wire.MetadataSampleRate: "1"}, false},
+		{"rate 0 switches the filter off", 0, served, nil, false},
+		{"a rate above 1 is rejected", 1.5, served, nil, true},
+		{"a NaN price is rejected", 1, Served{Version: "v2", PriceInputPer1K: math.NaN()}, nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, err := PerRoute(tt.rate, tt.served, false)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			var pr extprocfilterv3.ExtProcPerRoute
+			if err := a.UnmarshalTo(&pr); err != nil {
+				t.Fatal(err)
+			}
+			if tt.want == nil {
+				if !pr.GetDisabled() {
+					t.Fatalf("per-route = %v, want disabled", &pr)
+				}
+				return
+			}
+			got := map[string]string{}
+			for _, h := range pr.GetOverrides().GetGrpcInitialMetadata() {
+				got[h.GetKey()] = h.GetValue()
+			}
+			if !maps.Equal(got, tt.want) {
+				t.Fatalf("metadata = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestShadowFilterMarksItsStreamsAndSaysWhatServesThem(t *testing.T) {
+	f, err := ShadowFilter(FilterOptions{ClusterName: "x"}, Served{Cluster: "llama_v2_shadow", Model: "llama", Version: "v2", PriceInputPer1K: 1, PriceOutputPer1K: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg extprocfilterv3.ExternalProcessor
+	if err := f.GetTypedConfig().UnmarshalTo(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, h := range cfg.GetGrpcService().GetInitialMetadata() {
+		got[h.GetKey()] = h.GetValue()
+	}
+	want := map[string]string{
+		wire.MetadataShadowModel: "llama", wire.MetadataShadowVersion: "v2",
+		wire.MetadataCluster: "llama_v2_shadow", wire.MetadataModel: "llama", wire.MetadataVersion: "v2",
+		wire.MetadataPriceInputPer1K: "1", wire.MetadataPriceOutputPer1K: "2",
+	}
+	if !maps.Equal(got, want) || cfg.GetProcessingMode().GetRequestBodyMode() != extprocfilterv3.ProcessingMode_STREAMED {
+		t.Fatalf("shadow filter metadata %v, request body %v; want %v and the body streamed", got, cfg.GetProcessingMode().GetRequestBodyMode(), want)
+	}
+	if _, err := ShadowFilter(FilterOptions{ClusterName: "x"}, Served{Model: "llama"}); err == nil {
+		t.Fatal("a shadow filter without a version must be rejected")
 	}
 }

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/internal/procs"
 )
@@ -58,6 +61,74 @@ func pct(d []time.Duration, p float64) time.Duration {
 	slices.Sort(s)
 	return s[int(p*float64(len(s)-1))]
 }
+
+// envoyCPUPerRequest returns the CPU, in µs per request, that the process
+// pid (Envoy) spent while run handled n requests.
+func envoyCPUPerRequest(b *testing.B, pid, n int, run func()) float64 {
+	b.Helper()
+	c0, err := procs.ThreadsCPU(pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	run()
+	c1, err := procs.ThreadsCPU(pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return float64(c1-c0) / float64(time.Microsecond) / float64(n)
+}
+
+// runListeners runs Envoy with workers workers, the given clusters, and n
+// listeners on free loopback ports, the ith built by listenerAt, until
+// the benchmark ends. It returns Envoy and each listener's URL once all
+// of them accept connections.
+func runListeners(b *testing.B, workers, n int, listenerAt func(i int, port uint32) *listenerv3.Listener, clusters ...*clusterv3.Cluster) (*procs.Proc, []string) {
+	b.Helper()
+	bin, err := procs.LookBinary("LLMCANARY_ENVOY", "envoy", "install it with `make deps`")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ports, err := procs.FreePorts(n + 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	bs := &bootstrapv3.Bootstrap{
+		Admin:           &bootstrapv3.Admin{Address: socketAddress("127.0.0.1", uint32(ports[n]))},
+		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: clusters},
+	}
+	urls := make([]string, n)
+	for i := range n {
+		bs.StaticResources.Listeners = append(bs.StaticResources.Listeners, listenerAt(i, uint32(ports[i])))
+		urls[i] = fmt.Sprintf("http://127.0.0.1:%d", ports[i])
+	}
+	p := runBootstrap(b, bin, bs, workers)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, u := range urls {
+		if err := procs.WaitTCP(ctx, strings.TrimPrefix(u, "http://")); err != nil {
+			b.Fatalf("%v\n%s", err, p.Tail(30))
+		}
+	}
+	return p, urls
+}
+
+// interleaved runs phase for each of k configurations, rounds times, in
+// reverse order every other round so that a drift in machine load hits
+// them alike, and returns each configuration's results.
+func interleaved(rounds, k int, phase func(j int) float64) [][]float64 {
+	out := make([][]float64, k)
+	for r := range rounds {
+		for j := range k {
+			if r%2 == 1 {
+				j = k - 1 - j
+			}
+			out[j] = append(out[j], phase(j))
+		}
+	}
+	return out
+}
+
+func median(v []float64) float64 { s := slices.Clone(v); slices.Sort(s); return s[len(s)/2] }
 
 // BenchmarkExtprocOverhead compares Envoy with the ext_proc filter and
 // service against Envoy alone on the same upstream, in one run: latency
@@ -194,26 +265,19 @@ func BenchmarkAccessLogEnvoyCPU(b *testing.B) {
 	defer cancel()
 	logged, measured := 0, 0
 	phase := func(url string, n int, hdr map[string]string) float64 {
-		c0, err := procs.ThreadsCPU(env.proc.Pid())
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, _, err := load(ctx, url, n, inFlight, hdr); err != nil {
-			b.Fatal(err)
-		}
-		if url != env.plainURL {
-			logged += n
-			logs.waitFor(b, logged)
-		}
-		if url == env.withURL {
-			measured += n
-			records.wait(b, measured, 30*time.Second)
-		}
-		c1, err := procs.ThreadsCPU(env.proc.Pid())
-		if err != nil {
-			b.Fatal(err)
-		}
-		return float64(c1-c0) / float64(time.Microsecond) / float64(n)
+		return envoyCPUPerRequest(b, env.proc.Pid(), n, func() {
+			if _, _, err := load(ctx, url, n, inFlight, hdr); err != nil {
+				b.Fatal(err)
+			}
+			if url != env.plainURL {
+				logged += n
+				logs.waitFor(b, logged)
+			}
+			if url == env.withURL {
+				measured += n
+				records.wait(b, measured, 30*time.Second)
+			}
+		})
 	}
 	kinds := []struct {
 		name string
@@ -231,22 +295,13 @@ func BenchmarkAccessLogEnvoyCPU(b *testing.B) {
 			phase(l.url, k.n/10, k.hdr)
 		}
 	}
-	med := func(v []float64) float64 { s := slices.Clone(v); slices.Sort(s); return s[len(s)/2] }
 	for range b.N {
 		for _, k := range kinds {
-			cpu := make([][]float64, len(listeners))
-			for r := range rounds {
-				for j := range listeners {
-					if r%2 == 1 {
-						j = len(listeners) - 1 - j // reverse order every other round
-					}
-					cpu[j] = append(cpu[j], phase(listeners[j].url, k.n, k.hdr))
-				}
-			}
-			alone := med(cpu[0])
+			cpu := interleaved(rounds, len(listeners), func(j int) float64 { return phase(listeners[j].url, k.n, k.hdr) })
+			alone := median(cpu[0])
 			unit := strings.ReplaceAll(k.name, " ", "-")
 			for j, l := range listeners {
-				m := med(cpu[j])
+				m := median(cpu[j])
 				b.ReportMetric(m, "µs/req-"+l.name+"-"+unit)
 				b.Logf("%s, Envoy %s: CPU µs per request %v; median %.0f (%+.0f, ×%.2f of Envoy alone)",
 					k.name, l.name, cpu[j], m, m-alone, m/alone)

@@ -236,6 +236,8 @@ type envoyOptions struct {
 	filter envoyconfig.FilterOptions
 	// routes of the listener with the filter; nil means defaultRoute.
 	routes []*routev3.Route
+	// filters replace the ext_proc filter on its listener when set.
+	filters []*hcmv3.HttpFilter
 	// accessLog logs every request of the filter's listener and of
 	// loggedURL's to the service (envoyconfig.AccessLog).
 	accessLog bool
@@ -262,11 +264,23 @@ func mustAny(t testing.TB, m proto.Message) *anypb.Any {
 	return a
 }
 
+// served is what a route to one of the test's version clusters serves, as
+// the control plane's routes tell the telemetry filter.
+func served(cluster, version string) envoyconfig.Served {
+	return envoyconfig.Served{Cluster: cluster, Model: metaModel, Version: version, PriceInputPer1K: priceIn, PriceOutputPer1K: priceOut}
+}
+
 // defaultRoute sends every request to upstreamCluster, announcing
-// headerVersion.
+// headerVersion, and times each one as the control plane's routes do:
+// the telemetry stream opens with what the cluster serves.
 func defaultRoute() *routev3.Route {
+	timed, err := envoyconfig.PerRoute(1, served(upstreamCluster, metaVersion), false)
+	if err != nil {
+		panic(err) // constant input
+	}
 	return &routev3.Route{
-		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+		TypedPerFilterConfig: map[string]*anypb.Any{envoyconfig.FilterName: timed},
+		Match:                &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
 		Action: &routev3.Route_Route{Route: &routev3.RouteAction{
 			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: upstreamCluster},
 			Timeout:          durationpb.New(30 * time.Second),
@@ -338,6 +352,36 @@ func startEnvoy(t testing.TB, upstreamAddr, extprocAddr string, fo envoyconfig.F
 	return startEnvoyWith(t, upstreamAddr, extprocAddr, envoyOptions{filter: fo})
 }
 
+// runBootstrap validates bs, writes it, and runs the Envoy binary bin on it
+// with the given number of workers until the test ends.
+func runBootstrap(t testing.TB, bin string, bs *bootstrapv3.Bootstrap, workers int) *procs.Proc {
+	t.Helper()
+	if err := bs.ValidateAll(); err != nil {
+		t.Fatalf("bootstrap: %v", err)
+	}
+	js, err := protojson.MarshalOptions{Indent: "  "}.Marshal(bs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "envoy.json")
+	if err := os.WriteFile(cfg, js, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := procs.StartProc("envoy", filepath.Join(dir, "envoy.log"), bin,
+		"-c", cfg, "--disable-hot-restart", "--concurrency", strconv.Itoa(workers), "-l", "warning")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Stop(5 * time.Second)
+		if t.Failed() {
+			t.Logf("envoy log tail:\n%s", p.Tail(40))
+		}
+	})
+	return p
+}
+
 // startEnvoyWith writes a static bootstrap built from the go-control-plane
 // protos and extproc's builders, and runs the real Envoy on it.
 func startEnvoyWith(t testing.TB, upstreamAddr, extprocAddr string, o envoyOptions) *envoy {
@@ -364,8 +408,12 @@ func startEnvoyWith(t testing.TB, upstreamAddr, extprocAddr string, o envoyOptio
 		}
 		logs = []*accesslogv3.AccessLog{al}
 	}
+	filters := []*hcmv3.HttpFilter{filter}
+	if o.filters != nil {
+		filters = o.filters
+	}
 	listeners := []*listenerv3.Listener{
-		listener(t, "with_extproc", uint32(ports[0]), []*hcmv3.HttpFilter{filter}, o.routes, logs),
+		listener(t, "with_extproc", uint32(ports[0]), filters, o.routes, logs),
 		listener(t, "plain", uint32(ports[1]), nil, nil, nil),
 	}
 	if o.accessLog {
@@ -383,29 +431,7 @@ func startEnvoyWith(t testing.TB, upstreamAddr, extprocAddr string, o envoyOptio
 			},
 		},
 	}
-	if err := bs.ValidateAll(); err != nil {
-		t.Fatalf("bootstrap: %v", err)
-	}
-	js, err := protojson.MarshalOptions{Indent: "  "}.Marshal(bs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "envoy.json")
-	if err := os.WriteFile(cfg, js, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p, err := procs.StartProc("envoy", filepath.Join(dir, "envoy.log"), bin,
-		"-c", cfg, "--disable-hot-restart", "--concurrency", "2", "-l", "warning")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		p.Stop(5 * time.Second)
-		if t.Failed() {
-			t.Logf("envoy log tail:\n%s", p.Tail(40))
-		}
-	})
+	p := runBootstrap(t, bin, bs, 2)
 	e := &envoy{
 		proc:      p,
 		withURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[0]),

@@ -4,19 +4,14 @@ package envoytest
 
 import (
 	"context"
-	"fmt"
 	"net"
-	"os"
-	"path/filepath"
-	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
-	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	fluentdv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/fluentd/v3"
 	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	otelalv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/open_telemetry/v3"
@@ -24,14 +19,12 @@ import (
 	collogs "go.opentelemetry.io/proto/otlp/collector/logs/v1"
 	otlpcommon "go.opentelemetry.io/proto/otlp/common/v1"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/llmcanary/llmcanary/extproc"
 	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
-	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -61,10 +54,6 @@ func (o *otlpLogs) Export(_ context.Context, req *collogs.ExportLogsServiceReque
 //
 //	go test -tags integration -run '^$' -bench AccessLoggerEnvoyCPU -benchtime 1x ./extproc/envoytest/
 func BenchmarkAccessLoggerEnvoyCPU(b *testing.B) {
-	bin, err := procs.LookBinary("LLMCANARY_ENVOY", "envoy", "install it with `make deps`")
-	if err != nil {
-		b.Fatal(err)
-	}
 	upstream := startUpstream(b)
 	logs := &logCounter{ch: make(chan struct{}, 1)}
 	svc := startServiceWith(b, extproc.Options{Sink: newMemSink(), RequestLog: logs}, nil)
@@ -151,49 +140,14 @@ func BenchmarkAccessLoggerEnvoyCPU(b *testing.B) {
 
 	names := []string{"none", "grpc-http", "otel", "fluentd", "stats"}
 	loggers := [][]*accesslogv3.AccessLog{nil, {als}, {otelLog}, {fluentLog}, {statsLog}}
-	ports, err := procs.FreePorts(len(names) + 1)
-	if err != nil {
-		b.Fatal(err)
-	}
-	bs := &bootstrapv3.Bootstrap{
-		Admin:           &bootstrapv3.Admin{Address: socketAddress("127.0.0.1", uint32(ports[len(names)]))},
-		StaticResources: &bootstrapv3.Bootstrap_StaticResources{},
-	}
-	for i, n := range names {
-		bs.StaticResources.Listeners = append(bs.StaticResources.Listeners, listener(b, n, uint32(ports[i]), nil, nil, loggers[i]))
-	}
 	fc := envoyconfig.Cluster("fluentd", flis.Addr().String())
 	fc.TypedExtensionProtocolOptions = nil
-	bs.StaticResources.Clusters = []*clusterv3.Cluster{
-		versionCluster(b, upstreamCluster, metaVersion, upstream),
-		envoyconfig.Cluster(extprocCluster, svc.addr),
-		envoyconfig.Cluster("otlp", olis.Addr().String()),
-		fc,
-	}
-	if err := bs.ValidateAll(); err != nil {
-		b.Fatal(err)
-	}
-	js, err := protojson.Marshal(bs)
-	if err != nil {
-		b.Fatal(err)
-	}
-	dir := b.TempDir()
-	cfg := filepath.Join(dir, "envoy.json")
-	if err := os.WriteFile(cfg, js, 0o644); err != nil {
-		b.Fatal(err)
-	}
-	p, err := procs.StartProc("envoy", filepath.Join(dir, "envoy.log"), bin, "-c", cfg, "--disable-hot-restart", "--concurrency", "2", "-l", "warning")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { p.Stop(5 * time.Second) })
+	p, urls := runListeners(b, 2, len(names), func(i int, port uint32) *listenerv3.Listener {
+		return listener(b, names[i], port, nil, nil, loggers[i])
+	}, versionCluster(b, upstreamCluster, metaVersion, upstream), envoyconfig.Cluster(extprocCluster, svc.addr),
+		envoyconfig.Cluster("otlp", olis.Addr().String()), fc)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	for i := range names {
-		if err := procs.WaitTCP(ctx, fmt.Sprintf("127.0.0.1:%d", ports[i])); err != nil {
-			b.Fatalf("%v\n%s", err, p.Tail(30))
-		}
-	}
 	hdr := map[string]string{hdrMode: "json", hdrTokens: "16", wire.HeaderBucket: "123", wire.HeaderSampleRate: "0"}
 	sent := make([]int, len(names))
 	settle := func(i int) {
@@ -216,20 +170,13 @@ func BenchmarkAccessLoggerEnvoyCPU(b *testing.B) {
 		}
 	}
 	phase := func(i, n int) float64 {
-		c0, err := procs.ThreadsCPU(p.Pid())
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, _, err := load(ctx, fmt.Sprintf("http://127.0.0.1:%d", ports[i]), n, 8, hdr); err != nil {
-			b.Fatal(err)
-		}
-		sent[i] += n
-		settle(i)
-		c1, err := procs.ThreadsCPU(p.Pid())
-		if err != nil {
-			b.Fatal(err)
-		}
-		return float64(c1-c0) / float64(time.Microsecond) / float64(n)
+		return envoyCPUPerRequest(b, p.Pid(), n, func() {
+			if _, _, err := load(ctx, urls[i], n, 8, hdr); err != nil {
+				b.Fatal(err)
+			}
+			sent[i] += n
+			settle(i)
+		})
 	}
 	for i := range names {
 		phase(i, 400)
@@ -238,19 +185,10 @@ func BenchmarkAccessLoggerEnvoyCPU(b *testing.B) {
 	if fluentBytes.Load() == 0 {
 		b.Fatalf("the fluentd logger sent nothing\n%s", p.Tail(30))
 	}
-	cpu := make([][]float64, len(names))
-	for r := 0; r < 3; r++ {
-		for j := range names {
-			if r%2 == 1 {
-				j = len(names) - 1 - j
-			}
-			cpu[j] = append(cpu[j], phase(j, 4000))
-		}
-	}
-	med := func(v []float64) float64 { s := slices.Clone(v); slices.Sort(s); return s[len(s)/2] }
-	base := med(cpu[0])
+	cpu := interleaved(3, len(names), func(j int) float64 { return phase(j, 4000) })
+	base := median(cpu[0])
 	for j, n := range names {
-		m := med(cpu[j])
+		m := median(cpu[j])
 		b.ReportMetric(m-base, "µs/req-added-"+n)
 		b.Logf("%-10s Envoy CPU µs per request %.0f (%+.1f over no access log) %v", n, m, m-base, cpu[j])
 	}

@@ -5,6 +5,7 @@ package envoytest
 import (
 	"context"
 	"fmt"
+	"math"
 	"strconv"
 	"testing"
 	"time"
@@ -23,9 +24,11 @@ import (
 // hdrRoute selects one of the test routes below.
 const hdrRoute = "x-test-route"
 
-func perRoute(t testing.TB, rate float64) map[string]*anypb.Any {
+// perRoute is the ext_proc filter's setting for traffic to cluster, which
+// serves version, measured at rate.
+func perRoute(t testing.TB, rate float64, cluster, version string) map[string]*anypb.Any {
 	t.Helper()
-	pr, err := envoyconfig.PerRoute(rate, false)
+	pr, err := envoyconfig.PerRoute(rate, served(cluster, version), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,12 +72,12 @@ func weightedRoute(t testing.TB, value string) *routev3.Route {
 			Clusters: []*routev3.WeightedCluster_ClusterWeight{{
 				Name:                 upstreamCluster,
 				Weight:               wrapperspb.UInt32(50),
-				TypedPerFilterConfig: perRoute(t, 0),
+				TypedPerFilterConfig: perRoute(t, 0, upstreamCluster, metaVersion),
 				ResponseHeadersToAdd: versionHeader(metaVersion),
 			}, {
 				Name:                 otherCluster,
 				Weight:               wrapperspb.UInt32(50),
-				TypedPerFilterConfig: perRoute(t, 0.5),
+				TypedPerFilterConfig: perRoute(t, 0.5, otherCluster, otherVersion),
 				RequestHeadersToAdd:  rateHeader(0.5),
 				ResponseHeadersToAdd: versionHeader(otherVersion),
 			}},
@@ -93,8 +96,8 @@ func sampledRoutes(t testing.TB) []*routev3.Route {
 	all := defaultRoute()
 	all.RequestHeadersToAdd = rateHeader(1)
 	return []*routev3.Route{
-		headerRoute("quarter", perRoute(t, 0.25), rateHeader(0.25)),
-		headerRoute("off", perRoute(t, 0), nil),
+		headerRoute("quarter", perRoute(t, 0.25, upstreamCluster, metaVersion), rateHeader(0.25)),
+		headerRoute("off", perRoute(t, 0, upstreamCluster, metaVersion), nil),
 		weightedRoute(t, "weighted"),
 		all,
 	}
@@ -197,8 +200,12 @@ func TestEnvoyHonoursPerRouteSettingsOnWeightedClusters(t *testing.T) {
 	got := map[uint64]extproc.Record{}
 	for _, r := range recs {
 		got[r.Bucket] = r
-		if r.Cluster != otherCluster || r.SampleRate != 0.5 {
-			t.Errorf("bucket %d: a row from cluster %q at rate %v; only %s, at 0.5, is measured", r.Bucket, r.Cluster, r.SampleRate, otherCluster)
+		// The cluster, its version and prices come from the weighted
+		// cluster's settings, which open the stream.
+		wantCost := float64(r.CompletionTokens) / 1000 * priceOut
+		if r.Cluster != otherCluster || r.SampleRate != 0.5 || r.CompletionTokens == 0 || math.Abs(r.CostUSD-wantCost) > 1e-12 {
+			t.Errorf("bucket %d: a row from cluster %q at rate %v costing %v; only %s, at 0.5, is measured, priced %v",
+				r.Bucket, r.Cluster, r.SampleRate, r.CostUSD, otherCluster, wantCost)
 		}
 	}
 	for _, b := range measured {

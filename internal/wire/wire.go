@@ -77,6 +77,20 @@ const MetadataSampleRate = HeaderSampleRate
 // shadow stage mirrors, each half of a judged pair.
 const MetadataCaptureAll = "x-llmcanary-capture-all"
 
+// gRPC metadata keys with which Envoy opens a timed request's ext_proc
+// stream, set per route and per weighted cluster by the control plane:
+// the cluster the route picked and what it serves (model, version, and
+// its prices in USD per 1000 tokens, decimals). The service then needs
+// nothing from Envoy's attributes. A stream without them (a route set by
+// hand) is labelled from the request's own headers and priced at zero.
+const (
+	MetadataCluster          = "x-llmcanary-served-cluster"
+	MetadataModel            = "x-llmcanary-served-model"
+	MetadataVersion          = "x-llmcanary-served-version"
+	MetadataPriceInputPer1K  = "x-llmcanary-price-input-per-1k"
+	MetadataPriceOutputPer1K = "x-llmcanary-price-output-per-1k"
+)
+
 // MetadataShadowModel and MetadataShadowVersion are the gRPC metadata
 // keys with which a shadow cluster's telemetry filter opens its streams:
 // the stream observes a mirrored request of that model answered by that

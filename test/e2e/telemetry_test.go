@@ -89,14 +89,16 @@ func TestEveryStreamedRequestBecomesOneRowWithTheInjectedTiming(t *testing.T) {
 	var (
 		minTTFT, p50TTFT, p99TTFT, maxTTFT, p50ITL float64
 		wrongTokens, fromUsage, notOK, noVersion   uint64
-		versions                                   uint64
+		versions, wrongCluster, wrongCost          uint64
 	)
 	err = conn.QueryRow(context.Background(), fmt.Sprintf(`
 		SELECT min(ttft_ms), quantile(0.5)(ttft_ms), quantile(0.99)(ttft_ms), max(ttft_ms), quantile(0.5)(itl_mean_ms),
 		       countIf(completion_tokens != 16), countIf(tokens_from_usage = 1),
-		       countIf(status != 200 OR failure != '' OR finish_reason != 'stop'), countIf(version = ''), uniqExact(version)
+		       countIf(status != 200 OR failure != '' OR finish_reason != 'stop'), countIf(version = ''), uniqExact(version),
+		       countIf(cluster != concat('llm|', model, '|', version)),
+		       countIf(abs(cost_usd - (prompt_tokens * 0.5 + completion_tokens * 1.5) / 1000) > 1e-9)
 		FROM %s.%s WHERE model = ?`, wire.Database, wire.TableRequests), model).
-		Scan(&minTTFT, &p50TTFT, &p99TTFT, &maxTTFT, &p50ITL, &wrongTokens, &fromUsage, &notOK, &noVersion, &versions)
+		Scan(&minTTFT, &p50TTFT, &p99TTFT, &maxTTFT, &p50ITL, &wrongTokens, &fromUsage, &notOK, &noVersion, &versions, &wrongCluster, &wrongCost)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,6 +121,10 @@ func TestEveryStreamedRequestBecomesOneRowWithTheInjectedTiming(t *testing.T) {
 	}
 	if notOK != 0 || noVersion != 0 || versions != 2 {
 		t.Fatalf("rows with a failure %d, without a version %d, versions seen %d", notOK, noVersion, versions)
+	}
+	// The route opens each stream with its cluster and the version's prices.
+	if wrongCluster != 0 || wrongCost != 0 {
+		t.Fatalf("rows with another cluster than their version's %d, priced otherwise than at 0.5 and 1.5 per 1k tokens %d", wrongCluster, wrongCost)
 	}
 }
 
