@@ -231,14 +231,15 @@ func (p *pipe[R]) stats() Stats {
 }
 
 // logger is the write-ahead step. It takes a row from the queue, with
-// every row queued behind it (up to BatchSize), appends them to the
-// spool as one frame and fsyncs it: group commit, so while one disk write
-// runs the next group gathers and a burst costs a few disk writes, not one
-// each. Only then are the rows left to the inserter. It runs on its own
+// every row that arrives within CommitDelay (up to BatchSize), appends
+// them to the spool as one frame and fsyncs it: group commit, so a burst
+// costs a few disk writes, not one each. Only then are the rows left to the inserter. It runs on its own
 // goroutine because Write must not wait for the disk, nor a slow disk for
 // ClickHouse.
 func (p *pipe[R]) logger() {
 	defer close(p.logDone)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	for {
 		r, ok := <-p.in
 		if !ok {
@@ -246,6 +247,11 @@ func (p *pipe[R]) logger() {
 		}
 		group := append(make([]R, 0, 16), r) // kept in mem: never reused
 		open := true
+		var deadline <-chan time.Time
+		if d := p.w.o.CommitDelay; d > 0 {
+			timer.Reset(d)
+			deadline = timer.C
+		}
 	gather:
 		for len(group) < p.w.o.BatchSize {
 			select {
@@ -255,10 +261,25 @@ func (p *pipe[R]) logger() {
 					break gather
 				}
 				group = append(group, r)
+				continue
 			default:
+			}
+			if deadline == nil {
+				break
+			}
+			select {
+			case r, ok := <-p.in:
+				if !ok {
+					open = false
+					break gather
+				}
+				group = append(group, r)
+			case <-deadline:
+				deadline = nil
 				break gather
 			}
 		}
+		timer.Stop() // since Go 1.23 a stopped timer delivers nothing stale
 		p.spoolGroup(group)
 		if !open {
 			return

@@ -582,3 +582,51 @@ func TestRecordIsOnDiskBeforeItWaitsForClickHouse(t *testing.T) {
 	assertTableHolds(t, w, requestsTable, recs)
 	closeWriter(t, w)
 }
+
+// TestRowsArrivingWithinTheCommitDelayShareOneDiskWrite: rows written one
+// at a time, a millisecond apart, reach the spool as a few frames (one
+// write and fsync each) when they arrive within the commit delay, and as
+// about one frame per row without it.
+func TestRowsArrivingWithinTheCommitDelayShareOneDiskWrite(t *testing.T) {
+	ch := chtest.Shared(t)
+	frames := func(delay time.Duration) int {
+		dir := t.TempDir()
+		w := newWriter(t, Options{Addr: ch.Addr, Database: chtest.NewDatabase(), SpoolDir: dir, FlushInterval: time.Hour, CommitDelay: delay})
+		const n = 40
+		for _, r := range makeRecords(n, time.Now()) {
+			w.Write(r)
+			time.Sleep(time.Millisecond)
+		}
+		waitFor(t, 5*time.Second, "records logged", func() bool { return w.Stats().Logged == n })
+		f, err := os.Open(filepath.Join(dir, spoolLogName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil {
+			t.Fatal(err)
+		}
+		count, rows := 0, 0
+		for pos := int64(0); pos < st.Size(); count++ {
+			batch, end, err := readFrame[extproc.Record](f, pos, st.Size())
+			if err != nil {
+				t.Fatal(err)
+			}
+			pos, rows = end, rows+len(batch)
+		}
+		if rows != n {
+			t.Fatalf("the spool holds %d rows, want %d", rows, n)
+		}
+		closeWriter(t, w)
+		return count
+	}
+	grouped, single := frames(500*time.Millisecond), frames(-1)
+	t.Logf("40 rows 1 ms apart: %d frames with a 500 ms commit delay, %d without", grouped, single)
+	if grouped > 2 {
+		t.Errorf("with a 500 ms commit delay 40 rows written within ~50 ms took %d frames, want at most 2", grouped)
+	}
+	if single < 20 {
+		t.Errorf("without a commit delay 40 rows 1 ms apart took only %d frames: the test does not show the delay's effect", single)
+	}
+}
