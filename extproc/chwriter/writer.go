@@ -72,7 +72,7 @@ type Options struct {
 	// records reach the spool's disk as soon as the logger gets them.
 	FlushInterval time.Duration
 	// CommitDelay is how long the spool's logger, once it has a row, waits
-	// for more before it writes and fsyncs them as one group; default 2 ms,
+	// for more before it writes and fsyncs them as one group; default 10 ms,
 	// negative: none. Under load an fsync per few rows is most of the
 	// service's work; the wait makes groups of many rows, and a row
 	// reaches the disk at most CommitDelay later. A row the service has
@@ -106,7 +106,7 @@ type Options struct {
 }
 
 // DefaultCommitDelay is Options.CommitDelay's default.
-const DefaultCommitDelay = 2 * time.Millisecond
+const DefaultCommitDelay = 10 * time.Millisecond
 
 var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 

@@ -22,6 +22,7 @@ import (
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -106,6 +107,25 @@ func ShadowFilter(o FilterOptions, served Served) (*hcmv3.HttpFilter, error) {
 	return filter(cfg)
 }
 
+// ForwardedHeaders are the request and response headers the service reads
+// (extproc.Server); Envoy sends only these (forward_rules). Every other
+// header of a timed request — a client's dozen, the pool's — cost Envoy a
+// protobuf header entry per message and the service its decoding, for
+// nothing.
+var ForwardedHeaders = []string{
+	":path", wire.HeaderRequestID, wire.HeaderModel, wire.HeaderBucket, wire.HeaderForce,
+	wire.HeaderCategory, wire.HeaderAssigned, // request
+	":status", "content-type", wire.HeaderVersion, // response
+}
+
+func forwardRules() *extprocfilterv3.HeaderForwardingRules {
+	l := &matcherv3.ListStringMatcher{}
+	for _, h := range ForwardedHeaders {
+		l.Patterns = append(l.Patterns, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: h}})
+	}
+	return &extprocfilterv3.HeaderForwardingRules{AllowedHeaders: l}
+}
+
 func processor(o FilterOptions) (*extprocfilterv3.ExternalProcessor, error) {
 	if o.ClusterName == "" {
 		return nil, errors.New("ext_proc filter: cluster name is required")
@@ -140,6 +160,7 @@ func processor(o FilterOptions) (*extprocfilterv3.ExternalProcessor, error) {
 			ResponseTrailerMode: extprocfilterv3.ProcessingMode_SEND,
 		},
 		RequestAttributes:    RequestAttributes,
+		ForwardRules:         forwardRules(),
 		MessageTimeout:       durationpb.New(o.MessageTimeout),
 		DeferredCloseTimeout: durationpb.New(o.DeferredCloseTimeout),
 		StatPrefix:           o.StatPrefix,
