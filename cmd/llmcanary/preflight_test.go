@@ -61,3 +61,17 @@ func TestStatusShowsThePreflightsProgressAndVerdict(t *testing.T) {
 		t.Fatalf("status %q lacks the verdict", b.String())
 	}
 }
+
+func TestStatusSaysTheShadowStageWaitsForThePreflight(t *testing.T) {
+	sh := &analyzer.ShadowStage{Status: analyzer.ShadowRunning, Policy: analyzer.ShadowPolicy{Percent: 20, MaxConcurrent: 8}}
+	var b strings.Builder
+	printShadow(&b, sh, true)
+	if want := "shadow   after the pre-flight: 20 % of user requests will be mirrored"; !strings.Contains(b.String(), want) {
+		t.Fatalf("while the pre-flight runs, status %q lacks %q", b.String(), want)
+	}
+	b.Reset()
+	printShadow(&b, sh, false)
+	if want := "shadow   running: 20 % of user requests mirrored"; !strings.Contains(b.String(), want) {
+		t.Fatalf("after the pre-flight, status %q lacks %q", b.String(), want)
+	}
+}

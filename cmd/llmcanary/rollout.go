@@ -315,9 +315,14 @@ func printPreflight(w io.Writer, pf *analyzer.PreflightStage) {
 }
 
 // printShadow writes a rollout's shadow stage: the mirrored load and its
-// cap, the pairs and the tests.
-func printShadow(w io.Writer, sh *analyzer.ShadowStage) {
+// cap, the pairs and the tests. While the pre-flight runs (afterPreflight)
+// nothing is mirrored yet, and the stage says so.
+func printShadow(w io.Writer, sh *analyzer.ShadowStage, afterPreflight bool) {
 	if sh == nil {
+		return
+	}
+	if afterPreflight && sh.Running() {
+		fmt.Fprintf(w, "shadow   after the pre-flight: %g %% of user requests will be mirrored to the canary, at most %d in flight\n", sh.Policy.Percent, sh.Policy.MaxConcurrent)
 		return
 	}
 	fmt.Fprintf(w, "shadow   %s: %g %% of user requests mirrored to the canary, at most %d in flight\n", sh.Status, sh.Policy.Percent, sh.Policy.MaxConcurrent)
@@ -422,7 +427,7 @@ func printStatus(w io.Writer, ro *analyzer.RolloutView) {
 		}
 	} else {
 		printPreflight(w, ro.Preflight)
-		printShadow(w, ro.Shadow)
+		printShadow(w, ro.Shadow, ro.Preflight != nil && ro.Preflight.Status == analyzer.PreflightRunning)
 		fmt.Fprintf(w, "stage    %d of %d at %g %%  %s\n", p.Stage, p.Stages, p.Weight, bar(float64(p.Stage)/float64(max(p.Stages, 1))))
 		fmt.Fprintf(w, "samples  %d of %d canary requests  %s\n", p.Samples, p.MinSamples, bar(ratio(float64(p.Samples), float64(p.MinSamples))))
 		fmt.Fprintf(w, "time     %s of %s minimum (%s maximum)  %s\n", p.InStage.Round(time.Second), p.MinDuration, p.MaxDuration, bar(ratio(float64(p.InStage), float64(p.MinDuration))))
