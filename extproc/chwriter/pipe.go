@@ -233,9 +233,9 @@ func (p *pipe[R]) stats() Stats {
 // logger is the write-ahead step. It takes a row from the queue, with
 // every row that arrives within CommitDelay (up to BatchSize), appends
 // them to the spool as one frame and fsyncs it: group commit, so a burst
-// costs a few disk writes, not one each. Only then are the rows left to the inserter. It runs on its own
-// goroutine because Write must not wait for the disk, nor a slow disk for
-// ClickHouse.
+// costs a few disk writes, not one each. Only then are the rows left to
+// the inserter. It runs on its own goroutine because Write must not wait
+// for the disk, nor a slow disk for ClickHouse.
 func (p *pipe[R]) logger() {
 	defer close(p.logDone)
 	timer := time.NewTimer(time.Hour)
@@ -254,30 +254,26 @@ func (p *pipe[R]) logger() {
 		}
 	gather:
 		for len(group) < p.w.o.BatchSize {
-			select {
-			case r, ok := <-p.in:
-				if !ok {
-					open = false
+			var r R
+			var ok bool
+			if deadline == nil {
+				select {
+				case r, ok = <-p.in:
+				default:
 					break gather
 				}
-				group = append(group, r)
-				continue
-			default:
+			} else {
+				select {
+				case r, ok = <-p.in:
+				case <-deadline:
+					break gather
+				}
 			}
-			if deadline == nil {
+			if !ok {
+				open = false
 				break
 			}
-			select {
-			case r, ok := <-p.in:
-				if !ok {
-					open = false
-					break gather
-				}
-				group = append(group, r)
-			case <-deadline:
-				deadline = nil
-				break gather
-			}
+			group = append(group, r)
 		}
 		timer.Stop() // since Go 1.23 a stopped timer delivers nothing stale
 		p.spoolGroup(group)
