@@ -333,11 +333,9 @@ func contains(xs []string, x string) bool {
 
 // ArmWeights returns the weights of stable and candidates for the control
 // plane: each running or decided candidate its split, a dropped one 0,
-// stable the rest. With stable listed first and the candidates after it in
-// the model's version order, Envoy gives each cluster a contiguous bucket
-// range in that order, so a drop hands the dropped arm's range to stable
-// without moving any candidate listed after it; candidates listed before
-// it move up by the dropped share (see ArmMoves).
+// stable the rest. While several candidates have traffic the control
+// plane gives each a lane of the bucket range (xds.Lane), so a drop hands
+// the dropped arm's users to stable and moves no other arm's.
 func ArmWeights(stable string, cands []Candidate) map[string]float64 {
 	w := map[string]float64{}
 	rest := 100.0
@@ -351,38 +349,6 @@ func ArmWeights(stable string, cands []Candidate) map[string]float64 {
 	}
 	w[stable] = rest
 	return w
-}
-
-// ArmMoves returns, for each candidate that keeps running, the share of
-// its users that a change of weights from before to after moves to
-// another cluster, with the clusters in order (stable first, then the
-// model's versions in the order they were added) each owning a contiguous
-// range of buckets as Envoy walks them. Dropping the candidate listed last
-// among the surviving ones moves nobody else.
-func ArmMoves(order []string, before, after map[string]float64) map[string]float64 {
-	ranges := func(w map[string]float64) map[string][2]float64 {
-		r := map[string][2]float64{}
-		b := 0.0
-		for _, v := range order {
-			r[v] = [2]float64{b, b + w[v]}
-			b += w[v]
-		}
-		return r
-	}
-	rb, ra := ranges(before), ranges(after)
-	out := map[string]float64{}
-	for v, o := range rb {
-		n := ra[v]
-		width := o[1] - o[0]
-		if width <= 0 || n[1]-n[0] <= 0 {
-			continue
-		}
-		overlap := math.Max(0, math.Min(o[1], n[1])-math.Max(o[0], n[0]))
-		if moved := 1 - overlap/width; moved > 1e-9 {
-			out[v] = moved
-		}
-	}
-	return out
 }
 
 // validateCandidates checks an A/B/n start request and fills in Splits:

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"math"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -174,35 +173,6 @@ func TestArmWeightsGiveADroppedShareToStable(t *testing.T) {
 	w2 := ArmWeights("v1", c)
 	if w2["v1"] != 60 || w2["v2"] != 20 || w2["v3"] != 0 || w2["v4"] != 20 {
 		t.Fatalf("weights after dropping v3 %v", w2)
-	}
-}
-
-func TestArmMovesFollowTheClusterOrder(t *testing.T) {
-	order := []string{"v1", "v2", "v3", "v4"}
-	before := map[string]float64{"v1": 40, "v2": 20, "v3": 20, "v4": 20}
-	tests := []struct {
-		name  string
-		after map[string]float64
-		want  map[string]float64
-	}{
-		{"dropping the first candidate moves nobody", map[string]float64{"v1": 60, "v2": 0, "v3": 20, "v4": 20}, map[string]float64{}},
-		{"dropping the last moves every candidate before it", map[string]float64{"v1": 60, "v2": 20, "v3": 20, "v4": 0}, map[string]float64{"v2": 1, "v3": 1}},
-		{"dropping a middle one moves those before it", map[string]float64{"v1": 60, "v2": 20, "v3": 0, "v4": 20}, map[string]float64{"v2": 1}},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got := ArmMoves(order, before, tc.after)
-			for v, f := range tc.want {
-				if math.Abs(got[v]-f) > 1e-9 {
-					t.Errorf("%s: %v of its users move, want %v (all %v)", v, got[v], f, got)
-				}
-			}
-			for v := range got {
-				if _, ok := tc.want[v]; !ok && tc.after[v] > 0 {
-					t.Errorf("%s moves %v, want none", v, got[v])
-				}
-			}
-		})
 	}
 }
 

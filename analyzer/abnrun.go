@@ -46,9 +46,9 @@ func (r *Runner) stepABN(ctx context.Context, ro *Rollout, now time.Time) (*Roll
 	// A drop is saved before the weights move: if the control plane
 	// refuses, the rollout is not in sync and the next look re-applies
 	// its weights (the dropped arm at 0) before anything else.
-	before, after := ro.Weights(ro.CanaryWeight()), ArmWeights(ro.Stable, cands)
+	after := ArmWeights(ro.Stable, cands)
 	why := dropReason(ro, cands, rep.Dropped)
-	if moves := r.armMoves(ctx, ro, before, after); len(moves) > 0 {
+	if moves := r.armMoves(ctx, ro, after); len(moves) > 0 {
 		why += "; " + moves
 	}
 	saved, err := r.update(ro, func(x *Rollout) {
@@ -80,9 +80,10 @@ func dropReason(ro *Rollout, cands []Candidate, dropped []string) string {
 }
 
 // armMoves says which surviving arms lose users to a weight change, from
-// the model's cluster order on the control plane; "" when none (or when
-// the order cannot be read).
-func (r *Runner) armMoves(ctx context.Context, ro *Rollout, before, after map[string]float64) string {
+// where the model's versions serve on the control plane now and would
+// after it; "" when none (or when the model cannot be read). Lanes make a
+// drop move no one; a model laid out before them may still.
+func (r *Runner) armMoves(ctx context.Context, ro *Rollout, after map[string]float64) string {
 	if r.Models == nil {
 		return ""
 	}
@@ -90,17 +91,10 @@ func (r *Runner) armMoves(ctx context.Context, ro *Rollout, before, after map[st
 	if err != nil {
 		return ""
 	}
-	order := []string{ro.Stable}
-	for _, v := range model.Versions {
-		if v.Name != ro.Stable {
-			order = append(order, v.Name)
-		}
-	}
-	moves := ArmMoves(order, before, after)
 	var out []string
-	for v, f := range moves {
-		if after[v] > 0 {
-			out = append(out, fmt.Sprintf("%s (%.0f %% of its users change arm: it is listed before the dropped arm)", v, 100*f))
+	for v, f := range xds.UsersMoved(model, xds.Reweighted(model, after)) {
+		if v != ro.Stable {
+			out = append(out, fmt.Sprintf("%s (%.0f %% of its users change arm)", v, 100*f))
 		}
 	}
 	sort.Strings(out)

@@ -74,6 +74,12 @@ type Model struct {
 	// Shadow, when set, mirrors a share of the model's user traffic to one
 	// version whose answers are recorded and never returned (see Shadow).
 	Shadow *Shadow `json:"shadow,omitempty"`
+	// Lanes, while several canaries share the traffic (an A/B/n
+	// experiment), fix each one's part of the bucket range, so that no
+	// arm's users move when another arm's weight changes or it is dropped
+	// (see Layout). The control plane keeps them; they are ignored on
+	// input.
+	Lanes []Lane `json:"lanes,omitempty"`
 	// Sampling is how the model's traffic is measured under its current
 	// weights (see Measure). The management API sets it in its answers;
 	// it is ignored on input and never stored.
@@ -149,7 +155,8 @@ func (m *Model) Ordered() []Version {
 }
 
 // BasisPoints converts a model's percent weights to integer weights that sum
-// to TotalWeight, in Ordered order. Validate guarantees the conversion is
+// to TotalWeight, in Ordered order (where each version's part of the
+// bucket range lies is Layout's). Validate guarantees the conversion is
 // exact; nothing is renormalised here.
 func (m *Model) BasisPoints() []uint32 {
 	vs := m.Ordered()
@@ -339,6 +346,7 @@ func (m *Model) clone() *Model {
 	}
 	c.Cohorts = m.Cohorts.clone()
 	c.History = append([]StableChange(nil), m.History...)
+	c.Lanes = append([]Lane(nil), m.Lanes...)
 	return &c
 }
 

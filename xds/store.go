@@ -126,6 +126,7 @@ func nextState(cur *State, change func(*State) error, prepare func(*State) (func
 	if err := next.Validate(); err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	next.assignLanes(cur)
 	next.Revision = cur.Revision + 1
 	publish := func() error { return nil }
 	if prepare != nil {

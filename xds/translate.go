@@ -451,19 +451,25 @@ func weightedRoutes(m *Model, modelHdr *routev3.HeaderMatcher, ms measuring) ([]
 // each cluster then carries the telemetry filter's setting for its rate
 // and what it serves. Stable's answers to mirrored requests are kept for
 // the judge.
+//
+// The clusters follow m's Layout: while canaries hold lanes, stable's
+// cluster is listed once for each part of the range it serves.
 func weightedRoute(m *Model, why string, ms measuring, rates []float64, headers []*routev3.HeaderMatcher) (*routev3.Route, error) {
-	vs := m.Ordered()
-	bps := m.BasisPoints()
 	wc := &routev3.WeightedCluster{RandomValueSpecifier: &routev3.WeightedCluster_HeaderName{HeaderName: wire.HeaderBucket}}
-	for i, v := range vs {
+	for _, seg := range m.Layout() {
+		v, _ := m.Version(seg.Version)
+		stable := v.Name == m.Stable
 		cw := &routev3.WeightedCluster_ClusterWeight{
 			Name:                 ClusterName(m.Name, v.Name),
-			Weight:               wrapperspb.UInt32(bps[i]),
+			Weight:               wrapperspb.UInt32(seg.To - seg.From),
 			ResponseHeadersToAdd: []*corev3.HeaderValueOption{versionHeader(v.Name)},
 		}
 		if rates != nil {
-			rate := rates[min(i, 1)]
-			cfg, err := ms.perRoute(rate, servedBy(m, v), i == 0 && m.Shadow.Mirrors())
+			rate := rates[1]
+			if stable {
+				rate = rates[0]
+			}
+			cfg, err := ms.perRoute(rate, servedBy(m, v), stable && m.Shadow.Mirrors())
 			if err != nil {
 				return nil, err
 			}

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,17 +15,18 @@ import (
 )
 
 // TestABNDropsTheRegressedArmAndTheOtherKeepsItsUsers: an A/B/n
-// experiment of v2 (failing 40 % of its requests, and slower) and v3
-// (healthy), 30 % each, over a real Envoy, ClickHouse and control plane.
-// The analyzer drops v2: its weight is 0 at the control plane and Envoy no
-// longer serves it, while every user who was on v3 is still on v3 and v3
-// is not decided against.
+// experiment of v2 (healthy) and v3 (failing 40 % of its requests, and
+// slower), 30 % each, over a real Envoy, ClickHouse and control plane.
+// The analyzer drops v3, the arm listed last: its weight is 0 at the
+// control plane and Envoy no longer serves it, while every user who was on
+// v2 is still on v2 (each arm holds its own lane of the bucket range) and
+// v2 is not decided against.
 func TestABNDropsTheRegressedArmAndTheOtherKeepsItsUsers(t *testing.T) {
-	bad := analyzerProfile("v2", 0.4)
+	bad := analyzerProfile("v3", 0.4)
 	bad.TTFT = sim.Uniform(45, 60)
-	f := telemetryFleet(t, analyzerProfile("v1", 0), bad)
+	f := telemetryFleet(t, analyzerProfile("v1", 0), analyzerProfile("v2", 0))
 	ctx := context.Background()
-	v3, err := local.StartSim(analyzerProfile("v3", 0))
+	v3, err := local.StartSim(bad)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,20 +59,25 @@ func TestABNDropsTheRegressedArmAndTheOtherKeepsItsUsers(t *testing.T) {
 	defer stop()
 
 	var got *analyzer.Rollout
-	waitFor(t, 90*time.Second, "drop of v2", func() bool {
+	waitFor(t, 90*time.Second, "drop of v3", func() bool {
 		got, err = a.runner.Store.Get(ro.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return got.Candidates[0].Status == analyzer.ArmDropped
+		return got.Candidates[1].Status == analyzer.ArmDropped
 	})
-	t.Logf("v2: %s", got.Candidates[0].Reason)
-	if got.Candidates[1].Status == analyzer.ArmDropped || got.Status != analyzer.RolloutRunning {
-		t.Fatalf("after the drop: v3 %s, rollout %s: %s", got.Candidates[1].Status, got.Status, got.Candidates[1].Reason)
+	t.Logf("v3: %s", got.Candidates[1].Reason)
+	for _, e := range got.History {
+		if strings.Contains(e.Reason, "change arm") {
+			t.Fatalf("the drop moved another arm's users: %s", e.Reason)
+		}
 	}
-	waitFor(t, 10*time.Second, "v2's weight at 0 on the control plane", func() bool {
+	if got.Candidates[0].Status == analyzer.ArmDropped || got.Status != analyzer.RolloutRunning {
+		t.Fatalf("after the drop: v2 %s, rollout %s: %s", got.Candidates[0].Status, got.Status, got.Candidates[0].Reason)
+	}
+	waitFor(t, 10*time.Second, "v3's weight at 0 on the control plane", func() bool {
 		m, err := f.API.Model(ctx, model)
-		return err == nil && m.Weights["v2"] == 0 && m.Weights["v3"] == 30 && m.Weights["v1"] == 70
+		return err == nil && m.Weights["v3"] == 0 && m.Weights["v2"] == 30 && m.Weights["v1"] == 70
 	})
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -81,18 +88,20 @@ func TestABNDropsTheRegressedArmAndTheOtherKeepsItsUsers(t *testing.T) {
 	moved := 0
 	for u, v := range before {
 		switch {
-		case after[u] == "v2":
-			t.Fatalf("user %d is still served by v2 after the drop", u)
-		case v == "v3" && after[u] != "v3":
-			t.Fatalf("user %d was on v3 and is now on %s", u, after[u])
-		case v == "v2" && after[u] != "v1":
-			t.Fatalf("user %d was on v2 and is now on %s, want stable v1", u, after[u])
-		case v == "v2":
+		case after[u] == "v3":
+			t.Fatalf("user %d is still served by v3 after the drop", u)
+		case v == "v2" && after[u] != "v2":
+			t.Fatalf("user %d was on v2 and is now on %s", u, after[u])
+		case v == "v1" && after[u] != "v1":
+			t.Fatalf("user %d was on stable v1 and is now on %s", u, after[u])
+		case v == "v3" && after[u] != "v1":
+			t.Fatalf("user %d was on v3 and is now on %s, want stable v1", u, after[u])
+		case v == "v3":
 			moved++
 		}
 	}
 	if moved == 0 {
-		t.Fatal("no sampled user was on v2 before the drop")
+		t.Fatal("no sampled user was on v3 before the drop")
 	}
-	t.Logf("%d of %d users moved from v2 to v1; v3 kept all of its users", moved, users)
+	t.Logf("%d of %d users moved from v3 to v1; v2 and stable kept all of theirs", moved, users)
 }
