@@ -157,10 +157,26 @@ func (s *State) assignLanes(cur *State) {
 	for n, m := range s.Models {
 		var prev []Lane
 		if old, ok := cur.Models[n]; ok && old.Stable == m.Stable {
-			prev = old.Lanes
+			prev = old.lanesNow()
 		}
 		m.Lanes = m.nextLanes(prev)
 	}
+}
+
+// lanesNow returns m's lanes, or, for canaries stacked without them (a
+// state written before lanes existed), each canary's part of the range as
+// its lane: the first change then keeps every arm where it is.
+func (m *Model) lanesNow() []Lane {
+	if len(m.Lanes) > 0 || len(m.canaries()) < 2 {
+		return m.Lanes
+	}
+	var out []Lane
+	for _, seg := range m.Layout() {
+		if seg.Version != m.Stable && seg.To > seg.From {
+			out = append(out, Lane{Version: seg.Version, From: seg.From, To: seg.To})
+		}
+	}
+	return out
 }
 
 // Reweighted returns m as the control plane would make it with weights
@@ -171,7 +187,7 @@ func Reweighted(m *Model, weights map[string]float64) *Model {
 	for k, w := range weights {
 		c.Weights[k] = w
 	}
-	c.Lanes = c.nextLanes(m.Lanes)
+	c.Lanes = c.nextLanes(m.lanesNow())
 	return c
 }
 

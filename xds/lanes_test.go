@@ -224,3 +224,25 @@ func TestLanesAreTheControlPlanesToKeep(t *testing.T) {
 		t.Fatalf("the model as the API serves it: %s", b)
 	}
 }
+
+// TestAnExperimentStackedBeforeLanesKeepsItsArmsAtItsFirstChange: a
+// state written before lanes existed has its canaries stacked; the first
+// change (dropping the arm listed last) keeps every other arm's buckets.
+func TestAnExperimentStackedBeforeLanesKeepsItsArmsAtItsFirstChange(t *testing.T) {
+	st := experimentStore(t, 3)
+	if _, err := st.Update(0, "test", "stacked", func(s *State) error {
+		m := s.Models["llama"]
+		m.Weights = map[string]float64{"v1": 40, "v2": 20, "v3": 20, "v4": 20}
+		return nil
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// What an older control plane wrote: the same weights, no lanes.
+	old := st.State().Models["llama"].clone()
+	old.Lanes = nil
+	stacked := old.Layout()
+	next := Reweighted(old, map[string]float64{"v1": 60, "v2": 20, "v3": 20, "v4": 0})
+	if moved := UsersMoved(old, next); len(moved) != 0 {
+		t.Fatalf("dropping v4 moves %v (stacked %+v, after %+v)", moved, stacked, next.Layout())
+	}
+}
