@@ -236,6 +236,9 @@ func TestRunnerDropsTheLosingArmAndKeepsTheOther(t *testing.T) {
 	if ro.Candidates[0].Version != "v2" || ro.Canary != "v2" {
 		t.Fatalf("candidates not in the model's version order: %+v", ro.Candidates)
 	}
+	if r := ro.History[0].Reason; !strings.Contains(r, "weights v1 50 %, v2 20 %, v3 30 %") {
+		t.Fatalf("the start does not name every arm's weight: %s", r)
+	}
 	bad := armAs(testArm(), "v2")
 	bad.BadRate = 0.14
 	bad.JudgeRate = 1
