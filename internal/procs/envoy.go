@@ -29,6 +29,9 @@ type EnvoyOptions struct {
 	LogLevel    string // default "warning"
 	// TLSDir holds Envoy's SDS files (mtls.Generate): the xDS link is mTLS.
 	TLSDir string
+	// AdminOnly returns once the admin interface answers, not once Envoy
+	// is ready: an Envoy that cannot take its configuration never is.
+	AdminOnly bool
 }
 
 // Envoy is a running Envoy process.
@@ -55,8 +58,9 @@ func EnvoyBinary() (string, error) {
 	return "", err
 }
 
-// StartEnvoy renders the bootstrap and starts Envoy. It returns once the
-// admin interface answers; the listener arrives over xDS later (WaitReady).
+// StartEnvoy renders the bootstrap and starts Envoy. It returns once Envoy
+// is ready (or, with AdminOnly, its admin interface answers); the listener
+// arrives over xDS later (WaitReady).
 func StartEnvoy(ctx context.Context, o EnvoyOptions) (*Envoy, error) {
 	bin, err := EnvoyBinary()
 	if err != nil {
@@ -104,8 +108,12 @@ func (e *Envoy) start(ctx context.Context) error {
 	e.Proc, e.AdminAddr = p, "127.0.0.1:"+strconv.Itoa(admin)
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	probe := "/ready"
+	if o.AdminOnly {
+		probe = "/server_info"
+	}
 	for {
-		if _, err := e.Admin(wctx, "/ready"); err == nil {
+		if _, err := e.Admin(wctx, probe); err == nil {
 			return nil
 		}
 		if p.Exited() {

@@ -30,6 +30,7 @@ import (
 
 	"github.com/llmcanary/llmcanary/internal/local"
 	"github.com/llmcanary/llmcanary/internal/mtls"
+	"github.com/llmcanary/llmcanary/internal/procs"
 	"github.com/llmcanary/llmcanary/sim"
 )
 
@@ -371,4 +372,76 @@ func envoyHasCert(t *testing.T, f *fleet, serial *big.Int) bool {
 		}
 	}
 	return false
+}
+
+// Envoy's client certificate is signed by the fleet's CA, so whoever holds
+// one could serve Envoy a configuration of their own if Envoy took any
+// certificate of that CA from its control plane. It does not: the client
+// certificate is for client authentication only, and Envoy refuses it from
+// a server ("unsupported certificate purpose"). A server with the services'
+// certificate, the control, is accepted by the same Envoy setup.
+func TestEnvoyRefusesAControlPlanePresentingTheFleetsClientCertificate(t *testing.T) {
+	certs, err := mtls.Generate(mtls.GenerateOptions{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name      string
+		cert, key string
+		accepted  bool
+	}{
+		{"the fleet's client certificate", certs.ClientCert(), certs.ClientKey(), false},
+		{"the services' certificate", certs.ServerCert(), certs.ServerKey(), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pair, err := tls.LoadX509KeyPair(tc.cert, tc.key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			// An xDS server that holds every stream open: a connected Envoy
+			// shows control_plane.connected_state 1.
+			srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})))
+			discoveryv3.RegisterAggregatedDiscoveryServiceServer(srv, holdingADS{})
+			go srv.Serve(lis)
+			t.Cleanup(srv.Stop)
+			e, err := procs.StartEnvoy(ctx, procs.EnvoyOptions{Dir: t.TempDir(), NodeID: "gw-purpose", XDS: lis.Addr().String(), TLSDir: string(certs), AdminOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(e.Stop)
+			var connected, failed int64
+			deadline := time.Now().Add(10 * time.Second)
+			for time.Now().Before(deadline) {
+				connected, _ = e.Stat(ctx, "control_plane.connected_state")
+				failed, _ = e.Stat(ctx, "cluster.llmcanary_xds.ssl.fail_verify_error")
+				if connected == 1 || failed > 0 {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			t.Logf("connected_state %d, fail_verify_error %d", connected, failed)
+			if tc.accepted && (connected != 1 || failed != 0) {
+				t.Fatalf("Envoy did not take the services' certificate: connected %d, verification failures %d", connected, failed)
+			}
+			if !tc.accepted && (connected != 0 || failed == 0) {
+				t.Fatalf("Envoy took its own client certificate from a control plane: connected %d, verification failures %d", connected, failed)
+			}
+		})
+	}
+}
+
+// holdingADS answers no request and keeps each stream open until the
+// client goes.
+type holdingADS struct {
+	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
+}
+
+func (holdingADS) StreamAggregatedResources(s discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	<-s.Context().Done()
+	return nil
 }
