@@ -49,7 +49,12 @@ const (
 	fieldRespDetails   = 6
 )
 
-var errAccessLogWire = errors.New("malformed access log message")
+var (
+	errAccessLogWire = errors.New("malformed access log message")
+	// errWireFormat is fields' error: a tag, a length or a value is cut short
+	// or invalid.
+	errWireFormat = errors.New("malformed protobuf wire format")
+)
 
 // wireEntry is one HTTP access-log entry as the service reads it.
 type wireEntry struct {
@@ -99,12 +104,13 @@ func decodeAccessLogs(b []byte, out []wireEntry) ([]wireEntry, error) {
 }
 
 // fields calls fn for each field of the message b, with the value of a
-// length-delimited field in v and of a varint or fixed field in n.
+// length-delimited field in v and of a varint or fixed-size field in n (a
+// group's is in neither).
 func fields(b []byte, fn func(num protowire.Number, typ protowire.Type, v []byte, n uint64) error) error {
 	for len(b) > 0 {
 		num, typ, l := protowire.ConsumeTag(b)
 		if l < 0 {
-			return errAccessLogWire
+			return errWireFormat
 		}
 		b = b[l:]
 		var v []byte
@@ -114,11 +120,17 @@ func fields(b []byte, fn func(num protowire.Number, typ protowire.Type, v []byte
 			v, l = protowire.ConsumeBytes(b)
 		case protowire.VarintType:
 			n, l = protowire.ConsumeVarint(b)
+		case protowire.Fixed64Type:
+			n, l = protowire.ConsumeFixed64(b)
+		case protowire.Fixed32Type:
+			var n32 uint32
+			n32, l = protowire.ConsumeFixed32(b)
+			n = uint64(n32)
 		default:
 			l = protowire.ConsumeFieldValue(num, typ, b)
 		}
 		if l < 0 {
-			return errAccessLogWire
+			return errWireFormat
 		}
 		b = b[l:]
 		if err := fn(num, typ, v, n); err != nil {

@@ -10,8 +10,6 @@ import (
 
 	"google.golang.org/grpc/metadata"
 
-	structpb "github.com/golang/protobuf/ptypes/struct"
-	"github.com/llmcanary/llmcanary/extproc/envoyconfig"
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
 
@@ -88,13 +86,12 @@ const maxClockSkew = 10 * time.Minute
 // request's start (envoyconfig.AttrRequestTime), the only one asked for.
 // They are keyed by the filter's name; the service does not care which
 // ext_proc filter sent them, so every entry is read.
-func (st *stream) applyAttributes(attrs map[string]*structpb.Struct, now time.Time) {
-	for _, s := range attrs {
-		v, ok := s.GetFields()[envoyconfig.AttrRequestTime]
-		if !ok || st.startSet {
-			continue
+func (st *stream) applyAttributes(attrs []wireAttr, now time.Time) {
+	for _, a := range attrs {
+		if st.startSet {
+			return
 		}
-		if t, ok := timeValue(v); ok && !t.After(now) && now.Sub(t) < maxClockSkew {
+		if t, ok := timeValue(a.requestTime); ok && !t.After(now) && now.Sub(t) < maxClockSkew {
 			st.start, st.startSet = t, true
 		}
 	}
@@ -102,14 +99,13 @@ func (st *stream) applyAttributes(attrs map[string]*structpb.Struct, now time.Ti
 
 // timeValue accepts an RFC 3339 timestamp string, as Envoy exports CEL
 // timestamps, or seconds since the epoch.
-func timeValue(v *structpb.Value) (time.Time, bool) {
-	switch k := v.GetKind().(type) {
-	case *structpb.Value_StringValue:
-		t, err := time.Parse(time.RFC3339Nano, k.StringValue)
+func timeValue(v wireValue) (time.Time, bool) {
+	switch v.kind {
+	case valueString:
+		t, err := time.Parse(time.RFC3339Nano, string(v.str))
 		return t, err == nil
-	case *structpb.Value_NumberValue:
-		sec := k.NumberValue
-		return time.Unix(0, int64(sec*1e9)), sec > 0
+	case valueNumber:
+		return time.Unix(0, int64(v.num*1e9)), v.num > 0
 	}
 	return time.Time{}, false
 }

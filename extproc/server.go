@@ -6,25 +6,24 @@
 package extproc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	accesslogsvc "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
-
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/llmcanary/llmcanary/internal/wire"
 )
@@ -240,8 +239,14 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 		}
 		s.finish(st, end, s.now())
 	}()
+	// Each message is read from its wire form (see decodeProcessing).
+	var raw emptypb.Empty
+	var msg wireProcessing
 	for {
-		req, err := srv.Recv()
+		err := srv.RecvMsg(&raw)
+		if err == nil {
+			err = msg.decodeProcessing(raw.ProtoReflect().GetUnknown())
+		}
 		if err != nil {
 			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled ||
 				errors.Is(err, context.Canceled) {
@@ -250,9 +255,9 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 			s.log.Debug("ext_proc stream ended", "err", err, "request_id", st.rec.RequestID)
 			return nil
 		}
-		complete := st.handle(req, s.now())
-		if !req.GetObservabilityMode() {
-			if err := srv.Send(continueResponse(req)); err != nil {
+		complete := st.handle(&msg, s.now())
+		if !msg.observability {
+			if err := srv.Send(continueResponse(msg.kind)); err != nil {
 				return nil
 			}
 		}
@@ -311,58 +316,62 @@ func (st *stream) abandonedEnd() End {
 }
 
 // handle applies one message and reports whether the response is complete.
-func (st *stream) handle(req *extprocv3.ProcessingRequest, now time.Time) bool {
-	st.applyAttributes(req.GetAttributes(), now)
-	switch r := req.Request.(type) {
-	case *extprocv3.ProcessingRequest_RequestHeaders:
-		st.requestHeaders(r.RequestHeaders.GetHeaders())
-	case *extprocv3.ProcessingRequest_RequestBody:
+func (st *stream) handle(m *wireProcessing, now time.Time) bool {
+	st.applyAttributes(m.attrs, now)
+	switch m.kind {
+	case procRequestHeaders:
+		st.requestHeaders(m.headers)
+	case procRequestBody:
 		if st.capture || st.reqStream == nil {
-			st.requestBody(r.RequestBody.GetBody(), r.RequestBody.GetEndOfStream())
+			st.requestBody(m.body, m.endOfStream)
 		}
-	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		st.responseHeaders(r.ResponseHeaders.GetHeaders())
-		return r.ResponseHeaders.GetEndOfStream()
-	case *extprocv3.ProcessingRequest_ResponseBody:
+	case procResponseHeaders:
+		st.responseHeaders(m.headers)
+		return m.endOfStream
+	case procResponseBody:
 		st.rec.Chunks++
-		st.meter.feed(r.ResponseBody.GetBody(), now.Sub(st.start))
-		return r.ResponseBody.GetEndOfStream()
-	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		st.meter.feed(m.body, now.Sub(st.start))
+		return m.endOfStream
+	case procResponseTrailers:
 		return true
 	}
 	return false
 }
 
-func headerValue(h *corev3.HeaderValue) string {
-	if v := h.GetRawValue(); len(v) > 0 {
-		return string(v)
+// headerKey returns a header's name in lower case; Envoy's are already, so
+// it allocates only for a name that is not.
+func headerKey(k []byte) []byte {
+	for _, c := range k {
+		if 'A' <= c && c <= 'Z' {
+			return bytes.ToLower(k)
+		}
 	}
-	return h.GetValue()
+	return k
 }
 
-func (st *stream) requestHeaders(hm *corev3.HeaderMap) {
-	for _, h := range hm.GetHeaders() {
-		v := headerValue(h)
-		switch strings.ToLower(h.GetKey()) {
+func (st *stream) requestHeaders(hs []wireHeader) {
+	for _, h := range hs {
+		switch string(headerKey(h.key)) {
 		case wire.HeaderRequestID:
-			st.rec.RequestID = v
+			st.rec.RequestID = string(h.value)
 		case wire.HeaderModel:
-			st.rec.Model = v
+			st.rec.Model = string(h.value)
 		case wire.HeaderBucket:
-			if b, err := strconv.ParseUint(v, 10, 64); err == nil {
+			if b, err := strconv.ParseUint(string(h.value), 10, 64); err == nil {
 				st.rec.Bucket = b
 			}
 		case wire.HeaderForce:
-			st.rec.Forced = v != ""
+			st.rec.Forced = len(h.value) > 0
 		case wire.HeaderCategory:
-			st.rec.Category = v
+			st.rec.Category = string(h.value)
 		case wire.HeaderAssigned:
-			st.rec.Cohort = v
+			st.rec.Cohort = string(h.value)
 		case ":path":
-			if i := strings.IndexByte(v, '?'); i >= 0 {
+			v := h.value
+			if i := bytes.IndexByte(v, '?'); i >= 0 {
 				v = v[:i]
 			}
-			st.rec.Path = v
+			st.rec.Path = string(v)
 		}
 	}
 }
@@ -384,19 +393,18 @@ func (st *stream) requestBody(b []byte, end bool) {
 	}
 }
 
-func (st *stream) responseHeaders(hm *corev3.HeaderMap) {
+func (st *stream) responseHeaders(hs []wireHeader) {
 	st.sawRespHdr = true
-	for _, h := range hm.GetHeaders() {
-		v := headerValue(h)
-		switch strings.ToLower(h.GetKey()) {
+	for _, h := range hs {
+		switch string(headerKey(h.key)) {
 		case ":status":
-			if c, err := strconv.Atoi(v); err == nil {
+			if c, err := strconv.Atoi(string(h.value)); err == nil {
 				st.rec.Status = c
 			}
 		case wire.HeaderVersion:
-			st.rec.Version = v
+			st.rec.Version = string(h.value)
 		case "content-type":
-			st.meter.setContentType(v)
+			st.meter.setContentType(string(h.value))
 		}
 	}
 }
@@ -482,21 +490,21 @@ func (s *Server) record(st *stream, end End, at time.Time) {
 	s.sink.Write(*r)
 }
 
-// continueResponse is the "no change" answer to a message, for a filter
-// that is not in observability mode and therefore waits for one.
-func continueResponse(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
-	switch req.Request.(type) {
-	case *extprocv3.ProcessingRequest_RequestHeaders:
+// continueResponse is the "no change" answer to a message of kind k, for
+// a filter that is not in observability mode and therefore waits for one.
+func continueResponse(k procKind) *extprocv3.ProcessingResponse {
+	switch k {
+	case procRequestHeaders:
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}}
-	case *extprocv3.ProcessingRequest_ResponseHeaders:
+	case procResponseHeaders:
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
-	case *extprocv3.ProcessingRequest_RequestBody:
+	case procRequestBody:
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}
-	case *extprocv3.ProcessingRequest_ResponseBody:
+	case procResponseBody:
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
-	case *extprocv3.ProcessingRequest_RequestTrailers:
+	case procRequestTrailers:
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}}
-	case *extprocv3.ProcessingRequest_ResponseTrailers:
+	case procResponseTrailers:
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}
 	}
 	return &extprocv3.ProcessingResponse{}
