@@ -244,17 +244,7 @@ func (w *wireEntry) response(b []byte) error {
 
 // mapEntry reads one entry of a map<string, string>; key and value alias b.
 func mapEntry(b []byte) (key, value []byte, err error) {
-	err = fields(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
-		if typ == protowire.BytesType {
-			switch num {
-			case 1:
-				key = v
-			case 2:
-				value = v
-			}
-		}
-		return nil
-	})
+	key, err = mapEntryFunc(b, func(v []byte) error { value = v; return nil })
 	return key, value, err
 }
 

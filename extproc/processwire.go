@@ -197,10 +197,7 @@ func (w *wireProcessing) request(k procKind, b []byte) error {
 
 // headerMap appends the headers of a HeaderMap.
 func (w *wireProcessing) headerMap(b []byte) error {
-	return fields(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
-		if num != fieldMapHeader || typ != protowire.BytesType {
-			return nil
-		}
+	return each(b, fieldMapHeader, func(v []byte) error {
 		var key, value, raw []byte
 		err := fields(v, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
 			if typ != protowire.BytesType {
@@ -228,21 +225,13 @@ func (w *wireProcessing) headerMap(b []byte) error {
 // came before replaces it, as in a map.
 func (w *wireProcessing) attribute(b []byte) error {
 	var a wireAttr
-	err := fields(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
-		if typ != protowire.BytesType {
-			return nil
-		}
-		switch num {
-		case fieldMapKey:
-			a.key = v
-		case fieldMapValue: // a Struct; several merge
-			return a.requestTime.structField(v, envoyconfig.AttrRequestTime)
-		}
-		return nil
+	key, err := mapEntryFunc(b, func(v []byte) error { // a Struct
+		return a.requestTime.structField(v, envoyconfig.AttrRequestTime)
 	})
 	if err != nil {
 		return err
 	}
+	a.key = key
 	for i := range w.attrs {
 		if bytes.Equal(w.attrs[i].key, a.key) {
 			w.attrs[i] = a
@@ -257,29 +246,43 @@ func (w *wireProcessing) attribute(b []byte) error {
 // an entry of that name replaces x, as in a map; x is untouched when there
 // is none.
 func (x *wireValue) structField(b []byte, name string) error {
-	return fields(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
-		if num != fieldStructFields || typ != protowire.BytesType {
-			return nil
-		}
-		var key []byte
+	return each(b, fieldStructFields, func(v []byte) error {
 		var val wireValue
-		err := fields(v, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
-			if typ != protowire.BytesType {
-				return nil
-			}
-			switch num {
-			case fieldMapKey:
-				key = v
-			case fieldMapValue: // a Value; several merge
-				return val.merge(v)
-			}
-			return nil
-		})
+		key, err := mapEntryFunc(v, val.merge) // a Value
 		if err == nil && string(key) == name {
 			*x = val
 		}
 		return err
 	})
+}
+
+// each calls fn with every element of the repeated message field num of
+// message b, in wire order.
+func each(b []byte, num protowire.Number, fn func(v []byte) error) error {
+	return fields(b, func(n protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
+		if n != num || typ != protowire.BytesType {
+			return nil
+		}
+		return fn(v)
+	})
+}
+
+// mapEntryFunc reads a map entry: its key, and its value through value,
+// called for each occurrence (protobuf merges a message's).
+func mapEntryFunc(b []byte, value func(v []byte) error) (key []byte, err error) {
+	err = fields(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
+		if typ != protowire.BytesType {
+			return nil
+		}
+		switch num {
+		case fieldMapKey:
+			key = v
+		case fieldMapValue:
+			return value(v)
+		}
+		return nil
+	})
+	return key, err
 }
 
 // merge reads a google.protobuf.Value onto x: the last kind set wins. Only
