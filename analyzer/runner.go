@@ -740,12 +740,11 @@ func (r *Runner) Start(ctx context.Context, req StartRequest) (*Rollout, error) 
 			ro.Candidates[i].State = NewStageState(0, applied)
 		}
 	}
-	reason := fmt.Sprintf("started by %s: %s risk (%s), %s plan; canary %s at %g %%, stable %s at %g %%",
-		actor(req.Actor), plan.Risk, plan.RiskReason, ro.Plan.Strategy, ro.Canary, w, ro.Stable, 100-w)
+	weights := fmt.Sprintf("canary %s at %g %%, stable %s at %g %%", ro.Canary, w, ro.Stable, 100-w)
 	if len(ro.Candidates) > 0 {
-		reason = fmt.Sprintf("started by %s: %s risk (%s), %s plan; weights %s",
-			actor(req.Actor), plan.Risk, plan.RiskReason, ro.Plan.Strategy, fmtWeights(ro.Stable, ro.Candidates, ArmWeights(ro.Stable, ro.Candidates)))
+		weights = "weights " + fmtWeights(ro.Stable, ro.Candidates, ArmWeights(ro.Stable, ro.Candidates))
 	}
+	reason := fmt.Sprintf("started by %s: %s risk (%s), %s plan; %s", actor(req.Actor), plan.Risk, plan.RiskReason, ro.Plan.Strategy, weights)
 	if ro.Shadow.Running() {
 		reason += fmt.Sprintf("; shadow stage first: %g %% of user requests mirrored to %s, at most %d in flight", ro.Shadow.Policy.Percent, ro.Canary, ro.Shadow.Policy.MaxConcurrent)
 	}

@@ -75,7 +75,7 @@ func (m *Model) Layout() []Segment {
 	return out
 }
 
-// bps returns version's weight in basis points.
+// bps returns version's weight in basis points (see BasisPoints).
 func (m *Model) bps(version string) uint32 {
 	return uint32(math.Round(m.Weights[version] * 100))
 }
@@ -129,10 +129,10 @@ func (m *Model) lanesHold(lanes []Lane) bool {
 // canary's users are, so a rollout that becomes an experiment keeps its
 // canary's users); with fewer, there are none.
 func (m *Model) nextLanes(prev []Lane) []Lane {
-	if m.lanesHold(prev) && len(m.canaries()) > 0 {
+	cs := m.canaries()
+	if len(cs) > 0 && m.lanesHold(prev) {
 		return append([]Lane(nil), prev...)
 	}
-	cs := m.canaries()
 	if len(cs) < 2 {
 		return nil
 	}
@@ -155,12 +155,18 @@ func (m *Model) nextLanes(prev []Lane) []Lane {
 // the control plane's to keep, whatever a change's input said of them.
 func (s *State) assignLanes(cur *State) {
 	for n, m := range s.Models {
-		var prev []Lane
-		if old, ok := cur.Models[n]; ok && old.Stable == m.Stable {
-			prev = old.lanesNow()
-		}
-		m.Lanes = m.nextLanes(prev)
+		m.Lanes = m.lanesAfter(cur.Models[n])
 	}
+}
+
+// lanesAfter returns m's lanes when it follows old (nil: a new model):
+// old's lanes carry over while the stable version stays.
+func (m *Model) lanesAfter(old *Model) []Lane {
+	var prev []Lane
+	if old != nil && old.Stable == m.Stable {
+		prev = old.lanesNow()
+	}
+	return m.nextLanes(prev)
 }
 
 // lanesNow returns m's lanes, or, for canaries stacked without them (a
@@ -187,7 +193,7 @@ func Reweighted(m *Model, weights map[string]float64) *Model {
 	for k, w := range weights {
 		c.Weights[k] = w
 	}
-	c.Lanes = c.nextLanes(m.lanesNow())
+	c.Lanes = c.lanesAfter(m)
 	return c
 }
 
@@ -195,14 +201,12 @@ func Reweighted(m *Model, weights map[string]float64) *Model {
 // after, the share of its users before that after is served by another
 // version. A version missing from the result keeps all of its users.
 func UsersMoved(before, after *Model) map[string]float64 {
-	a := after.Layout()
+	b, a := before.Layout(), after.Layout()
 	out := map[string]float64{}
 	served := map[string]uint32{}
-	for _, s := range before.Layout() {
-		served[s.Version] += s.To - s.From
-	}
 	stay := map[string]uint32{}
-	for _, s := range before.Layout() {
+	for _, s := range b {
+		served[s.Version] += s.To - s.From
 		for _, t := range a {
 			if t.Version != s.Version {
 				continue

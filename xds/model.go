@@ -162,7 +162,7 @@ func (m *Model) BasisPoints() []uint32 {
 	vs := m.Ordered()
 	out := make([]uint32, len(vs))
 	for i, v := range vs {
-		out[i] = uint32(math.Round(m.Weights[v.Name] * 100))
+		out[i] = m.bps(v.Name)
 	}
 	return out
 }
