@@ -67,6 +67,10 @@ func TestDecide(t *testing.T) {
 	extend, rollback := testPolicy(), testPolicy()
 	extend.OnInconclusive, rollback.OnInconclusive = InconclusiveExtend, InconclusiveRollback
 
+	flawless := healthy
+	flawless.ErrorRate = 0
+	failing := flawless
+	failing.ErrorRate = 0.4
 	judged := healthy
 	judged.JudgeRate = 1
 	worseQuality := judged
@@ -89,6 +93,7 @@ func TestDecide(t *testing.T) {
 		{"too few requests to test holds", testPolicy(), 0, window(1, 300, 76, healthy, healthy), 20 * time.Minute, ActionHold, CodeMinSamples, []string{"required metrics without enough data: error_rate, latency", "76 of 2000"}},
 		{"sample-ratio mismatch pauses instead of rolling back", testPolicy(), 0, window(1, 8000, 4000, healthy, erroring), 20 * time.Minute, ActionPause, CodeSRM, []string{"33.33 %", "20 % is configured"}},
 		{"error rate beyond tolerance rolls back", testPolicy(), 0, window(1, 8000, 2000, healthy, erroring), 2 * time.Minute, ActionRollback, CodeHarm, []string{"error_rate", "pts", "risk ratio", "p="}},
+		{"errors against a stable that never fails roll back however much stable traffic there is", testPolicy(), 0, window(1, 8000, 2000, flawless, failing), 2 * time.Minute, ActionRollback, CodeHarm, []string{"error_rate +3", "risk ratio at least 64"}},
 		{"worse answers roll back on quality", testPolicy(), 0, window(1, 8000, 2000, judged, worseQuality), 2 * time.Minute, ActionRollback, CodeHarm, []string{"quality"}},
 		{"slower canary rolls back on latency", testPolicy(), 0, window(1, 8000, 2000, healthy, slow), 2 * time.Minute, ActionRollback, CodeHarm, []string{"latency +5"}},
 		{"healthy canary advances after the minimum time and samples", testPolicy(), 0, big, 11 * time.Minute, ActionAdvance, CodeGuarded, []string{"20 % to 50 %", "no harm shown"}},

@@ -180,6 +180,14 @@ func evaluate(p Policy, metric Metric, st MetricState, ev EventState, m Measurem
 		if base, ok := eventBase(p, metric, m); ok && ev.Events > 0 {
 			r.Estimate = sign * (ev.ShrunkRatio() - 1) * base
 		}
+		// The ratio cannot say how far a canary is beyond a stable that
+		// almost never has the event: stable's rate is then a guess from
+		// its count of requests, and the ratio's grid ends at 64 times. A
+		// window interval wholly beyond the tolerance shows the size on
+		// its own, and its estimate is the size.
+		if sign*r.Estimate <= tol && r.CI != nil && beyond(*r.CI, sign, tol) {
+			r.Estimate = e.effect
+		}
 	} else {
 		r.HarmP = st.HarmP
 	}
@@ -195,12 +203,31 @@ func evaluate(p Policy, metric Metric, st MetricState, ev EventState, m Measurem
 // difference the operator accepted, and must not be rolled back however
 // much data shows it; not the whole tolerance either, which would make the
 // test slow for the regressions a rollout exists to stop.
+//
+// At most maxHarmNull: against a stable that almost never has the event,
+// a margin in the metric's units is a huge ratio (0.15 points over a rate
+// of 0.01 % is 16 times), and a test against it would need hundreds of
+// canary events to move; the size rule keeps the small absolute
+// differences from being rolled back instead.
 func harmNull(p Policy, metric Metric, base float64) float64 {
 	if !(base > 0) {
 		base = 1.0 / float64(p.MinTestSamples)
 	}
-	return 1 + p.HarmMargin*p.Tolerances[metric]/base
+	return min(1+p.HarmMargin*p.Tolerances[metric]/base, maxHarmNull)
 }
+
+// beyond says the interval lies wholly on the worse side of the
+// tolerance: above it when higher is worse (sign +1), below its negative
+// for scores.
+func beyond(ci stats.Interval, sign, tol float64) bool {
+	if sign > 0 {
+		return ci.Lo > tol
+	}
+	return ci.Hi < -tol
+}
+
+// maxHarmNull is the largest risk ratio an event metric's harm null takes.
+const maxHarmNull = 4
 
 // eventBase is stable's rate of an event metric over the rollout so far,
 // which turns the events' risk ratio into the metric's units; known once

@@ -40,9 +40,13 @@ func riskPrior(null int) []float64 {
 
 // NullIndex returns the index of the smallest grid point at or above
 // rho0 (at least 1): testing against it is valid for every rho <= rho0.
+// The grid's last point is never the null, since the harm mixture needs a
+// point above it: a rho0 beyond the second-to-last point is tested at
+// that point, a smaller null (rejecting it still shows the canary worse
+// than stable, by less than rho0 asked).
 func NullIndex(rho0 float64) int {
 	rho0 = math.Max(rho0, 1)
-	for i, r := range RiskGrid {
+	for i, r := range RiskGrid[:len(RiskGrid)-1] {
 		if r >= rho0*(1-1e-9) {
 			return i
 		}

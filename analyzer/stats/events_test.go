@@ -85,6 +85,22 @@ func TestEventTestNullAboveOneToleratesASmallerHarm(t *testing.T) {
 	}
 }
 
+func TestEventTestWithANullBeyondTheGridStillTestsAndNeverPanics(t *testing.T) {
+	for _, rho0 := range []float64{RiskGrid[len(RiskGrid)-2] + 1, 64, 1e6} {
+		if i := NullIndex(rho0); i != len(RiskGrid)-2 {
+			t.Errorf("null %g: index %d, want the second-to-last point %d", rho0, i, len(RiskGrid)-2)
+		}
+		var test EventTest
+		test.SetNull(rho0)
+		for range 200 {
+			test.Observe(true, 0.1)
+		}
+		if p := test.PValue(); !(p < 1) {
+			t.Errorf("null %g: 200 events all on a 10 %% canary left p at %v", rho0, p)
+		}
+	}
+}
+
 func TestShrunkRatioStaysNearOneOnFewEvents(t *testing.T) {
 	var few EventTest
 	few.Observe(true, 0.05)
