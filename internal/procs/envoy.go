@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -178,6 +179,7 @@ func (e *Envoy) Stat(ctx context.Context, name string) (int64, error) {
 func (e *Envoy) WaitReady(ctx context.Context, listenAddr string, revision uint64, hosts map[string][]string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	var last error // the last answer cut short by nothing but Envoy
 	for {
 		v, err := e.RouteVersion(ctx)
 		if err == nil && v < revision {
@@ -189,15 +191,32 @@ func (e *Envoy) WaitReady(ctx context.Context, listenAddr string, revision uint6
 		if err == nil {
 			return WaitTCP(ctx, listenAddr)
 		}
+		if ctx.Err() == nil {
+			last = err
+		}
 		if e.Proc.Exited() {
 			return fmt.Errorf("envoy %s exited:\n%s", e.opts.NodeID, e.Proc.Tail(30))
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("envoy %s did not reach revision %d (have %d, %v): %w\n%s", e.opts.NodeID, revision, v, err, ctx.Err(), e.Proc.Tail(20))
+			return fmt.Errorf("envoy %s did not reach revision %d within 30 s (last: %v)\n%s\n%s", e.opts.NodeID, revision, last, e.xdsState(), e.Proc.Tail(20))
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// xdsState summarises, for a failure message, where Envoy's configuration
+// stands: its xDS connection, listeners, and the counters of updates
+// accepted and rejected. It asks with its own short deadline, so that an
+// admin that does not answer says so.
+func (e *Envoy) xdsState() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	stats, err := e.Admin(ctx, "/stats?filter="+url.QueryEscape(`control_plane\.connected_state|listener_manager\.(total_listeners_|lds\.update_)|rds\..*update_|cluster_manager\.(warming_clusters|active_clusters|cds\.update_)|wasm`))
+	if err != nil {
+		return "admin: " + err.Error()
+	}
+	return "xDS state:\n" + stats
 }
 
 func (e *Envoy) hostsHealthy(ctx context.Context, hosts map[string][]string) error {
