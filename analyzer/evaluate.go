@@ -179,11 +179,19 @@ func evaluate(p Policy, metric Metric, st MetricState, ev EventState, m Measurem
 		r.RiskRatio = ev.RiskRatio()
 		if base, ok := eventBase(p, metric, m); ok && ev.Events > 0 {
 			r.Estimate = sign * (ev.ShrunkRatio() - 1) * base
+			// The ratio cannot say how far a canary is beyond a stable
+			// that almost never has the event: stable's rate is then a
+			// guess from its count of requests, and the ratio runs off
+			// the grid's end. There the stage window's difference
+			// (once tested) sizes the effect, shrunk as far as the
+			// shrunk ratio falls short of the grid's end.
+			if top := stats.RiskGrid[len(stats.RiskGrid)-1]; r.RiskRatio >= top*(1-1e-9) && tested {
+				if w := e.effect * (ev.ShrunkRatio() - 1) / (top - 1); sign*w > sign*r.Estimate {
+					r.Estimate = w
+				}
+			}
 		}
-		// The ratio cannot say how far a canary is beyond a stable that
-		// almost never has the event: stable's rate is then a guess from
-		// its count of requests, and the ratio's grid ends at 64 times. A
-		// window interval wholly beyond the tolerance shows the size on
+		// A window interval wholly beyond the tolerance shows the size on
 		// its own, and its estimate is the size.
 		if sign*r.Estimate <= tol && r.CI != nil && beyond(*r.CI, sign, tol) {
 			r.Estimate = e.effect

@@ -13,7 +13,7 @@ import (
 func describeHarm(r MetricResult) string {
 	s := fmt.Sprintf("%s %s (", r.Metric, fmtEffect(r.Kind, r.Estimate))
 	if r.Events > 0 {
-		s += fmt.Sprintf("risk ratio %s over %d users' first events, %d on the canary, ", fmtRiskRatio(r.RiskRatio), r.Events, r.CanaryEvents)
+		s += fmt.Sprintf("risk ratio %s over %d users' first events, %d on the canary, ", FormatRiskRatio(r.RiskRatio), r.Events, r.CanaryEvents)
 	} else if r.CI != nil {
 		s += fmt.Sprintf("interval %s to %s, ", fmtEffect(r.Kind, r.CI.Lo), fmtEffect(r.Kind, r.CI.Hi))
 	}
@@ -24,9 +24,9 @@ func describeHarm(r MetricResult) string {
 	return s
 }
 
-// fmtRiskRatio gives a risk ratio; at the end of the test's grid it is a
+// FormatRiskRatio gives a risk ratio; at the end of the test's grid it is a
 // lower bound (a stable without events makes it unbounded).
-func fmtRiskRatio(rr float64) string {
+func FormatRiskRatio(rr float64) string {
 	if top := stats.RiskGrid[len(stats.RiskGrid)-1]; rr >= top*(1-1e-9) {
 		return fmt.Sprintf("at least %.0f", top)
 	}

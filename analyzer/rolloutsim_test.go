@@ -566,6 +566,18 @@ func Scenarios(rollouts int, seed uint64) []Scenario {
 
 	errs := base
 	errs.ErrorRate = 0.05
+	// A stable that never fails: its rate is a guess from its request
+	// count, and the events' risk ratio alone cannot size the canary's.
+	flawless := base
+	flawless.ErrorRate = 0
+	fails := flawless
+	fails.ErrorRate = 0.03
+	errsFromZero := mk("errors-0-to-3", "median <= 400 canary requests", fails)
+	errsFromZero.Config.Stable = flawless
+	fewFromZero := fails
+	fewFromZero.ErrorRate = 0.005
+	halfFromZero := mk("half-tol-from-0", "rolled back <= 10 %", fewFromZero)
+	halfFromZero.Config.Stable = flawless
 	p99 := base
 	p99.LatencyMs = slowTail(base.LatencyMs, 800, 0.5, 1.3)
 	ttft := base
@@ -584,10 +596,12 @@ func Scenarios(rollouts int, seed uint64) []Scenario {
 		quality,
 		everyRequest(quality),
 		mk("errors-0.5-to-5", "median <= 60 canary requests", errs),
+		errsFromZero,
 		mk("p99-latency+30%", "median <= 300 canary requests", p99),
 		mk("ttft-p99+30%", "median <= 300 canary requests", ttft),
 		mk("healthy", "promoted with <= 10k canary requests; rolled back <= 5 %", healthy),
 		mk("half-tolerance", "rolled back <= 10 %", half),
+		halfFromZero,
 		mk("1.5x-tolerance", "promoted <= 5 %", over),
 	}
 }

@@ -40,17 +40,22 @@ func TestAATrafficRarelyRollsBackOrPauses(t *testing.T) {
 }
 
 // TestRegressionsAreCaughtBySimulation checks the power side on fewer
-// rollouts: the documented incident and an error spike are rolled back in
+// rollouts: the documented incident and error spikes (over a stable that
+// fails sometimes, and over one that never does) are rolled back in
 // nearly every rollout, a healthy canary is promoted.
 func TestRegressionsAreCaughtBySimulation(t *testing.T) {
 	n := 60
 	if testing.Short() { // the fast tier: a smoke run of the same check
 		n = 10
 	}
+	// The median canary requests at rollback each may take: tens where
+	// stable's rate turns the events' risk ratio into points, a few
+	// hundred where stable never fails and the stage window must show
+	// the size.
+	within := map[string]float64{"quality-3-to-14": 200, "errors-0.5-to-5": 200, "errors-0-to-3": 600, "healthy": 0}
 	for _, sc := range Scenarios(0, 13) {
-		switch sc.Name {
-		case "quality-3-to-14", "errors-0.5-to-5", "healthy":
-		default:
+		maxMedian, ok := within[sc.Name]
+		if !ok {
 			continue
 		}
 		t.Run(sc.Name, func(t *testing.T) {
@@ -70,8 +75,8 @@ func TestRegressionsAreCaughtBySimulation(t *testing.T) {
 			if r.RolledBack < n*95/100 {
 				t.Errorf("%s rolled back in %d of %d rollouts, want at least 95 %%", sc.Name, r.RolledBack, n)
 			}
-			if r.MedianCanaryAtRollback > 200 {
-				t.Errorf("%s caught after a median of %.0f canary requests, want tens", sc.Name, r.MedianCanaryAtRollback)
+			if r.MedianCanaryAtRollback > maxMedian {
+				t.Errorf("%s caught after a median of %.0f canary requests, want at most %.0f", sc.Name, r.MedianCanaryAtRollback, maxMedian)
 			}
 		})
 	}

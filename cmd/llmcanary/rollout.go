@@ -440,7 +440,7 @@ func printStatus(w io.Writer, ro *analyzer.RolloutView) {
 			for _, m := range ro.Last.Metrics {
 				events := ""
 				if m.Events > 0 {
-					events = fmt.Sprintf("  %d of %d users' first events on the canary, risk ratio %.2f", m.CanaryEvents, m.Events, m.RiskRatio)
+					events = fmt.Sprintf("  %d of %d users' first events on the canary, risk ratio %s", m.CanaryEvents, m.Events, analyzer.FormatRiskRatio(m.RiskRatio))
 				}
 				fmt.Fprintf(w, "  %-18s %-12s %+.4f  harm p=%.4f (level %.4f)  within p=%.4f%s\n", m.Metric, m.Status, m.Estimate, m.HarmP, m.HarmAlpha, m.SafeP, events)
 			}
