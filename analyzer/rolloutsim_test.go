@@ -545,6 +545,12 @@ func Scenarios(rollouts int, seed uint64) []Scenario {
 			Stable: base, Canary: canary, Sampling: &xds.Measure{},
 		}}
 	}
+	// against is mk with a stable of the scenario's own.
+	against := func(stable ArmModel, name, target string, canary ArmModel) Scenario {
+		sc := mk(name, target, canary)
+		sc.Config.Stable = stable
+		return sc
+	}
 	// everyRequest measures all of stable too, the opt-in that costs the
 	// gateway most: what sampling stable gives up, side by side.
 	everyRequest := func(sc Scenario) Scenario {
@@ -561,8 +567,7 @@ func Scenarios(rollouts int, seed uint64) []Scenario {
 	judgedStable.JudgeRate = 1
 	bad := judgedStable
 	bad.BadRate = 0.14
-	quality := mk("quality-3-to-14", "median <= 40 canary requests, p95 <= 100", bad)
-	quality.Config.Stable = judgedStable
+	quality := against(judgedStable, "quality-3-to-14", "median <= 40 canary requests, p95 <= 100", bad)
 
 	errs := base
 	errs.ErrorRate = 0.05
@@ -570,14 +575,8 @@ func Scenarios(rollouts int, seed uint64) []Scenario {
 	// count, and the events' risk ratio alone cannot size the canary's.
 	flawless := base
 	flawless.ErrorRate = 0
-	fails := flawless
-	fails.ErrorRate = 0.03
-	errsFromZero := mk("errors-0-to-3", "median <= 400 canary requests", fails)
-	errsFromZero.Config.Stable = flawless
-	fewFromZero := fails
-	fewFromZero.ErrorRate = 0.005
-	halfFromZero := mk("half-tol-from-0", "rolled back <= 10 %", fewFromZero)
-	halfFromZero.Config.Stable = flawless
+	fails, failsLess := flawless, flawless
+	fails.ErrorRate, failsLess.ErrorRate = 0.03, 0.005
 	p99 := base
 	p99.LatencyMs = slowTail(base.LatencyMs, 800, 0.5, 1.3)
 	ttft := base
@@ -596,12 +595,12 @@ func Scenarios(rollouts int, seed uint64) []Scenario {
 		quality,
 		everyRequest(quality),
 		mk("errors-0.5-to-5", "median <= 60 canary requests", errs),
-		errsFromZero,
+		against(flawless, "errors-0-to-3", "median <= 400 canary requests", fails),
 		mk("p99-latency+30%", "median <= 300 canary requests", p99),
 		mk("ttft-p99+30%", "median <= 300 canary requests", ttft),
 		mk("healthy", "promoted with <= 10k canary requests; rolled back <= 5 %", healthy),
 		mk("half-tolerance", "rolled back <= 10 %", half),
-		halfFromZero,
+		against(flawless, "half-tol-from-0", "rolled back <= 10 %", failsLess),
 		mk("1.5x-tolerance", "promoted <= 5 %", over),
 	}
 }
