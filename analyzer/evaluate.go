@@ -185,7 +185,8 @@ func evaluate(p Policy, metric Metric, st MetricState, ev EventState, m Measurem
 			// the grid's end. There the stage window's difference
 			// (once tested) sizes the effect, shrunk as far as the
 			// shrunk ratio falls short of the grid's end.
-			if top := stats.RiskGrid[len(stats.RiskGrid)-1]; r.RiskRatio >= top*(1-1e-9) && tested {
+			if stats.AtGridEnd(r.RiskRatio) && tested {
+				top := stats.RiskGrid[len(stats.RiskGrid)-1]
 				if w := e.effect * (ev.ShrunkRatio() - 1) / (top - 1); sign*w > sign*r.Estimate {
 					r.Estimate = w
 				}

@@ -27,8 +27,8 @@ func describeHarm(r MetricResult) string {
 // FormatRiskRatio gives a risk ratio; at the end of the test's grid it is a
 // lower bound (a stable without events makes it unbounded).
 func FormatRiskRatio(rr float64) string {
-	if top := stats.RiskGrid[len(stats.RiskGrid)-1]; rr >= top*(1-1e-9) {
-		return fmt.Sprintf("at least %.0f", top)
+	if stats.AtGridEnd(rr) {
+		return fmt.Sprintf("at least %.0f", stats.RiskGrid[len(stats.RiskGrid)-1])
 	}
 	return fmt.Sprintf("%.2f", rr)
 }

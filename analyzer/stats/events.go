@@ -38,6 +38,10 @@ func riskPrior(null int) []float64 {
 	return w
 }
 
+// AtGridEnd says a risk ratio is the grid's largest: as an estimate, a
+// lower bound (a stable without events makes the ratio unbounded).
+func AtGridEnd(rr float64) bool { return rr >= RiskGrid[len(RiskGrid)-1]*(1-1e-9) }
+
 // NullIndex returns the index of the smallest grid point at or above
 // rho0 (at least 1): testing against it is valid for every rho <= rho0.
 // The grid's last point is never the null, since the harm mixture needs a
