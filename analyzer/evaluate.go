@@ -178,19 +178,7 @@ func evaluate(p Policy, metric Metric, st MetricState, ev EventState, m Measurem
 		r.Events, r.CanaryEvents = ev.Events, ev.Canary
 		r.RiskRatio = ev.RiskRatio()
 		if base, ok := eventBase(p, metric, m); ok && ev.Events > 0 {
-			r.Estimate = sign * (ev.ShrunkRatio() - 1) * base
-			// The ratio cannot say how far a canary is beyond a stable
-			// that almost never has the event: stable's rate is then a
-			// guess from its count of requests, and the ratio runs off
-			// the grid's end. There the stage window's difference
-			// (once tested) sizes the effect, shrunk as far as the
-			// shrunk ratio falls short of the grid's end.
-			if stats.AtGridEnd(r.RiskRatio) && tested {
-				top := stats.RiskGrid[len(stats.RiskGrid)-1]
-				if w := e.effect * (ev.ShrunkRatio() - 1) / (top - 1); sign*w > sign*r.Estimate {
-					r.Estimate = w
-				}
-			}
+			r.Estimate = eventSize(ev, base, e.effect, sign, tested)
 		}
 		// A window interval wholly beyond the tolerance shows the size on
 		// its own, and its estimate is the size.
@@ -223,6 +211,24 @@ func harmNull(p Policy, metric Metric, base float64) float64 {
 		base = 1.0 / float64(p.MinTestSamples)
 	}
 	return min(1+p.HarmMargin*p.Tolerances[metric]/base, maxHarmNull)
+}
+
+// eventSize is an event metric's effect in its units, the size the harm
+// rule holds against the tolerance: the shrunk risk ratio times stable's
+// rate base. The ratio cannot say how far a canary is beyond a stable that
+// almost never has the event: stable's rate is then a guess from its
+// count of requests, and the ratio runs off the grid's end. There the
+// stage window's difference windowEffect (once tested) sizes the effect,
+// shrunk as far as the shrunk ratio falls short of the grid's end.
+func eventSize(ev EventState, base, windowEffect, sign float64, tested bool) float64 {
+	shrunk := ev.ShrunkRatio()
+	size := sign * (shrunk - 1) * base
+	if tested && stats.AtGridEnd(ev.RiskRatio()) {
+		if w := windowEffect * (shrunk - 1) / (stats.RiskGridEnd() - 1); sign*w > sign*size {
+			size = w
+		}
+	}
+	return size
 }
 
 // beyond says the interval lies wholly on the worse side of the

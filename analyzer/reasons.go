@@ -28,7 +28,7 @@ func describeHarm(r MetricResult) string {
 // lower bound (a stable without events makes it unbounded).
 func FormatRiskRatio(rr float64) string {
 	if stats.AtGridEnd(rr) {
-		return fmt.Sprintf("at least %.0f", stats.RiskGrid[len(stats.RiskGrid)-1])
+		return fmt.Sprintf("at least %.0f", stats.RiskGridEnd())
 	}
 	return fmt.Sprintf("%.2f", rr)
 }

@@ -51,7 +51,8 @@ func TestRegressionsAreCaughtBySimulation(t *testing.T) {
 	// The median canary requests at rollback each may take: tens where
 	// stable's rate turns the events' risk ratio into points, a few
 	// hundred where stable never fails and the stage window must show
-	// the size.
+	// the size. The healthy canary must be promoted instead (its entry
+	// only selects it).
 	within := map[string]float64{"quality-3-to-14": 200, "errors-0.5-to-5": 200, "errors-0-to-3": 600, "healthy": 0}
 	for _, sc := range Scenarios(0, 13) {
 		maxMedian, ok := within[sc.Name]

@@ -38,9 +38,12 @@ func riskPrior(null int) []float64 {
 	return w
 }
 
+// RiskGridEnd is the grid's largest risk ratio.
+func RiskGridEnd() float64 { return RiskGrid[len(RiskGrid)-1] }
+
 // AtGridEnd says a risk ratio is the grid's largest: as an estimate, a
 // lower bound (a stable without events makes the ratio unbounded).
-func AtGridEnd(rr float64) bool { return rr >= RiskGrid[len(RiskGrid)-1]*(1-1e-9) }
+func AtGridEnd(rr float64) bool { return rr >= RiskGridEnd()*(1-1e-9) }
 
 // NullIndex returns the index of the smallest grid point at or above
 // rho0 (at least 1): testing against it is valid for every rho <= rho0.
